@@ -1,0 +1,1 @@
+//! The early-boot init of the initramfs.

@@ -1,0 +1,1 @@
+//! Omaha protocol types, the update agent (device side) and the update server (host side).
