@@ -1,8 +1,22 @@
 //! Kiln's image library: the tree model and the on-disk formats an image is made of
 //! (ext4, dm-verity, FAT, GPT, cpio), and the stages that assemble an image from Debian packages.
 
+#[cfg(feature = "build")]
+pub mod debian;
+#[cfg(feature = "build")]
+pub mod definition;
+pub mod cpio;
+pub mod ext4;
+pub mod fat;
+pub mod gpt;
+pub mod boot;
+pub mod disk;
 pub mod hostdir;
+pub mod rootfs;
+pub mod kmod;
+pub mod region;
 pub mod tree;
+pub mod verity;
 
 #[doc(hidden)]
 pub mod testutil;

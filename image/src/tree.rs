@@ -458,6 +458,52 @@ impl Tree {
         Ok(())
     }
 
+    /// A new tree whose root is `dir` of this one (its metadata becomes the root's). Hard links
+    /// that point outside `dir` become copies of their target, so the result stays valid.
+    pub fn subtree(&self, dir: &TreePath) -> Option<Tree> {
+        let root = self.entries.get(dir).filter(|e| e.is_dir())?;
+        let strip = dir.0.len() + usize::from(!dir.is_root());
+        let rebase = |p: &TreePath| TreePath(p.0[strip..].to_vec());
+        let mut out = Tree::new(root.meta.clone());
+        for (path, entry) in self.descendants(dir) {
+            let mut entry = entry.clone();
+            if let Kind::HardLink(target) = &entry.kind {
+                let inside = dir.is_root()
+                    || (target.0.len() > strip
+                        && target.0.starts_with(&dir.0)
+                        && target.0[dir.0.len()] == b'/');
+                entry.kind = if inside {
+                    Kind::HardLink(rebase(target))
+                } else {
+                    self.entries.get(target)?.kind.clone()
+                };
+            }
+            out.entries.insert(rebase(path), entry);
+        }
+        Some(out)
+    }
+
+    /// Adds every entry of `other` below `at` (created with `dir_meta` when missing); entries
+    /// already here are replaced, directories keep their children. Hard links are re-pointed.
+    pub fn graft(&mut self, at: &TreePath, other: &Tree, dir_meta: &Meta) -> Result<(), TreeError> {
+        self.create_dirs(at, dir_meta)?;
+        let rebase = |p: &TreePath| -> Result<TreePath, TreeError> {
+            match (at.is_root(), p.is_root()) {
+                (_, true) => Ok(at.clone()),
+                (true, false) => Ok(p.clone()),
+                (false, false) => TreePath::new([at.as_bytes(), b"/", p.as_bytes()].concat()),
+            }
+        };
+        for (path, entry) in other.iter() {
+            let mut entry = entry.clone();
+            if let Kind::HardLink(target) = &entry.kind {
+                entry.kind = Kind::HardLink(rebase(target)?);
+            }
+            self.insert_at(rebase(path)?, entry)?;
+        }
+        Ok(())
+    }
+
     /// Clamps every mtime to at most `epoch` (the `SOURCE_DATE_EPOCH` rule).
     pub fn clamp_mtimes(&mut self, epoch: i64) {
         for entry in self.entries.values_mut() {
@@ -658,6 +704,50 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(t.validate(), Err(TreeError::BadLinkTarget { .. })));
+    }
+
+    #[test]
+    fn subtree_rebases_paths_and_resolves_outside_links() {
+        let mut t = sample_tree();
+        t.insert(
+            "usr/outside-link",
+            Entry::new(
+                Kind::HardLink(TreePath::new("etc/hostname").unwrap()),
+                Meta::root(0o644, 0),
+            ),
+        )
+        .unwrap();
+        let usr = t.subtree(&TreePath::new("usr").unwrap()).unwrap();
+        usr.validate().unwrap();
+        assert!(usr.get("bin/ping").is_some());
+        assert_eq!(
+            usr.get("bin/ping6").unwrap().kind,
+            Kind::HardLink(TreePath::new("bin/ping").unwrap())
+        );
+        assert!(matches!(
+            usr.get("outside-link").unwrap().kind,
+            Kind::File(_)
+        ));
+        assert!(usr.get("etc").is_none());
+        assert!(t.subtree(&TreePath::new("etc/hostname").unwrap()).is_none());
+    }
+
+    #[test]
+    fn graft_puts_a_tree_below_a_path() {
+        let mut t = Tree::new(Meta::root(0o755, 0));
+        let sample = sample_tree();
+        t.graft(
+            &TreePath::new("opt/sample").unwrap(),
+            &sample,
+            &Meta::root(0o755, 0),
+        )
+        .unwrap();
+        t.validate().unwrap();
+        assert_eq!(
+            t.get("opt/sample/usr/bin/ping6").unwrap().kind,
+            Kind::HardLink(TreePath::new("opt/sample/usr/bin/ping").unwrap())
+        );
+        assert_eq!(t.len(), sample.len() + 2);
     }
 
     #[test]

@@ -1,0 +1,295 @@
+//! Applying a cloud-config to a root directory (the machine's ROOT, mounted by the init at
+//! `/sysroot` before systemd starts). Each step runs even when an earlier one failed, so a
+//! machine with a half-bad document still boots and stays reachable; the report says what
+//! happened, for the console and for `/var/lib/kiln/cloud-config.report`.
+
+use crate::accounts::{self, Accounts};
+use crate::fsroot::{running_as_root, LastLink, Meta, Root};
+use crate::model::{CloudConfig, IdRef, WriteFile};
+use crate::systemd::{self, UnitDir};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+pub const APPLIED_COPY: &str = "/var/lib/kiln/cloud-config.applied";
+pub const REPORT_FILE: &str = "/var/lib/kiln/cloud-config.report";
+pub const UPDATE_CONF: &str = "/etc/kiln/update.conf";
+
+/// How to apply.
+#[derive(Clone, Debug, Default)]
+pub struct ApplyOptions {
+    /// The directory that becomes `/run` on the booted machine, for `runtime: true` units.
+    /// `None` means `<root>/run`.
+    pub run_dir: Option<PathBuf>,
+}
+
+/// Why nothing at all could be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("cannot apply the cloud-config to {root}: it is not a directory; mount ROOT there first")]
+    RootMissing { root: PathBuf },
+}
+
+/// What one step did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StepReport {
+    /// `hostname`, `users`, `write_files`, `etcd`, `update`, `units`, `network`, `record`.
+    pub name: &'static str,
+    /// `None` when the step succeeded.
+    pub error: Option<String>,
+    /// Things worth knowing that are not failures.
+    pub notes: Vec<String>,
+}
+
+impl StepReport {
+    pub fn is_ok(&self) -> bool {
+        self.error.is_none()
+    }
+}
+
+/// Every step, in order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    pub steps: Vec<StepReport>,
+}
+
+impl ApplyReport {
+    pub fn all_ok(&self) -> bool {
+        self.steps.iter().all(StepReport::is_ok)
+    }
+
+    pub fn step(&self, name: &str) -> Option<&StepReport> {
+        self.steps.iter().find(|s| s.name == name)
+    }
+
+    fn run(&mut self, name: &'static str, step: impl FnOnce(&mut Vec<String>) -> Result<(), String>) {
+        let mut notes = Vec::new();
+        let error = step(&mut notes).err();
+        self.steps.push(StepReport { name, error, notes });
+    }
+}
+
+impl fmt::Display for ApplyReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for s in &self.steps {
+            match &s.error {
+                None => writeln!(f, "{}: ok", s.name)?,
+                Some(e) => writeln!(f, "{}: FAILED: {e}", s.name)?,
+            }
+            for n in &s.notes {
+                writeln!(f, "  {n}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Errors of the items of one step, collected so one bad item does not stop the others.
+#[derive(Default)]
+struct Errors(Vec<String>);
+
+impl Errors {
+    fn check(&mut self, r: Result<(), String>) {
+        if let Err(e) = r {
+            self.0.push(e);
+        }
+    }
+
+    fn finish(self) -> Result<(), String> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(self.0.join("; "))
+        }
+    }
+}
+
+/// Applies `cfg` to the tree at `root`. Fails only when `root` is unusable; step failures are
+/// in the report.
+pub fn apply(cfg: &CloudConfig, root: &Path, opts: &ApplyOptions) -> Result<ApplyReport, ApplyError> {
+    if !root.is_dir() {
+        return Err(ApplyError::RootMissing { root: root.to_path_buf() });
+    }
+    let as_root = running_as_root();
+    let fs = Root::new(root, as_root);
+    let run_dir = opts.run_dir.clone().unwrap_or_else(|| root.join("run"));
+    let run = Root::new(&run_dir, as_root);
+    let no_chown = |notes: &mut Vec<String>| {
+        if !as_root {
+            notes.push("not running as root: file owners were not set".into());
+        }
+    };
+    let mut report = ApplyReport::default();
+    report.run("hostname", |_| hostname(cfg, &fs));
+    report.run("users", |notes| {
+        no_chown(notes);
+        users(cfg, &fs, notes)
+    });
+    report.run("write_files", |notes| {
+        no_chown(notes);
+        write_files(cfg, &fs)
+    });
+    report.run("etcd", |notes| match &cfg.kiln.etcd {
+        Some(etcd) => systemd::apply_etcd(&fs, etcd, notes),
+        None => Ok(()),
+    });
+    report.run("update", |_| update(cfg, &fs));
+    report.run("units", |notes| units(cfg, &fs, &run, notes));
+    report.run("network", |_| network(cfg, &fs));
+    report.run("record", |_| {
+        let meta = Meta { mode: 0o600, uid: 0, gid: 0 };
+        fs.write(APPLIED_COPY, cfg.source.as_bytes(), meta, LastLink::Replace).map(|_| ())
+    });
+    let text = report.to_string();
+    if let Err(e) = fs.write(REPORT_FILE, text.as_bytes(), Meta::ROOT_FILE, LastLink::Replace) {
+        report.steps.push(StepReport { name: "report", error: Some(e), notes: Vec::new() });
+    }
+    Ok(report)
+}
+
+fn hostname(cfg: &CloudConfig, fs: &Root) -> Result<(), String> {
+    let Some(name) = &cfg.hostname else { return Ok(()) };
+    fs.write("/etc/hostname", format!("{name}\n").as_bytes(), Meta::ROOT_FILE, LastLink::Follow).map(|_| ())
+}
+
+fn users(cfg: &CloudConfig, fs: &Root, notes: &mut Vec<String>) -> Result<(), String> {
+    let wanted = accounts::wanted_users(cfg);
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let mut db = Accounts::load(fs)?;
+    let mut errors = Errors::default();
+    let mut homes = Vec::new();
+    for user in &wanted {
+        match db.ensure_user(user, notes) {
+            Ok(home) => homes.push((user, home)),
+            Err(e) => errors.0.push(e),
+        }
+    }
+    // The databases first: home directories and keys are owned by the new ids.
+    db.save(fs)?;
+    for (user, home) in &homes {
+        errors.check(accounts::make_home(fs, home, user, notes));
+        errors.check(accounts::write_keys(fs, home, &user.ssh_authorized_keys));
+    }
+    errors.finish()
+}
+
+fn write_files(cfg: &CloudConfig, fs: &Root) -> Result<(), String> {
+    if cfg.write_files.is_empty() {
+        return Ok(());
+    }
+    // Read after the users step, so files can belong to users made by this document.
+    let db = Accounts::load(fs)?;
+    let mut errors = Errors::default();
+    for f in &cfg.write_files {
+        errors.check(write_file(fs, &db, f).map_err(|e| format!("{}: {e}", f.path)));
+    }
+    errors.finish()
+}
+
+fn write_file(fs: &Root, db: &Accounts, f: &WriteFile) -> Result<(), String> {
+    let (uid, gid) = owner_ids(db, f)?;
+    let meta = Meta { mode: f.permissions.unwrap_or(0o644), uid, gid };
+    let data = if f.append {
+        let mut old = fs.read(&f.path)?.unwrap_or_default();
+        // Appending what is already at the end again would make a second apply differ.
+        if !old.ends_with(&f.content) || f.content.is_empty() {
+            old.extend_from_slice(&f.content);
+        }
+        old
+    } else {
+        f.content.clone()
+    };
+    fs.write(&f.path, &data, meta, LastLink::Follow).map(|_| ())
+}
+
+/// Numbers for `owner:`: names through the root's passwd/group, numbers as they are;
+/// no group means the user's primary group.
+fn owner_ids(db: &Accounts, f: &WriteFile) -> Result<(u32, u32), String> {
+    let Some(owner) = &f.owner else { return Ok((0, 0)) };
+    let (uid, primary) = match &owner.user {
+        IdRef::Id(u) => (*u, None),
+        IdRef::Name(n) => {
+            let (u, g) = db.uid_gid_of(n).ok_or_else(|| format!("owner {n} is not in /etc/passwd"))?;
+            (u, Some(g))
+        }
+    };
+    let gid = match &owner.group {
+        Some(IdRef::Id(g)) => *g,
+        Some(IdRef::Name(n)) => db.gid_of(n).ok_or_else(|| format!("group {n} is not in /etc/group"))?,
+        None => primary.unwrap_or(uid),
+    };
+    Ok((uid, gid))
+}
+
+fn update(cfg: &CloudConfig, fs: &Root) -> Result<(), String> {
+    let (update, locksmith) = (&cfg.kiln.update, &cfg.kiln.locksmith);
+    if update.is_none() && locksmith.is_none() {
+        return Ok(());
+    }
+    fs.write(UPDATE_CONF, update_conf(cfg).as_bytes(), Meta::ROOT_FILE, LastLink::Follow).map(|_| ())
+}
+
+/// `/etc/kiln/update.conf` for the update agent; only keys the document sets.
+pub(crate) fn update_conf(cfg: &CloudConfig) -> String {
+    let mut s = String::from("# Written by kiln-config from the cloud-config; read by the update agent.\n");
+    let mut key = |k: &str, v: &str| s.push_str(&format!("{k} = {}\n", toml_string(v)));
+    if let Some(u) = &cfg.kiln.update {
+        if let Some(v) = &u.server {
+            key("server", v);
+        }
+        if let Some(v) = &u.channel {
+            key("channel", v);
+        }
+        if let Some(v) = u.reboot_strategy {
+            key("reboot_strategy", v.as_str());
+        }
+    }
+    if let Some(w) = cfg.kiln.locksmith.as_ref().and_then(|l| l.window.as_ref()) {
+        key("window_start", &w.start_text());
+        key("window_length", &w.length_text);
+    }
+    s
+}
+
+/// A TOML basic string.
+fn toml_string(v: &str) -> String {
+    let mut out = String::from("\"");
+    for c in v.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn units(cfg: &CloudConfig, fs: &Root, run: &Root, notes: &mut Vec<String>) -> Result<(), String> {
+    let etc = UnitDir { fs, inner: "/etc/systemd/system", outer: "/etc/systemd/system" };
+    let runtime = UnitDir { fs: run, inner: "/systemd/system", outer: "/run/systemd/system" };
+    let mut errors = Errors::default();
+    let mut start = Vec::new();
+    for u in &cfg.kiln.units {
+        let dir = if u.runtime { &runtime } else { &etc };
+        match systemd::apply_unit(fs, dir, u, notes) {
+            Ok(Some(line)) => start.push(line),
+            Ok(None) => {}
+            Err(e) => errors.0.push(format!("{}: {e}", u.name)),
+        }
+    }
+    errors.check(systemd::write_start_list(fs, &start));
+    errors.finish()
+}
+
+fn network(cfg: &CloudConfig, fs: &Root) -> Result<(), String> {
+    let mut errors = Errors::default();
+    for iface in &cfg.kiln.network {
+        let text = systemd::network_unit(iface);
+        let path = systemd::network_file(iface);
+        errors.check(fs.write(&path, text.as_bytes(), Meta::ROOT_FILE, LastLink::Replace).map(|_| ()));
+    }
+    errors.finish()
+}

@@ -1,0 +1,26 @@
+//! Kiln's cloud-config: the first-boot document in the shape CoreOS used (`hostname`,
+//! `ssh_authorized_keys`, `users`, `write_files`, and a `kiln:` / `coreos:` section with etcd,
+//! update, locksmith, units and network), parsed with line and column in every error, and
+//! applied to a mounted root before systemd starts.
+//!
+//! Used by the initramfs init (device side: pure Rust, small) and by `cargo xtask
+//! validate-config` / `flash --config` (host side: [`parse`] only).
+
+mod accounts;
+mod apply;
+mod fsroot;
+mod model;
+mod parse;
+mod sections;
+mod source;
+mod systemd;
+mod tree;
+
+pub use apply::{apply, ApplyError, ApplyOptions, ApplyReport, StepReport, APPLIED_COPY, REPORT_FILE, UPDATE_CONF};
+pub use model::*;
+pub use parse::{parse, parse_bytes, ConfigError, ErrorKind, Parsed, Warning, HEADER};
+pub use source::{config_url, read_fw_cfg, FW_CFG_ITEM, URL_PARAM};
+pub use systemd::{ETCD_ENV_FILE, UNITS_TO_START};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,269 @@
+//! The cloud-config as typed values: what `parse` produces and `apply` consumes.
+//!
+//! Everything here is already checked: paths are absolute, contents decoded, permissions and
+//! strategies valid. Defaults that the apply step needs (home directory, shell) are left as
+//! `None` so that the document's own choices stay visible.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// A whole cloud-config document.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CloudConfig {
+    pub hostname: Option<String>,
+    /// Keys for the `core` user.
+    pub ssh_authorized_keys: Vec<String>,
+    pub users: Vec<User>,
+    pub write_files: Vec<WriteFile>,
+    /// The `kiln:` section (or `coreos:`).
+    pub kiln: KilnSection,
+    /// The document as given, recorded as `/var/lib/kiln/cloud-config.applied`.
+    pub source: String,
+}
+
+/// One entry of `users:`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct User {
+    pub name: String,
+    pub gecos: Option<String>,
+    /// Supplementary groups.
+    pub groups: Vec<String>,
+    /// A crypt(3) hash for `/etc/shadow`.
+    pub passwd: Option<String>,
+    pub ssh_authorized_keys: Vec<String>,
+    pub primary_group: Option<String>,
+    pub homedir: Option<String>,
+    pub shell: Option<String>,
+    pub no_create_home: bool,
+    pub system: bool,
+}
+
+/// One entry of `write_files:`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WriteFile {
+    /// Absolute, without `..`.
+    pub path: String,
+    /// Decoded content.
+    pub content: Vec<u8>,
+    /// Mode bits; `None` means 0644.
+    pub permissions: Option<u32>,
+    /// `None` means root:root.
+    pub owner: Option<Owner>,
+    pub encoding: Encoding,
+    pub append: bool,
+}
+
+/// How `content` was encoded in the document.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Encoding {
+    #[default]
+    Plain,
+    Base64,
+    GzipBase64,
+}
+
+/// `owner: user:group`; each part a name or a number.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub user: IdRef,
+    /// `None` when only a user was given: the user's primary group is used.
+    pub group: Option<IdRef>,
+}
+
+/// A user or group given by name or number.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IdRef {
+    Name(String),
+    Id(u32),
+}
+
+impl fmt::Display for IdRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IdRef::Name(n) => f.write_str(n),
+            IdRef::Id(i) => write!(f, "{i}"),
+        }
+    }
+}
+
+/// The `kiln:` / `coreos:` section.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct KilnSection {
+    pub etcd: Option<Etcd>,
+    pub update: Option<Update>,
+    pub locksmith: Option<Locksmith>,
+    pub units: Vec<Unit>,
+    pub network: Vec<NetworkInterface>,
+}
+
+/// etcd settings: canonical key (`initial-cluster`) to value, each becoming `ETCD_*`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Etcd {
+    pub settings: BTreeMap<String, String>,
+}
+
+impl Etcd {
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.settings.get(key).map(String::as_str)
+    }
+}
+
+/// The `update:` section.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Update {
+    pub server: Option<String>,
+    /// Kiln's channel; CoreOS called it `group`.
+    pub channel: Option<String>,
+    pub reboot_strategy: Option<RebootStrategy>,
+}
+
+/// How the update agent reboots into a new version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RebootStrategy {
+    Immediate,
+    EtcdLock,
+    FleetLock,
+    Off,
+}
+
+impl RebootStrategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RebootStrategy::Immediate => "immediate",
+            RebootStrategy::EtcdLock => "etcd-lock",
+            RebootStrategy::FleetLock => "fleetlock",
+            RebootStrategy::Off => "off",
+        }
+    }
+}
+
+/// The `locksmith:` section: when reboots may happen.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Locksmith {
+    pub window: Option<RebootWindow>,
+}
+
+/// A reboot window, e.g. `Thu 04:00` for `1h`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RebootWindow {
+    /// `None` means every day.
+    pub weekday: Option<Weekday>,
+    pub hour: u8,
+    pub minute: u8,
+    /// Length in seconds.
+    pub length_secs: u64,
+    /// The length as written, e.g. `1h30m`.
+    pub length_text: String,
+}
+
+impl RebootWindow {
+    /// The start in the canonical form `Thu 04:00` (or `04:00` for every day).
+    pub fn start_text(&self) -> String {
+        match self.weekday {
+            Some(d) => format!("{} {:02}:{:02}", d.as_str(), self.hour, self.minute),
+            None => format!("{:02}:{:02}", self.hour, self.minute),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Weekday {
+    Mon,
+    Tue,
+    Wed,
+    Thu,
+    Fri,
+    Sat,
+    Sun,
+}
+
+impl Weekday {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Weekday::Mon => "Mon",
+            Weekday::Tue => "Tue",
+            Weekday::Wed => "Wed",
+            Weekday::Thu => "Thu",
+            Weekday::Fri => "Fri",
+            Weekday::Sat => "Sat",
+            Weekday::Sun => "Sun",
+        }
+    }
+}
+
+/// One entry of `units:`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Unit {
+    pub name: String,
+    pub content: Option<String>,
+    pub drop_ins: Vec<DropIn>,
+    pub enable: bool,
+    pub mask: bool,
+    /// Write under `/run` (gone after this boot) instead of `/etc`.
+    pub runtime: bool,
+    pub command: Option<UnitCommand>,
+}
+
+impl Unit {
+    /// networkd files (`.network`, `.netdev`, `.link`) go to `/etc/systemd/network`, as
+    /// coreos-cloudinit did; they are not systemd units to enable or start.
+    pub fn is_networkd(&self) -> bool {
+        [".network", ".netdev", ".link"].iter().any(|s| self.name.ends_with(s))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct DropIn {
+    pub name: String,
+    pub content: String,
+}
+
+/// What to do with a unit once the system runs (`systemctl <command> <unit>`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnitCommand {
+    Start,
+    Stop,
+    Restart,
+    Reload,
+    TryRestart,
+    ReloadOrRestart,
+    ReloadOrTryRestart,
+}
+
+impl UnitCommand {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnitCommand::Start => "start",
+            UnitCommand::Stop => "stop",
+            UnitCommand::Restart => "restart",
+            UnitCommand::Reload => "reload",
+            UnitCommand::TryRestart => "try-restart",
+            UnitCommand::ReloadOrRestart => "reload-or-restart",
+            UnitCommand::ReloadOrTryRestart => "reload-or-try-restart",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        let all = [
+            UnitCommand::Start,
+            UnitCommand::Stop,
+            UnitCommand::Restart,
+            UnitCommand::Reload,
+            UnitCommand::TryRestart,
+            UnitCommand::ReloadOrRestart,
+            UnitCommand::ReloadOrTryRestart,
+        ];
+        all.into_iter().find(|c| c.as_str() == name)
+    }
+}
+
+/// Static settings for one interface in `network:`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NetworkInterface {
+    /// The `[Match] Name=` value: an interface name or a glob like `en*`.
+    pub name: String,
+    /// Addresses in CIDR form.
+    pub addresses: Vec<String>,
+    pub gateway: Option<String>,
+    pub dns: Vec<String>,
+}

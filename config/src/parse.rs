@@ -1,0 +1,559 @@
+//! Reading a cloud-config document into [`CloudConfig`]: header check, YAML, then a typed
+//! reading of the tree that records unknown keys as warnings and reports semantic errors with
+//! the line and column of the offending node.
+
+use crate::model::{CloudConfig, Encoding, IdRef, Owner, User, WriteFile};
+use crate::sections;
+use crate::tree::{parse_tree, Key, Kind, Node, Pos};
+use base64::Engine;
+use std::fmt;
+use std::io::Read;
+
+/// The first line every document must have.
+pub const HEADER: &str = "#cloud-config";
+
+/// Decoded `write_files` content larger than this is refused: a gzip bomb in a config must
+/// not fill the root file system of a machine that is still booting.
+const MAX_DECODED: u64 = 64 << 20;
+
+/// A parsed document and what was odd but harmless about it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Parsed {
+    pub config: CloudConfig,
+    pub warnings: Vec<Warning>,
+}
+
+/// Something ignored or reinterpreted: an unknown key, a deprecated value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Warning {
+    pub line: u64,
+    pub column: u64,
+    /// Where in the document, e.g. `coreos.fleet` or `users[1].lock_passwd`.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "cloud-config line {}, column {}: warning: `{}`: {}",
+            self.line, self.column, self.key, self.message
+        )
+    }
+}
+
+/// Why a document was refused. Displays as `cloud-config line L, column C: `key`: what`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    pub line: u64,
+    pub column: u64,
+    /// The offending key, e.g. `write_files[0].permissions`; `None` for document-level errors.
+    pub key: Option<String>,
+    pub kind: ErrorKind,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cloud-config line {}, column {}: ", self.line, self.column)?;
+        if let Some(key) = &self.key {
+            write!(f, "`{key}`: ")?;
+        }
+        write!(f, "{}", self.kind)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// What is wrong, without the place.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ErrorKind {
+    #[error("the document does not begin with `#cloud-config` (first line: {first_line:?}){hint}; put `#cloud-config` alone on the first line")]
+    NotCloudConfig { first_line: String, hint: &'static str },
+    #[error("the document is not UTF-8 text (bad byte at offset {offset}); save it as UTF-8")]
+    NotUtf8 { offset: usize },
+    #[error("invalid YAML: {0}")]
+    Syntax(String),
+    #[error("expected {expected}, found {found}")]
+    WrongType { expected: &'static str, found: &'static str },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl ConfigError {
+    pub(crate) fn at(pos: Pos, key: &str, kind: ErrorKind) -> Self {
+        ConfigError { line: pos.line, column: pos.column, key: Some(key.to_string()), kind }
+    }
+
+    pub(crate) fn invalid(node: &Node, key: &str, message: impl Into<String>) -> Self {
+        Self::at(node.pos, key, ErrorKind::Invalid(message.into()))
+    }
+
+    fn document(pos: Pos, kind: ErrorKind) -> Self {
+        ConfigError { line: pos.line, column: pos.column, key: None, kind }
+    }
+}
+
+/// Parses a document given as bytes (fw_cfg, the OEM partition): it must be UTF-8.
+pub fn parse_bytes(bytes: &[u8]) -> Result<Parsed, ConfigError> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => parse(text),
+        Err(e) => {
+            let before = &bytes[..e.valid_up_to()];
+            let line = before.iter().filter(|b| **b == b'\n').count() as u64 + 1;
+            let column = before.iter().rev().take_while(|b| **b != b'\n').count() as u64 + 1;
+            Err(ConfigError::document(
+                Pos { line, column },
+                ErrorKind::NotUtf8 { offset: e.valid_up_to() },
+            ))
+        }
+    }
+}
+
+/// Parses and checks a cloud-config document.
+pub fn parse(text: &str) -> Result<Parsed, ConfigError> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    check_header(text)?;
+    let root = parse_tree(text)
+        .map_err(|e| ConfigError::document(e.pos, ErrorKind::Syntax(e.message)))?;
+    let mut ctx = Ctx::default();
+    let mut config = read_root(&root, &mut ctx)?;
+    config.source = text.to_string();
+    let mut warnings = ctx.warnings;
+    warnings.sort_by_key(|w| (w.line, w.column));
+    Ok(Parsed { config, warnings })
+}
+
+fn check_header(text: &str) -> Result<(), ConfigError> {
+    let first = text.lines().next().unwrap_or("").trim_end();
+    if first == HEADER {
+        return Ok(());
+    }
+    let hint = if first.starts_with("#!") {
+        " — it is a script, which Kiln does not run"
+    } else if first.starts_with('{') {
+        " — it looks like JSON (Ignition?), which Kiln does not read"
+    } else {
+        ""
+    };
+    let shown: String = first.chars().take(40).collect();
+    Err(ConfigError::document(
+        Pos { line: 1, column: 1 },
+        ErrorKind::NotCloudConfig { first_line: shown, hint },
+    ))
+}
+
+/// What the reading collects besides the config.
+#[derive(Default)]
+pub(crate) struct Ctx {
+    pub warnings: Vec<Warning>,
+}
+
+impl Ctx {
+    pub fn warn(&mut self, pos: Pos, key: &str, message: impl Into<String>) {
+        self.warnings.push(Warning {
+            line: pos.line,
+            column: pos.column,
+            key: key.to_string(),
+            message: message.into(),
+        });
+    }
+}
+
+/// Keys compare with `-` and `_` as the same character: CoreOS files use both.
+fn normalize(key: &str) -> String {
+    key.replace('-', "_")
+}
+
+/// The entries of one mapping, handed out by name; whatever is never asked for is an
+/// unknown key.
+pub(crate) struct Fields<'n> {
+    path: String,
+    entries: Vec<(&'n Key, &'n Node, bool)>,
+}
+
+impl<'n> Fields<'n> {
+    /// Reads `node` as a mapping. Null counts as an empty mapping (`kiln:` with nothing).
+    pub fn new(node: &'n Node, path: &str, ctx: &mut Ctx) -> Result<Self, ConfigError> {
+        let entries: Vec<(&Key, &Node, bool)> = match &node.kind {
+            Kind::Map(m) => m.iter().map(|(k, v)| (k, v, false)).collect(),
+            Kind::Null => Vec::new(),
+            other => return Err(wrong_type(node, path, "a mapping", other)),
+        };
+        for (i, (k, _, _)) in entries.iter().enumerate() {
+            let later = entries[i + 1..].iter().find(|(l, _, _)| normalize(&l.name) == normalize(&k.name));
+            if let Some((l, _, _)) = later {
+                ctx.warn(
+                    k.pos,
+                    &join(path, &k.name),
+                    format!("given again at line {} as `{}`; the later one is used", l.pos.line, l.name),
+                );
+            }
+        }
+        Ok(Fields { path: path.to_string(), entries })
+    }
+
+    /// The path of a child key, for messages.
+    pub fn path_of(&self, name: &str) -> String {
+        join(&self.path, name)
+    }
+
+    /// Takes the value of `name` (any spelling of `-`/`_`); the last one wins.
+    pub fn take(&mut self, name: &str) -> Option<&'n Node> {
+        let want = normalize(name);
+        let mut found = None;
+        for (k, v, used) in &mut self.entries {
+            if normalize(&k.name) == want {
+                *used = true;
+                found = Some(*v);
+            }
+        }
+        found
+    }
+
+    /// Like `take`, but a null value counts as absent.
+    pub fn take_some(&mut self, name: &str) -> Option<&'n Node> {
+        self.take(name).filter(|n| n.kind != Kind::Null)
+    }
+
+    /// The key node of `name`, for placing warnings about a key rather than its value.
+    pub fn key_pos(&self, name: &str) -> Option<Pos> {
+        let want = normalize(name);
+        self.entries.iter().rev().find(|(k, _, _)| normalize(&k.name) == want).map(|(k, _, _)| k.pos)
+    }
+
+    /// Warns about every key nobody asked for.
+    pub fn finish(self, ctx: &mut Ctx) {
+        for (k, _, used) in self.entries {
+            if !used {
+                ctx.warn(k.pos, &join(&self.path, &k.name), "unknown key, ignored");
+            }
+        }
+    }
+}
+
+pub(crate) fn join(path: &str, name: &str) -> String {
+    if path.is_empty() {
+        name.to_string()
+    } else {
+        format!("{path}.{name}")
+    }
+}
+
+pub(crate) fn wrong_type(node: &Node, path: &str, expected: &'static str, found: &Kind) -> ConfigError {
+    ConfigError::at(node.pos, path, ErrorKind::WrongType { expected, found: found.describe() })
+}
+
+/// A scalar as text. Numbers and booleans come as written (`0644`, `yes`).
+pub(crate) fn string(node: &Node, path: &str) -> Result<String, ConfigError> {
+    match &node.kind {
+        Kind::Scalar(s) => Ok(s.clone()),
+        other => Err(wrong_type(node, path, "a string", other)),
+    }
+}
+
+pub(crate) fn opt_string(node: Option<&Node>, path: &str) -> Result<Option<String>, ConfigError> {
+    match node {
+        None => Ok(None),
+        Some(n) if n.kind == Kind::Null => Ok(None),
+        Some(n) => string(n, path).map(Some),
+    }
+}
+
+/// A YAML 1.1 boolean, as cloud-init reads them: `yes`/`no`, `on`/`off`, `true`/`false`, `y`/`n`.
+/// An empty value is false, as go-yaml read it for CoreOS.
+pub(crate) fn boolean(node: Option<&Node>, path: &str) -> Result<bool, ConfigError> {
+    let Some(node) = node else { return Ok(false) };
+    let text = match &node.kind {
+        Kind::Null => return Ok(false),
+        Kind::Scalar(s) => s.as_str(),
+        other => return Err(wrong_type(node, path, "true or false", other)),
+    };
+    match text.to_ascii_lowercase().as_str() {
+        "true" | "yes" | "y" | "on" => Ok(true),
+        "false" | "no" | "n" | "off" => Ok(false),
+        _ => Err(ConfigError::invalid(node, path, format!("{text:?} is not a boolean; write true or false"))),
+    }
+}
+
+/// A list of strings; a single string counts as a list of one, nothing as an empty list.
+pub(crate) fn string_list(node: Option<&Node>, path: &str) -> Result<Vec<String>, ConfigError> {
+    let Some(node) = node else { return Ok(Vec::new()) };
+    match &node.kind {
+        Kind::Null => Ok(Vec::new()),
+        Kind::Scalar(s) => Ok(vec![s.clone()]),
+        Kind::Seq(items) => items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| string(item, &format!("{path}[{i}]")))
+            .collect(),
+        other => Err(wrong_type(node, path, "a list of strings", other)),
+    }
+}
+
+/// The items of a list; nothing counts as an empty list.
+pub(crate) fn list<'n>(node: Option<&'n Node>, path: &str) -> Result<&'n [Node], ConfigError> {
+    let Some(node) = node else { return Ok(&[]) };
+    match &node.kind {
+        Kind::Null => Ok(&[]),
+        Kind::Seq(items) => Ok(items),
+        other => Err(wrong_type(node, path, "a list", other)),
+    }
+}
+
+fn read_root(root: &Node, ctx: &mut Ctx) -> Result<CloudConfig, ConfigError> {
+    let mut f = Fields::new(root, "", ctx)?;
+    let mut cfg = CloudConfig::default();
+    if let Some(n) = f.take_some("hostname") {
+        cfg.hostname = Some(hostname(n)?);
+    }
+    cfg.ssh_authorized_keys = ssh_keys(f.take("ssh_authorized_keys"), "ssh_authorized_keys")?;
+    for (i, n) in list(f.take("users"), "users")?.iter().enumerate() {
+        cfg.users.push(user(n, &format!("users[{i}]"), ctx)?);
+    }
+    for (i, n) in list(f.take("write_files"), "write_files")?.iter().enumerate() {
+        cfg.write_files.push(write_file(n, &format!("write_files[{i}]"), ctx)?);
+    }
+    cfg.kiln = sections::kiln_section(&mut f, ctx)?;
+    f.finish(ctx);
+    Ok(cfg)
+}
+
+fn hostname(node: &Node) -> Result<String, ConfigError> {
+    let name = string(node, "hostname")?;
+    // The kernel keeps at most 64 bytes; systemd refuses anything but these characters.
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    };
+    if name.len() > 64 || !name.split('.').all(label_ok) {
+        return Err(ConfigError::invalid(
+            node,
+            "hostname",
+            format!("{name:?} is not a valid host name (letters, digits and `-` in dot-separated labels, at most 64 characters)"),
+        ));
+    }
+    Ok(name)
+}
+
+fn ssh_keys(node: Option<&Node>, path: &str) -> Result<Vec<String>, ConfigError> {
+    let keys = string_list(node, path)?;
+    // A key with a line break would become two lines of authorized_keys.
+    if let (Some(n), Some(bad)) = (node, keys.iter().position(|k| k.trim().contains('\n'))) {
+        return Err(ConfigError::invalid(n, &format!("{path}[{bad}]"), "an SSH key must be one line"));
+    }
+    Ok(keys.into_iter().map(|k| k.trim().to_string()).filter(|k| !k.is_empty()).collect())
+}
+
+/// A user or group name as shadow-utils accept it, and that cannot break `/etc/passwd`.
+pub(crate) fn valid_account_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 32
+        && !name.starts_with('-')
+        && !name.chars().all(|c| c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c) || (c == '$'))
+}
+
+fn account_name(node: &Node, path: &str) -> Result<String, ConfigError> {
+    let name = string(node, path)?;
+    if !valid_account_name(&name) {
+        return Err(ConfigError::invalid(
+            node,
+            path,
+            format!("{name:?} is not a valid user or group name (letters, digits, `_`, `-`, `.`; not all digits; at most 32)"),
+        ));
+    }
+    Ok(name)
+}
+
+/// A field of an `/etc/passwd` line: no `:` and no line break.
+fn passwd_field(node: Option<&Node>, path: &str) -> Result<Option<String>, ConfigError> {
+    let value = opt_string(node, path)?;
+    if let (Some(v), Some(n)) = (&value, node) {
+        if v.contains(':') || v.contains('\n') {
+            return Err(ConfigError::invalid(n, path, "must not contain `:` or a line break"));
+        }
+    }
+    Ok(value)
+}
+
+fn absolute_path_field(node: Option<&Node>, path: &str) -> Result<Option<String>, ConfigError> {
+    let value = passwd_field(node, path)?;
+    if let (Some(v), Some(n)) = (&value, node) {
+        if !v.starts_with('/') {
+            return Err(ConfigError::invalid(n, path, format!("{v:?} must be an absolute path")));
+        }
+    }
+    Ok(value)
+}
+
+fn user(node: &Node, path: &str, ctx: &mut Ctx) -> Result<User, ConfigError> {
+    let mut f = Fields::new(node, path, ctx)?;
+    let name = match f.take_some("name") {
+        Some(n) => account_name(n, &f.path_of("name"))?,
+        None => return Err(ConfigError::invalid(node, path, "a user needs a `name`")),
+    };
+    let groups = groups(f.take("groups"), &f.path_of("groups"))?;
+    let passwd = passwd_field(f.take("passwd"), &f.path_of("passwd"))?;
+    if let Some(p) = &passwd {
+        if !(p.starts_with('$') || p.starts_with('!') || p.starts_with('*')) {
+            let pos = f.key_pos("passwd").unwrap_or(node.pos);
+            ctx.warn(pos, &f.path_of("passwd"), "does not look like a crypt hash (make one with `mkpasswd -m sha-512`); written to /etc/shadow as is");
+        }
+    }
+    let primary_group = match f.take_some("primary_group") {
+        Some(n) => Some(account_name(n, &f.path_of("primary_group"))?),
+        None => None,
+    };
+    let user = User {
+        gecos: passwd_field(f.take("gecos"), &f.path_of("gecos"))?,
+        groups,
+        passwd,
+        ssh_authorized_keys: ssh_keys(f.take("ssh_authorized_keys"), &f.path_of("ssh_authorized_keys"))?,
+        primary_group,
+        homedir: absolute_path_field(f.take("homedir"), &f.path_of("homedir"))?,
+        shell: absolute_path_field(f.take("shell"), &f.path_of("shell"))?,
+        no_create_home: boolean(f.take("no_create_home"), &f.path_of("no_create_home"))?,
+        system: boolean(f.take("system"), &f.path_of("system"))?,
+        name,
+    };
+    f.finish(ctx);
+    Ok(user)
+}
+
+/// `groups:` as a list or as `"sudo, docker"`.
+fn groups(node: Option<&Node>, path: &str) -> Result<Vec<String>, ConfigError> {
+    let Some(node) = node else { return Ok(Vec::new()) };
+    let names: Vec<String> = match &node.kind {
+        Kind::Scalar(s) => s.split(',').map(|g| g.trim().to_string()).filter(|g| !g.is_empty()).collect(),
+        _ => string_list(Some(node), path)?,
+    };
+    if let Some(bad) = names.iter().find(|g| !valid_account_name(g)) {
+        return Err(ConfigError::invalid(node, path, format!("{bad:?} is not a valid group name")));
+    }
+    Ok(names)
+}
+
+fn write_file(node: &Node, path: &str, ctx: &mut Ctx) -> Result<WriteFile, ConfigError> {
+    let mut f = Fields::new(node, path, ctx)?;
+    let target = match f.take_some("path") {
+        Some(n) => file_path(n, &f.path_of("path"))?,
+        None => return Err(ConfigError::invalid(node, path, "a write_files entry needs a `path`")),
+    };
+    let encoding = match f.take_some("encoding") {
+        Some(n) => encoding(n, &f.path_of("encoding"))?,
+        None => Encoding::Plain,
+    };
+    let content = match f.take("content") {
+        Some(n) => decode(n, &f.path_of("content"), encoding)?,
+        None => Vec::new(),
+    };
+    let permissions = match f.take_some("permissions") {
+        Some(n) => Some(permissions(n, &f.path_of("permissions"))?),
+        None => None,
+    };
+    let owner = match f.take_some("owner") {
+        Some(n) => Some(owner(n, &f.path_of("owner"))?),
+        None => None,
+    };
+    let append = boolean(f.take("append"), &f.path_of("append"))?;
+    f.finish(ctx);
+    Ok(WriteFile { path: target, content, permissions, owner, encoding, append })
+}
+
+/// An absolute path with no `..`, so the file cannot land outside the root.
+pub(crate) fn file_path(node: &Node, path: &str) -> Result<String, ConfigError> {
+    let p = string(node, path)?;
+    if !p.starts_with('/') {
+        return Err(ConfigError::invalid(node, path, format!("{p:?} is a relative path; write_files paths must be absolute, e.g. /etc/foo.conf")));
+    }
+    if p.split('/').any(|c| c == "..") || p.contains('\0') {
+        return Err(ConfigError::invalid(node, path, format!("{p:?} contains `..`; give the path without it")));
+    }
+    if p.ends_with('/') {
+        return Err(ConfigError::invalid(node, path, format!("{p:?} names a directory; give a file name")));
+    }
+    Ok(p)
+}
+
+fn encoding(node: &Node, path: &str) -> Result<Encoding, ConfigError> {
+    let e = string(node, path)?;
+    match e.to_ascii_lowercase().as_str() {
+        "" | "plain" | "text/plain" => Ok(Encoding::Plain),
+        "b64" | "base64" => Ok(Encoding::Base64),
+        "gz+b64" | "gzip+b64" | "gz+base64" | "gzip+base64" => Ok(Encoding::GzipBase64),
+        _ => Err(ConfigError::invalid(
+            node,
+            path,
+            format!("unknown encoding {e:?}; use plain, b64 (base64) or gzip+b64 (gz+b64, gzip+base64)"),
+        )),
+    }
+}
+
+fn decode(node: &Node, path: &str, encoding: Encoding) -> Result<Vec<u8>, ConfigError> {
+    let text = match &node.kind {
+        Kind::Null => return Ok(Vec::new()),
+        _ => string(node, path)?,
+    };
+    if encoding == Encoding::Plain {
+        return Ok(text.into_bytes());
+    }
+    let compact: String = text.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    let engine = base64::engine::GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        base64::engine::GeneralPurposeConfig::new()
+            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+    );
+    let bytes = engine
+        .decode(compact.as_bytes())
+        .map_err(|e| ConfigError::invalid(node, path, format!("content is not valid base64 ({e})")))?;
+    if encoding == Encoding::Base64 {
+        return Ok(bytes);
+    }
+    let mut out = Vec::new();
+    flate2::read::MultiGzDecoder::new(bytes.as_slice())
+        .take(MAX_DECODED + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| ConfigError::invalid(node, path, format!("content is not valid gzip ({e})")))?;
+    if out.len() as u64 > MAX_DECODED {
+        return Err(ConfigError::invalid(node, path, format!("content decompresses to more than {} MiB", MAX_DECODED >> 20)));
+    }
+    Ok(out)
+}
+
+/// An octal mode, as CoreOS read it: `'0644'`, `0644`, `644` and `0o644` all mean rw-r--r--.
+fn permissions(node: &Node, path: &str) -> Result<u32, ConfigError> {
+    let text = string(node, path)?;
+    let t = text.trim();
+    let digits = t.strip_prefix("0o").or_else(|| t.strip_prefix("0O")).unwrap_or(t);
+    match u32::from_str_radix(digits, 8) {
+        Ok(mode) if !digits.is_empty() && !digits.starts_with('+') && mode <= 0o7777 => Ok(mode),
+        _ => Err(ConfigError::invalid(
+            node,
+            path,
+            format!("{text:?} is not an octal file mode; write it quoted, like '0644'"),
+        )),
+    }
+}
+
+fn owner(node: &Node, path: &str) -> Result<Owner, ConfigError> {
+    let text = string(node, path)?;
+    let (user, group) = match text.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (text.as_str(), None),
+    };
+    let part = |p: &str| -> Result<IdRef, ConfigError> {
+        let p = p.trim();
+        if let Ok(id) = p.parse::<u32>() {
+            Ok(IdRef::Id(id))
+        } else if valid_account_name(p) {
+            Ok(IdRef::Name(p.to_string()))
+        } else {
+            Err(ConfigError::invalid(node, path, format!("{text:?} is not `user:group` (names or numbers)")))
+        }
+    };
+    Ok(Owner { user: part(user)?, group: group.map(part).transpose()? })
+}

@@ -1,0 +1,442 @@
+//! Reading the `kiln:` section (also accepted as `coreos:`): etcd, update, locksmith, units and
+//! network.
+
+use crate::model::{
+    DropIn, Etcd, KilnSection, Locksmith, NetworkInterface, RebootStrategy, RebootWindow, Unit,
+    UnitCommand, Update, Weekday,
+};
+use crate::parse::{boolean, list, opt_string, string, string_list, ConfigError, Ctx, Fields};
+use crate::tree::Node;
+use std::net::IpAddr;
+
+/// etcd 3.4 settings Kiln passes on as `ETCD_*` variables; `true` marks booleans, which are
+/// normalised to `true`/`false` because etcd does not read `yes`.
+const ETCD_KEYS: &[(&str, bool)] = &[
+    ("name", false),
+    ("data-dir", false),
+    ("wal-dir", false),
+    ("snapshot-count", false),
+    ("heartbeat-interval", false),
+    ("election-timeout", false),
+    ("listen-peer-urls", false),
+    ("listen-client-urls", false),
+    ("max-snapshots", false),
+    ("max-wals", false),
+    ("cors", false),
+    ("quota-backend-bytes", false),
+    ("initial-advertise-peer-urls", false),
+    ("initial-cluster", false),
+    ("initial-cluster-state", false),
+    ("initial-cluster-token", false),
+    ("advertise-client-urls", false),
+    ("discovery", false),
+    ("discovery-srv", false),
+    ("discovery-fallback", false),
+    ("discovery-proxy", false),
+    ("strict-reconfig-check", true),
+    ("enable-v2", true),
+    ("cert-file", false),
+    ("key-file", false),
+    ("client-cert-auth", true),
+    ("trusted-ca-file", false),
+    ("auto-tls", true),
+    ("peer-cert-file", false),
+    ("peer-key-file", false),
+    ("peer-client-cert-auth", true),
+    ("peer-trusted-ca-file", false),
+    ("peer-auto-tls", true),
+    ("log-level", false),
+    ("logger", false),
+    ("log-outputs", false),
+    ("debug", true),
+    ("enable-pprof", true),
+    ("metrics", false),
+    ("listen-metrics-urls", false),
+    ("auto-compaction-retention", false),
+    ("auto-compaction-mode", false),
+];
+
+/// Reads `kiln:` or `coreos:` from the top-level mapping.
+pub(crate) fn kiln_section(top: &mut Fields<'_>, ctx: &mut Ctx) -> Result<KilnSection, ConfigError> {
+    let kiln = top.take("kiln");
+    let coreos = top.take("coreos");
+    let (node, name) = match (kiln, coreos) {
+        (Some(k), Some(_)) => {
+            if let Some(pos) = top.key_pos("coreos") {
+                ctx.warn(pos, "coreos", "both `kiln:` and `coreos:` are given; `coreos:` is ignored");
+            }
+            (k, "kiln")
+        }
+        (Some(k), None) => (k, "kiln"),
+        (None, Some(c)) => (c, "coreos"),
+        (None, None) => return Ok(KilnSection::default()),
+    };
+    let mut f = Fields::new(node, name, ctx)?;
+    let etcd = etcd_section(&mut f, ctx)?;
+    let update = match f.take_some("update") {
+        Some(n) => Some(update(n, &f.path_of("update"), etcd.is_some(), ctx)?),
+        None => None,
+    };
+    let locksmith = match f.take_some("locksmith") {
+        Some(n) => Some(locksmith(n, &f.path_of("locksmith"), ctx)?),
+        None => None,
+    };
+    let mut units = Vec::new();
+    let units_path = f.path_of("units");
+    for (i, n) in list(f.take("units"), &units_path)?.iter().enumerate() {
+        units.push(unit(n, &format!("{units_path}[{i}]"), ctx)?);
+    }
+    let mut network = Vec::new();
+    let net_path = f.path_of("network");
+    for (i, n) in list(f.take("network"), &net_path)?.iter().enumerate() {
+        network.push(interface(n, &format!("{net_path}[{i}]"), ctx)?);
+    }
+    f.finish(ctx);
+    Ok(KilnSection { etcd, update, locksmith, units, network })
+}
+
+/// `etcd2:` wins over `etcd:`; both configure Debian's etcd 3.4.
+fn etcd_section(f: &mut Fields<'_>, ctx: &mut Ctx) -> Result<Option<Etcd>, ConfigError> {
+    let v1 = f.take("etcd");
+    let v2 = f.take("etcd2");
+    let (node, path) = match (v1, v2) {
+        (Some(_), Some(n)) => {
+            if let Some(pos) = f.key_pos("etcd") {
+                ctx.warn(pos, &f.path_of("etcd"), "both `etcd:` and `etcd2:` are given; `etcd:` is ignored");
+            }
+            (n, f.path_of("etcd2"))
+        }
+        (None, Some(n)) => (n, f.path_of("etcd2")),
+        (Some(n), None) => (n, f.path_of("etcd")),
+        (None, None) => return Ok(None),
+    };
+    etcd(node, &path, ctx).map(Some)
+}
+
+fn etcd(node: &Node, path: &str, ctx: &mut Ctx) -> Result<Etcd, ConfigError> {
+    let mut f = Fields::new(node, path, ctx)?;
+    let mut etcd = Etcd::default();
+    for (key, is_bool) in ETCD_KEYS {
+        let Some(n) = f.take_some(key) else { continue };
+        let kpath = f.path_of(key);
+        let value = if *is_bool {
+            boolean(Some(n), &kpath)?.to_string()
+        } else {
+            // etcd reads URL lists comma-separated; a YAML list is accepted for them too.
+            string_list(Some(n), &kpath)?.join(",")
+        };
+        if value.contains("$private_ipv4") || value.contains("$public_ipv4") {
+            ctx.warn(n.pos, &kpath, "coreos-cloudinit replaced $private_ipv4/$public_ipv4 from provider metadata; Kiln does not, write the address itself");
+        }
+        if value.contains('\n') {
+            return Err(ConfigError::invalid(n, &kpath, "must be one line"));
+        }
+        if *key == "initial-cluster-state" && value != "new" && value != "existing" {
+            return Err(ConfigError::invalid(n, &kpath, format!("{value:?} is neither `new` nor `existing`")));
+        }
+        etcd.settings.insert(key.to_string(), value);
+    }
+    f.finish(ctx);
+    Ok(etcd)
+}
+
+fn update(node: &Node, path: &str, has_etcd: bool, ctx: &mut Ctx) -> Result<Update, ConfigError> {
+    let mut f = Fields::new(node, path, ctx)?;
+    let server = opt_string(f.take("server"), &f.path_of("server"))?;
+    if let (Some(s), Some(n)) = (&server, f.take("server")) {
+        if !(s.starts_with("http://") || s.starts_with("https://")) || s.contains(char::is_whitespace) {
+            return Err(ConfigError::invalid(n, &f.path_of("server"), format!("{s:?} is not an http:// or https:// URL")));
+        }
+    }
+    let group = opt_string(f.take("group"), &f.path_of("group"))?;
+    let channel = opt_string(f.take("channel"), &f.path_of("channel"))?;
+    if let (Some(_), Some(_), Some(pos)) = (&group, &channel, f.key_pos("group")) {
+        ctx.warn(pos, &f.path_of("group"), "both `group` and `channel` are given; `channel` is used");
+    }
+    let channel = channel.or(group);
+    if let Some(c) = &channel {
+        if c.is_empty() || !c.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch)) {
+            let n = f.take("channel").or(f.take("group")).unwrap_or(node);
+            return Err(ConfigError::invalid(n, &f.path_of("channel"), format!("{c:?} is not a channel name (letters, digits, `-`, `_`, `.`)")));
+        }
+    }
+    let reboot_strategy = match f.take_some("reboot_strategy") {
+        Some(n) => Some(reboot_strategy(n, &f.path_of("reboot-strategy"), has_etcd, ctx)?),
+        None => None,
+    };
+    f.finish(ctx);
+    Ok(Update { server, channel, reboot_strategy })
+}
+
+fn reboot_strategy(node: &Node, path: &str, has_etcd: bool, ctx: &mut Ctx) -> Result<RebootStrategy, ConfigError> {
+    let s = string(node, path)?;
+    Ok(match s.as_str() {
+        "immediate" => RebootStrategy::Immediate,
+        "etcd-lock" => RebootStrategy::EtcdLock,
+        "fleetlock" => RebootStrategy::FleetLock,
+        "off" => RebootStrategy::Off,
+        "reboot" => {
+            ctx.warn(node.pos, path, "`reboot` is the old name of `immediate`; using `immediate`");
+            RebootStrategy::Immediate
+        }
+        "best-effort" => {
+            // CoreOS: etcd-lock when etcd runs here, otherwise reboot at once.
+            let chosen = if has_etcd { RebootStrategy::EtcdLock } else { RebootStrategy::Immediate };
+            ctx.warn(node.pos, path, format!("`best-effort` is an old CoreOS strategy; using `{}` because etcd is {}configured", chosen.as_str(), if has_etcd { "" } else { "not " }));
+            chosen
+        }
+        _ => {
+            return Err(ConfigError::invalid(
+                node,
+                path,
+                format!("unknown reboot strategy {s:?}; use immediate, etcd-lock, fleetlock or off"),
+            ))
+        }
+    })
+}
+
+fn locksmith(node: &Node, path: &str, ctx: &mut Ctx) -> Result<Locksmith, ConfigError> {
+    let mut f = Fields::new(node, path, ctx)?;
+    let start = f.take_some("window_start");
+    let length = f.take_some("window_length");
+    let window = match (start, length) {
+        (None, None) => None,
+        (Some(s), Some(l)) => {
+            let (weekday, hour, minute) = window_start(s, &f.path_of("window-start"))?;
+            let lpath = f.path_of("window-length");
+            let length_text = string(l, &lpath)?;
+            let length_secs = duration_secs(&length_text).ok_or_else(|| {
+                ConfigError::invalid(l, &lpath, format!("{length_text:?} is not a duration like 1h, 30m or 1h30m"))
+            })?;
+            if length_secs == 0 || length_secs > 7 * 24 * 3600 {
+                return Err(ConfigError::invalid(l, &lpath, format!("{length_text:?} must be longer than 0 and at most a week")));
+            }
+            Some(RebootWindow { weekday, hour, minute, length_secs, length_text })
+        }
+        (Some(n), None) | (None, Some(n)) => {
+            return Err(ConfigError::invalid(n, path, "a reboot window needs both `window-start` and `window-length`"))
+        }
+    };
+    f.finish(ctx);
+    Ok(Locksmith { window })
+}
+
+/// `Thu 04:00`, `thursday 4:00` or `04:00` (every day).
+fn window_start(node: &Node, path: &str) -> Result<(Option<Weekday>, u8, u8), ConfigError> {
+    let text = string(node, path)?;
+    let bad = || ConfigError::invalid(node, path, format!("{text:?} is not a window start like \"Thu 04:00\" or \"04:00\""));
+    let parts: Vec<&str> = text.split_whitespace().collect();
+    let (day, time) = match parts.as_slice() {
+        [time] => (None, *time),
+        [day, time] => (Some(weekday(day).ok_or_else(bad)?), *time),
+        _ => return Err(bad()),
+    };
+    let (h, m) = time.split_once(':').ok_or_else(bad)?;
+    let hour: u8 = h.parse().map_err(|_| bad())?;
+    let minute: u8 = m.parse().map_err(|_| bad())?;
+    if hour > 23 || minute > 59 || m.len() != 2 {
+        return Err(bad());
+    }
+    Ok((day, hour, minute))
+}
+
+fn weekday(s: &str) -> Option<Weekday> {
+    let l = s.to_ascii_lowercase();
+    let days = [
+        ("sunday", Weekday::Sun),
+        ("monday", Weekday::Mon),
+        ("tuesday", Weekday::Tue),
+        ("wednesday", Weekday::Wed),
+        ("thursday", Weekday::Thu),
+        ("friday", Weekday::Fri),
+        ("saturday", Weekday::Sat),
+    ];
+    days.iter().find(|(full, _)| l == *full || (l.len() == 3 && full.starts_with(&l))).map(|(_, d)| *d)
+}
+
+/// A Go-style duration (`1h`, `90m`, `1h30m`, `45s`) in seconds, as locksmith read it.
+pub(crate) fn duration_secs(text: &str) -> Option<u64> {
+    let mut total: u64 = 0;
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        if digits == 0 {
+            return None;
+        }
+        let n: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let (unit, len) = match rest.chars().next()? {
+            'h' => (3600, 1),
+            'm' => (60, 1),
+            's' => (1, 1),
+            _ => return None,
+        };
+        total = total.checked_add(n.checked_mul(unit)?)?;
+        rest = &rest[len..];
+    }
+    Some(total)
+}
+
+const UNIT_SUFFIXES: &[&str] = &[
+    ".service", ".socket", ".device", ".mount", ".automount", ".swap", ".target", ".path", ".timer",
+    ".slice", ".scope", ".network", ".netdev", ".link",
+];
+
+fn unit_name_ok(name: &str) -> bool {
+    name.len() <= 255
+        && UNIT_SUFFIXES.iter().any(|s| name.len() > s.len() && name.ends_with(s))
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || ":_.@-\\".contains(c))
+}
+
+fn unit(node: &Node, path: &str, ctx: &mut Ctx) -> Result<Unit, ConfigError> {
+    let mut f = Fields::new(node, path, ctx)?;
+    let name = match f.take_some("name") {
+        Some(n) => {
+            let name = string(n, &f.path_of("name"))?;
+            if !unit_name_ok(&name) {
+                return Err(ConfigError::invalid(n, &f.path_of("name"), format!("{name:?} is not a unit name like foo.service (letters, digits, `:_.@-`, and a type suffix)")));
+            }
+            name
+        }
+        None => return Err(ConfigError::invalid(node, path, "a unit needs a `name`")),
+    };
+    let content = opt_string(f.take("content"), &f.path_of("content"))?;
+    let mut drop_ins = Vec::new();
+    let dpath = f.path_of("drop_ins");
+    for (i, n) in list(f.take("drop_ins"), &dpath)?.iter().enumerate() {
+        drop_ins.push(drop_in(n, &format!("{dpath}[{i}]"), ctx)?);
+    }
+    let command = match f.take_some("command") {
+        Some(n) => {
+            let c = string(n, &f.path_of("command"))?;
+            Some(UnitCommand::from_name(&c).ok_or_else(|| {
+                ConfigError::invalid(n, &f.path_of("command"), format!("unknown command {c:?}; use start, stop, restart, reload or try-restart"))
+            })?)
+        }
+        None => None,
+    };
+    let unit = Unit {
+        content,
+        drop_ins,
+        enable: boolean(f.take("enable"), &f.path_of("enable"))?,
+        mask: boolean(f.take("mask"), &f.path_of("mask"))?,
+        runtime: boolean(f.take("runtime"), &f.path_of("runtime"))?,
+        command,
+        name,
+    };
+    if unit.mask && unit.content.is_some() {
+        ctx.warn(node.pos, path, "both `mask` and `content` are given; the unit is masked and its content not written");
+    }
+    if unit.is_networkd() && (unit.enable || unit.mask || unit.command.is_some()) {
+        ctx.warn(node.pos, path, "a networkd file cannot be enabled, masked or started; only its content is written");
+    }
+    f.finish(ctx);
+    Ok(unit)
+}
+
+fn drop_in(node: &Node, path: &str, ctx: &mut Ctx) -> Result<DropIn, ConfigError> {
+    let mut f = Fields::new(node, path, ctx)?;
+    let name = match f.take_some("name") {
+        Some(n) => {
+            let name = string(n, &f.path_of("name"))?;
+            let ok = name.len() > 5 && name.ends_with(".conf") && !name.contains('/') && !name.starts_with('.');
+            if !ok {
+                return Err(ConfigError::invalid(n, &f.path_of("name"), format!("{name:?} is not a drop-in name like 10-override.conf")));
+            }
+            name
+        }
+        None => return Err(ConfigError::invalid(node, path, "a drop-in needs a `name`")),
+    };
+    let content = opt_string(f.take("content"), &f.path_of("content"))?.unwrap_or_default();
+    f.finish(ctx);
+    Ok(DropIn { name, content })
+}
+
+fn interface(node: &Node, path: &str, ctx: &mut Ctx) -> Result<NetworkInterface, ConfigError> {
+    let mut f = Fields::new(node, path, ctx)?;
+    let name_node = f.take_some("name").or(f.take_some("match"));
+    let Some(name_node) = name_node else {
+        return Err(ConfigError::invalid(node, path, "an interface needs a `name` (or `match`), e.g. eth0 or en*"));
+    };
+    let name = string(name_node, &f.path_of("name"))?;
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:*?[]".contains(c)) {
+        return Err(ConfigError::invalid(name_node, &f.path_of("name"), format!("{name:?} is not an interface name or glob")));
+    }
+    let mut addresses = Vec::new();
+    for key in ["address", "addresses"] {
+        let n = f.take(key);
+        for a in string_list(n, &f.path_of(key))? {
+            if !cidr_ok(&a) {
+                let at = n.unwrap_or(node);
+                return Err(ConfigError::invalid(at, &f.path_of(key), format!("{a:?} is not an address in CIDR form like 192.0.2.10/24")));
+            }
+            addresses.push(a);
+        }
+    }
+    let gateway = opt_string(f.take("gateway"), &f.path_of("gateway"))?;
+    if let (Some(g), Some(n)) = (&gateway, f.take("gateway")) {
+        if g.parse::<IpAddr>().is_err() {
+            return Err(ConfigError::invalid(n, &f.path_of("gateway"), format!("{g:?} is not an IP address")));
+        }
+    }
+    let dns_node = f.take("dns");
+    let dns = string_list(dns_node, &f.path_of("dns"))?;
+    if let Some(bad) = dns.iter().find(|d| d.parse::<IpAddr>().is_err()) {
+        return Err(ConfigError::invalid(dns_node.unwrap_or(node), &f.path_of("dns"), format!("{bad:?} is not an IP address")));
+    }
+    f.finish(ctx);
+    Ok(NetworkInterface { name, addresses, gateway, dns })
+}
+
+fn cidr_ok(text: &str) -> bool {
+    let Some((ip, prefix)) = text.split_once('/') else { return false };
+    let Ok(ip) = ip.parse::<IpAddr>() else { return false };
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    matches!(prefix.parse::<u8>(), Ok(p) if p <= max && !prefix.starts_with('+'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration_secs("1h"), Some(3600));
+        assert_eq!(duration_secs("1h30m"), Some(5400));
+        assert_eq!(duration_secs("90m"), Some(5400));
+        assert_eq!(duration_secs("45s"), Some(45));
+        assert_eq!(duration_secs("1 h"), None);
+        assert_eq!(duration_secs("h"), None);
+        assert_eq!(duration_secs("1d"), None);
+        assert_eq!(duration_secs(""), None);
+    }
+
+    #[test]
+    fn cidrs() {
+        assert!(cidr_ok("192.0.2.10/24"));
+        assert!(cidr_ok("2001:db8::1/64"));
+        assert!(!cidr_ok("192.0.2.10"));
+        assert!(!cidr_ok("192.0.2.10/33"));
+        assert!(!cidr_ok("host/24"));
+    }
+
+    #[test]
+    fn weekdays() {
+        assert_eq!(weekday("Thu"), Some(Weekday::Thu));
+        assert_eq!(weekday("thursday"), Some(Weekday::Thu));
+        assert_eq!(weekday("Th"), None);
+    }
+
+    #[test]
+    fn unit_names() {
+        assert!(unit_name_ok("etcd.service"));
+        assert!(unit_name_ok("getty@tty1.service"));
+        assert!(unit_name_ok("10-eth.network"));
+        assert!(!unit_name_ok("etcd"));
+        assert!(!unit_name_ok(".service"));
+        assert!(!unit_name_ok("../x.service"));
+    }
+}

@@ -1,0 +1,329 @@
+//! Everything that ends up as systemd configuration: units and drop-ins, `enable` as the
+//! `[Install]` links `systemctl enable` would make, masks, the start list, networkd files for
+//! static addresses, and etcd's environment file.
+
+use crate::accounts::Accounts;
+use crate::fsroot::{LastLink, Meta, Root};
+use crate::model::{Etcd, NetworkInterface, Unit};
+
+/// Where `systemctl start` requests are left for the small unit that runs them after boot.
+pub const UNITS_TO_START: &str = "/var/lib/kiln/units-to-start";
+/// Debian's etcd.service reads `EnvironmentFile=-/etc/default/%p`.
+pub const ETCD_ENV_FILE: &str = "/etc/default/etcd";
+pub const ETCD_DEFAULT_DATA_DIR: &str = "/var/lib/etcd/default";
+/// Where vendor units are looked for, most specific first. `/lib` is there for images whose
+/// `/lib` is not yet a link to `/usr/lib`.
+const UNIT_DIRS: &[&str] = &["/etc/systemd/system", "/usr/lib/systemd/system", "/lib/systemd/system"];
+
+/// The `[Install]` section of a unit file, as far as enabling needs it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Install {
+    pub wanted_by: Vec<String>,
+    pub required_by: Vec<String>,
+    pub alias: Vec<String>,
+    pub default_instance: Option<String>,
+}
+
+/// Reads `[Install]`: list settings accumulate, an empty assignment clears, `\` continues.
+pub(crate) fn parse_install(unit: &str) -> Install {
+    let mut install = Install::default();
+    let mut in_install = false;
+    let mut joined = String::new();
+    for raw in unit.lines() {
+        if let Some(stripped) = raw.strip_suffix('\\') {
+            joined.push_str(stripped);
+            joined.push(' ');
+            continue;
+        }
+        joined.push_str(raw);
+        let line = std::mem::take(&mut joined);
+        let line = line.trim();
+        if line.starts_with('#') || line.starts_with(';') || line.is_empty() {
+            continue;
+        }
+        if line.starts_with('[') {
+            in_install = line == "[Install]";
+            continue;
+        }
+        if !in_install {
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else { continue };
+        let words: Vec<String> = value.split_whitespace().map(str::to_string).collect();
+        let list = match key.trim() {
+            "WantedBy" => &mut install.wanted_by,
+            "RequiredBy" => &mut install.required_by,
+            "Alias" => &mut install.alias,
+            "DefaultInstance" => {
+                install.default_instance = words.first().cloned();
+                continue;
+            }
+            _ => continue,
+        };
+        if words.is_empty() {
+            list.clear();
+        } else {
+            list.extend(words);
+        }
+    }
+    install
+}
+
+/// `foo@bar.service` → `foo@.service`, the file an instance comes from.
+fn template_of(name: &str) -> Option<String> {
+    let (prefix, rest) = name.split_once('@')?;
+    let dot = rest.rfind('.')?;
+    Some(format!("{prefix}@{}", &rest[dot..]))
+}
+
+/// Where units of one kind go: `/etc/systemd/system`, or `/run/systemd/system` for runtime
+/// units (`fs` is then the directory that becomes `/run`).
+pub(crate) struct UnitDir<'a> {
+    pub fs: &'a Root,
+    /// The directory inside `fs`.
+    pub inner: &'static str,
+    /// The same directory as the running machine sees it (for link targets).
+    pub outer: &'static str,
+}
+
+impl UnitDir<'_> {
+    fn inner_path(&self, name: &str) -> String {
+        format!("{}/{name}", self.inner)
+    }
+}
+
+/// Makes the links `systemctl enable` would for `name`, whose file is at `target` (as the
+/// machine sees it) with `content`.
+pub(crate) fn enable(dir: &UnitDir<'_>, name: &str, target: &str, content: &str, notes: &mut Vec<String>) -> Result<(), String> {
+    let install = parse_install(content);
+    let is_template = name.contains("@.");
+    let link_name = if is_template {
+        match &install.default_instance {
+            Some(inst) => name.replacen("@.", &format!("@{inst}."), 1),
+            None => {
+                notes.push(format!("{name} is a template without DefaultInstance=; not enabled"));
+                return Ok(());
+            }
+        }
+    } else {
+        name.to_string()
+    };
+    if install.wanted_by.is_empty() && install.required_by.is_empty() && install.alias.is_empty() {
+        notes.push(format!("{name} has no [Install] section; nothing to enable"));
+        return Ok(());
+    }
+    for (targets, suffix) in [(&install.wanted_by, "wants"), (&install.required_by, "requires")] {
+        for t in targets {
+            dir.fs.symlink(&format!("{}/{t}.{suffix}/{link_name}", dir.inner), target)?;
+        }
+    }
+    // Aliases of instances name other instances; systemctl does not link those either.
+    if !name.contains('@') {
+        for a in &install.alias {
+            dir.fs.symlink(&dir.inner_path(a), target)?;
+        }
+    }
+    Ok(())
+}
+
+/// Finds an installed unit file for `name` (its template for an instance): the path as the
+/// machine sees it and its content.
+fn find_unit(fs: &Root, name: &str) -> Option<(String, String)> {
+    let file = template_of(name).unwrap_or_else(|| name.to_string());
+    UNIT_DIRS.iter().find_map(|d| {
+        let path = format!("{d}/{file}");
+        let bytes = fs.read(&path).ok()??;
+        Some((path, String::from_utf8_lossy(&bytes).into_owned()))
+    })
+}
+
+/// Writes, masks and enables one unit. Returns the start-list line, if any.
+pub(crate) fn apply_unit(root: &Root, dir: &UnitDir<'_>, unit: &Unit, notes: &mut Vec<String>) -> Result<Option<String>, String> {
+    if unit.is_networkd() {
+        let inner = if unit.runtime { "/systemd/network" } else { "/etc/systemd/network" };
+        write_with_dropins(dir.fs, inner, unit)?;
+        return Ok(None);
+    }
+    let name = &unit.name;
+    if unit.mask {
+        dir.fs.symlink(&dir.inner_path(name), "/dev/null")?;
+    } else {
+        write_with_dropins(dir.fs, dir.inner, unit)?;
+    }
+    if unit.enable && !unit.mask {
+        match &unit.content {
+            Some(content) => enable(dir, name, &format!("{}/{name}", dir.outer), content, notes)?,
+            None => {
+                let (path, content) = find_unit(root, name)
+                    .ok_or_else(|| format!("cannot enable {name}: no such unit in the image and no `content` given"))?;
+                enable(dir, name, &path, &content, notes)?;
+            }
+        }
+    }
+    Ok(unit.command.map(|c| format!("{} {name}", c.as_str())))
+}
+
+fn write_with_dropins(fs: &Root, inner: &str, unit: &Unit) -> Result<(), String> {
+    if let Some(content) = &unit.content {
+        fs.write(&format!("{inner}/{}", unit.name), content.as_bytes(), Meta::ROOT_FILE, LastLink::Replace)?;
+    }
+    for d in &unit.drop_ins {
+        let path = format!("{inner}/{}.d/{}", unit.name, d.name);
+        fs.write(&path, d.content.as_bytes(), Meta::ROOT_FILE, LastLink::Replace)?;
+    }
+    Ok(())
+}
+
+/// Writes the start list, or removes a stale one when there is nothing to start.
+pub(crate) fn write_start_list(fs: &Root, lines: &[String]) -> Result<(), String> {
+    if lines.is_empty() {
+        return fs.remove(UNITS_TO_START);
+    }
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    fs.write(UNITS_TO_START, text.as_bytes(), Meta::ROOT_FILE, LastLink::Replace).map(|_| ())
+}
+
+/// A networkd file name for an interface name or glob.
+pub(crate) fn network_file(iface: &NetworkInterface) -> String {
+    let safe: String = iface.name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
+    format!("/etc/systemd/network/10-kiln-{safe}.network")
+}
+
+pub(crate) fn network_unit(iface: &NetworkInterface) -> String {
+    let mut s = String::from("# Written by kiln-config from the cloud-config.\n[Match]\n");
+    s.push_str(&format!("Name={}\n\n[Network]\n", iface.name));
+    for a in &iface.addresses {
+        s.push_str(&format!("Address={a}\n"));
+    }
+    if let Some(g) = &iface.gateway {
+        s.push_str(&format!("Gateway={g}\n"));
+    }
+    for d in &iface.dns {
+        s.push_str(&format!("DNS={d}\n"));
+    }
+    s
+}
+
+/// The etcd environment file: every setting as `ETCD_*`, data dir defaulted.
+pub(crate) fn etcd_env(etcd: &Etcd) -> String {
+    let mut s = String::from("# Written by kiln-config from the cloud-config; read by etcd.service.\n");
+    let mut settings = etcd.settings.clone();
+    settings.entry("data-dir".into()).or_insert_with(|| ETCD_DEFAULT_DATA_DIR.into());
+    for (k, v) in &settings {
+        s.push_str(&format!("ETCD_{}={}\n", k.to_ascii_uppercase().replace('-', "_"), env_quote(v)));
+    }
+    s
+}
+
+/// A value for a systemd `EnvironmentFile=` (also fine for a shell): bare when safe,
+/// otherwise double-quoted with `\`, `"`, `$` and `` ` `` escaped.
+fn env_quote(v: &str) -> String {
+    let safe = !v.is_empty() && v.chars().all(|c| c.is_ascii_alphanumeric() || "_./:,=@%+-".contains(c));
+    if safe {
+        return v.to_string();
+    }
+    let mut out = String::from("\"");
+    for c in v.chars() {
+        if "\\\"$`".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+/// Where `etcdctl` should talk by default: this member's client URLs.
+pub(crate) fn etcdctl_endpoints(etcd: &Etcd) -> String {
+    let unspecified = |u: &str| u.contains("0.0.0.0") || u.contains("[::]");
+    if let Some(a) = etcd.get("advertise-client-urls") {
+        return a.to_string();
+    }
+    match etcd.get("listen-client-urls") {
+        Some(l) if !unspecified(l) => l.to_string(),
+        _ => "http://127.0.0.1:2379".to_string(),
+    }
+}
+
+/// `/etc/environment` with our `ETCDCTL_*` lines replacing earlier ones, other lines kept.
+pub(crate) fn environment_with_etcdctl(existing: &str, endpoints: &str) -> String {
+    let mut out: String = existing
+        .lines()
+        .filter(|l| !l.starts_with("ETCDCTL_API=") && !l.starts_with("ETCDCTL_ENDPOINTS="))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    out.push_str("ETCDCTL_API=3\n");
+    out.push_str(&format!("ETCDCTL_ENDPOINTS={endpoints}\n"));
+    out
+}
+
+/// The etcd step: environment file, `etcdctl` defaults, data directory, and enabling.
+pub(crate) fn apply_etcd(fs: &Root, etcd: &Etcd, notes: &mut Vec<String>) -> Result<(), String> {
+    fs.write(ETCD_ENV_FILE, etcd_env(etcd).as_bytes(), Meta::ROOT_FILE, LastLink::Follow)?;
+    let existing = fs.read("/etc/environment")?.map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    let env = environment_with_etcdctl(&existing, &etcdctl_endpoints(etcd));
+    fs.write("/etc/environment", env.as_bytes(), Meta::ROOT_FILE, LastLink::Follow)?;
+    make_data_dir(fs, etcd, notes)?;
+    let dir = UnitDir { fs, inner: "/etc/systemd/system", outer: "/etc/systemd/system" };
+    match find_unit(fs, "etcd.service") {
+        Some((path, content)) => enable(&dir, "etcd.service", &path, &content, notes),
+        None => {
+            notes.push("etcd.service is not in the image; linked for multi-user.target anyway".into());
+            fs.symlink(
+                "/etc/systemd/system/multi-user.target.wants/etcd.service",
+                "/usr/lib/systemd/system/etcd.service",
+            )
+        }
+    }
+}
+
+/// Debian's postinst makes `/var/lib/etcd` for the `etcd` user; Kiln runs no maintainer
+/// scripts, so the data directory is made here when the image has that user.
+fn make_data_dir(fs: &Root, etcd: &Etcd, notes: &mut Vec<String>) -> Result<(), String> {
+    let dir = etcd.get("data-dir").unwrap_or(ETCD_DEFAULT_DATA_DIR);
+    let accounts = Accounts::load(fs)?;
+    match accounts.uid_gid_of("etcd") {
+        Some((uid, gid)) => {
+            let meta = Meta { mode: 0o700, uid, gid };
+            let host = fs.mkdir_all(dir, meta)?;
+            fs.set_meta(&host, meta)
+        }
+        None => {
+            notes.push(format!("no `etcd` user in /etc/passwd: {dir} not created (the image must provide the user)"));
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn install_section() {
+        let unit = "[Unit]\nWantedBy=ignored.target\n[Install]\nWantedBy=a.target \\\n  b.target\nRequiredBy=c.target\nAlias=x.service\nWantedBy=\nWantedBy=d.target\n";
+        let i = parse_install(unit);
+        assert_eq!(i.wanted_by, ["d.target"]);
+        assert_eq!(i.required_by, ["c.target"]);
+        assert_eq!(i.alias, ["x.service"]);
+    }
+
+    #[test]
+    fn templates() {
+        assert_eq!(template_of("getty@tty1.service").as_deref(), Some("getty@.service"));
+        assert_eq!(template_of("etcd.service"), None);
+    }
+
+    #[test]
+    fn env_values_are_quoted_when_needed() {
+        assert_eq!(env_quote("http://10.0.0.1:2380,b=http://x:2380"), "http://10.0.0.1:2380,b=http://x:2380");
+        assert_eq!(env_quote("a b$c\"d"), "\"a b\\$c\\\"d\"");
+        assert_eq!(env_quote(""), "\"\"");
+    }
+
+    #[test]
+    fn environment_lines_are_replaced() {
+        let e = environment_with_etcdctl("PATH=/usr/bin\nETCDCTL_API=2\n", "http://a:2379");
+        assert_eq!(e, "PATH=/usr/bin\nETCDCTL_API=3\nETCDCTL_ENDPOINTS=http://a:2379\n");
+    }
+}

@@ -1,0 +1,555 @@
+//! Whole-document tests: a CoreOS-shape file parsed unchanged, bad documents with their line
+//! and column, and applying into a temporary root checked file by file and with the
+//! reference tools (`pwck`, `grpck`, `systemctl --root`, `gzip`, Python's `tomllib`).
+
+use crate::*;
+use kiln_image::testutil::require_tool;
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::Command;
+
+/// A cloud-config in the style of the CoreOS documentation (etcd2, fleet, update, locksmith,
+/// units with content and drop-ins, users, write_files). The gzip+b64 content was made with
+/// `printf 'hello from gzip\n' | gzip -9n | base64 -w0`, the b64 one with
+/// `printf 'secret\n' | base64`.
+const COREOS_DOC: &str = r#"#cloud-config
+
+hostname: node-1
+
+ssh_authorized_keys:
+  - ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGtpbG4ta2V5LWZvci10ZXN0cy1vbmx5LTAwMDAw admin@example
+
+users:
+  - name: elroy
+    passwd: $6$5s2u6/jR$un0AvWnqilcgaNB3Mkxd5yYv6mTlWfOoCYHZmfi3LDKVltj.E8XNKEcwWm
+    groups:
+      - sudo
+      - docker
+    ssh-authorized-keys:
+      - ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC0 elroy@example
+
+coreos:
+  etcd2:
+    name: node-1
+    discovery: https://discovery.example/6a28e078895c5ec737174db2419bb2f3
+    advertise-client-urls: http://10.0.0.11:2379
+    initial-advertise-peer-urls: http://10.0.0.11:2380
+    listen-client-urls: http://0.0.0.0:2379,http://0.0.0.0:4001
+    listen-peer-urls: http://10.0.0.11:2380
+  fleet:
+    public-ip: 10.0.0.11
+    metadata: region=us-west
+  update:
+    reboot-strategy: etcd-lock
+    group: stable
+  locksmith:
+    window-start: Thu 04:00
+    window-length: 1h
+  units:
+    - name: etcd2.service
+      command: start
+    - name: docker-tcp.socket
+      command: start
+      enable: true
+      content: |
+        [Unit]
+        Description=Docker Socket for the API
+
+        [Socket]
+        ListenStream=2375
+        BindIPv6Only=both
+        Service=docker.service
+
+        [Install]
+        WantedBy=sockets.target
+    - name: docker.service
+      drop-ins:
+        - name: 50-insecure-registry.conf
+          content: |
+            [Service]
+            Environment=DOCKER_OPTS='--insecure-registry="10.0.1.0/24"'
+
+write_files:
+  - path: /etc/resolv.conf
+    permissions: 0644
+    owner: root
+    content: |
+      nameserver 192.0.2.53
+  - path: /home/core/secret.txt
+    permissions: '0600'
+    owner: 'core:core'
+    encoding: b64
+    content: c2VjcmV0Cg==
+  - path: /opt/blob.txt
+    encoding: gzip+b64
+    content: H4sIAAAAAAACA8tIzcnJV0grys9VSK/KLOACAHgtvXgQAAAA
+"#;
+
+/// Debian's `/lib/systemd/system/etcd.service` from etcd-server 3.4.23-4+b4 (bookworm),
+/// copied verbatim from the package.
+const DEBIAN_ETCD_SERVICE: &str = "[Unit]
+Description=etcd - highly-available key value store
+Documentation=https://etcd.io/docs
+Documentation=man:etcd
+After=network.target
+Wants=network-online.target
+
+[Service]
+Environment=DAEMON_ARGS=
+Environment=ETCD_NAME=%H
+Environment=ETCD_DATA_DIR=/var/lib/etcd/default
+EnvironmentFile=-/etc/default/%p
+Type=notify
+User=etcd
+PermissionsStartOnly=true
+#ExecStart=/bin/sh -c \"GOMAXPROCS=$(nproc) /usr/bin/etcd $DAEMON_ARGS\"
+ExecStart=/usr/bin/etcd $DAEMON_ARGS
+Restart=on-abnormal
+#RestartSec=10s
+LimitNOFILE=65536
+
+[Install]
+WantedBy=multi-user.target
+Alias=etcd2.service
+";
+
+fn parsed(doc: &str) -> Parsed {
+    parse(doc).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn error(doc: &str) -> ConfigError {
+    match parse(doc) {
+        Ok(p) => panic!("accepted: {:?}", p.config),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn coreos_document_parses_unchanged() {
+    let p = parsed(COREOS_DOC);
+    let c = &p.config;
+    assert_eq!(c.hostname.as_deref(), Some("node-1"));
+    assert_eq!(c.ssh_authorized_keys.len(), 1);
+    assert_eq!(c.users.len(), 1);
+    let u = &c.users[0];
+    assert_eq!(u.name, "elroy");
+    assert_eq!(u.groups, ["sudo", "docker"]);
+    assert!(u.passwd.as_deref().unwrap().starts_with("$6$5s2u6/jR$"));
+    assert_eq!(u.ssh_authorized_keys, ["ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC0 elroy@example"]);
+
+    let etcd = c.kiln.etcd.as_ref().unwrap();
+    assert_eq!(etcd.get("name"), Some("node-1"));
+    assert_eq!(etcd.get("listen-client-urls"), Some("http://0.0.0.0:2379,http://0.0.0.0:4001"));
+    assert_eq!(etcd.settings.len(), 6);
+    let up = c.kiln.update.as_ref().unwrap();
+    assert_eq!(up.channel.as_deref(), Some("stable"));
+    assert_eq!(up.reboot_strategy, Some(RebootStrategy::EtcdLock));
+    let w = c.kiln.locksmith.as_ref().unwrap().window.as_ref().unwrap();
+    assert_eq!((w.weekday, w.hour, w.minute, w.length_secs), (Some(Weekday::Thu), 4, 0, 3600));
+
+    let units = &c.kiln.units;
+    assert_eq!(units.len(), 3);
+    assert_eq!(units[0].command, Some(UnitCommand::Start));
+    assert!(units[1].enable);
+    assert!(units[1].content.as_deref().unwrap().contains("WantedBy=sockets.target\n"));
+    assert_eq!(units[2].drop_ins[0].name, "50-insecure-registry.conf");
+
+    let wf = &c.write_files;
+    assert_eq!(wf[0].permissions, Some(0o644));
+    assert_eq!(wf[0].owner, Some(Owner { user: IdRef::Name("root".into()), group: None }));
+    assert_eq!(wf[1].permissions, Some(0o600));
+    assert_eq!(wf[1].content, b"secret\n");
+    assert_eq!(
+        wf[1].owner,
+        Some(Owner { user: IdRef::Name("core".into()), group: Some(IdRef::Name("core".into())) })
+    );
+    assert_eq!(wf[2].encoding, Encoding::GzipBase64);
+    assert_eq!(wf[2].content, b"hello from gzip\n");
+    assert_eq!(c.source, COREOS_DOC);
+
+    // Only fleet is unknown to Kiln: one warning, at its key.
+    let w: Vec<(u64, u64, &str)> = p.warnings.iter().map(|w| (w.line, w.column, w.key.as_str())).collect();
+    assert_eq!(w, [(25, 3, "coreos.fleet")]);
+    assert_eq!(
+        p.warnings[0].to_string(),
+        "cloud-config line 25, column 3: warning: `coreos.fleet`: unknown key, ignored"
+    );
+}
+
+#[test]
+fn gzip_content_made_by_the_reference_tool_decodes() {
+    let gzip = require_tool("gzip", "gzip");
+    let data: Vec<u8> = (0..20_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("data");
+    fs::write(&input, &data).unwrap();
+    let out = Command::new(gzip).arg("-9c").arg(&input).output().unwrap();
+    assert!(out.status.success());
+    let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &out.stdout);
+    // Wrapped over lines, as `base64` prints it.
+    let wrapped: Vec<String> = b64.as_bytes().chunks(76).map(|c| String::from_utf8_lossy(c).into_owned()).collect();
+    let doc = format!(
+        "#cloud-config\nwrite_files:\n  - path: /x\n    encoding: gz+b64\n    content: |\n      {}\n",
+        wrapped.join("\n      ")
+    );
+    assert_eq!(parsed(&doc).config.write_files[0].content, data);
+}
+
+#[test]
+fn bad_documents_point_at_the_offending_node() {
+    let cases: &[(&str, u64, u64, &str)] = &[
+        ("#cloud-config\nhostname: [a\n", 2, 11, "invalid YAML: unclosed bracket"),
+        ("#cloud-config\nhostname: [a]\n", 2, 11, "`hostname`: expected a string, found a list"),
+        ("#cloud-config\ncoreos:\n  units:\n    - command: start\n", 4, 7, "`coreos.units[0]`: a unit needs a `name`"),
+        ("#cloud-config\nwrite_files:\n- path: etc/foo\n  content: x\n", 3, 9, "`write_files[0].path`: \"etc/foo\" is a relative path"),
+        ("#cloud-config\nwrite_files:\n- path: /a/../b\n", 3, 9, "contains `..`"),
+        ("#cloud-config\nwrite_files:\n- content: x\n", 3, 3, "`write_files[0]`: a write_files entry needs a `path`"),
+        ("#cloud-config\nwrite_files:\n- path: /a\n  permissions: '0999'\n", 4, 16, "`write_files[0].permissions`: \"0999\" is not an octal file mode"),
+        ("#cloud-config\nwrite_files:\n- path: /a\n  permissions: rw-r--r--\n", 4, 16, "not an octal file mode"),
+        ("#cloud-config\nwrite_files:\n- path: /a\n  encoding: rot13\n", 4, 13, "unknown encoding \"rot13\""),
+        ("#cloud-config\nwrite_files:\n- path: /a\n  encoding: b64\n  content: '!!!'\n", 5, 12, "not valid base64"),
+        ("#cloud-config\nwrite_files:\n- path: /a\n  owner: 'a b:c'\n", 4, 10, "is not `user:group`"),
+        ("#cloud-config\nkiln:\n  update:\n    reboot-strategy: sometimes\n", 4, 22, "unknown reboot strategy \"sometimes\""),
+        ("#cloud-config\nkiln:\n  locksmith:\n    window-start: Thu 25:00\n    window-length: 1h\n", 4, 19, "not a window start"),
+        ("#cloud-config\nkiln:\n  locksmith:\n    window-start: Thu 04:00\n    window-length: forever\n", 5, 20, "not a duration"),
+        ("#cloud-config\nkiln:\n  locksmith:\n    window-start: Thu 04:00\n", 4, 19, "needs both"),
+        ("#cloud-config\nkiln:\n  units:\n    - name: foo\n", 4, 13, "not a unit name"),
+        ("#cloud-config\nkiln:\n  units:\n    - name: a.service\n      command: explode\n", 5, 16, "unknown command"),
+        ("#cloud-config\nkiln:\n  units:\n    - name: a.service\n      enable: maybe\n", 5, 15, "not a boolean"),
+        ("#cloud-config\nkiln:\n  network:\n    - name: eth0\n      address: 10.0.0.5\n", 5, 16, "CIDR"),
+        ("#cloud-config\nusers:\n  - gecos: x\n", 3, 5, "a user needs a `name`"),
+        ("#cloud-config\nhostname: -bad-\n", 2, 11, "not a valid host name"),
+        ("#cloud-config\n- a\n- b\n", 2, 1, "expected a mapping, found a list"),
+    ];
+    for (doc, line, column, what) in cases {
+        let e = error(doc);
+        let shown = e.to_string();
+        assert!(shown.contains(what), "{doc:?}: {shown}");
+        assert_eq!((e.line, e.column), (*line, *column), "{doc:?}: {shown}");
+        assert!(shown.starts_with(&format!("cloud-config line {line}, column {column}: ")), "{shown}");
+    }
+}
+
+#[test]
+fn error_message_shape() {
+    let e = error("#cloud-config\ncoreos:\n  units:\n    - command: start\n");
+    assert_eq!(e.to_string(), "cloud-config line 4, column 7: `coreos.units[0]`: a unit needs a `name`");
+    assert_eq!(e.key.as_deref(), Some("coreos.units[0]"));
+}
+
+#[test]
+fn only_cloud_config_documents() {
+    let e = error("#!/bin/bash\necho hi\n");
+    assert_eq!((e.line, e.column), (1, 1));
+    assert!(e.to_string().contains("it is a script"), "{e}");
+    assert!(error("{\"ignition\": {}}").to_string().contains("Ignition"));
+    assert!(error("hostname: a\n").to_string().contains("does not begin with `#cloud-config`"));
+    // A byte-order mark and trailing blanks on the header line are fine; so is an empty body.
+    assert_eq!(parsed("\u{feff}#cloud-config  \r\n").config.hostname, None);
+    let e = parse_bytes(b"#cloud-config\nhostname: \xff\n").unwrap_err();
+    assert_eq!((e.line, e.column), (2, 11));
+    assert!(matches!(e.kind, ErrorKind::NotUtf8 { offset: 24 }));
+}
+
+#[test]
+fn unknown_keys_and_old_names_are_warnings() {
+    let doc = "#cloud-config\nhostname: a\nmanage_etc_hosts: localhost\nusers:\n  - name: bob\n    lock_passwd: true\ncoreos:\n  update:\n    reboot-strategy: best-effort\n  etcd2:\n    name: x\n    addr: $private_ipv4:4001\n    advertise-client-urls: http://$private_ipv4:2379\n";
+    let p = parsed(doc);
+    let w: Vec<(u64, &str)> = p.warnings.iter().map(|w| (w.line, w.key.as_str())).collect();
+    assert_eq!(
+        w,
+        [
+            (3, "manage_etc_hosts"),
+            (6, "users[0].lock_passwd"),
+            (9, "coreos.update.reboot-strategy"),
+            (12, "coreos.etcd2.addr"),
+            (13, "coreos.etcd2.advertise-client-urls"),
+        ]
+    );
+    // best-effort with etcd configured means etcd-lock, as on CoreOS.
+    assert_eq!(p.config.kiln.update.unwrap().reboot_strategy, Some(RebootStrategy::EtcdLock));
+    let p = parsed("#cloud-config\nkiln:\n  update:\n    reboot-strategy: reboot\n");
+    assert_eq!(p.config.kiln.update.unwrap().reboot_strategy, Some(RebootStrategy::Immediate));
+    assert_eq!(p.warnings.len(), 1);
+}
+
+#[test]
+fn yaml_1_1_booleans_and_spellings() {
+    let doc = "#cloud-config\nhostname: yes\nkiln:\n  units:\n    - name: a.service\n      enable: yes\n      runtime: on\n      mask: off\n  etcd:\n    name: n\n    enable_v2: yes\nwrite_files:\n  - path: /p\n    permissions: 644\n    content: 0644\n    append: y\n";
+    let c = parsed(doc).config;
+    // `yes` is a string where a string is expected (a host name), a boolean where one is.
+    assert_eq!(c.hostname.as_deref(), Some("yes"));
+    let u = &c.kiln.units[0];
+    assert!(u.enable && u.runtime && !u.mask);
+    assert_eq!(c.kiln.etcd.unwrap().get("enable-v2"), Some("true"));
+    assert_eq!(c.write_files[0].permissions, Some(0o644));
+    assert_eq!(c.write_files[0].content, b"0644");
+    assert!(c.write_files[0].append);
+}
+
+#[test]
+fn groups_as_comma_string_and_duplicate_keys() {
+    let doc = "#cloud-config\nhostname: a\nhostname: b\nusers:\n  - name: x\n    groups: sudo, docker\n    ssh_authorized_keys: [k1]\n    ssh-authorized-keys: [k2]\n";
+    let p = parsed(doc);
+    assert_eq!(p.config.hostname.as_deref(), Some("b"));
+    assert_eq!(p.config.users[0].groups, ["sudo", "docker"]);
+    assert_eq!(p.config.users[0].ssh_authorized_keys, ["k2"]);
+    let w: Vec<(u64, &str)> = p.warnings.iter().map(|w| (w.line, w.key.as_str())).collect();
+    assert_eq!(w, [(2, "hostname"), (7, "users[0].ssh_authorized_keys")]);
+}
+
+// ---------------------------------------------------------------------------------------
+// Applying.
+
+/// A root like Kiln's ROOT after the build: base accounts, an `etcd` user, Debian's etcd unit.
+fn make_root() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let r = dir.path();
+    for d in ["etc", "root", "usr/lib/systemd/system", "usr/sbin", "usr/bin", "var/lib/etcd", "home", "etc/skel", "run"] {
+        fs::create_dir_all(r.join(d)).unwrap();
+    }
+    std::os::unix::fs::symlink("usr/bin", r.join("bin")).unwrap();
+    std::os::unix::fs::symlink("usr/lib", r.join("lib")).unwrap();
+    fs::write(r.join("usr/bin/bash"), "").unwrap();
+    fs::write(r.join("usr/sbin/nologin"), "").unwrap();
+    fs::write(r.join("etc/skel/.profile"), "# skel\n").unwrap();
+    let passwd = "root:x:0:0:root:/root:/bin/bash\netcd:x:110:115::/var/lib/etcd:/usr/sbin/nologin\n";
+    let group = "root:x:0:\nsudo:x:27:\nshadow:x:42:\netcd:x:115:\n";
+    let shadow = "root:*:19000:0:99999:7:::\netcd:*:19000:0:99999:7:::\n";
+    let gshadow = "root:*::\nsudo:*::\nshadow:*::\netcd:!::\n";
+    fs::write(r.join("etc/passwd"), passwd).unwrap();
+    fs::write(r.join("etc/group"), group).unwrap();
+    fs::write(r.join("etc/shadow"), shadow).unwrap();
+    fs::write(r.join("etc/gshadow"), gshadow).unwrap();
+    for f in ["etc/shadow", "etc/gshadow"] {
+        fs::set_permissions(r.join(f), std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
+        std::os::unix::fs::chown(r.join(f), Some(0), Some(42)).unwrap();
+    }
+    fs::write(r.join("usr/lib/systemd/system/etcd.service"), DEBIAN_ETCD_SERVICE).unwrap();
+    dir
+}
+
+fn read(root: &Path, p: &str) -> String {
+    fs::read_to_string(root.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"))
+}
+
+/// (mode, uid, gid) of a file or directory.
+fn meta(root: &Path, p: &str) -> (u32, u32, u32) {
+    let m = fs::symlink_metadata(root.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+    (m.mode() & 0o7777, m.uid(), m.gid())
+}
+
+fn link(root: &Path, p: &str) -> String {
+    fs::read_link(root.join(p)).unwrap_or_else(|e| panic!("{p}: {e}")).to_string_lossy().into_owned()
+}
+
+fn systemctl_state(root: &Path, unit: &str) -> String {
+    let systemctl = require_tool("systemctl", "systemd");
+    let out = Command::new(systemctl).arg(format!("--root={}", root.display())).args(["is-enabled", unit]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Every path under `root` with its type, mode, owner and content or link target.
+fn snapshot(root: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(dir) = todo.pop() {
+        for e in fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            let m = fs::symlink_metadata(&p).unwrap();
+            let what = if m.is_symlink() {
+                format!("link {}", fs::read_link(&p).unwrap().display())
+            } else if m.is_dir() {
+                todo.push(p.clone());
+                "dir".to_string()
+            } else {
+                format!("file {:?}", fs::read(&p).unwrap())
+            };
+            let key = p.strip_prefix(root).unwrap().display().to_string();
+            out.insert(key, format!("{what} {:o} {}:{}", m.mode() & 0o7777, m.uid(), m.gid()));
+        }
+    }
+    out
+}
+
+#[test]
+fn apply_coreos_document() {
+    let dir = make_root();
+    let r = dir.path();
+    let cfg = parsed(COREOS_DOC).config;
+    let report = apply(&cfg, r, &ApplyOptions::default()).unwrap();
+    assert!(report.all_ok(), "{report}");
+
+    assert_eq!(read(r, "etc/hostname"), "node-1\n");
+    assert_eq!(meta(r, "etc/hostname"), (0o644, 0, 0));
+
+    // Accounts: core at 500 (absent from the image), elroy from 1000, docker created.
+    let passwd = read(r, "etc/passwd");
+    assert!(passwd.ends_with("core:x:500:500:Kiln Admin:/home/core:/bin/bash\nelroy:x:1000:1000::/home/elroy:/bin/bash\n"), "{passwd}");
+    let group = read(r, "etc/group");
+    assert_eq!(group, "root:x:0:\nsudo:x:27:elroy\nshadow:x:42:\netcd:x:115:\ncore:x:500:\nelroy:x:1000:\ndocker:x:999:elroy\n");
+    let shadow = read(r, "etc/shadow");
+    assert!(shadow.ends_with("core:*:::::::\nelroy:$6$5s2u6/jR$un0AvWnqilcgaNB3Mkxd5yYv6mTlWfOoCYHZmfi3LDKVltj.E8XNKEcwWm:::::::\n"), "{shadow}");
+    assert_eq!(meta(r, "etc/shadow"), (0o640, 0, 42));
+    assert!(read(r, "etc/gshadow").ends_with("core:!::\nelroy:!::\ndocker:!::elroy\n"));
+    assert_eq!(meta(r, "home/core"), (0o755, 500, 500));
+    assert_eq!(read(r, "home/core/.profile"), "# skel\n");
+    assert_eq!(meta(r, "home/core/.profile"), (0o644, 500, 500));
+    assert_eq!(meta(r, "home/core/.ssh"), (0o700, 500, 500));
+    assert_eq!(meta(r, "home/core/.ssh/authorized_keys"), (0o600, 500, 500));
+    assert_eq!(read(r, "home/core/.ssh/authorized_keys"), format!("{}\n", cfg.ssh_authorized_keys[0]));
+    assert_eq!(meta(r, "home/elroy/.ssh/authorized_keys"), (0o600, 1000, 1000));
+    assert_eq!(read(r, "home/elroy/.ssh/authorized_keys"), "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC0 elroy@example\n");
+    // The reference checkers agree the databases are consistent.
+    for tool in ["pwck", "grpck"] {
+        let bin = require_tool(tool, "passwd");
+        let out = Command::new(bin).args(["-r", "-R"]).arg(r).output().unwrap();
+        assert!(out.status.success(), "{tool}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    }
+
+    // write_files: contents decoded, modes and owners resolved through the new accounts.
+    assert_eq!(read(r, "etc/resolv.conf"), "nameserver 192.0.2.53\n");
+    assert_eq!(meta(r, "etc/resolv.conf"), (0o644, 0, 0));
+    assert_eq!(read(r, "home/core/secret.txt"), "secret\n");
+    assert_eq!(meta(r, "home/core/secret.txt"), (0o600, 500, 500));
+    assert_eq!(read(r, "opt/blob.txt"), "hello from gzip\n");
+    assert_eq!(meta(r, "opt"), (0o755, 0, 0));
+
+    // etcd: environment for Debian's unit, etcdctl defaults, data dir, enabled with its alias.
+    assert_eq!(
+        read(r, "etc/default/etcd"),
+        "# Written by kiln-config from the cloud-config; read by etcd.service.\n\
+         ETCD_ADVERTISE_CLIENT_URLS=http://10.0.0.11:2379\n\
+         ETCD_DATA_DIR=/var/lib/etcd/default\n\
+         ETCD_DISCOVERY=https://discovery.example/6a28e078895c5ec737174db2419bb2f3\n\
+         ETCD_INITIAL_ADVERTISE_PEER_URLS=http://10.0.0.11:2380\n\
+         ETCD_LISTEN_CLIENT_URLS=http://0.0.0.0:2379,http://0.0.0.0:4001\n\
+         ETCD_LISTEN_PEER_URLS=http://10.0.0.11:2380\n\
+         ETCD_NAME=node-1\n"
+    );
+    assert_eq!(read(r, "etc/environment"), "ETCDCTL_API=3\nETCDCTL_ENDPOINTS=http://10.0.0.11:2379\n");
+    assert_eq!(meta(r, "var/lib/etcd/default"), (0o700, 110, 115));
+    assert_eq!(link(r, "etc/systemd/system/multi-user.target.wants/etcd.service"), "/usr/lib/systemd/system/etcd.service");
+    assert_eq!(link(r, "etc/systemd/system/etcd2.service"), "/usr/lib/systemd/system/etcd.service");
+    assert_eq!(systemctl_state(r, "etcd.service"), "enabled");
+
+    // update.conf, read back by a real TOML parser.
+    let conf = read(r, "etc/kiln/update.conf");
+    assert!(conf.ends_with("channel = \"stable\"\nreboot_strategy = \"etcd-lock\"\nwindow_start = \"Thu 04:00\"\nwindow_length = \"1h\"\n"), "{conf}");
+    let python = require_tool("python3", "python3");
+    let out = Command::new(python)
+        .args(["-c", "import sys,tomllib; d=tomllib.load(open(sys.argv[1],'rb')); print(d['channel'], d['reboot_strategy'], d['window_start'], d['window_length'], sep='|')"])
+        .arg(r.join("etc/kiln/update.conf"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "stable|etcd-lock|Thu 04:00|1h\n", "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Units: content, enable links from [Install], drop-ins, the start list.
+    assert!(read(r, "etc/systemd/system/docker-tcp.socket").contains("ListenStream=2375\n"));
+    assert_eq!(link(r, "etc/systemd/system/sockets.target.wants/docker-tcp.socket"), "/etc/systemd/system/docker-tcp.socket");
+    assert_eq!(systemctl_state(r, "docker-tcp.socket"), "enabled");
+    assert!(read(r, "etc/systemd/system/docker.service.d/50-insecure-registry.conf").starts_with("[Service]\n"));
+    assert_eq!(read(r, "var/lib/kiln/units-to-start"), "start etcd2.service\nstart docker-tcp.socket\n");
+
+    // The record.
+    assert_eq!(read(r, "var/lib/kiln/cloud-config.applied"), COREOS_DOC);
+    assert_eq!(meta(r, "var/lib/kiln/cloud-config.applied"), (0o600, 0, 0));
+    let rep = read(r, "var/lib/kiln/cloud-config.report");
+    assert!(rep.starts_with("hostname: ok\nusers: ok\n"), "{rep}");
+    assert!(rep.contains("record: ok\n"));
+
+    // Idempotent: a second apply leaves every file, mode, owner and link as it was. The
+    // report differs only in its notes (nothing is "created" the second time).
+    let report_file = "var/lib/kiln/cloud-config.report";
+    let mut before = snapshot(r);
+    let again = apply(&cfg, r, &ApplyOptions::default()).unwrap();
+    assert!(again.all_ok(), "{again}");
+    let mut after = snapshot(r);
+    assert!(before.remove(report_file).is_some() && after.remove(report_file).is_some());
+    let names = |rep: &ApplyReport| rep.steps.iter().map(|s| (s.name, s.is_ok())).collect::<Vec<_>>();
+    assert_eq!(names(&report), names(&again));
+    let changed: Vec<_> = after.iter().filter(|(k, v)| before.get(*k) != Some(v)).map(|(k, _)| k).collect();
+    assert!(changed.is_empty() && before.len() == after.len(), "changed on the second apply: {changed:?}");
+}
+
+#[test]
+fn apply_kiln_units_network_and_masks() {
+    let dir = make_root();
+    let r = dir.path();
+    let run = tempfile::tempdir().unwrap();
+    fs::write(r.join("usr/lib/systemd/system/getty@.service"), "[Service]\nExecStart=/bin/true\n[Install]\nWantedBy=getty.target\nDefaultInstance=tty1\n").unwrap();
+    fs::write(r.join("usr/lib/systemd/system/vendor.service"), "[Service]\nExecStart=/bin/true\n[Install]\nRequiredBy=multi-user.target\n").unwrap();
+    let doc = "#cloud-config\nkiln:\n  units:\n    - name: getty@ttyS0.service\n      enable: true\n    - name: vendor.service\n      enable: true\n    - name: bad.service\n      mask: true\n    - name: tmp.service\n      runtime: true\n      content: \"[Service]\\nExecStart=/bin/true\\n\"\n    - name: 20-lan.network\n      content: \"[Match]\\nName=lan0\\n\"\n    - name: missing.service\n      enable: true\n  network:\n    - name: eth0\n      address: [10.0.0.5/24, \"2001:db8::5/64\"]\n      gateway: 10.0.0.1\n      dns: [10.0.0.2, 10.0.0.3]\n    - match: en*\n      address: 192.0.2.7/24\n";
+    let cfg = parsed(doc).config;
+    let report = apply(&cfg, r, &ApplyOptions { run_dir: Some(run.path().to_path_buf()) }).unwrap();
+
+    // The one unit that cannot be enabled fails its step; the others and later steps ran.
+    let units = report.step("units").unwrap();
+    assert!(units.error.as_deref().unwrap().contains("cannot enable missing.service"), "{report}");
+    assert!(report.step("network").unwrap().is_ok() && report.step("record").unwrap().is_ok());
+    assert!(read(r, "var/lib/kiln/cloud-config.report").contains("units: FAILED: missing.service: cannot enable"));
+
+    assert_eq!(link(r, "etc/systemd/system/getty.target.wants/getty@ttyS0.service"), "/usr/lib/systemd/system/getty@.service");
+    assert_eq!(systemctl_state(r, "getty@ttyS0.service"), "enabled");
+    assert_eq!(link(r, "etc/systemd/system/multi-user.target.requires/vendor.service"), "/usr/lib/systemd/system/vendor.service");
+    assert_eq!(systemctl_state(r, "vendor.service"), "enabled");
+    assert_eq!(link(r, "etc/systemd/system/bad.service"), "/dev/null");
+    assert_eq!(systemctl_state(r, "bad.service"), "masked");
+    assert_eq!(fs::read_to_string(run.path().join("systemd/system/tmp.service")).unwrap(), "[Service]\nExecStart=/bin/true\n");
+    assert!(!r.join("etc/systemd/system/tmp.service").exists());
+    assert_eq!(read(r, "etc/systemd/network/20-lan.network"), "[Match]\nName=lan0\n");
+    assert_eq!(
+        read(r, "etc/systemd/network/10-kiln-eth0.network"),
+        "# Written by kiln-config from the cloud-config.\n[Match]\nName=eth0\n\n[Network]\nAddress=10.0.0.5/24\nAddress=2001:db8::5/64\nGateway=10.0.0.1\nDNS=10.0.0.2\nDNS=10.0.0.3\n"
+    );
+    assert!(read(r, "etc/systemd/network/10-kiln-en_.network").contains("Name=en*\n"));
+    // No `command:` anywhere: no start list.
+    assert!(!r.join("var/lib/kiln/units-to-start").exists());
+}
+
+#[test]
+fn a_failing_write_does_not_stop_the_other_steps() {
+    let dir = make_root();
+    let r = dir.path();
+    let doc = "#cloud-config\nhostname: box\nssh_authorized_keys: [ssh-ed25519 AAAA k]\nwrite_files:\n  - path: /etc/hostname/below-a-file\n    content: x\n  - path: /etc/ok\n    content: y\n  - path: /etc/owned\n    owner: nobody-here\n    content: z\nkiln:\n  update:\n    reboot-strategy: off\n";
+    let cfg = parsed(doc).config;
+    let report = apply(&cfg, r, &ApplyOptions::default()).unwrap();
+    let wf = report.step("write_files").unwrap().error.clone().unwrap();
+    assert!(wf.contains("/etc/hostname/below-a-file:"), "{wf}");
+    assert!(wf.contains("/etc/owned: owner nobody-here is not in /etc/passwd"), "{wf}");
+    assert_eq!(read(r, "etc/ok"), "y");
+    assert_eq!(read(r, "etc/hostname"), "box\n");
+    assert_eq!(read(r, "home/core/.ssh/authorized_keys"), "ssh-ed25519 AAAA k\n");
+    assert!(read(r, "etc/kiln/update.conf").ends_with("reboot_strategy = \"off\"\n"));
+    let failed: Vec<&str> = report.steps.iter().filter(|s| !s.is_ok()).map(|s| s.name).collect();
+    assert_eq!(failed, ["write_files"]);
+    assert!(report.to_string().contains("write_files: FAILED: /etc/hostname/below-a-file:"));
+}
+
+#[test]
+fn writes_stay_inside_the_root() {
+    let dir = make_root();
+    let r = dir.path();
+    let outside = tempfile::tempdir().unwrap();
+    // A link pointing outside, as a hostile or careless image could have.
+    std::os::unix::fs::symlink(outside.path(), r.join("etc/escape")).unwrap();
+    let doc = "#cloud-config\nwrite_files:\n  - path: /etc/escape/f\n    content: inside\n    append: true\n";
+    let cfg = parsed(doc).config;
+    let report = apply(&cfg, r, &ApplyOptions::default()).unwrap();
+    assert!(report.all_ok(), "{report}");
+    assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0, "wrote outside the root");
+    let inside = r.join(outside.path().strip_prefix("/").unwrap()).join("f");
+    assert_eq!(fs::read_to_string(inside).unwrap(), "inside");
+    // Appending the same content again does not double it.
+    apply(&cfg, r, &ApplyOptions::default()).unwrap();
+    let inside = r.join(outside.path().strip_prefix("/").unwrap()).join("f");
+    assert_eq!(fs::read_to_string(inside).unwrap(), "inside");
+}
+
+#[test]
+fn apply_needs_a_root_directory() {
+    let e = apply(&CloudConfig::default(), Path::new("/nonexistent/kiln-root"), &ApplyOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("/nonexistent/kiln-root"));
+}

@@ -1,1 +1,0 @@
-//! The early-boot init of the initramfs.

@@ -1,0 +1,121 @@
+//! The host's OpenSSH client, used to reach a VM through its forwarded port: key generation and
+//! the one way every harness command connects (no prompts, no host-key bookkeeping for throwaway VMs).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::host::find_tool;
+use crate::process::run_checked;
+use crate::QemuError;
+
+/// The Debian package with `ssh` and `ssh-keygen`.
+const SSH_PACKAGE: &str = "openssh-client";
+
+/// The longest a single connection attempt waits for the TCP and SSH handshakes.
+const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Makes a fresh ed25519 key pair without a passphrase at `dir/id_ed25519` (replacing an old one);
+/// returns the private key's path and the public key line for `authorized_keys` or a cloud-config.
+pub fn ssh_keygen(dir: &Path) -> Result<(PathBuf, String), QemuError> {
+    let keygen = find_tool("ssh-keygen", SSH_PACKAGE)?;
+    let private = dir.join("id_ed25519");
+    let public = dir.join("id_ed25519.pub");
+    for path in [&private, &public] {
+        // ssh-keygen would ask before overwriting; a missing file is what we want anyway.
+        if let Err(e) = std::fs::remove_file(path) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                return Err(QemuError::io("removing old key", path, e));
+            }
+        }
+    }
+    let mut cmd = Command::new(keygen);
+    cmd.args(["-q", "-t", "ed25519", "-N", "", "-C", "kiln-vm-test", "-f"])
+        .arg(&private);
+    run_checked(&mut cmd, Duration::from_secs(30))?;
+    let line =
+        std::fs::read_to_string(&public).map_err(|e| QemuError::io("reading", &public, e))?;
+    Ok((private, line.trim().to_string()))
+}
+
+/// The `ssh` command that runs `command` as `user` on 127.0.0.1:`port` with `key`, non-interactive,
+/// trusting whatever host key the VM presents (every test VM makes a new one).
+pub fn ssh_command(
+    key: &Path,
+    user: &str,
+    port: u16,
+    command: &str,
+    timeout: Duration,
+) -> Result<Command, QemuError> {
+    let ssh = find_tool("ssh", SSH_PACKAGE)?;
+    let connect = timeout.min(MAX_CONNECT_TIMEOUT).as_secs().max(1);
+    let mut cmd = Command::new(ssh);
+    cmd.arg("-i").arg(key).args(["-p", &port.to_string()]);
+    for option in [
+        "BatchMode=yes",
+        "StrictHostKeyChecking=no",
+        "UserKnownHostsFile=/dev/null",
+        "IdentitiesOnly=yes",
+        "LogLevel=ERROR",
+        &format!("ConnectTimeout={connect}"),
+        // A guest that freezes mid-command is noticed instead of holding the connection open.
+        "ServerAliveInterval=5",
+        "ServerAliveCountMax=3",
+    ] {
+        cmd.args(["-o", option]);
+    }
+    cmd.arg(format!("{user}@127.0.0.1")).arg("--").arg(command);
+    Ok(cmd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::process::command_line;
+
+    #[test]
+    fn ssh_command_is_batch_mode_on_loopback_with_the_key() {
+        kiln_image::testutil::require_tool("ssh", SSH_PACKAGE);
+        let cmd = ssh_command(
+            Path::new("/k/id"),
+            "core",
+            2222,
+            "systemctl is-system-running",
+            Duration::from_secs(60),
+        )
+        .expect("ssh command");
+        let line = command_line(&cmd);
+        assert!(line.ends_with(
+            "-i /k/id -p 2222 -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
+             -o IdentitiesOnly=yes -o LogLevel=ERROR -o ConnectTimeout=10 -o ServerAliveInterval=5 \
+             -o ServerAliveCountMax=3 core@127.0.0.1 -- 'systemctl is-system-running'"
+        ), "{line}");
+    }
+
+    #[test]
+    fn keygen_makes_an_ed25519_pair_that_ssh_keygen_accepts() {
+        let keygen = kiln_image::testutil::require_tool("ssh-keygen", SSH_PACKAGE);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (private, public) = ssh_keygen(dir.path()).expect("keygen");
+        assert!(
+            public.starts_with("ssh-ed25519 AAAA") && public.ends_with(" kiln-vm-test"),
+            "{public}"
+        );
+        // The reference tool derives the same public key from the private file.
+        let derived = Command::new(keygen)
+            .arg("-y")
+            .arg("-f")
+            .arg(&private)
+            .output()
+            .expect("ssh-keygen -y");
+        assert!(derived.status.success());
+        let derived = String::from_utf8_lossy(&derived.stdout);
+        assert_eq!(
+            derived.split_whitespace().nth(1),
+            public.split_whitespace().nth(1)
+        );
+        // A second call replaces the pair instead of prompting.
+        let (_, again) = ssh_keygen(dir.path()).expect("second keygen");
+        assert_ne!(again, public);
+    }
+}

@@ -1,0 +1,473 @@
+//! A running VM: the QEMU process (killed and reaped on drop), its serial log, its monitor, and the
+//! waits a scenario needs — for console output, for ssh, for the VM to exit — each with a deadline.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+use std::process::{ExitStatus, Output, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::cmdline::Plan;
+use crate::config::{Firmware, Serial, VmConfig};
+use crate::process::{
+    command_line, deadline_after, run_checked, run_with_timeout, ChildGuard, POLL,
+};
+use crate::qmp::Qmp;
+use crate::ssh::ssh_command;
+use crate::{find_ovmf, find_qemu, find_qemu_img, free_port, resolve_accel, Accel, QemuError};
+
+/// How long QEMU may take to open its monitor after being spawned.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How many lines of the serial log an error shows.
+const TAIL_LINES: usize = 30;
+
+/// A running VM. Dropping it kills QEMU (the files in the work directory stay).
+#[derive(Debug)]
+pub struct Vm {
+    plan: Plan,
+    command_line: String,
+    child: Mutex<ChildGuard>,
+    qmp: Mutex<Option<Qmp>>,
+    /// Where the next `wait_for_serial` starts looking: just past the previous match.
+    serial_cursor: Mutex<u64>,
+}
+
+impl Vm {
+    /// Prepares the VM's files (overlay, UEFI variables) and starts QEMU, returning once QEMU has
+    /// finished setting up the machine. Errors carry QEMU's full command line and its messages.
+    pub fn start(cfg: &VmConfig) -> Result<Vm, QemuError> {
+        std::fs::create_dir_all(&cfg.work_dir)
+            .map_err(|e| QemuError::io("creating work dir", &cfg.work_dir, e))?;
+        let ovmf = match cfg.firmware {
+            Firmware::Uefi => Some(find_ovmf()?),
+            Firmware::DirectKernel { .. } => None,
+        };
+        let ssh_port = if cfg.ssh_forward {
+            Some(free_port()?)
+        } else {
+            None
+        };
+        let plan = Plan::new(cfg, find_qemu()?, resolve_accel(cfg.accel), ovmf, ssh_port)?;
+        prepare_files(&plan)?;
+        let command_line = command_line(&plan.command()?);
+        let child = spawn(&plan, &command_line)?;
+        let vm = Vm {
+            plan,
+            command_line,
+            child: Mutex::new(child),
+            qmp: Mutex::new(None),
+            serial_cursor: Mutex::new(0),
+        };
+        vm.connect_monitor()?;
+        Ok(vm)
+    }
+
+    /// Starts QEMU again with the same disks and firmware variables (no fresh overlay), after
+    /// killing it if it still runs: a power cycle. The serial log continues in the same file.
+    pub fn restart(&mut self) -> Result<(), QemuError> {
+        self.kill();
+        *lock(&self.qmp) = None;
+        remove_if_present(&self.plan.qmp_socket)?;
+        *lock(&self.child) = spawn(&self.plan, &self.command_line)?;
+        self.connect_monitor()
+    }
+
+    pub fn name(&self) -> &str {
+        &self.plan.cfg.name
+    }
+
+    /// The shell-quoted QEMU command line, to rerun the VM by hand.
+    pub fn command_line(&self) -> &str {
+        &self.command_line
+    }
+
+    /// The accelerator the VM runs with (`Auto` resolved).
+    pub fn accel(&self) -> Accel {
+        self.plan.accel
+    }
+
+    /// The host port on 127.0.0.1 forwarded to the guest's ssh port, if `ssh_forward` was set.
+    pub fn ssh_port(&self) -> Option<u16> {
+        self.plan.ssh_port
+    }
+
+    pub fn serial_log(&self) -> &Path {
+        &self.plan.serial_log
+    }
+
+    /// QEMU's own messages (stderr).
+    pub fn qemu_log(&self) -> &Path {
+        &self.plan.qemu_log
+    }
+
+    pub fn work_dir(&self) -> &Path {
+        &self.plan.cfg.work_dir
+    }
+
+    /// The QEMU process id.
+    pub fn pid(&self) -> u32 {
+        lock(&self.child).id()
+    }
+
+    /// Whether QEMU still runs.
+    pub fn is_running(&self) -> bool {
+        lock(&self.child).try_status().is_none()
+    }
+
+    /// Everything the serial console printed so far (invalid UTF-8 replaced).
+    pub fn serial_text(&self) -> Result<String, QemuError> {
+        let bytes = read_from(self.serial_log(), 0)?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// Waits until `pattern` (plain text) appears on the serial console after the previous match,
+    /// so successive waits follow the boot in order and a second boot's banner is a new match.
+    pub fn wait_for_serial(&self, pattern: &str, timeout: Duration) -> Result<(), QemuError> {
+        let deadline = deadline_after(timeout);
+        let mut cursor = lock(&self.serial_cursor);
+        loop {
+            // Check for exit before reading, so output written just before QEMU exited is still seen.
+            let exited = lock(&self.child).try_status();
+            let text = read_from(self.serial_log(), *cursor)?;
+            if let Some(at) = find(&text, pattern.as_bytes()) {
+                *cursor += (at + pattern.len()) as u64;
+                return Ok(());
+            }
+            if let Some(status) = exited {
+                return Err(QemuError::SerialExited {
+                    vm: self.name().into(),
+                    pattern: pattern.into(),
+                    status: status.to_string(),
+                    log: self.serial_log().into(),
+                    tail: self.serial_tail(),
+                });
+            }
+            if Instant::now() >= deadline {
+                return Err(QemuError::SerialTimeout {
+                    vm: self.name().into(),
+                    pattern: pattern.into(),
+                    timeout,
+                    log: self.serial_log().into(),
+                    tail: self.serial_tail(),
+                });
+            }
+            thread::sleep(POLL);
+        }
+    }
+
+    /// Waits until `ssh` into the guest runs `true` successfully.
+    pub fn wait_for_ssh(&self, key: &Path, user: &str, timeout: Duration) -> Result<(), QemuError> {
+        let port = self.ssh_port().ok_or_else(|| QemuError::NoSshForward {
+            vm: self.name().into(),
+        })?;
+        let deadline = deadline_after(timeout);
+        let mut last_error;
+        loop {
+            self.ensure_running()?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.ssh(key, user, "true", left.min(Duration::from_secs(30))) {
+                Ok(out) if out.status.success() => return Ok(()),
+                Ok(out) => {
+                    last_error = format!(
+                        "{}: {}",
+                        out.status,
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    )
+                }
+                Err(e) => last_error = e.to_string(),
+            }
+            if Instant::now() + Duration::from_secs(1) >= deadline {
+                return Err(QemuError::SshTimeout {
+                    vm: self.name().into(),
+                    user: user.into(),
+                    port,
+                    timeout,
+                    last_error,
+                    log: self.serial_log().into(),
+                });
+            }
+            thread::sleep(Duration::from_secs(1));
+        }
+    }
+
+    /// Runs `command` in the guest over ssh and returns its output, whatever its exit status;
+    /// the client is killed after `timeout`.
+    pub fn ssh(
+        &self,
+        key: &Path,
+        user: &str,
+        command: &str,
+        timeout: Duration,
+    ) -> Result<Output, QemuError> {
+        let port = self.ssh_port().ok_or_else(|| QemuError::NoSshForward {
+            vm: self.name().into(),
+        })?;
+        run_with_timeout(
+            &mut ssh_command(key, user, port, command, timeout)?,
+            timeout,
+        )
+    }
+
+    /// Waits for QEMU to exit by itself (guest power-off, or a reboot with `no_reboot`).
+    pub fn wait_exit(&self, timeout: Duration) -> Result<ExitStatus, QemuError> {
+        lock(&self.child)
+            .wait_timeout(timeout)
+            .ok_or_else(|| QemuError::ExitTimeout {
+                vm: self.name().into(),
+                timeout,
+                log: self.serial_log().into(),
+            })
+    }
+
+    /// Ends QEMU at once, like pulling the power cord. Disk writes the guest had not flushed may be lost.
+    pub fn kill(&self) {
+        lock(&self.child).kill();
+    }
+
+    /// Presses the virtual power button (ACPI); the guest decides how to shut down.
+    pub fn powerdown(&self) -> Result<(), QemuError> {
+        self.qmp("system_powerdown").map(drop)
+    }
+
+    /// Presses the virtual reset button: an immediate reboot without the guest's cooperation.
+    pub fn reset(&self) -> Result<(), QemuError> {
+        self.qmp("system_reset").map(drop)
+    }
+
+    /// Sends a QMP command without arguments and returns QEMU's reply line.
+    pub fn qmp(&self, command: &str) -> Result<String, QemuError> {
+        let mut qmp = lock(&self.qmp);
+        let conn = qmp
+            .as_mut()
+            .ok_or_else(|| self.qmp_error(command, "the monitor is not connected".into()))?;
+        conn.execute(command)
+            .map_err(|reason| self.qmp_error(command, reason))
+    }
+
+    /// The last lines of the serial log, escape sequences removed, for error messages.
+    pub fn serial_tail(&self) -> String {
+        match read_from(self.serial_log(), 0) {
+            Ok(bytes) => tail_lines(&bytes, TAIL_LINES),
+            Err(e) => format!("(serial log unreadable: {e})"),
+        }
+    }
+
+    fn ensure_running(&self) -> Result<(), QemuError> {
+        match lock(&self.child).try_status() {
+            None => Ok(()),
+            Some(status) => Err(QemuError::NotRunning {
+                vm: self.name().into(),
+                status: status.to_string(),
+                log: self.serial_log().into(),
+            }),
+        }
+    }
+
+    fn qmp_error(&self, command: &str, reason: String) -> QemuError {
+        QemuError::Qmp {
+            vm: self.name().into(),
+            command: command.into(),
+            reason,
+        }
+    }
+
+    /// Waits until QEMU accepts a monitor connection, failing early when it exits instead.
+    fn connect_monitor(&self) -> Result<(), QemuError> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = lock(&self.child).try_status() {
+                return Err(self.start_failed(status.to_string()));
+            }
+            if self.plan.qmp_socket.exists() {
+                if let Ok(qmp) = Qmp::connect(&self.plan.qmp_socket) {
+                    *lock(&self.qmp) = Some(qmp);
+                    return Ok(());
+                }
+            }
+            if Instant::now() >= deadline {
+                self.kill();
+                return Err(QemuError::StartTimeout {
+                    command: self.command_line.clone(),
+                    timeout: START_TIMEOUT,
+                    stderr_log: self.plan.qemu_log.clone(),
+                });
+            }
+            thread::sleep(POLL);
+        }
+    }
+
+    fn start_failed(&self, status: String) -> QemuError {
+        let stderr_tail = read_from(&self.plan.qemu_log, 0)
+            .map(|b| tail_lines(&b, TAIL_LINES))
+            .unwrap_or_default();
+        QemuError::StartFailed {
+            command: self.command_line.clone(),
+            status,
+            stderr_log: self.plan.qemu_log.clone(),
+            stderr_tail,
+        }
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        if self.plan.cfg.serial == Serial::Terminal && self.is_running() {
+            // QEMU put the terminal in raw mode; only a clean exit gives it back.
+            if self.qmp("quit").is_ok() {
+                lock(&self.child).wait_timeout(Duration::from_secs(3));
+            }
+        }
+        self.kill();
+        if thread::panicking() {
+            eprintln!(
+                "kiln-qemu: VM `{}` failed; its files are kept in {} (serial: {}, QEMU: {}); command: {}",
+                self.name(),
+                self.work_dir().display(),
+                self.serial_log().display(),
+                self.qemu_log().display(),
+                self.command_line
+            );
+        }
+    }
+}
+
+/// Makes the files QEMU opens: a fresh overlay, this VM's UEFI variable store, and an empty log.
+fn prepare_files(plan: &Plan) -> Result<(), QemuError> {
+    if let Some(mut cmd) = plan.overlay_command(&find_qemu_img()?) {
+        if let Some(disk) = &plan.disk {
+            remove_if_present(&disk.file)?;
+        }
+        run_checked(&mut cmd, Duration::from_secs(60))?;
+    }
+    if let Some((ovmf, vars)) = &plan.uefi {
+        // A persistent VM keeps its variables (boot entries) from one start to the next.
+        if !(plan.cfg.persist && vars.exists()) {
+            std::fs::copy(&ovmf.vars, vars)
+                .map_err(|e| QemuError::io("copying UEFI variables to", vars, e))?;
+        }
+    }
+    remove_if_present(&plan.serial_log)?;
+    remove_if_present(&plan.qmp_socket)
+}
+
+/// Spawns QEMU with its messages going to the work directory's `qemu.log`.
+fn spawn(plan: &Plan, command_line: &str) -> Result<ChildGuard, QemuError> {
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&plan.qemu_log)
+        .map_err(|e| QemuError::io("opening", &plan.qemu_log, e))?;
+    let log_err = log
+        .try_clone()
+        .map_err(|e| QemuError::io("opening", &plan.qemu_log, e))?;
+    let (stdin, stdout) = match plan.cfg.serial {
+        Serial::Terminal => (Stdio::inherit(), Stdio::inherit()),
+        Serial::LogFile(_) => (Stdio::null(), Stdio::from(log)),
+    };
+    let child = plan
+        .command()?
+        .stdin(stdin)
+        .stdout(stdout)
+        .stderr(log_err)
+        .spawn()
+        .map_err(|source| QemuError::Spawn {
+            command: command_line.into(),
+            source,
+        })?;
+    Ok(ChildGuard::new(child))
+}
+
+fn remove_if_present(path: &Path) -> Result<(), QemuError> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(QemuError::io("removing", path, e))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The bytes of `path` from `offset` on; a file QEMU has not created yet reads as empty.
+fn read_from(path: &Path, offset: u64) -> Result<Vec<u8>, QemuError> {
+    let mut file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(QemuError::io("opening", path, e)),
+    };
+    let mut bytes = Vec::new();
+    file.seek(SeekFrom::Start(offset))
+        .and_then(|_| file.read_to_end(&mut bytes))
+        .map_err(|e| QemuError::io("reading", path, e))?;
+    Ok(bytes)
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() {
+        return Some(0);
+    }
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The last `n` lines of a console log as readable text: terminal escape sequences (which firmware
+/// prints in plenty) and other control characters removed.
+fn tail_lines(bytes: &[u8], n: usize) -> String {
+    let text = strip_escapes(&String::from_utf8_lossy(bytes));
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim_end)
+        .filter(|l| !l.is_empty())
+        .collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn strip_escapes(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            // CSI sequence: ESC [ parameters, ending with a letter.
+            '\u{1b}' if chars.peek() == Some(&'[') => {
+                chars.next();
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+            '\n' | '\t' => out.push(c),
+            '\r' => {}
+            c if c.is_control() => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves plain data behind, still fine to use.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod boot_tests;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_keeps_the_last_lines_without_escape_sequences() {
+        let log = b"one\r\n\x1b[2J\x1b[01;01Htwo\r\nthree\x07\r\nfour\r\n";
+        assert_eq!(tail_lines(log, 2), "three\nfour");
+        assert_eq!(tail_lines(log, 30), "one\ntwo\nthree\nfour");
+    }
+
+    #[test]
+    fn find_locates_a_pattern_anywhere() {
+        assert_eq!(find(b"abc login: x", b"login:"), Some(4));
+        assert_eq!(find(b"abc", b"login:"), None);
+    }
+}

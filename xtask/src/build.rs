@@ -1,0 +1,633 @@
+//! `cargo xtask build-image` and `cargo xtask lock`: the image build as a flat list of named
+//! stages over one [`Build`] context. Each stage reads what earlier stages made and writes one
+//! artifact under `build/<version>/`.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+
+use kiln_image::boot::{self, BootEntry, Counter, Slot};
+use kiln_image::debian::{self, Cache, Lock, Mirror, Sources};
+use kiln_image::definition::Definition;
+use kiln_image::disk::{self, PartitionContent, MIB};
+use kiln_image::gpt::Guid;
+use kiln_image::hostdir::{self, HostDirOptions};
+use kiln_image::rootfs::{self, OsRelease};
+use kiln_image::tree::{Content, Entry, Kind, Meta, Tree, TreePath};
+use kiln_image::{cpio, ext4, fat, kmod, verity};
+
+use crate::host;
+
+#[derive(clap::Args, Clone)]
+pub struct BuildConfig {
+    /// The version to build (default: image.toml's `image.version`).
+    #[arg(long)]
+    pub version: Option<String>,
+    /// The Debian mirror's base URI (default: the host's apt sources).
+    #[arg(long)]
+    pub mirror: Option<String>,
+    /// The image definition.
+    #[arg(long, default_value = "image/image.toml")]
+    pub definition: PathBuf,
+    /// Where builds go: `<out>/<version>/disk.raw`, ...
+    #[arg(long, default_value = "build")]
+    pub out: PathBuf,
+}
+
+#[derive(clap::Args)]
+pub struct LockConfig {
+    /// The Debian mirror's base URI (default: the host's apt sources).
+    #[arg(long)]
+    pub mirror: Option<String>,
+    /// The image definition.
+    #[arg(long, default_value = "image/image.toml")]
+    pub definition: PathBuf,
+}
+
+/// The lock file sits beside the definition.
+fn lock_path(definition: &Path) -> PathBuf {
+    definition.with_file_name("packages.lock")
+}
+
+/// The mirrors of the definition's suites: named by the flag, the definition, or the host.
+fn mirrors(def: &Definition, flag: Option<&str>) -> Result<Vec<Mirror>> {
+    let mut mirrors = match flag.or(def.debian.mirror.as_deref()) {
+        Some(uri) => def
+            .debian
+            .suites
+            .iter()
+            .map(|s| Mirror::new(uri, s))
+            .collect(),
+        None => {
+            let suites: Vec<&str> = def.debian.suites.iter().map(String::as_str).collect();
+            Sources::from_host()?.mirrors(&suites).context(
+                "finding the Debian mirror in the host's apt sources (name one with --mirror or debian.mirror in image.toml)",
+            )?
+        }
+    };
+    for m in &mut mirrors {
+        m.keyring = def.debian.keyring.clone();
+        m.components = def.debian.components.clone();
+    }
+    Ok(mirrors)
+}
+
+/// `cargo xtask lock`: resolves the definition's packages against the mirror and writes
+/// `packages.lock`.
+pub fn lock(cfg: &LockConfig) -> Result<()> {
+    let root = host::workspace_root();
+    let def_path = root.join(&cfg.definition);
+    let def = Definition::load(&def_path)?;
+    let mirrors = mirrors(&def, cfg.mirror.as_deref())?;
+    let cache = Cache::from_env()?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs() as i64;
+    let archive = debian::Archive::open(&mirrors, &cache, now)?;
+    for warning in &archive.warnings {
+        eprintln!("warning: {warning}");
+    }
+    let resolution = debian::resolve(&archive, &def.packages.include, &def.packages.exclude)?;
+    let lock = Lock::from_resolution(&resolution);
+    let path = lock_path(&def_path);
+    lock.write(&path)?;
+    eprintln!(
+        "wrote {} ({} packages)",
+        path.display(),
+        lock.packages.len()
+    );
+    Ok(())
+}
+
+/// One build: its inputs, where it writes, and how long each stage took.
+pub struct Build {
+    pub def: Definition,
+    pub def_path: PathBuf,
+    pub version: String,
+    pub mirror_flag: Option<String>,
+    /// `build/<version>/`
+    pub out_dir: PathBuf,
+    /// Intermediate files: `build/<version>/work/`.
+    pub work_dir: PathBuf,
+    /// Every time in every artifact (`SOURCE_DATE_EPOCH`).
+    pub epoch: i64,
+    pub timings: Vec<(&'static str, Duration)>,
+}
+
+/// What the build made, for the report and for callers (tests, `qemu`).
+pub struct Artifacts {
+    pub disk: PathBuf,
+    pub qcow2: Option<PathBuf>,
+    pub usr_image: PathBuf,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub usr_hash: String,
+}
+
+impl Build {
+    pub fn new(cfg: &BuildConfig) -> Result<Build> {
+        let root = host::workspace_root();
+        let def_path = root.join(&cfg.definition);
+        let def = Definition::load(&def_path)?;
+        let version = cfg
+            .version
+            .clone()
+            .unwrap_or_else(|| def.image.version.clone());
+        kiln_image::definition::check_version(&version)
+            .map_err(|p| anyhow::anyhow!("--version {version:?} {p}"))?;
+        let out_dir = root.join(&cfg.out).join(&version);
+        let work_dir = out_dir.join("work");
+        std::fs::create_dir_all(&work_dir)
+            .with_context(|| format!("creating {}", work_dir.display()))?;
+        Ok(Build {
+            def,
+            def_path,
+            version,
+            mirror_flag: cfg.mirror.clone(),
+            out_dir,
+            work_dir,
+            epoch: source_date_epoch(&root)?,
+            timings: Vec::new(),
+        })
+    }
+
+    /// Runs one named stage, timing it.
+    fn stage<T>(
+        &mut self,
+        name: &'static str,
+        f: impl FnOnce(&mut Build) -> Result<T>,
+    ) -> Result<T> {
+        eprintln!("==> {name}");
+        let start = Instant::now();
+        let result = f(self).with_context(|| format!("stage `{name}`"));
+        self.timings.push((name, start.elapsed()));
+        result
+    }
+
+    /// A GUID, UUID or salt derived from the build's inputs, never from randomness.
+    fn derived(&self, what: &str) -> [u8; 32] {
+        Sha256::digest(format!(
+            "kiln/{}/{}/{what}",
+            self.def.image.app_id, self.version
+        ))
+        .into()
+    }
+
+    fn uuid(&self, what: &str) -> [u8; 16] {
+        Guid::from_hash(&self.derived(what)).0
+    }
+
+    /// Every stage, top to bottom.
+    pub fn run(&mut self) -> Result<Artifacts> {
+        let debs = self.stage("fetch packages", Build::fetch_packages)?;
+        let tree = self.stage("extract packages", |b| b.extract(&debs))?;
+        let (tree, kver, kernel) = self.stage("rootfs", |b| b.rootfs(tree))?;
+        let initrd = self.stage("initramfs", |b| b.initramfs(&tree, &kver))?;
+        let (usr_image, usr) = self.stage("usr filesystem + verity", |b| b.usr(&tree))?;
+        let kernel_path = self.work_dir.join("vmlinuz");
+        std::fs::write(&kernel_path, kernel.read_all()?).context("writing the kernel")?;
+        let entry = BootEntry::new(
+            Slot::A,
+            &self.version,
+            &usr.root_hash_hex(),
+            &self.def.kernel.cmdline,
+            Counter::Blessed,
+        );
+        let esp = self.stage("esp", |b| b.esp(&tree, &kernel, &initrd, &entry))?;
+        let root = self.stage("root filesystem", Build::root_fs)?;
+        let oem = self.stage("oem", Build::oem)?;
+        let disk = self.stage("disk", |b| b.disk(&esp, &usr_image, &oem, &root))?;
+        let qcow2 = self.stage("qcow2", |b| b.qcow2(&disk))?;
+        let artifacts = Artifacts {
+            disk,
+            qcow2,
+            usr_image,
+            kernel: kernel_path,
+            initrd,
+            usr_hash: usr.root_hash_hex(),
+        };
+        self.stage("report", |b| b.report(&artifacts, &tree))?;
+        Ok(artifacts)
+    }
+
+    fn fetch_packages(&mut self) -> Result<Vec<PathBuf>> {
+        let lock_path = lock_path(&self.def_path);
+        if !lock_path.exists() {
+            bail!(
+                "{} is missing: run `cargo xtask lock` to resolve the packages of image.toml",
+                lock_path.display()
+            );
+        }
+        let lock = Lock::read(&lock_path)?;
+        let wanted: std::collections::BTreeSet<&str> = self
+            .def
+            .packages
+            .include
+            .iter()
+            .map(String::as_str)
+            .collect();
+        let locked: std::collections::BTreeSet<&str> =
+            lock.packages.iter().map(|p| p.name.as_str()).collect();
+        if let Some(missing) = wanted.iter().find(|p| !locked.contains(**p)) {
+            bail!(
+                "{missing} is in image.toml but not in {}: run `cargo xtask lock`",
+                lock_path.display()
+            );
+        }
+        let mirrors = mirrors(&self.def, self.mirror_flag.as_deref())?;
+        let fetched = debian::fetch(&lock, &Cache::from_env()?, &mirrors, debian::DEFAULT_JOBS)?;
+        Ok(fetched.into_iter().map(|f| f.path).collect())
+    }
+
+    fn extract(&mut self, debs: &[PathBuf]) -> Result<Tree> {
+        let extracted = debian::extract_all(debs, Tree::new(Meta::root(0o755, self.epoch)), 2)?;
+        for warning in &extracted.warnings {
+            eprintln!("warning: {warning}");
+        }
+        Ok(extracted.tree)
+    }
+
+    /// What dpkg would have done, the overlays, the module selection and os-release.
+    fn rootfs(&mut self, mut tree: Tree) -> Result<(Tree, String, Content)> {
+        let t = self.epoch;
+        tree.clamp_mtimes(t);
+        let (kver, kernel) = rootfs::take_kernel(&mut tree)?;
+        let rules: Vec<&str> = self
+            .def
+            .kernel
+            .keep_modules
+            .iter()
+            .map(String::as_str)
+            .collect();
+        let kept = kmod::select_in_tree(&mut tree, &kver, &rules)?;
+        eprintln!("    kernel {kver}: kept {} modules", kept.modules.len());
+        rootfs::merged_usr_links(&mut tree, t)?;
+        rootfs::users_and_groups(&mut tree, t)?;
+        rootfs::generated_configs(&mut tree, t)?;
+        let dropped = rootfs::move_etc_to_factory(&mut tree, t)?;
+        eprintln!("    not in the image (made at boot): {}", dropped.join(" "));
+        rootfs::alternatives(&mut tree, t)?;
+        let overlays = host::workspace_root().join("overlays/usr");
+        let opts = HostDirOptions {
+            uid: 0,
+            gid: 0,
+            mtime: t,
+        };
+        hostdir::add_host_dir(&mut tree, &overlays, &TreePath::new("usr")?, &opts)
+            .with_context(|| format!("applying {}", overlays.display()))?;
+        rootfs::enable_units(&mut tree, &self.def.systemd.enable, t)?;
+        rootfs::set_default_target(&mut tree, &self.def.systemd.default_target, t)?;
+        let os = OsRelease {
+            name: &self.def.image.name,
+            version: &self.version,
+            app_id: &self.def.image.app_id,
+            channel: &self.def.image.channel,
+        };
+        rootfs::write_os_release(&mut tree, &os, t)?;
+        tree.validate()?;
+        Ok((tree, kver, kernel))
+    }
+
+    /// The static init, the module subset, busybox for the emergency shell → `initrd`.
+    fn initramfs(&mut self, tree: &Tree, kver: &str) -> Result<PathBuf> {
+        let t = self.epoch;
+        let init = build_static_init()?;
+        let (modules, set) = kmod::initramfs_modules(tree, kver, t)?;
+        let mut initrd = Tree::new(Meta::root(0o755, t));
+        let dir = Meta::root(0o755, t);
+        initrd.graft(&TreePath::root(), &modules, &dir)?;
+        for d in ["dev", "proc", "sys", "run", "sysroot", "bin", "etc/kiln"] {
+            initrd.create_dirs(&TreePath::new(d)?, &dir)?;
+        }
+        initrd.insert(
+            "dev/console",
+            Entry::new(
+                Kind::CharDevice { major: 5, minor: 1 },
+                Meta::root(0o600, t),
+            ),
+        )?;
+        initrd.insert(
+            "init",
+            Entry::new(Kind::File(Content::host(&init)?), Meta::root(0o755, t)),
+        )?;
+        let busybox = tree.get("usr/bin/busybox").context(
+            "busybox is not in the image: add it to packages.include (the emergency shell)",
+        )?;
+        initrd.insert("bin/busybox", busybox.clone())?;
+        initrd.insert(
+            "bin/sh",
+            Entry::new(Kind::Symlink(b"busybox".to_vec()), Meta::root(0o777, t)),
+        )?;
+        initrd.validate()?;
+        eprintln!(
+            "    {} modules, {} entries",
+            set.modules.len(),
+            initrd.len()
+        );
+        let path = self.work_dir.join("initrd");
+        let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        cpio::write_initramfs(&initrd, std::io::BufWriter::new(file), 19)?;
+        Ok(path)
+    }
+
+    /// `/usr` as a read-only ext4 with its dm-verity tree appended.
+    fn usr(&mut self, tree: &Tree) -> Result<(PathBuf, verity::VerityInfo)> {
+        let usr = tree
+            .subtree(&TreePath::new("usr")?)
+            .context("the tree has no /usr")?;
+        let size = ext4::required_bytes(&usr, false)?.div_ceil(MIB) * MIB;
+        let opts = ext4::Ext4Options {
+            size_bytes: size,
+            uuid: self.uuid("usr-fs"),
+            hash_seed: self.uuid("usr-hash-seed"),
+            label: "USR".into(),
+            journal: false,
+            timestamp: self.epoch,
+        };
+        let path = self.work_dir.join("usr.img");
+        let file = create_rw(&path)?;
+        let stats = ext4::write(&usr, &opts, &file)?;
+        let params = verity::VerityParams {
+            salt: self.derived("usr-verity-salt").to_vec(),
+            uuid: self.uuid("usr-verity"),
+        };
+        let info = verity::append(&file, size, &params)?;
+        let room = self.def.partitions.usr * MIB;
+        let total = info.hash_offset + info.hash_bytes;
+        if total > room {
+            bail!(
+                "/usr needs {} MiB with its verity tree but partitions.usr is {} MiB: drop packages or modules (kernel.keep_modules), or raise partitions.usr for new machines only",
+                total.div_ceil(MIB),
+                self.def.partitions.usr
+            );
+        }
+        eprintln!(
+            "    {} MiB filesystem ({} of {} blocks used), {} KiB verity tree, root hash {}",
+            size / MIB,
+            stats.blocks_used,
+            stats.blocks_total,
+            info.hash_bytes / 1024,
+            info.root_hash_hex()
+        );
+        Ok((path, info))
+    }
+
+    /// The ESP: systemd-boot as the removable-media loader, loader.conf, slot A's entry,
+    /// kernel and initramfs.
+    fn esp(
+        &mut self,
+        tree: &Tree,
+        kernel: &Content,
+        initrd: &Path,
+        entry: &BootEntry,
+    ) -> Result<PathBuf> {
+        let t = self.epoch;
+        let mut esp = Tree::new(Meta::root(0o755, t));
+        let dir = Meta::root(0o755, t);
+        let file = |c: Content| Entry::new(Kind::File(c), Meta::root(0o644, t));
+        let sdboot = tree
+            .get("usr/lib/systemd/boot/efi/systemd-bootx64.efi")
+            .context(
+                "systemd-boot is not in the image: add systemd-boot-efi to packages.include",
+            )?;
+        esp.insert_with_parents("EFI/BOOT/BOOTX64.EFI", sdboot.clone(), &dir)?;
+        esp.insert_with_parents(
+            "loader/loader.conf",
+            file(Content::bytes(boot::loader_conf(3))),
+            &dir,
+        )?;
+        esp.insert_with_parents(
+            format!("loader/entries/{}", entry.file_name()),
+            file(Content::bytes(entry.render())),
+            &dir,
+        )?;
+        let slot_dir = entry.slot.esp_dir();
+        esp.insert_with_parents(
+            format!("{}/vmlinuz", &slot_dir[1..]),
+            file(kernel.clone()),
+            &dir,
+        )?;
+        esp.insert_with_parents(
+            format!("{}/initrd", &slot_dir[1..]),
+            file(Content::host(initrd)?),
+            &dir,
+        )?;
+        let path = self.work_dir.join("esp.img");
+        let mut f = create_rw(&path)?;
+        let opts = fat::FatOptions {
+            size_bytes: self.def.partitions.esp * MIB,
+            volume_id: u32::from_le_bytes(self.uuid("esp")[..4].try_into().expect("4 bytes")),
+            label: "EFI-SYSTEM".into(),
+            timestamp: t,
+        };
+        fat::format(&esp, &opts, &mut f)?;
+        Ok(path)
+    }
+
+    /// ROOT: an empty journaled ext4 the init fills (`/etc` from the factory copy) and grows.
+    fn root_fs(&mut self) -> Result<PathBuf> {
+        let tree = Tree::new(Meta::root(0o755, self.epoch));
+        let opts = ext4::Ext4Options {
+            size_bytes: self.def.partitions.root * MIB,
+            uuid: self.uuid("root-fs"),
+            hash_seed: self.uuid("root-hash-seed"),
+            label: "ROOT".into(),
+            journal: true,
+            timestamp: self.epoch,
+        };
+        let path = self.work_dir.join("root.img");
+        ext4::write(&tree, &opts, &create_rw(&path)?)?;
+        Ok(path)
+    }
+
+    /// OEM: an empty FAT volume; `flash --config` and `qemu --config` put the cloud-config in.
+    fn oem(&mut self) -> Result<PathBuf> {
+        let path = self.work_dir.join("oem.img");
+        let opts = fat::FatOptions {
+            size_bytes: self.def.partitions.oem * MIB,
+            volume_id: u32::from_le_bytes(self.uuid("oem")[..4].try_into().expect("4 bytes")),
+            label: "OEM".into(),
+            timestamp: self.epoch,
+        };
+        fat::format(
+            &Tree::new(Meta::root(0o755, self.epoch)),
+            &opts,
+            &mut create_rw(&path)?,
+        )?;
+        Ok(path)
+    }
+
+    fn disk(&mut self, esp: &Path, usr: &Path, oem: &Path, root: &Path) -> Result<PathBuf> {
+        let p = self.def.partitions;
+        let layout = disk::layout(p.esp, p.usr, p.oem, p.root);
+        let contents = [
+            PartitionContent {
+                number: disk::ESP_NUMBER,
+                image: Some(esp),
+            },
+            PartitionContent {
+                number: disk::USR_A_NUMBER,
+                image: Some(usr),
+            },
+            PartitionContent {
+                number: disk::USR_B_NUMBER,
+                image: None,
+            },
+            PartitionContent {
+                number: disk::OEM_NUMBER,
+                image: Some(oem),
+            },
+            PartitionContent {
+                number: disk::ROOT_NUMBER,
+                image: Some(root),
+            },
+        ];
+        let path = self.out_dir.join("disk.raw");
+        disk::assemble(&path, &layout, &contents, |name| {
+            Guid::from_hash(&self.derived(&format!("gpt/{name}")))
+        })?;
+        Ok(path)
+    }
+
+    /// `disk.qcow2` when qemu-img is on the host (it is optional: the raw disk is the artifact).
+    fn qcow2(&mut self, disk: &Path) -> Result<Option<PathBuf>> {
+        if !host::has_tool("qemu-img") {
+            eprintln!("    qemu-img not found: no disk.qcow2 (apt-get install qemu-utils)");
+            return Ok(None);
+        }
+        let path = self.out_dir.join("disk.qcow2");
+        host::run(
+            Command::new("qemu-img")
+                .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
+                .arg(disk)
+                .arg(&path),
+        )?;
+        Ok(Some(path))
+    }
+
+    fn report(&mut self, a: &Artifacts, tree: &Tree) -> Result<()> {
+        let mut text = format!("Kiln {} ({})\n", self.version, self.def.image.app_id);
+        text += &format!("usr root hash: {}\n", a.usr_hash);
+        text += &format!(
+            "rootfs: {} entries, {} MiB of file content\n",
+            tree.len(),
+            tree.content_bytes() / MIB
+        );
+        let usr_size = std::fs::metadata(&a.usr_image)?.len();
+        text += &format!(
+            "USR: {} MiB with verity of a {} MiB partition ({}% full)\n",
+            usr_size.div_ceil(MIB),
+            self.def.partitions.usr,
+            usr_size * 100 / (self.def.partitions.usr * MIB)
+        );
+        text += "artifacts (sha256):\n";
+        for path in [
+            Some(&a.disk),
+            a.qcow2.as_ref(),
+            Some(&a.usr_image),
+            Some(&a.kernel),
+            Some(&a.initrd),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            text += &format!(
+                "  {}  {}\n",
+                sha256_file(path)?,
+                path.strip_prefix(&self.out_dir).unwrap_or(path).display()
+            );
+        }
+        text += "stages (seconds):\n";
+        for (name, d) in &self.timings {
+            text += &format!("  {:>7.1}  {name}\n", d.as_secs_f64());
+        }
+        let path = self.out_dir.join("report.txt");
+        std::fs::write(&path, &text).with_context(|| format!("writing {}", path.display()))?;
+        eprint!("{text}");
+        Ok(())
+    }
+}
+
+/// `cargo xtask build-image`.
+pub fn build_image(cfg: &BuildConfig) -> Result<Artifacts> {
+    let mut build = Build::new(cfg)?;
+    let artifacts = build.run()?;
+    eprintln!("built {}", artifacts.disk.display());
+    Ok(artifacts)
+}
+
+/// `SOURCE_DATE_EPOCH` from the environment, else the time of the checkout's last commit, so
+/// that two builds of one commit agree.
+fn source_date_epoch(root: &Path) -> Result<i64> {
+    if let Ok(v) = std::env::var("SOURCE_DATE_EPOCH") {
+        return v
+            .trim()
+            .parse()
+            .with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds"));
+    }
+    let out = Command::new("git")
+        .args(["log", "-1", "--format=%ct"])
+        .current_dir(root)
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {
+            let s = String::from_utf8_lossy(&o.stdout);
+            s.trim()
+                .parse()
+                .with_context(|| format!("git gave a commit time of {s:?}"))
+        }
+        _ => {
+            bail!("no SOURCE_DATE_EPOCH and no git history to take it from: set SOURCE_DATE_EPOCH")
+        }
+    }
+}
+
+/// Builds the init as a static binary (its own target dir: other RUSTFLAGS would rebuild the
+/// workspace's) and returns its path.
+fn build_static_init() -> Result<PathBuf> {
+    let root = host::workspace_root();
+    let target_dir = root.join("target/static");
+    host::run(
+        Command::new("cargo")
+            .args([
+                "build",
+                "--quiet",
+                "--release",
+                "-p",
+                "kiln-initramfs",
+                "--bin",
+                "init",
+                "--target",
+                "x86_64-unknown-linux-gnu",
+            ])
+            .env("RUSTFLAGS", "-C target-feature=+crt-static")
+            .env("CARGO_TARGET_DIR", &target_dir)
+            .current_dir(&root),
+    )?;
+    Ok(target_dir.join("x86_64-unknown-linux-gnu/release/init"))
+}
+
+fn create_rw(path: &Path) -> Result<File> {
+    File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))
+}
+
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher).with_context(|| format!("reading {}", path.display()))?;
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
