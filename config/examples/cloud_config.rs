@@ -28,11 +28,21 @@ fn main() -> ExitCode {
     for w in &parsed.warnings {
         eprintln!("{file}: {w}");
     }
-    let Some(root) = args.get(1) else { return ExitCode::SUCCESS };
-    match kiln_config::apply(&parsed.config, Path::new(root), &kiln_config::ApplyOptions::default()) {
+    let Some(root) = args.get(1) else {
+        return ExitCode::SUCCESS;
+    };
+    match kiln_config::apply(
+        &parsed.config,
+        Path::new(root),
+        &kiln_config::ApplyOptions::default(),
+    ) {
         Ok(report) => {
             print!("{report}");
-            if report.all_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+            if report.all_ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
         }
         Err(e) => {
             eprintln!("{e}");

@@ -30,7 +30,10 @@ pub(crate) struct Table {
 
 impl Table {
     pub fn parse(text: &str) -> Table {
-        Table { lines: text.lines().map(str::to_string).collect(), changed: false }
+        Table {
+            lines: text.lines().map(str::to_string).collect(),
+            changed: false,
+        }
     }
 
     pub fn render(&self) -> String {
@@ -43,16 +46,26 @@ impl Table {
 
     /// The fields of the entry called `name`.
     pub fn get(&self, name: &str) -> Option<Vec<String>> {
-        self.index(name).map(|i| Self::fields(&self.lines[i]).into_iter().map(str::to_string).collect())
+        self.index(name).map(|i| {
+            Self::fields(&self.lines[i])
+                .into_iter()
+                .map(str::to_string)
+                .collect()
+        })
     }
 
     fn index(&self, name: &str) -> Option<usize> {
-        self.lines.iter().position(|l| l.split(':').next() == Some(name))
+        self.lines
+            .iter()
+            .position(|l| l.split(':').next() == Some(name))
     }
 
     /// Numbers in field 2 (uid or gid) already taken.
     pub fn ids(&self) -> BTreeSet<u32> {
-        self.lines.iter().filter_map(|l| Self::fields(l).get(2).and_then(|f| f.parse().ok())).collect()
+        self.lines
+            .iter()
+            .filter_map(|l| Self::fields(l).get(2).and_then(|f| f.parse().ok()))
+            .collect()
     }
 
     pub fn push(&mut self, fields: &[&str]) {
@@ -63,7 +76,10 @@ impl Table {
     /// Sets field `n` of entry `name`, padding missing fields.
     pub fn set_field(&mut self, name: &str, n: usize, value: &str) {
         let Some(i) = self.index(name) else { return };
-        let mut f: Vec<String> = Self::fields(&self.lines[i]).into_iter().map(str::to_string).collect();
+        let mut f: Vec<String> = Self::fields(&self.lines[i])
+            .into_iter()
+            .map(str::to_string)
+            .collect();
         while f.len() <= n {
             f.push(String::new());
         }
@@ -98,7 +114,9 @@ pub(crate) struct Accounts {
 impl Accounts {
     pub fn load(fs: &Root) -> Result<Accounts, String> {
         let read = |p: &str| -> Result<Option<Table>, String> {
-            Ok(fs.read(p)?.map(|b| Table::parse(&String::from_utf8_lossy(&b))))
+            Ok(fs
+                .read(p)?
+                .map(|b| Table::parse(&String::from_utf8_lossy(&b))))
         };
         Ok(Accounts {
             passwd: read("/etc/passwd")?.unwrap_or_default(),
@@ -112,7 +130,11 @@ impl Accounts {
     /// passwd/group 0644, shadow/gshadow 0640 root:shadow as on Debian).
     pub fn save(&self, fs: &Root) -> Result<(), String> {
         let shadow_gid = self.gid_of("shadow").unwrap_or(0);
-        let secret = Meta { mode: 0o640, uid: 0, gid: shadow_gid };
+        let secret = Meta {
+            mode: 0o640,
+            uid: 0,
+            gid: shadow_gid,
+        };
         let files = [
             ("/etc/passwd", Some(&self.passwd), Meta::ROOT_FILE),
             ("/etc/group", Some(&self.group), Meta::ROOT_FILE),
@@ -139,7 +161,9 @@ impl Accounts {
 
     fn free_id(taken: &BTreeSet<u32>, system: bool) -> Option<u32> {
         if system {
-            (FIRST_SYSTEM_ID..=LAST_SYSTEM_ID).rev().find(|i| !taken.contains(i))
+            (FIRST_SYSTEM_ID..=LAST_SYSTEM_ID)
+                .rev()
+                .find(|i| !taken.contains(i))
         } else {
             (FIRST_UID..=LAST_UID).find(|i| !taken.contains(i))
         }
@@ -153,7 +177,8 @@ impl Accounts {
         let taken = self.group.ids();
         let gid = match want.filter(|g| !taken.contains(g)) {
             Some(g) => g,
-            None => Self::free_id(&taken, system).ok_or_else(|| format!("no free gid for group {name}"))?,
+            None => Self::free_id(&taken, system)
+                .ok_or_else(|| format!("no free gid for group {name}"))?,
         };
         self.group.push(&[name, "x", &gid.to_string(), ""]);
         if let Some(gs) = &mut self.gshadow {
@@ -185,9 +210,19 @@ impl Accounts {
         if let Some(hash) = &user.passwd {
             self.shadow.set_field(name, 1, hash);
         }
-        let f = self.passwd.get(name).ok_or_else(|| format!("user {name} vanished"))?;
-        let (uid, gid) = self.uid_gid_of(name).ok_or_else(|| format!("/etc/passwd entry of {name} has no numeric uid/gid"))?;
-        Ok(Home { user: name.to_string(), uid, gid, dir: f.get(5).cloned().unwrap_or_default() })
+        let f = self
+            .passwd
+            .get(name)
+            .ok_or_else(|| format!("user {name} vanished"))?;
+        let (uid, gid) = self
+            .uid_gid_of(name)
+            .ok_or_else(|| format!("/etc/passwd entry of {name} has no numeric uid/gid"))?;
+        Ok(Home {
+            user: name.to_string(),
+            uid,
+            gid,
+            dir: f.get(5).cloned().unwrap_or_default(),
+        })
     }
 
     fn add_user(&mut self, user: &User) -> Result<(), String> {
@@ -197,16 +232,28 @@ impl Accounts {
         let uid = if is_core && !taken.contains(&CORE_UID) {
             CORE_UID
         } else {
-            Self::free_id(&taken, user.system).ok_or_else(|| format!("no free uid for user {name}"))?
+            Self::free_id(&taken, user.system)
+                .ok_or_else(|| format!("no free uid for user {name}"))?
         };
         // A private group named like the user, as Debian's useradd makes, unless one is named.
         let group_name = user.primary_group.as_deref().unwrap_or(name);
         let gid = self.ensure_group(group_name, Some(uid), user.system)?;
         let default_gecos = if is_core { CORE_GECOS } else { "" };
-        let home = user.homedir.clone().unwrap_or_else(|| format!("/home/{name}"));
+        let home = user
+            .homedir
+            .clone()
+            .unwrap_or_else(|| format!("/home/{name}"));
         let shell = user.shell.as_deref().unwrap_or("/bin/bash");
         let gecos = user.gecos.as_deref().unwrap_or(default_gecos);
-        self.passwd.push(&[name, "x", &uid.to_string(), &gid.to_string(), gecos, &home, shell]);
+        self.passwd.push(&[
+            name,
+            "x",
+            &uid.to_string(),
+            &gid.to_string(),
+            gecos,
+            &home,
+            shell,
+        ]);
         Ok(())
     }
 }
@@ -236,18 +283,31 @@ pub(crate) fn wanted_users(cfg: &CloudConfig) -> Vec<User> {
         }
         None => users.insert(
             0,
-            User { name: "core".into(), ssh_authorized_keys: cfg.ssh_authorized_keys.clone(), ..User::default() },
+            User {
+                name: "core".into(),
+                ssh_authorized_keys: cfg.ssh_authorized_keys.clone(),
+                ..User::default()
+            },
         ),
     }
     users
 }
 
 /// Creates the home directory (from `/etc/skel`) unless it exists or the user asked not to.
-pub(crate) fn make_home(fs: &Root, home: &Home, user: &User, notes: &mut Vec<String>) -> Result<(), String> {
+pub(crate) fn make_home(
+    fs: &Root,
+    home: &Home,
+    user: &User,
+    notes: &mut Vec<String>,
+) -> Result<(), String> {
     if user.no_create_home || home.dir.is_empty() || home.dir == "/" || fs.exists(&home.dir) {
         return Ok(());
     }
-    let meta = Meta { mode: 0o755, uid: home.uid, gid: home.gid };
+    let meta = Meta {
+        mode: 0o755,
+        uid: home.uid,
+        gid: home.gid,
+    };
     let host = fs.mkdir_all(&home.dir, meta)?;
     let skel = fs.resolve("/etc/skel", LastLink::Follow)?;
     if skel.is_dir() {
@@ -260,19 +320,29 @@ pub(crate) fn make_home(fs: &Root, home: &Home, user: &User, notes: &mut Vec<Str
 /// Copies `/etc/skel` (files and directories; links are not followed) owned by the user.
 fn copy_skel(fs: &Root, from: &Path, to: &Path, home: &Home) -> Result<(), String> {
     let entries = fs::read_dir(from).map_err(|e| crate::fsroot::err("reading", from, e))?;
-    let mut names: Vec<_> = entries.filter_map(Result::ok).map(|e| e.file_name()).collect();
+    let mut names: Vec<_> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.file_name())
+        .collect();
     names.sort();
     for name in names {
         let (src, dst) = (from.join(&name), to.join(&name));
-        let Ok(m) = fs::symlink_metadata(&src) else { continue };
-        let meta = Meta { mode: m.mode() & 0o7777, uid: home.uid, gid: home.gid };
+        let Ok(m) = fs::symlink_metadata(&src) else {
+            continue;
+        };
+        let meta = Meta {
+            mode: m.mode() & 0o7777,
+            uid: home.uid,
+            gid: home.gid,
+        };
         if m.is_dir() {
             fs::create_dir_all(&dst).map_err(|e| crate::fsroot::err("creating", &dst, e))?;
             fs.set_meta(&dst, meta)?;
             copy_skel(fs, &src, &dst, home)?;
         } else if m.is_file() && !dst.exists() {
             fs::copy(&src, &dst).map_err(|e| crate::fsroot::err("copying to", &dst, e))?;
-            fs::set_permissions(&dst, fs::Permissions::from_mode(meta.mode)).map_err(|e| crate::fsroot::err("chmod", &dst, e))?;
+            fs::set_permissions(&dst, fs::Permissions::from_mode(meta.mode))
+                .map_err(|e| crate::fsroot::err("chmod", &dst, e))?;
             fs.set_meta(&dst, meta)?;
         }
     }
@@ -286,14 +356,24 @@ pub(crate) fn write_keys(fs: &Root, home: &Home, keys: &[String]) -> Result<(), 
         return Ok(());
     }
     if !fs.exists(&home.dir) {
-        return Err(format!("{} has no home directory {} for its SSH keys", home.user, home.dir));
+        return Err(format!(
+            "{} has no home directory {} for its SSH keys",
+            home.user, home.dir
+        ));
     }
     let ssh = format!("{}/.ssh", home.dir.trim_end_matches('/'));
-    let dir_meta = Meta { mode: 0o700, uid: home.uid, gid: home.gid };
+    let dir_meta = Meta {
+        mode: 0o700,
+        uid: home.uid,
+        gid: home.gid,
+    };
     let dir = fs.mkdir_all(&ssh, dir_meta)?;
     fs.set_meta(&dir, dir_meta)?;
     let path = format!("{ssh}/authorized_keys");
-    let existing = fs.read(&path)?.map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    let existing = fs
+        .read(&path)?
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
     let mut lines: Vec<String> = existing.lines().map(str::to_string).collect();
     for k in keys {
         if !lines.iter().any(|l| l == k) {
@@ -301,7 +381,16 @@ pub(crate) fn write_keys(fs: &Root, home: &Home, keys: &[String]) -> Result<(), 
         }
     }
     let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
-    fs.write(&path, text.as_bytes(), Meta { mode: 0o600, uid: home.uid, gid: home.gid }, LastLink::Replace)?;
+    fs.write(
+        &path,
+        text.as_bytes(),
+        Meta {
+            mode: 0o600,
+            uid: home.uid,
+            gid: home.gid,
+        },
+        LastLink::Replace,
+    )?;
     Ok(())
 }
 
@@ -315,7 +404,10 @@ mod tests {
         t.add_member("sudo", 3, "bob");
         t.add_member("sudo", 3, "bob");
         t.add_member("root", 3, "core");
-        assert_eq!(t.render(), "root:x:0:core\n# comment\nsudo:x:27:alice,bob\n");
+        assert_eq!(
+            t.render(),
+            "root:x:0:core\n# comment\nsudo:x:27:alice,bob\n"
+        );
         assert_eq!(t.ids(), [0, 27].into());
     }
 
@@ -328,10 +420,27 @@ mod tests {
             gshadow: None,
         };
         let mut notes = Vec::new();
-        let h = a.ensure_user(&User { name: "new".into(), ..User::default() }, &mut notes).unwrap();
+        let h = a
+            .ensure_user(
+                &User {
+                    name: "new".into(),
+                    ..User::default()
+                },
+                &mut notes,
+            )
+            .unwrap();
         // uid 1001 is free in passwd, gid 1001 is taken in group: the group gets the next one.
         assert_eq!((h.uid, h.gid), (1001, 1002));
-        let s = a.ensure_user(&User { name: "svc".into(), system: true, ..User::default() }, &mut notes).unwrap();
+        let s = a
+            .ensure_user(
+                &User {
+                    name: "svc".into(),
+                    system: true,
+                    ..User::default()
+                },
+                &mut notes,
+            )
+            .unwrap();
         assert_eq!((s.uid, s.gid), (999, 999));
     }
 }

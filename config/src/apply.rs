@@ -5,7 +5,7 @@
 
 use crate::accounts::{self, Accounts};
 use crate::fsroot::{running_as_root, LastLink, Meta, Root};
-use crate::model::{CloudConfig, IdRef, WriteFile};
+use crate::model::{CloudConfig, IdRef, User, WriteFile};
 use crate::systemd::{self, UnitDir};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -25,7 +25,9 @@ pub struct ApplyOptions {
 /// Why nothing at all could be applied.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
-    #[error("cannot apply the cloud-config to {root}: it is not a directory; mount ROOT there first")]
+    #[error(
+        "cannot apply the cloud-config to {root}: it is not a directory; mount ROOT there first"
+    )]
     RootMissing { root: PathBuf },
 }
 
@@ -61,9 +63,20 @@ impl ApplyReport {
         self.steps.iter().find(|s| s.name == name)
     }
 
-    fn run(&mut self, name: &'static str, step: impl FnOnce(&mut Vec<String>) -> Result<(), String>) {
+    /// Runs one step; `configured` false records it as having nothing to do.
+    fn run(
+        &mut self,
+        name: &'static str,
+        configured: bool,
+        step: impl FnOnce(&mut Vec<String>) -> Result<(), String>,
+    ) {
         let mut notes = Vec::new();
-        let error = step(&mut notes).err();
+        let error = if configured {
+            step(&mut notes).err()
+        } else {
+            notes.push("nothing to do".to_string());
+            None
+        };
         self.steps.push(StepReport { name, error, notes });
     }
 }
@@ -105,9 +118,15 @@ impl Errors {
 
 /// Applies `cfg` to the tree at `root`. Fails only when `root` is unusable; step failures are
 /// in the report.
-pub fn apply(cfg: &CloudConfig, root: &Path, opts: &ApplyOptions) -> Result<ApplyReport, ApplyError> {
+pub fn apply(
+    cfg: &CloudConfig,
+    root: &Path,
+    opts: &ApplyOptions,
+) -> Result<ApplyReport, ApplyError> {
     if !root.is_dir() {
-        return Err(ApplyError::RootMissing { root: root.to_path_buf() });
+        return Err(ApplyError::RootMissing {
+            root: root.to_path_buf(),
+        });
     }
     let as_root = running_as_root();
     let fs = Root::new(root, as_root);
@@ -118,48 +137,73 @@ pub fn apply(cfg: &CloudConfig, root: &Path, opts: &ApplyOptions) -> Result<Appl
             notes.push("not running as root: file owners were not set".into());
         }
     };
+    let kiln = &cfg.kiln;
     let mut report = ApplyReport::default();
-    report.run("hostname", |_| hostname(cfg, &fs));
-    report.run("users", |notes| {
+    report.run("hostname", cfg.hostname.is_some(), |_| hostname(cfg, &fs));
+    let wanted = accounts::wanted_users(cfg);
+    report.run("users", !wanted.is_empty(), |notes| {
         no_chown(notes);
-        users(cfg, &fs, notes)
+        users(&wanted, &fs, notes)
     });
-    report.run("write_files", |notes| {
+    report.run("write_files", !cfg.write_files.is_empty(), |notes| {
         no_chown(notes);
         write_files(cfg, &fs)
     });
-    report.run("etcd", |notes| match &cfg.kiln.etcd {
+    report.run("etcd", kiln.etcd.is_some(), |notes| match &kiln.etcd {
         Some(etcd) => systemd::apply_etcd(&fs, etcd, notes),
         None => Ok(()),
     });
-    report.run("update", |_| update(cfg, &fs));
-    report.run("units", |notes| units(cfg, &fs, &run, notes));
-    report.run("network", |_| network(cfg, &fs));
-    report.run("record", |_| {
-        let meta = Meta { mode: 0o600, uid: 0, gid: 0 };
-        fs.write(APPLIED_COPY, cfg.source.as_bytes(), meta, LastLink::Replace).map(|_| ())
+    report.run(
+        "update",
+        kiln.update.is_some() || kiln.locksmith.is_some(),
+        |_| update(cfg, &fs),
+    );
+    // Always run: a start list left by an earlier document must go.
+    report.run("units", true, |notes| units(cfg, &fs, &run, notes));
+    report.run("network", !kiln.network.is_empty(), |_| network(cfg, &fs));
+    report.run("record", true, |_| {
+        let meta = Meta {
+            mode: 0o600,
+            uid: 0,
+            gid: 0,
+        };
+        fs.write(APPLIED_COPY, cfg.source.as_bytes(), meta, LastLink::Replace)
+            .map(|_| ())
     });
     let text = report.to_string();
-    if let Err(e) = fs.write(REPORT_FILE, text.as_bytes(), Meta::ROOT_FILE, LastLink::Replace) {
-        report.steps.push(StepReport { name: "report", error: Some(e), notes: Vec::new() });
+    if let Err(e) = fs.write(
+        REPORT_FILE,
+        text.as_bytes(),
+        Meta::ROOT_FILE,
+        LastLink::Replace,
+    ) {
+        report.steps.push(StepReport {
+            name: "report",
+            error: Some(e),
+            notes: Vec::new(),
+        });
     }
     Ok(report)
 }
 
 fn hostname(cfg: &CloudConfig, fs: &Root) -> Result<(), String> {
-    let Some(name) = &cfg.hostname else { return Ok(()) };
-    fs.write("/etc/hostname", format!("{name}\n").as_bytes(), Meta::ROOT_FILE, LastLink::Follow).map(|_| ())
+    let Some(name) = &cfg.hostname else {
+        return Ok(());
+    };
+    fs.write(
+        "/etc/hostname",
+        format!("{name}\n").as_bytes(),
+        Meta::ROOT_FILE,
+        LastLink::Follow,
+    )
+    .map(|_| ())
 }
 
-fn users(cfg: &CloudConfig, fs: &Root, notes: &mut Vec<String>) -> Result<(), String> {
-    let wanted = accounts::wanted_users(cfg);
-    if wanted.is_empty() {
-        return Ok(());
-    }
+fn users(wanted: &[User], fs: &Root, notes: &mut Vec<String>) -> Result<(), String> {
     let mut db = Accounts::load(fs)?;
     let mut errors = Errors::default();
     let mut homes = Vec::new();
-    for user in &wanted {
+    for user in wanted {
         match db.ensure_user(user, notes) {
             Ok(home) => homes.push((user, home)),
             Err(e) => errors.0.push(e),
@@ -175,9 +219,6 @@ fn users(cfg: &CloudConfig, fs: &Root, notes: &mut Vec<String>) -> Result<(), St
 }
 
 fn write_files(cfg: &CloudConfig, fs: &Root) -> Result<(), String> {
-    if cfg.write_files.is_empty() {
-        return Ok(());
-    }
     // Read after the users step, so files can belong to users made by this document.
     let db = Accounts::load(fs)?;
     let mut errors = Errors::default();
@@ -189,7 +230,11 @@ fn write_files(cfg: &CloudConfig, fs: &Root) -> Result<(), String> {
 
 fn write_file(fs: &Root, db: &Accounts, f: &WriteFile) -> Result<(), String> {
     let (uid, gid) = owner_ids(db, f)?;
-    let meta = Meta { mode: f.permissions.unwrap_or(0o644), uid, gid };
+    let meta = Meta {
+        mode: f.permissions.unwrap_or(0o644),
+        uid,
+        gid,
+    };
     let data = if f.append {
         let mut old = fs.read(&f.path)?.unwrap_or_default();
         // Appending what is already at the end again would make a second apply differ.
@@ -206,33 +251,42 @@ fn write_file(fs: &Root, db: &Accounts, f: &WriteFile) -> Result<(), String> {
 /// Numbers for `owner:`: names through the root's passwd/group, numbers as they are;
 /// no group means the user's primary group.
 fn owner_ids(db: &Accounts, f: &WriteFile) -> Result<(u32, u32), String> {
-    let Some(owner) = &f.owner else { return Ok((0, 0)) };
+    let Some(owner) = &f.owner else {
+        return Ok((0, 0));
+    };
     let (uid, primary) = match &owner.user {
         IdRef::Id(u) => (*u, None),
         IdRef::Name(n) => {
-            let (u, g) = db.uid_gid_of(n).ok_or_else(|| format!("owner {n} is not in /etc/passwd"))?;
+            let (u, g) = db
+                .uid_gid_of(n)
+                .ok_or_else(|| format!("owner {n} is not in /etc/passwd"))?;
             (u, Some(g))
         }
     };
     let gid = match &owner.group {
         Some(IdRef::Id(g)) => *g,
-        Some(IdRef::Name(n)) => db.gid_of(n).ok_or_else(|| format!("group {n} is not in /etc/group"))?,
+        Some(IdRef::Name(n)) => db
+            .gid_of(n)
+            .ok_or_else(|| format!("group {n} is not in /etc/group"))?,
         None => primary.unwrap_or(uid),
     };
     Ok((uid, gid))
 }
 
 fn update(cfg: &CloudConfig, fs: &Root) -> Result<(), String> {
-    let (update, locksmith) = (&cfg.kiln.update, &cfg.kiln.locksmith);
-    if update.is_none() && locksmith.is_none() {
-        return Ok(());
-    }
-    fs.write(UPDATE_CONF, update_conf(cfg).as_bytes(), Meta::ROOT_FILE, LastLink::Follow).map(|_| ())
+    fs.write(
+        UPDATE_CONF,
+        update_conf(cfg).as_bytes(),
+        Meta::ROOT_FILE,
+        LastLink::Follow,
+    )
+    .map(|_| ())
 }
 
 /// `/etc/kiln/update.conf` for the update agent; only keys the document sets.
 pub(crate) fn update_conf(cfg: &CloudConfig) -> String {
-    let mut s = String::from("# Written by kiln-config from the cloud-config; read by the update agent.\n");
+    let mut s =
+        String::from("# Written by kiln-config from the cloud-config; read by the update agent.\n");
     let mut key = |k: &str, v: &str| s.push_str(&format!("{k} = {}\n", toml_string(v)));
     if let Some(u) = &cfg.kiln.update {
         if let Some(v) = &u.server {
@@ -259,7 +313,9 @@ fn toml_string(v: &str) -> String {
         match c {
             '"' => out.push_str("\\\""),
             '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 || c == '\u{7f}' => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                out.push_str(&format!("\\u{:04X}", c as u32))
+            }
             c => out.push(c),
         }
     }
@@ -268,8 +324,16 @@ fn toml_string(v: &str) -> String {
 }
 
 fn units(cfg: &CloudConfig, fs: &Root, run: &Root, notes: &mut Vec<String>) -> Result<(), String> {
-    let etc = UnitDir { fs, inner: "/etc/systemd/system", outer: "/etc/systemd/system" };
-    let runtime = UnitDir { fs: run, inner: "/systemd/system", outer: "/run/systemd/system" };
+    let etc = UnitDir {
+        fs,
+        inner: "/etc/systemd/system",
+        outer: "/etc/systemd/system",
+    };
+    let runtime = UnitDir {
+        fs: run,
+        inner: "/systemd/system",
+        outer: "/run/systemd/system",
+    };
     let mut errors = Errors::default();
     let mut start = Vec::new();
     for u in &cfg.kiln.units {
@@ -280,6 +344,9 @@ fn units(cfg: &CloudConfig, fs: &Root, run: &Root, notes: &mut Vec<String>) -> R
             Err(e) => errors.0.push(format!("{}: {e}", u.name)),
         }
     }
+    for line in &start {
+        notes.push(format!("after boot: systemctl {line}"));
+    }
     errors.check(systemd::write_start_list(fs, &start));
     errors.finish()
 }
@@ -289,7 +356,10 @@ fn network(cfg: &CloudConfig, fs: &Root) -> Result<(), String> {
     for iface in &cfg.kiln.network {
         let text = systemd::network_unit(iface);
         let path = systemd::network_file(iface);
-        errors.check(fs.write(&path, text.as_bytes(), Meta::ROOT_FILE, LastLink::Replace).map(|_| ()));
+        errors.check(
+            fs.write(&path, text.as_bytes(), Meta::ROOT_FILE, LastLink::Replace)
+                .map(|_| ()),
+        );
     }
     errors.finish()
 }

@@ -28,7 +28,11 @@ pub(crate) struct Meta {
 }
 
 impl Meta {
-    pub const ROOT_FILE: Meta = Meta { mode: 0o644, uid: 0, gid: 0 };
+    pub const ROOT_FILE: Meta = Meta {
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+    };
 }
 
 /// A root directory and whether we may set owners in it.
@@ -45,7 +49,10 @@ pub(crate) fn err(what: &str, path: &Path, e: io::Error) -> String {
 
 impl Root {
     pub fn new(root: &Path, chown: bool) -> Root {
-        Root { root: root.to_path_buf(), chown }
+        Root {
+            root: root.to_path_buf(),
+            chown,
+        }
     }
 
     /// The host path of `guest` (an absolute path as the machine sees it), following symlinks
@@ -100,14 +107,20 @@ impl Root {
 
     /// Whether `guest` exists (following links).
     pub fn exists(&self, guest: &str) -> bool {
-        self.resolve(guest, LastLink::Follow).map(|p| p.exists()).unwrap_or(false)
+        self.resolve(guest, LastLink::Follow)
+            .map(|p| p.exists())
+            .unwrap_or(false)
     }
 
     /// Mode and owner of an existing file, to keep them when rewriting it.
     pub fn meta_of(&self, guest: &str) -> Option<Meta> {
         let path = self.resolve(guest, LastLink::Follow).ok()?;
         let m = fs::metadata(path).ok()?;
-        Some(Meta { mode: m.mode() & 0o7777, uid: m.uid(), gid: m.gid() })
+        Some(Meta {
+            mode: m.mode() & 0o7777,
+            uid: m.uid(),
+            gid: m.gid(),
+        })
     }
 
     /// Creates directory `guest` and any missing parents. New parents are root's 0755; the
@@ -146,7 +159,13 @@ impl Root {
 
     /// Writes `data` to `guest` atomically with `meta`, creating parent directories (root's,
     /// 0755). Returns the host path written.
-    pub fn write(&self, guest: &str, data: &[u8], meta: Meta, last: LastLink) -> Result<PathBuf, String> {
+    pub fn write(
+        &self,
+        guest: &str,
+        data: &[u8],
+        meta: Meta,
+        last: LastLink,
+    ) -> Result<PathBuf, String> {
         let path = self.resolve(guest, last)?;
         let (dir, name) = match (path.parent(), path.file_name()) {
             (Some(d), Some(n)) => (d.to_path_buf(), n.to_string_lossy().into_owned()),
@@ -195,7 +214,10 @@ impl Root {
     /// atomically. Idempotent.
     pub fn symlink(&self, guest: &str, target: &str) -> Result<(), String> {
         let path = self.resolve(guest, LastLink::Replace)?;
-        if fs::read_link(&path).map(|t| t == Path::new(target)).unwrap_or(false) {
+        if fs::read_link(&path)
+            .map(|t| t == Path::new(target))
+            .unwrap_or(false)
+        {
             return Ok(());
         }
         let (dir, name) = match (path.parent(), path.file_name()) {
@@ -229,17 +251,23 @@ impl Root {
 }
 
 fn components(path: &str) -> impl DoubleEndedIterator<Item = String> + '_ {
-    path.split('/').filter(|c| !c.is_empty() && *c != ".").map(str::to_string)
+    path.split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .map(str::to_string)
 }
 
 fn sync_dir(dir: &Path) -> Result<(), String> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| err("syncing directory", dir, e))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| err("syncing directory", dir, e))
 }
 
 /// Whether we run with effective uid 0, read from `/proc/self/status`. Without `/proc` (an
 /// init that has not mounted it yet) we assume root: the init runs as root.
 pub(crate) fn running_as_root() -> bool {
-    let Ok(status) = fs::read_to_string("/proc/self/status") else { return true };
+    let Ok(status) = fs::read_to_string("/proc/self/status") else {
+        return true;
+    };
     status
         .lines()
         .find_map(|l| l.strip_prefix("Uid:"))
@@ -252,7 +280,8 @@ mod tests {
     use super::*;
 
     fn temp_root(tag: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("kiln-config-fsroot-{tag}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("kiln-config-fsroot-{tag}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
         dir
@@ -266,14 +295,29 @@ mod tests {
         std::os::unix::fs::symlink("/etc/outside", dir.join("abs")).unwrap();
         std::os::unix::fs::symlink("../../../../etc", dir.join("usr/up")).unwrap();
         let root = Root::new(&dir, false);
-        assert_eq!(root.resolve("/lib/x", LastLink::Follow).unwrap(), dir.join("usr/lib/x"));
+        assert_eq!(
+            root.resolve("/lib/x", LastLink::Follow).unwrap(),
+            dir.join("usr/lib/x")
+        );
         // An absolute link target restarts at the root, not at the host's `/`.
-        assert_eq!(root.resolve("/abs", LastLink::Follow).unwrap(), dir.join("etc/outside"));
-        assert_eq!(root.resolve("/abs", LastLink::Replace).unwrap(), dir.join("abs"));
+        assert_eq!(
+            root.resolve("/abs", LastLink::Follow).unwrap(),
+            dir.join("etc/outside")
+        );
+        assert_eq!(
+            root.resolve("/abs", LastLink::Replace).unwrap(),
+            dir.join("abs")
+        );
         // `..` in a link target stops at the root.
-        assert_eq!(root.resolve("/usr/up/passwd", LastLink::Follow).unwrap(), dir.join("etc/passwd"));
+        assert_eq!(
+            root.resolve("/usr/up/passwd", LastLink::Follow).unwrap(),
+            dir.join("etc/passwd")
+        );
         std::os::unix::fs::symlink("loop", dir.join("loop")).unwrap();
-        assert!(root.resolve("/loop", LastLink::Follow).unwrap_err().contains("too many symlinks"));
+        assert!(root
+            .resolve("/loop", LastLink::Follow)
+            .unwrap_err()
+            .contains("too many symlinks"));
         fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -281,17 +325,30 @@ mod tests {
     fn write_is_atomic_and_sets_mode() {
         let dir = temp_root("write");
         let root = Root::new(&dir, false);
-        let meta = Meta { mode: 0o640, uid: 0, gid: 0 };
-        let p = root.write("/a/b/c.txt", b"one", meta, LastLink::Follow).unwrap();
+        let meta = Meta {
+            mode: 0o640,
+            uid: 0,
+            gid: 0,
+        };
+        let p = root
+            .write("/a/b/c.txt", b"one", meta, LastLink::Follow)
+            .unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"one");
         assert_eq!(fs::metadata(&p).unwrap().mode() & 0o7777, 0o640);
-        root.write("/a/b/c.txt", b"two", meta, LastLink::Follow).unwrap();
+        root.write("/a/b/c.txt", b"two", meta, LastLink::Follow)
+            .unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"two");
-        let names: Vec<_> = fs::read_dir(dir.join("a/b")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = fs::read_dir(dir.join("a/b"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names, ["c.txt"], "no temp file left behind");
         root.symlink("/l", "/dev/null").unwrap();
         root.symlink("/l", "/dev/null").unwrap();
-        assert_eq!(fs::read_link(dir.join("l")).unwrap(), Path::new("/dev/null"));
+        assert_eq!(
+            fs::read_link(dir.join("l")).unwrap(),
+            Path::new("/dev/null")
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
 }

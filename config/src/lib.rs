@@ -16,7 +16,10 @@ mod source;
 mod systemd;
 mod tree;
 
-pub use apply::{apply, ApplyError, ApplyOptions, ApplyReport, StepReport, APPLIED_COPY, REPORT_FILE, UPDATE_CONF};
+pub use apply::{
+    apply, ApplyError, ApplyOptions, ApplyReport, StepReport, APPLIED_COPY, REPORT_FILE,
+    UPDATE_CONF,
+};
 pub use model::*;
 pub use parse::{parse, parse_bytes, ConfigError, ErrorKind, Parsed, Warning, HEADER};
 pub use source::{config_url, read_fw_cfg, FW_CFG_ITEM, URL_PARAM};

@@ -208,7 +208,9 @@ impl Unit {
     /// networkd files (`.network`, `.netdev`, `.link`) go to `/etc/systemd/network`, as
     /// coreos-cloudinit did; they are not systemd units to enable or start.
     pub fn is_networkd(&self) -> bool {
-        [".network", ".netdev", ".link"].iter().any(|s| self.name.ends_with(s))
+        [".network", ".netdev", ".link"]
+            .iter()
+            .any(|s| self.name.ends_with(s))
     }
 }
 

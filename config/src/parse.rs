@@ -55,7 +55,11 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "cloud-config line {}, column {}: ", self.line, self.column)?;
+        write!(
+            f,
+            "cloud-config line {}, column {}: ",
+            self.line, self.column
+        )?;
         if let Some(key) = &self.key {
             write!(f, "`{key}`: ")?;
         }
@@ -69,20 +73,31 @@ impl std::error::Error for ConfigError {}
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ErrorKind {
     #[error("the document does not begin with `#cloud-config` (first line: {first_line:?}){hint}; put `#cloud-config` alone on the first line")]
-    NotCloudConfig { first_line: String, hint: &'static str },
+    NotCloudConfig {
+        first_line: String,
+        hint: &'static str,
+    },
     #[error("the document is not UTF-8 text (bad byte at offset {offset}); save it as UTF-8")]
     NotUtf8 { offset: usize },
     #[error("invalid YAML: {0}")]
     Syntax(String),
     #[error("expected {expected}, found {found}")]
-    WrongType { expected: &'static str, found: &'static str },
+    WrongType {
+        expected: &'static str,
+        found: &'static str,
+    },
     #[error("{0}")]
     Invalid(String),
 }
 
 impl ConfigError {
     pub(crate) fn at(pos: Pos, key: &str, kind: ErrorKind) -> Self {
-        ConfigError { line: pos.line, column: pos.column, key: Some(key.to_string()), kind }
+        ConfigError {
+            line: pos.line,
+            column: pos.column,
+            key: Some(key.to_string()),
+            kind,
+        }
     }
 
     pub(crate) fn invalid(node: &Node, key: &str, message: impl Into<String>) -> Self {
@@ -90,7 +105,12 @@ impl ConfigError {
     }
 
     fn document(pos: Pos, kind: ErrorKind) -> Self {
-        ConfigError { line: pos.line, column: pos.column, key: None, kind }
+        ConfigError {
+            line: pos.line,
+            column: pos.column,
+            key: None,
+            kind,
+        }
     }
 }
 
@@ -104,7 +124,9 @@ pub fn parse_bytes(bytes: &[u8]) -> Result<Parsed, ConfigError> {
             let column = before.iter().rev().take_while(|b| **b != b'\n').count() as u64 + 1;
             Err(ConfigError::document(
                 Pos { line, column },
-                ErrorKind::NotUtf8 { offset: e.valid_up_to() },
+                ErrorKind::NotUtf8 {
+                    offset: e.valid_up_to(),
+                },
             ))
         }
     }
@@ -114,8 +136,8 @@ pub fn parse_bytes(bytes: &[u8]) -> Result<Parsed, ConfigError> {
 pub fn parse(text: &str) -> Result<Parsed, ConfigError> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     check_header(text)?;
-    let root = parse_tree(text)
-        .map_err(|e| ConfigError::document(e.pos, ErrorKind::Syntax(e.message)))?;
+    let root =
+        parse_tree(text).map_err(|e| ConfigError::document(e.pos, ErrorKind::Syntax(e.message)))?;
     let mut ctx = Ctx::default();
     let mut config = read_root(&root, &mut ctx)?;
     config.source = text.to_string();
@@ -139,7 +161,10 @@ fn check_header(text: &str) -> Result<(), ConfigError> {
     let shown: String = first.chars().take(40).collect();
     Err(ConfigError::document(
         Pos { line: 1, column: 1 },
-        ErrorKind::NotCloudConfig { first_line: shown, hint },
+        ErrorKind::NotCloudConfig {
+            first_line: shown,
+            hint,
+        },
     ))
 }
 
@@ -181,16 +206,24 @@ impl<'n> Fields<'n> {
             other => return Err(wrong_type(node, path, "a mapping", other)),
         };
         for (i, (k, _, _)) in entries.iter().enumerate() {
-            let later = entries[i + 1..].iter().find(|(l, _, _)| normalize(&l.name) == normalize(&k.name));
+            let later = entries[i + 1..]
+                .iter()
+                .find(|(l, _, _)| normalize(&l.name) == normalize(&k.name));
             if let Some((l, _, _)) = later {
                 ctx.warn(
                     k.pos,
                     &join(path, &k.name),
-                    format!("given again at line {} as `{}`; the later one is used", l.pos.line, l.name),
+                    format!(
+                        "given again at line {} as `{}`; the later one is used",
+                        l.pos.line, l.name
+                    ),
                 );
             }
         }
-        Ok(Fields { path: path.to_string(), entries })
+        Ok(Fields {
+            path: path.to_string(),
+            entries,
+        })
     }
 
     /// The path of a child key, for messages.
@@ -219,7 +252,11 @@ impl<'n> Fields<'n> {
     /// The key node of `name`, for placing warnings about a key rather than its value.
     pub fn key_pos(&self, name: &str) -> Option<Pos> {
         let want = normalize(name);
-        self.entries.iter().rev().find(|(k, _, _)| normalize(&k.name) == want).map(|(k, _, _)| k.pos)
+        self.entries
+            .iter()
+            .rev()
+            .find(|(k, _, _)| normalize(&k.name) == want)
+            .map(|(k, _, _)| k.pos)
     }
 
     /// Warns about every key nobody asked for.
@@ -240,8 +277,20 @@ pub(crate) fn join(path: &str, name: &str) -> String {
     }
 }
 
-pub(crate) fn wrong_type(node: &Node, path: &str, expected: &'static str, found: &Kind) -> ConfigError {
-    ConfigError::at(node.pos, path, ErrorKind::WrongType { expected, found: found.describe() })
+pub(crate) fn wrong_type(
+    node: &Node,
+    path: &str,
+    expected: &'static str,
+    found: &Kind,
+) -> ConfigError {
+    ConfigError::at(
+        node.pos,
+        path,
+        ErrorKind::WrongType {
+            expected,
+            found: found.describe(),
+        },
+    )
 }
 
 /// A scalar as text. Numbers and booleans come as written (`0644`, `yes`).
@@ -272,13 +321,19 @@ pub(crate) fn boolean(node: Option<&Node>, path: &str) -> Result<bool, ConfigErr
     match text.to_ascii_lowercase().as_str() {
         "true" | "yes" | "y" | "on" => Ok(true),
         "false" | "no" | "n" | "off" => Ok(false),
-        _ => Err(ConfigError::invalid(node, path, format!("{text:?} is not a boolean; write true or false"))),
+        _ => Err(ConfigError::invalid(
+            node,
+            path,
+            format!("{text:?} is not a boolean; write true or false"),
+        )),
     }
 }
 
 /// A list of strings; a single string counts as a list of one, nothing as an empty list.
 pub(crate) fn string_list(node: Option<&Node>, path: &str) -> Result<Vec<String>, ConfigError> {
-    let Some(node) = node else { return Ok(Vec::new()) };
+    let Some(node) = node else {
+        return Ok(Vec::new());
+    };
     match &node.kind {
         Kind::Null => Ok(Vec::new()),
         Kind::Scalar(s) => Ok(vec![s.clone()]),
@@ -311,8 +366,12 @@ fn read_root(root: &Node, ctx: &mut Ctx) -> Result<CloudConfig, ConfigError> {
     for (i, n) in list(f.take("users"), "users")?.iter().enumerate() {
         cfg.users.push(user(n, &format!("users[{i}]"), ctx)?);
     }
-    for (i, n) in list(f.take("write_files"), "write_files")?.iter().enumerate() {
-        cfg.write_files.push(write_file(n, &format!("write_files[{i}]"), ctx)?);
+    for (i, n) in list(f.take("write_files"), "write_files")?
+        .iter()
+        .enumerate()
+    {
+        cfg.write_files
+            .push(write_file(n, &format!("write_files[{i}]"), ctx)?);
     }
     cfg.kiln = sections::kiln_section(&mut f, ctx)?;
     f.finish(ctx);
@@ -343,9 +402,17 @@ fn ssh_keys(node: Option<&Node>, path: &str) -> Result<Vec<String>, ConfigError>
     let keys = string_list(node, path)?;
     // A key with a line break would become two lines of authorized_keys.
     if let (Some(n), Some(bad)) = (node, keys.iter().position(|k| k.trim().contains('\n'))) {
-        return Err(ConfigError::invalid(n, &format!("{path}[{bad}]"), "an SSH key must be one line"));
+        return Err(ConfigError::invalid(
+            n,
+            &format!("{path}[{bad}]"),
+            "an SSH key must be one line",
+        ));
     }
-    Ok(keys.into_iter().map(|k| k.trim().to_string()).filter(|k| !k.is_empty()).collect())
+    Ok(keys
+        .into_iter()
+        .map(|k| k.trim().to_string())
+        .filter(|k| !k.is_empty())
+        .collect())
 }
 
 /// A user or group name as shadow-utils accept it, and that cannot break `/etc/passwd`.
@@ -354,7 +421,9 @@ pub(crate) fn valid_account_name(name: &str) -> bool {
         && name.len() <= 32
         && !name.starts_with('-')
         && !name.chars().all(|c| c.is_ascii_digit())
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c) || (c == '$'))
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c) || (c == '$'))
 }
 
 fn account_name(node: &Node, path: &str) -> Result<String, ConfigError> {
@@ -374,7 +443,11 @@ fn passwd_field(node: Option<&Node>, path: &str) -> Result<Option<String>, Confi
     let value = opt_string(node, path)?;
     if let (Some(v), Some(n)) = (&value, node) {
         if v.contains(':') || v.contains('\n') {
-            return Err(ConfigError::invalid(n, path, "must not contain `:` or a line break"));
+            return Err(ConfigError::invalid(
+                n,
+                path,
+                "must not contain `:` or a line break",
+            ));
         }
     }
     Ok(value)
@@ -384,7 +457,11 @@ fn absolute_path_field(node: Option<&Node>, path: &str) -> Result<Option<String>
     let value = passwd_field(node, path)?;
     if let (Some(v), Some(n)) = (&value, node) {
         if !v.starts_with('/') {
-            return Err(ConfigError::invalid(n, path, format!("{v:?} must be an absolute path")));
+            return Err(ConfigError::invalid(
+                n,
+                path,
+                format!("{v:?} must be an absolute path"),
+            ));
         }
     }
     Ok(value)
@@ -412,7 +489,10 @@ fn user(node: &Node, path: &str, ctx: &mut Ctx) -> Result<User, ConfigError> {
         gecos: passwd_field(f.take("gecos"), &f.path_of("gecos"))?,
         groups,
         passwd,
-        ssh_authorized_keys: ssh_keys(f.take("ssh_authorized_keys"), &f.path_of("ssh_authorized_keys"))?,
+        ssh_authorized_keys: ssh_keys(
+            f.take("ssh_authorized_keys"),
+            &f.path_of("ssh_authorized_keys"),
+        )?,
         primary_group,
         homedir: absolute_path_field(f.take("homedir"), &f.path_of("homedir"))?,
         shell: absolute_path_field(f.take("shell"), &f.path_of("shell"))?,
@@ -426,13 +506,23 @@ fn user(node: &Node, path: &str, ctx: &mut Ctx) -> Result<User, ConfigError> {
 
 /// `groups:` as a list or as `"sudo, docker"`.
 fn groups(node: Option<&Node>, path: &str) -> Result<Vec<String>, ConfigError> {
-    let Some(node) = node else { return Ok(Vec::new()) };
+    let Some(node) = node else {
+        return Ok(Vec::new());
+    };
     let names: Vec<String> = match &node.kind {
-        Kind::Scalar(s) => s.split(',').map(|g| g.trim().to_string()).filter(|g| !g.is_empty()).collect(),
+        Kind::Scalar(s) => s
+            .split(',')
+            .map(|g| g.trim().to_string())
+            .filter(|g| !g.is_empty())
+            .collect(),
         _ => string_list(Some(node), path)?,
     };
     if let Some(bad) = names.iter().find(|g| !valid_account_name(g)) {
-        return Err(ConfigError::invalid(node, path, format!("{bad:?} is not a valid group name")));
+        return Err(ConfigError::invalid(
+            node,
+            path,
+            format!("{bad:?} is not a valid group name"),
+        ));
     }
     Ok(names)
 }
@@ -441,7 +531,13 @@ fn write_file(node: &Node, path: &str, ctx: &mut Ctx) -> Result<WriteFile, Confi
     let mut f = Fields::new(node, path, ctx)?;
     let target = match f.take_some("path") {
         Some(n) => file_path(n, &f.path_of("path"))?,
-        None => return Err(ConfigError::invalid(node, path, "a write_files entry needs a `path`")),
+        None => {
+            return Err(ConfigError::invalid(
+                node,
+                path,
+                "a write_files entry needs a `path`",
+            ))
+        }
     };
     let encoding = match f.take_some("encoding") {
         Some(n) => encoding(n, &f.path_of("encoding"))?,
@@ -461,20 +557,41 @@ fn write_file(node: &Node, path: &str, ctx: &mut Ctx) -> Result<WriteFile, Confi
     };
     let append = boolean(f.take("append"), &f.path_of("append"))?;
     f.finish(ctx);
-    Ok(WriteFile { path: target, content, permissions, owner, encoding, append })
+    Ok(WriteFile {
+        path: target,
+        content,
+        permissions,
+        owner,
+        encoding,
+        append,
+    })
 }
 
 /// An absolute path with no `..`, so the file cannot land outside the root.
 pub(crate) fn file_path(node: &Node, path: &str) -> Result<String, ConfigError> {
     let p = string(node, path)?;
     if !p.starts_with('/') {
-        return Err(ConfigError::invalid(node, path, format!("{p:?} is a relative path; write_files paths must be absolute, e.g. /etc/foo.conf")));
+        return Err(ConfigError::invalid(
+            node,
+            path,
+            format!(
+                "{p:?} is a relative path; write_files paths must be absolute, e.g. /etc/foo.conf"
+            ),
+        ));
     }
     if p.split('/').any(|c| c == "..") || p.contains('\0') {
-        return Err(ConfigError::invalid(node, path, format!("{p:?} contains `..`; give the path without it")));
+        return Err(ConfigError::invalid(
+            node,
+            path,
+            format!("{p:?} contains `..`; give the path without it"),
+        ));
     }
     if p.ends_with('/') {
-        return Err(ConfigError::invalid(node, path, format!("{p:?} names a directory; give a file name")));
+        return Err(ConfigError::invalid(
+            node,
+            path,
+            format!("{p:?} names a directory; give a file name"),
+        ));
     }
     Ok(p)
 }
@@ -488,7 +605,9 @@ fn encoding(node: &Node, path: &str) -> Result<Encoding, ConfigError> {
         _ => Err(ConfigError::invalid(
             node,
             path,
-            format!("unknown encoding {e:?}; use plain, b64 (base64) or gzip+b64 (gz+b64, gzip+base64)"),
+            format!(
+                "unknown encoding {e:?}; use plain, b64 (base64) or gzip+b64 (gz+b64, gzip+base64)"
+            ),
         )),
     }
 }
@@ -507,9 +626,9 @@ fn decode(node: &Node, path: &str, encoding: Encoding) -> Result<Vec<u8>, Config
         base64::engine::GeneralPurposeConfig::new()
             .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
     );
-    let bytes = engine
-        .decode(compact.as_bytes())
-        .map_err(|e| ConfigError::invalid(node, path, format!("content is not valid base64 ({e})")))?;
+    let bytes = engine.decode(compact.as_bytes()).map_err(|e| {
+        ConfigError::invalid(node, path, format!("content is not valid base64 ({e})"))
+    })?;
     if encoding == Encoding::Base64 {
         return Ok(bytes);
     }
@@ -517,9 +636,18 @@ fn decode(node: &Node, path: &str, encoding: Encoding) -> Result<Vec<u8>, Config
     flate2::read::MultiGzDecoder::new(bytes.as_slice())
         .take(MAX_DECODED + 1)
         .read_to_end(&mut out)
-        .map_err(|e| ConfigError::invalid(node, path, format!("content is not valid gzip ({e})")))?;
+        .map_err(|e| {
+            ConfigError::invalid(node, path, format!("content is not valid gzip ({e})"))
+        })?;
     if out.len() as u64 > MAX_DECODED {
-        return Err(ConfigError::invalid(node, path, format!("content decompresses to more than {} MiB", MAX_DECODED >> 20)));
+        return Err(ConfigError::invalid(
+            node,
+            path,
+            format!(
+                "content decompresses to more than {} MiB",
+                MAX_DECODED >> 20
+            ),
+        ));
     }
     Ok(out)
 }
@@ -528,7 +656,10 @@ fn decode(node: &Node, path: &str, encoding: Encoding) -> Result<Vec<u8>, Config
 fn permissions(node: &Node, path: &str) -> Result<u32, ConfigError> {
     let text = string(node, path)?;
     let t = text.trim();
-    let digits = t.strip_prefix("0o").or_else(|| t.strip_prefix("0O")).unwrap_or(t);
+    let digits = t
+        .strip_prefix("0o")
+        .or_else(|| t.strip_prefix("0O"))
+        .unwrap_or(t);
     match u32::from_str_radix(digits, 8) {
         Ok(mode) if !digits.is_empty() && !digits.starts_with('+') && mode <= 0o7777 => Ok(mode),
         _ => Err(ConfigError::invalid(
@@ -552,8 +683,15 @@ fn owner(node: &Node, path: &str) -> Result<Owner, ConfigError> {
         } else if valid_account_name(p) {
             Ok(IdRef::Name(p.to_string()))
         } else {
-            Err(ConfigError::invalid(node, path, format!("{text:?} is not `user:group` (names or numbers)")))
+            Err(ConfigError::invalid(
+                node,
+                path,
+                format!("{text:?} is not `user:group` (names or numbers)"),
+            ))
         }
     };
-    Ok(Owner { user: part(user)?, group: group.map(part).transpose()? })
+    Ok(Owner {
+        user: part(user)?,
+        group: group.map(part).transpose()?,
+    })
 }

@@ -57,13 +57,20 @@ const ETCD_KEYS: &[(&str, bool)] = &[
 ];
 
 /// Reads `kiln:` or `coreos:` from the top-level mapping.
-pub(crate) fn kiln_section(top: &mut Fields<'_>, ctx: &mut Ctx) -> Result<KilnSection, ConfigError> {
+pub(crate) fn kiln_section(
+    top: &mut Fields<'_>,
+    ctx: &mut Ctx,
+) -> Result<KilnSection, ConfigError> {
     let kiln = top.take("kiln");
     let coreos = top.take("coreos");
     let (node, name) = match (kiln, coreos) {
         (Some(k), Some(_)) => {
             if let Some(pos) = top.key_pos("coreos") {
-                ctx.warn(pos, "coreos", "both `kiln:` and `coreos:` are given; `coreos:` is ignored");
+                ctx.warn(
+                    pos,
+                    "coreos",
+                    "both `kiln:` and `coreos:` are given; `coreos:` is ignored",
+                );
             }
             (k, "kiln")
         }
@@ -92,7 +99,13 @@ pub(crate) fn kiln_section(top: &mut Fields<'_>, ctx: &mut Ctx) -> Result<KilnSe
         network.push(interface(n, &format!("{net_path}[{i}]"), ctx)?);
     }
     f.finish(ctx);
-    Ok(KilnSection { etcd, update, locksmith, units, network })
+    Ok(KilnSection {
+        etcd,
+        update,
+        locksmith,
+        units,
+        network,
+    })
 }
 
 /// `etcd2:` wins over `etcd:`; both configure Debian's etcd 3.4.
@@ -102,7 +115,11 @@ fn etcd_section(f: &mut Fields<'_>, ctx: &mut Ctx) -> Result<Option<Etcd>, Confi
     let (node, path) = match (v1, v2) {
         (Some(_), Some(n)) => {
             if let Some(pos) = f.key_pos("etcd") {
-                ctx.warn(pos, &f.path_of("etcd"), "both `etcd:` and `etcd2:` are given; `etcd:` is ignored");
+                ctx.warn(
+                    pos,
+                    &f.path_of("etcd"),
+                    "both `etcd:` and `etcd2:` are given; `etcd:` is ignored",
+                );
             }
             (n, f.path_of("etcd2"))
         }
@@ -132,7 +149,11 @@ fn etcd(node: &Node, path: &str, ctx: &mut Ctx) -> Result<Etcd, ConfigError> {
             return Err(ConfigError::invalid(n, &kpath, "must be one line"));
         }
         if *key == "initial-cluster-state" && value != "new" && value != "existing" {
-            return Err(ConfigError::invalid(n, &kpath, format!("{value:?} is neither `new` nor `existing`")));
+            return Err(ConfigError::invalid(
+                n,
+                &kpath,
+                format!("{value:?} is neither `new` nor `existing`"),
+            ));
         }
         etcd.settings.insert(key.to_string(), value);
     }
@@ -144,31 +165,63 @@ fn update(node: &Node, path: &str, has_etcd: bool, ctx: &mut Ctx) -> Result<Upda
     let mut f = Fields::new(node, path, ctx)?;
     let server = opt_string(f.take("server"), &f.path_of("server"))?;
     if let (Some(s), Some(n)) = (&server, f.take("server")) {
-        if !(s.starts_with("http://") || s.starts_with("https://")) || s.contains(char::is_whitespace) {
-            return Err(ConfigError::invalid(n, &f.path_of("server"), format!("{s:?} is not an http:// or https:// URL")));
+        if !(s.starts_with("http://") || s.starts_with("https://"))
+            || s.contains(char::is_whitespace)
+        {
+            return Err(ConfigError::invalid(
+                n,
+                &f.path_of("server"),
+                format!("{s:?} is not an http:// or https:// URL"),
+            ));
         }
     }
     let group = opt_string(f.take("group"), &f.path_of("group"))?;
     let channel = opt_string(f.take("channel"), &f.path_of("channel"))?;
     if let (Some(_), Some(_), Some(pos)) = (&group, &channel, f.key_pos("group")) {
-        ctx.warn(pos, &f.path_of("group"), "both `group` and `channel` are given; `channel` is used");
+        ctx.warn(
+            pos,
+            &f.path_of("group"),
+            "both `group` and `channel` are given; `channel` is used",
+        );
     }
     let channel = channel.or(group);
     if let Some(c) = &channel {
-        if c.is_empty() || !c.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch)) {
+        if c.is_empty()
+            || !c
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
+        {
             let n = f.take("channel").or(f.take("group")).unwrap_or(node);
-            return Err(ConfigError::invalid(n, &f.path_of("channel"), format!("{c:?} is not a channel name (letters, digits, `-`, `_`, `.`)")));
+            return Err(ConfigError::invalid(
+                n,
+                &f.path_of("channel"),
+                format!("{c:?} is not a channel name (letters, digits, `-`, `_`, `.`)"),
+            ));
         }
     }
     let reboot_strategy = match f.take_some("reboot_strategy") {
-        Some(n) => Some(reboot_strategy(n, &f.path_of("reboot-strategy"), has_etcd, ctx)?),
+        Some(n) => Some(reboot_strategy(
+            n,
+            &f.path_of("reboot-strategy"),
+            has_etcd,
+            ctx,
+        )?),
         None => None,
     };
     f.finish(ctx);
-    Ok(Update { server, channel, reboot_strategy })
+    Ok(Update {
+        server,
+        channel,
+        reboot_strategy,
+    })
 }
 
-fn reboot_strategy(node: &Node, path: &str, has_etcd: bool, ctx: &mut Ctx) -> Result<RebootStrategy, ConfigError> {
+fn reboot_strategy(
+    node: &Node,
+    path: &str,
+    has_etcd: bool,
+    ctx: &mut Ctx,
+) -> Result<RebootStrategy, ConfigError> {
     let s = string(node, path)?;
     Ok(match s.as_str() {
         "immediate" => RebootStrategy::Immediate,
@@ -176,12 +229,20 @@ fn reboot_strategy(node: &Node, path: &str, has_etcd: bool, ctx: &mut Ctx) -> Re
         "fleetlock" => RebootStrategy::FleetLock,
         "off" => RebootStrategy::Off,
         "reboot" => {
-            ctx.warn(node.pos, path, "`reboot` is the old name of `immediate`; using `immediate`");
+            ctx.warn(
+                node.pos,
+                path,
+                "`reboot` is the old name of `immediate`; using `immediate`",
+            );
             RebootStrategy::Immediate
         }
         "best-effort" => {
             // CoreOS: etcd-lock when etcd runs here, otherwise reboot at once.
-            let chosen = if has_etcd { RebootStrategy::EtcdLock } else { RebootStrategy::Immediate };
+            let chosen = if has_etcd {
+                RebootStrategy::EtcdLock
+            } else {
+                RebootStrategy::Immediate
+            };
             ctx.warn(node.pos, path, format!("`best-effort` is an old CoreOS strategy; using `{}` because etcd is {}configured", chosen.as_str(), if has_etcd { "" } else { "not " }));
             chosen
         }
@@ -189,7 +250,9 @@ fn reboot_strategy(node: &Node, path: &str, has_etcd: bool, ctx: &mut Ctx) -> Re
             return Err(ConfigError::invalid(
                 node,
                 path,
-                format!("unknown reboot strategy {s:?}; use immediate, etcd-lock, fleetlock or off"),
+                format!(
+                    "unknown reboot strategy {s:?}; use immediate, etcd-lock, fleetlock or off"
+                ),
             ))
         }
     })
@@ -206,15 +269,33 @@ fn locksmith(node: &Node, path: &str, ctx: &mut Ctx) -> Result<Locksmith, Config
             let lpath = f.path_of("window-length");
             let length_text = string(l, &lpath)?;
             let length_secs = duration_secs(&length_text).ok_or_else(|| {
-                ConfigError::invalid(l, &lpath, format!("{length_text:?} is not a duration like 1h, 30m or 1h30m"))
+                ConfigError::invalid(
+                    l,
+                    &lpath,
+                    format!("{length_text:?} is not a duration like 1h, 30m or 1h30m"),
+                )
             })?;
             if length_secs == 0 || length_secs > 7 * 24 * 3600 {
-                return Err(ConfigError::invalid(l, &lpath, format!("{length_text:?} must be longer than 0 and at most a week")));
+                return Err(ConfigError::invalid(
+                    l,
+                    &lpath,
+                    format!("{length_text:?} must be longer than 0 and at most a week"),
+                ));
             }
-            Some(RebootWindow { weekday, hour, minute, length_secs, length_text })
+            Some(RebootWindow {
+                weekday,
+                hour,
+                minute,
+                length_secs,
+                length_text,
+            })
         }
         (Some(n), None) | (None, Some(n)) => {
-            return Err(ConfigError::invalid(n, path, "a reboot window needs both `window-start` and `window-length`"))
+            return Err(ConfigError::invalid(
+                n,
+                path,
+                "a reboot window needs both `window-start` and `window-length`",
+            ))
         }
     };
     f.finish(ctx);
@@ -224,7 +305,13 @@ fn locksmith(node: &Node, path: &str, ctx: &mut Ctx) -> Result<Locksmith, Config
 /// `Thu 04:00`, `thursday 4:00` or `04:00` (every day).
 fn window_start(node: &Node, path: &str) -> Result<(Option<Weekday>, u8, u8), ConfigError> {
     let text = string(node, path)?;
-    let bad = || ConfigError::invalid(node, path, format!("{text:?} is not a window start like \"Thu 04:00\" or \"04:00\""));
+    let bad = || {
+        ConfigError::invalid(
+            node,
+            path,
+            format!("{text:?} is not a window start like \"Thu 04:00\" or \"04:00\""),
+        )
+    };
     let parts: Vec<&str> = text.split_whitespace().collect();
     let (day, time) = match parts.as_slice() {
         [time] => (None, *time),
@@ -251,7 +338,9 @@ fn weekday(s: &str) -> Option<Weekday> {
         ("friday", Weekday::Fri),
         ("saturday", Weekday::Sat),
     ];
-    days.iter().find(|(full, _)| l == *full || (l.len() == 3 && full.starts_with(&l))).map(|(_, d)| *d)
+    days.iter()
+        .find(|(full, _)| l == *full || (l.len() == 3 && full.starts_with(&l)))
+        .map(|(_, d)| *d)
 }
 
 /// A Go-style duration (`1h`, `90m`, `1h30m`, `45s`) in seconds, as locksmith read it.
@@ -262,7 +351,9 @@ pub(crate) fn duration_secs(text: &str) -> Option<u64> {
         return None;
     }
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
             return None;
         }
@@ -281,14 +372,30 @@ pub(crate) fn duration_secs(text: &str) -> Option<u64> {
 }
 
 const UNIT_SUFFIXES: &[&str] = &[
-    ".service", ".socket", ".device", ".mount", ".automount", ".swap", ".target", ".path", ".timer",
-    ".slice", ".scope", ".network", ".netdev", ".link",
+    ".service",
+    ".socket",
+    ".device",
+    ".mount",
+    ".automount",
+    ".swap",
+    ".target",
+    ".path",
+    ".timer",
+    ".slice",
+    ".scope",
+    ".network",
+    ".netdev",
+    ".link",
 ];
 
 fn unit_name_ok(name: &str) -> bool {
     name.len() <= 255
-        && UNIT_SUFFIXES.iter().any(|s| name.len() > s.len() && name.ends_with(s))
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || ":_.@-\\".contains(c))
+        && UNIT_SUFFIXES
+            .iter()
+            .any(|s| name.len() > s.len() && name.ends_with(s))
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ":_.@-\\".contains(c))
 }
 
 fn unit(node: &Node, path: &str, ctx: &mut Ctx) -> Result<Unit, ConfigError> {
@@ -313,7 +420,13 @@ fn unit(node: &Node, path: &str, ctx: &mut Ctx) -> Result<Unit, ConfigError> {
         Some(n) => {
             let c = string(n, &f.path_of("command"))?;
             Some(UnitCommand::from_name(&c).ok_or_else(|| {
-                ConfigError::invalid(n, &f.path_of("command"), format!("unknown command {c:?}; use start, stop, restart, reload or try-restart"))
+                ConfigError::invalid(
+                    n,
+                    &f.path_of("command"),
+                    format!(
+                        "unknown command {c:?}; use start, stop, restart, reload or try-restart"
+                    ),
+                )
             })?)
         }
         None => None,
@@ -328,10 +441,18 @@ fn unit(node: &Node, path: &str, ctx: &mut Ctx) -> Result<Unit, ConfigError> {
         name,
     };
     if unit.mask && unit.content.is_some() {
-        ctx.warn(node.pos, path, "both `mask` and `content` are given; the unit is masked and its content not written");
+        ctx.warn(
+            node.pos,
+            path,
+            "both `mask` and `content` are given; the unit is masked and its content not written",
+        );
     }
     if unit.is_networkd() && (unit.enable || unit.mask || unit.command.is_some()) {
-        ctx.warn(node.pos, path, "a networkd file cannot be enabled, masked or started; only its content is written");
+        ctx.warn(
+            node.pos,
+            path,
+            "a networkd file cannot be enabled, masked or started; only its content is written",
+        );
     }
     f.finish(ctx);
     Ok(unit)
@@ -342,9 +463,16 @@ fn drop_in(node: &Node, path: &str, ctx: &mut Ctx) -> Result<DropIn, ConfigError
     let name = match f.take_some("name") {
         Some(n) => {
             let name = string(n, &f.path_of("name"))?;
-            let ok = name.len() > 5 && name.ends_with(".conf") && !name.contains('/') && !name.starts_with('.');
+            let ok = name.len() > 5
+                && name.ends_with(".conf")
+                && !name.contains('/')
+                && !name.starts_with('.');
             if !ok {
-                return Err(ConfigError::invalid(n, &f.path_of("name"), format!("{name:?} is not a drop-in name like 10-override.conf")));
+                return Err(ConfigError::invalid(
+                    n,
+                    &f.path_of("name"),
+                    format!("{name:?} is not a drop-in name like 10-override.conf"),
+                ));
             }
             name
         }
@@ -359,11 +487,23 @@ fn interface(node: &Node, path: &str, ctx: &mut Ctx) -> Result<NetworkInterface,
     let mut f = Fields::new(node, path, ctx)?;
     let name_node = f.take_some("name").or(f.take_some("match"));
     let Some(name_node) = name_node else {
-        return Err(ConfigError::invalid(node, path, "an interface needs a `name` (or `match`), e.g. eth0 or en*"));
+        return Err(ConfigError::invalid(
+            node,
+            path,
+            "an interface needs a `name` (or `match`), e.g. eth0 or en*",
+        ));
     };
     let name = string(name_node, &f.path_of("name"))?;
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:*?[]".contains(c)) {
-        return Err(ConfigError::invalid(name_node, &f.path_of("name"), format!("{name:?} is not an interface name or glob")));
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.:*?[]".contains(c))
+    {
+        return Err(ConfigError::invalid(
+            name_node,
+            &f.path_of("name"),
+            format!("{name:?} is not an interface name or glob"),
+        ));
     }
     let mut addresses = Vec::new();
     for key in ["address", "addresses"] {
@@ -371,7 +511,11 @@ fn interface(node: &Node, path: &str, ctx: &mut Ctx) -> Result<NetworkInterface,
         for a in string_list(n, &f.path_of(key))? {
             if !cidr_ok(&a) {
                 let at = n.unwrap_or(node);
-                return Err(ConfigError::invalid(at, &f.path_of(key), format!("{a:?} is not an address in CIDR form like 192.0.2.10/24")));
+                return Err(ConfigError::invalid(
+                    at,
+                    &f.path_of(key),
+                    format!("{a:?} is not an address in CIDR form like 192.0.2.10/24"),
+                ));
             }
             addresses.push(a);
         }
@@ -379,21 +523,38 @@ fn interface(node: &Node, path: &str, ctx: &mut Ctx) -> Result<NetworkInterface,
     let gateway = opt_string(f.take("gateway"), &f.path_of("gateway"))?;
     if let (Some(g), Some(n)) = (&gateway, f.take("gateway")) {
         if g.parse::<IpAddr>().is_err() {
-            return Err(ConfigError::invalid(n, &f.path_of("gateway"), format!("{g:?} is not an IP address")));
+            return Err(ConfigError::invalid(
+                n,
+                &f.path_of("gateway"),
+                format!("{g:?} is not an IP address"),
+            ));
         }
     }
     let dns_node = f.take("dns");
     let dns = string_list(dns_node, &f.path_of("dns"))?;
     if let Some(bad) = dns.iter().find(|d| d.parse::<IpAddr>().is_err()) {
-        return Err(ConfigError::invalid(dns_node.unwrap_or(node), &f.path_of("dns"), format!("{bad:?} is not an IP address")));
+        return Err(ConfigError::invalid(
+            dns_node.unwrap_or(node),
+            &f.path_of("dns"),
+            format!("{bad:?} is not an IP address"),
+        ));
     }
     f.finish(ctx);
-    Ok(NetworkInterface { name, addresses, gateway, dns })
+    Ok(NetworkInterface {
+        name,
+        addresses,
+        gateway,
+        dns,
+    })
 }
 
 fn cidr_ok(text: &str) -> bool {
-    let Some((ip, prefix)) = text.split_once('/') else { return false };
-    let Ok(ip) = ip.parse::<IpAddr>() else { return false };
+    let Some((ip, prefix)) = text.split_once('/') else {
+        return false;
+    };
+    let Ok(ip) = ip.parse::<IpAddr>() else {
+        return false;
+    };
     let max = if ip.is_ipv4() { 32 } else { 128 };
     matches!(prefix.parse::<u8>(), Ok(p) if p <= max && !prefix.starts_with('+'))
 }

@@ -11,7 +11,10 @@ pub const URL_PARAM: &str = "kiln.config.url";
 /// The document from QEMU's fw_cfg, given the sysfs mount point (`/sys`). `None` when the
 /// item is absent (not QEMU, `qemu_fw_cfg` not loaded, no config passed) or empty.
 pub fn read_fw_cfg(sysfs: &Path) -> Option<Vec<u8>> {
-    let raw = sysfs.join("firmware/qemu_fw_cfg/by_name").join(FW_CFG_ITEM).join("raw");
+    let raw = sysfs
+        .join("firmware/qemu_fw_cfg/by_name")
+        .join(FW_CFG_ITEM)
+        .join("raw");
     std::fs::read(raw).ok().filter(|b| !b.is_empty())
 }
 
@@ -20,7 +23,10 @@ pub fn read_fw_cfg(sysfs: &Path) -> Option<Vec<u8>> {
 pub fn config_url(cmdline: &str) -> Option<String> {
     let mut found = None;
     for param in split_cmdline(cmdline) {
-        if let Some(value) = param.strip_prefix(URL_PARAM).and_then(|r| r.strip_prefix('=')) {
+        if let Some(value) = param
+            .strip_prefix(URL_PARAM)
+            .and_then(|r| r.strip_prefix('='))
+        {
             found = Some(value.to_string());
         }
     }
@@ -66,8 +72,14 @@ mod tests {
     fn url_from_cmdline() {
         let c = "BOOT_IMAGE=/k root=x kiln.config.url=http://10.0.2.2:8080/c.yml quiet\n";
         assert_eq!(config_url(c).as_deref(), Some("http://10.0.2.2:8080/c.yml"));
-        assert_eq!(config_url("a kiln.config.url=one kiln.config.url=two").as_deref(), Some("two"));
-        assert_eq!(config_url("\"kiln.config.url=http://h/a b\" x").as_deref(), Some("http://h/a b"));
+        assert_eq!(
+            config_url("a kiln.config.url=one kiln.config.url=two").as_deref(),
+            Some("two")
+        );
+        assert_eq!(
+            config_url("\"kiln.config.url=http://h/a b\" x").as_deref(),
+            Some("http://h/a b")
+        );
         assert_eq!(config_url("kiln.config.url= quiet"), None);
         assert_eq!(config_url("kiln.config.urlx=http://h/"), None);
         assert_eq!(config_url("quiet"), None);

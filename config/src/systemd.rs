@@ -13,7 +13,11 @@ pub const ETCD_ENV_FILE: &str = "/etc/default/etcd";
 pub const ETCD_DEFAULT_DATA_DIR: &str = "/var/lib/etcd/default";
 /// Where vendor units are looked for, most specific first. `/lib` is there for images whose
 /// `/lib` is not yet a link to `/usr/lib`.
-const UNIT_DIRS: &[&str] = &["/etc/systemd/system", "/usr/lib/systemd/system", "/lib/systemd/system"];
+const UNIT_DIRS: &[&str] = &[
+    "/etc/systemd/system",
+    "/usr/lib/systemd/system",
+    "/lib/systemd/system",
+];
 
 /// The `[Install]` section of a unit file, as far as enabling needs it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -48,7 +52,9 @@ pub(crate) fn parse_install(unit: &str) -> Install {
         if !in_install {
             continue;
         }
-        let Some((key, value)) = line.split_once('=') else { continue };
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
         let words: Vec<String> = value.split_whitespace().map(str::to_string).collect();
         let list = match key.trim() {
             "WantedBy" => &mut install.wanted_by,
@@ -94,14 +100,22 @@ impl UnitDir<'_> {
 
 /// Makes the links `systemctl enable` would for `name`, whose file is at `target` (as the
 /// machine sees it) with `content`.
-pub(crate) fn enable(dir: &UnitDir<'_>, name: &str, target: &str, content: &str, notes: &mut Vec<String>) -> Result<(), String> {
+pub(crate) fn enable(
+    dir: &UnitDir<'_>,
+    name: &str,
+    target: &str,
+    content: &str,
+    notes: &mut Vec<String>,
+) -> Result<(), String> {
     let install = parse_install(content);
     let is_template = name.contains("@.");
     let link_name = if is_template {
         match &install.default_instance {
             Some(inst) => name.replacen("@.", &format!("@{inst}."), 1),
             None => {
-                notes.push(format!("{name} is a template without DefaultInstance=; not enabled"));
+                notes.push(format!(
+                    "{name} is a template without DefaultInstance=; not enabled"
+                ));
                 return Ok(());
             }
         }
@@ -109,12 +123,18 @@ pub(crate) fn enable(dir: &UnitDir<'_>, name: &str, target: &str, content: &str,
         name.to_string()
     };
     if install.wanted_by.is_empty() && install.required_by.is_empty() && install.alias.is_empty() {
-        notes.push(format!("{name} has no [Install] section; nothing to enable"));
+        notes.push(format!(
+            "{name} has no [Install] section; nothing to enable"
+        ));
         return Ok(());
     }
-    for (targets, suffix) in [(&install.wanted_by, "wants"), (&install.required_by, "requires")] {
+    for (targets, suffix) in [
+        (&install.wanted_by, "wants"),
+        (&install.required_by, "requires"),
+    ] {
         for t in targets {
-            dir.fs.symlink(&format!("{}/{t}.{suffix}/{link_name}", dir.inner), target)?;
+            dir.fs
+                .symlink(&format!("{}/{t}.{suffix}/{link_name}", dir.inner), target)?;
         }
     }
     // Aliases of instances name other instances; systemctl does not link those either.
@@ -138,9 +158,18 @@ fn find_unit(fs: &Root, name: &str) -> Option<(String, String)> {
 }
 
 /// Writes, masks and enables one unit. Returns the start-list line, if any.
-pub(crate) fn apply_unit(root: &Root, dir: &UnitDir<'_>, unit: &Unit, notes: &mut Vec<String>) -> Result<Option<String>, String> {
+pub(crate) fn apply_unit(
+    root: &Root,
+    dir: &UnitDir<'_>,
+    unit: &Unit,
+    notes: &mut Vec<String>,
+) -> Result<Option<String>, String> {
     if unit.is_networkd() {
-        let inner = if unit.runtime { "/systemd/network" } else { "/etc/systemd/network" };
+        let inner = if unit.runtime {
+            "/systemd/network"
+        } else {
+            "/etc/systemd/network"
+        };
         write_with_dropins(dir.fs, inner, unit)?;
         return Ok(None);
     }
@@ -154,8 +183,11 @@ pub(crate) fn apply_unit(root: &Root, dir: &UnitDir<'_>, unit: &Unit, notes: &mu
         match &unit.content {
             Some(content) => enable(dir, name, &format!("{}/{name}", dir.outer), content, notes)?,
             None => {
-                let (path, content) = find_unit(root, name)
-                    .ok_or_else(|| format!("cannot enable {name}: no such unit in the image and no `content` given"))?;
+                let (path, content) = find_unit(root, name).ok_or_else(|| {
+                    format!(
+                        "cannot enable {name}: no such unit in the image and no `content` given"
+                    )
+                })?;
                 enable(dir, name, &path, &content, notes)?;
             }
         }
@@ -165,11 +197,21 @@ pub(crate) fn apply_unit(root: &Root, dir: &UnitDir<'_>, unit: &Unit, notes: &mu
 
 fn write_with_dropins(fs: &Root, inner: &str, unit: &Unit) -> Result<(), String> {
     if let Some(content) = &unit.content {
-        fs.write(&format!("{inner}/{}", unit.name), content.as_bytes(), Meta::ROOT_FILE, LastLink::Replace)?;
+        fs.write(
+            &format!("{inner}/{}", unit.name),
+            content.as_bytes(),
+            Meta::ROOT_FILE,
+            LastLink::Replace,
+        )?;
     }
     for d in &unit.drop_ins {
         let path = format!("{inner}/{}.d/{}", unit.name, d.name);
-        fs.write(&path, d.content.as_bytes(), Meta::ROOT_FILE, LastLink::Replace)?;
+        fs.write(
+            &path,
+            d.content.as_bytes(),
+            Meta::ROOT_FILE,
+            LastLink::Replace,
+        )?;
     }
     Ok(())
 }
@@ -180,12 +222,28 @@ pub(crate) fn write_start_list(fs: &Root, lines: &[String]) -> Result<(), String
         return fs.remove(UNITS_TO_START);
     }
     let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
-    fs.write(UNITS_TO_START, text.as_bytes(), Meta::ROOT_FILE, LastLink::Replace).map(|_| ())
+    fs.write(
+        UNITS_TO_START,
+        text.as_bytes(),
+        Meta::ROOT_FILE,
+        LastLink::Replace,
+    )
+    .map(|_| ())
 }
 
 /// A networkd file name for an interface name or glob.
 pub(crate) fn network_file(iface: &NetworkInterface) -> String {
-    let safe: String = iface.name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
+    let safe: String = iface
+        .name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
     format!("/etc/systemd/network/10-kiln-{safe}.network")
 }
 
@@ -206,11 +264,18 @@ pub(crate) fn network_unit(iface: &NetworkInterface) -> String {
 
 /// The etcd environment file: every setting as `ETCD_*`, data dir defaulted.
 pub(crate) fn etcd_env(etcd: &Etcd) -> String {
-    let mut s = String::from("# Written by kiln-config from the cloud-config; read by etcd.service.\n");
+    let mut s =
+        String::from("# Written by kiln-config from the cloud-config; read by etcd.service.\n");
     let mut settings = etcd.settings.clone();
-    settings.entry("data-dir".into()).or_insert_with(|| ETCD_DEFAULT_DATA_DIR.into());
+    settings
+        .entry("data-dir".into())
+        .or_insert_with(|| ETCD_DEFAULT_DATA_DIR.into());
     for (k, v) in &settings {
-        s.push_str(&format!("ETCD_{}={}\n", k.to_ascii_uppercase().replace('-', "_"), env_quote(v)));
+        s.push_str(&format!(
+            "ETCD_{}={}\n",
+            k.to_ascii_uppercase().replace('-', "_"),
+            env_quote(v)
+        ));
     }
     s
 }
@@ -218,7 +283,9 @@ pub(crate) fn etcd_env(etcd: &Etcd) -> String {
 /// A value for a systemd `EnvironmentFile=` (also fine for a shell): bare when safe,
 /// otherwise double-quoted with `\`, `"`, `$` and `` ` `` escaped.
 fn env_quote(v: &str) -> String {
-    let safe = !v.is_empty() && v.chars().all(|c| c.is_ascii_alphanumeric() || "_./:,=@%+-".contains(c));
+    let safe = !v.is_empty()
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_./:,=@%+-".contains(c));
     if safe {
         return v.to_string();
     }
@@ -259,16 +326,35 @@ pub(crate) fn environment_with_etcdctl(existing: &str, endpoints: &str) -> Strin
 
 /// The etcd step: environment file, `etcdctl` defaults, data directory, and enabling.
 pub(crate) fn apply_etcd(fs: &Root, etcd: &Etcd, notes: &mut Vec<String>) -> Result<(), String> {
-    fs.write(ETCD_ENV_FILE, etcd_env(etcd).as_bytes(), Meta::ROOT_FILE, LastLink::Follow)?;
-    let existing = fs.read("/etc/environment")?.map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    fs.write(
+        ETCD_ENV_FILE,
+        etcd_env(etcd).as_bytes(),
+        Meta::ROOT_FILE,
+        LastLink::Follow,
+    )?;
+    let existing = fs
+        .read("/etc/environment")?
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
     let env = environment_with_etcdctl(&existing, &etcdctl_endpoints(etcd));
-    fs.write("/etc/environment", env.as_bytes(), Meta::ROOT_FILE, LastLink::Follow)?;
+    fs.write(
+        "/etc/environment",
+        env.as_bytes(),
+        Meta::ROOT_FILE,
+        LastLink::Follow,
+    )?;
     make_data_dir(fs, etcd, notes)?;
-    let dir = UnitDir { fs, inner: "/etc/systemd/system", outer: "/etc/systemd/system" };
+    let dir = UnitDir {
+        fs,
+        inner: "/etc/systemd/system",
+        outer: "/etc/systemd/system",
+    };
     match find_unit(fs, "etcd.service") {
         Some((path, content)) => enable(&dir, "etcd.service", &path, &content, notes),
         None => {
-            notes.push("etcd.service is not in the image; linked for multi-user.target anyway".into());
+            notes.push(
+                "etcd.service is not in the image; linked for multi-user.target anyway".into(),
+            );
             fs.symlink(
                 "/etc/systemd/system/multi-user.target.wants/etcd.service",
                 "/usr/lib/systemd/system/etcd.service",
@@ -284,7 +370,11 @@ fn make_data_dir(fs: &Root, etcd: &Etcd, notes: &mut Vec<String>) -> Result<(), 
     let accounts = Accounts::load(fs)?;
     match accounts.uid_gid_of("etcd") {
         Some((uid, gid)) => {
-            let meta = Meta { mode: 0o700, uid, gid };
+            let meta = Meta {
+                mode: 0o700,
+                uid,
+                gid,
+            };
             let host = fs.mkdir_all(dir, meta)?;
             fs.set_meta(&host, meta)
         }
@@ -310,13 +400,19 @@ mod tests {
 
     #[test]
     fn templates() {
-        assert_eq!(template_of("getty@tty1.service").as_deref(), Some("getty@.service"));
+        assert_eq!(
+            template_of("getty@tty1.service").as_deref(),
+            Some("getty@.service")
+        );
         assert_eq!(template_of("etcd.service"), None);
     }
 
     #[test]
     fn env_values_are_quoted_when_needed() {
-        assert_eq!(env_quote("http://10.0.0.1:2380,b=http://x:2380"), "http://10.0.0.1:2380,b=http://x:2380");
+        assert_eq!(
+            env_quote("http://10.0.0.1:2380,b=http://x:2380"),
+            "http://10.0.0.1:2380,b=http://x:2380"
+        );
         assert_eq!(env_quote("a b$c\"d"), "\"a b\\$c\\\"d\"");
         assert_eq!(env_quote(""), "\"\"");
     }
@@ -324,6 +420,9 @@ mod tests {
     #[test]
     fn environment_lines_are_replaced() {
         let e = environment_with_etcdctl("PATH=/usr/bin\nETCDCTL_API=2\n", "http://a:2379");
-        assert_eq!(e, "PATH=/usr/bin\nETCDCTL_API=3\nETCDCTL_ENDPOINTS=http://a:2379\n");
+        assert_eq!(
+            e,
+            "PATH=/usr/bin\nETCDCTL_API=3\nETCDCTL_ENDPOINTS=http://a:2379\n"
+        );
     }
 }

@@ -137,40 +137,66 @@ fn coreos_document_parses_unchanged() {
     assert_eq!(u.name, "elroy");
     assert_eq!(u.groups, ["sudo", "docker"]);
     assert!(u.passwd.as_deref().unwrap().starts_with("$6$5s2u6/jR$"));
-    assert_eq!(u.ssh_authorized_keys, ["ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC0 elroy@example"]);
+    assert_eq!(
+        u.ssh_authorized_keys,
+        ["ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC0 elroy@example"]
+    );
 
     let etcd = c.kiln.etcd.as_ref().unwrap();
     assert_eq!(etcd.get("name"), Some("node-1"));
-    assert_eq!(etcd.get("listen-client-urls"), Some("http://0.0.0.0:2379,http://0.0.0.0:4001"));
+    assert_eq!(
+        etcd.get("listen-client-urls"),
+        Some("http://0.0.0.0:2379,http://0.0.0.0:4001")
+    );
     assert_eq!(etcd.settings.len(), 6);
     let up = c.kiln.update.as_ref().unwrap();
     assert_eq!(up.channel.as_deref(), Some("stable"));
     assert_eq!(up.reboot_strategy, Some(RebootStrategy::EtcdLock));
     let w = c.kiln.locksmith.as_ref().unwrap().window.as_ref().unwrap();
-    assert_eq!((w.weekday, w.hour, w.minute, w.length_secs), (Some(Weekday::Thu), 4, 0, 3600));
+    assert_eq!(
+        (w.weekday, w.hour, w.minute, w.length_secs),
+        (Some(Weekday::Thu), 4, 0, 3600)
+    );
 
     let units = &c.kiln.units;
     assert_eq!(units.len(), 3);
     assert_eq!(units[0].command, Some(UnitCommand::Start));
     assert!(units[1].enable);
-    assert!(units[1].content.as_deref().unwrap().contains("WantedBy=sockets.target\n"));
+    assert!(units[1]
+        .content
+        .as_deref()
+        .unwrap()
+        .contains("WantedBy=sockets.target\n"));
     assert_eq!(units[2].drop_ins[0].name, "50-insecure-registry.conf");
 
     let wf = &c.write_files;
     assert_eq!(wf[0].permissions, Some(0o644));
-    assert_eq!(wf[0].owner, Some(Owner { user: IdRef::Name("root".into()), group: None }));
+    assert_eq!(
+        wf[0].owner,
+        Some(Owner {
+            user: IdRef::Name("root".into()),
+            group: None
+        })
+    );
     assert_eq!(wf[1].permissions, Some(0o600));
     assert_eq!(wf[1].content, b"secret\n");
     assert_eq!(
         wf[1].owner,
-        Some(Owner { user: IdRef::Name("core".into()), group: Some(IdRef::Name("core".into())) })
+        Some(Owner {
+            user: IdRef::Name("core".into()),
+            group: Some(IdRef::Name("core".into()))
+        })
     );
     assert_eq!(wf[2].encoding, Encoding::GzipBase64);
     assert_eq!(wf[2].content, b"hello from gzip\n");
     assert_eq!(c.source, COREOS_DOC);
 
     // Only fleet is unknown to Kiln: one warning, at its key.
-    let w: Vec<(u64, u64, &str)> = p.warnings.iter().map(|w| (w.line, w.column, w.key.as_str())).collect();
+    let w: Vec<(u64, u64, &str)> = p
+        .warnings
+        .iter()
+        .map(|w| (w.line, w.column, w.key.as_str()))
+        .collect();
     assert_eq!(w, [(25, 3, "coreos.fleet")]);
     assert_eq!(
         p.warnings[0].to_string(),
@@ -189,7 +215,11 @@ fn gzip_content_made_by_the_reference_tool_decodes() {
     assert!(out.status.success());
     let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &out.stdout);
     // Wrapped over lines, as `base64` prints it.
-    let wrapped: Vec<String> = b64.as_bytes().chunks(76).map(|c| String::from_utf8_lossy(c).into_owned()).collect();
+    let wrapped: Vec<String> = b64
+        .as_bytes()
+        .chunks(76)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect();
     let doc = format!(
         "#cloud-config\nwrite_files:\n  - path: /x\n    encoding: gz+b64\n    content: |\n      {}\n",
         wrapped.join("\n      ")
@@ -228,14 +258,20 @@ fn bad_documents_point_at_the_offending_node() {
         let shown = e.to_string();
         assert!(shown.contains(what), "{doc:?}: {shown}");
         assert_eq!((e.line, e.column), (*line, *column), "{doc:?}: {shown}");
-        assert!(shown.starts_with(&format!("cloud-config line {line}, column {column}: ")), "{shown}");
+        assert!(
+            shown.starts_with(&format!("cloud-config line {line}, column {column}: ")),
+            "{shown}"
+        );
     }
 }
 
 #[test]
 fn error_message_shape() {
     let e = error("#cloud-config\ncoreos:\n  units:\n    - command: start\n");
-    assert_eq!(e.to_string(), "cloud-config line 4, column 7: `coreos.units[0]`: a unit needs a `name`");
+    assert_eq!(
+        e.to_string(),
+        "cloud-config line 4, column 7: `coreos.units[0]`: a unit needs a `name`"
+    );
     assert_eq!(e.key.as_deref(), Some("coreos.units[0]"));
 }
 
@@ -245,7 +281,9 @@ fn only_cloud_config_documents() {
     assert_eq!((e.line, e.column), (1, 1));
     assert!(e.to_string().contains("it is a script"), "{e}");
     assert!(error("{\"ignition\": {}}").to_string().contains("Ignition"));
-    assert!(error("hostname: a\n").to_string().contains("does not begin with `#cloud-config`"));
+    assert!(error("hostname: a\n")
+        .to_string()
+        .contains("does not begin with `#cloud-config`"));
     // A byte-order mark and trailing blanks on the header line are fine; so is an empty body.
     assert_eq!(parsed("\u{feff}#cloud-config  \r\n").config.hostname, None);
     let e = parse_bytes(b"#cloud-config\nhostname: \xff\n").unwrap_err();
@@ -257,7 +295,11 @@ fn only_cloud_config_documents() {
 fn unknown_keys_and_old_names_are_warnings() {
     let doc = "#cloud-config\nhostname: a\nmanage_etc_hosts: localhost\nusers:\n  - name: bob\n    lock_passwd: true\ncoreos:\n  update:\n    reboot-strategy: best-effort\n  etcd2:\n    name: x\n    addr: $private_ipv4:4001\n    advertise-client-urls: http://$private_ipv4:2379\n";
     let p = parsed(doc);
-    let w: Vec<(u64, &str)> = p.warnings.iter().map(|w| (w.line, w.key.as_str())).collect();
+    let w: Vec<(u64, &str)> = p
+        .warnings
+        .iter()
+        .map(|w| (w.line, w.key.as_str()))
+        .collect();
     assert_eq!(
         w,
         [
@@ -269,9 +311,15 @@ fn unknown_keys_and_old_names_are_warnings() {
         ]
     );
     // best-effort with etcd configured means etcd-lock, as on CoreOS.
-    assert_eq!(p.config.kiln.update.unwrap().reboot_strategy, Some(RebootStrategy::EtcdLock));
+    assert_eq!(
+        p.config.kiln.update.unwrap().reboot_strategy,
+        Some(RebootStrategy::EtcdLock)
+    );
     let p = parsed("#cloud-config\nkiln:\n  update:\n    reboot-strategy: reboot\n");
-    assert_eq!(p.config.kiln.update.unwrap().reboot_strategy, Some(RebootStrategy::Immediate));
+    assert_eq!(
+        p.config.kiln.update.unwrap().reboot_strategy,
+        Some(RebootStrategy::Immediate)
+    );
     assert_eq!(p.warnings.len(), 1);
 }
 
@@ -296,7 +344,11 @@ fn groups_as_comma_string_and_duplicate_keys() {
     assert_eq!(p.config.hostname.as_deref(), Some("b"));
     assert_eq!(p.config.users[0].groups, ["sudo", "docker"]);
     assert_eq!(p.config.users[0].ssh_authorized_keys, ["k2"]);
-    let w: Vec<(u64, &str)> = p.warnings.iter().map(|w| (w.line, w.key.as_str())).collect();
+    let w: Vec<(u64, &str)> = p
+        .warnings
+        .iter()
+        .map(|w| (w.line, w.key.as_str()))
+        .collect();
     assert_eq!(w, [(2, "hostname"), (7, "users[0].ssh_authorized_keys")]);
 }
 
@@ -307,7 +359,17 @@ fn groups_as_comma_string_and_duplicate_keys() {
 fn make_root() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let r = dir.path();
-    for d in ["etc", "root", "usr/lib/systemd/system", "usr/sbin", "usr/bin", "var/lib/etcd", "home", "etc/skel", "run"] {
+    for d in [
+        "etc",
+        "root",
+        "usr/lib/systemd/system",
+        "usr/sbin",
+        "usr/bin",
+        "var/lib/etcd",
+        "home",
+        "etc/skel",
+        "run",
+    ] {
         fs::create_dir_all(r.join(d)).unwrap();
     }
     std::os::unix::fs::symlink("usr/bin", r.join("bin")).unwrap();
@@ -315,7 +377,8 @@ fn make_root() -> tempfile::TempDir {
     fs::write(r.join("usr/bin/bash"), "").unwrap();
     fs::write(r.join("usr/sbin/nologin"), "").unwrap();
     fs::write(r.join("etc/skel/.profile"), "# skel\n").unwrap();
-    let passwd = "root:x:0:0:root:/root:/bin/bash\netcd:x:110:115::/var/lib/etcd:/usr/sbin/nologin\n";
+    let passwd =
+        "root:x:0:0:root:/root:/bin/bash\netcd:x:110:115::/var/lib/etcd:/usr/sbin/nologin\n";
     let group = "root:x:0:\nsudo:x:27:\nshadow:x:42:\netcd:x:115:\n";
     let shadow = "root:*:19000:0:99999:7:::\netcd:*:19000:0:99999:7:::\n";
     let gshadow = "root:*::\nsudo:*::\nshadow:*::\netcd:!::\n";
@@ -324,10 +387,18 @@ fn make_root() -> tempfile::TempDir {
     fs::write(r.join("etc/shadow"), shadow).unwrap();
     fs::write(r.join("etc/gshadow"), gshadow).unwrap();
     for f in ["etc/shadow", "etc/gshadow"] {
-        fs::set_permissions(r.join(f), std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
+        fs::set_permissions(
+            r.join(f),
+            std::os::unix::fs::PermissionsExt::from_mode(0o640),
+        )
+        .unwrap();
         std::os::unix::fs::chown(r.join(f), Some(0), Some(42)).unwrap();
     }
-    fs::write(r.join("usr/lib/systemd/system/etcd.service"), DEBIAN_ETCD_SERVICE).unwrap();
+    fs::write(
+        r.join("usr/lib/systemd/system/etcd.service"),
+        DEBIAN_ETCD_SERVICE,
+    )
+    .unwrap();
     dir
 }
 
@@ -342,12 +413,19 @@ fn meta(root: &Path, p: &str) -> (u32, u32, u32) {
 }
 
 fn link(root: &Path, p: &str) -> String {
-    fs::read_link(root.join(p)).unwrap_or_else(|e| panic!("{p}: {e}")).to_string_lossy().into_owned()
+    fs::read_link(root.join(p))
+        .unwrap_or_else(|e| panic!("{p}: {e}"))
+        .to_string_lossy()
+        .into_owned()
 }
 
 fn systemctl_state(root: &Path, unit: &str) -> String {
     let systemctl = require_tool("systemctl", "systemd");
-    let out = Command::new(systemctl).arg(format!("--root={}", root.display())).args(["is-enabled", unit]).output().unwrap();
+    let out = Command::new(systemctl)
+        .arg(format!("--root={}", root.display()))
+        .args(["is-enabled", unit])
+        .output()
+        .unwrap();
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
@@ -368,7 +446,10 @@ fn snapshot(root: &Path) -> BTreeMap<String, String> {
                 format!("file {:?}", fs::read(&p).unwrap())
             };
             let key = p.strip_prefix(root).unwrap().display().to_string();
-            out.insert(key, format!("{what} {:o} {}:{}", m.mode() & 0o7777, m.uid(), m.gid()));
+            out.insert(
+                key,
+                format!("{what} {:o} {}:{}", m.mode() & 0o7777, m.uid(), m.gid()),
+            );
         }
     }
     out
@@ -399,14 +480,32 @@ fn apply_coreos_document() {
     assert_eq!(meta(r, "home/core/.profile"), (0o644, 500, 500));
     assert_eq!(meta(r, "home/core/.ssh"), (0o700, 500, 500));
     assert_eq!(meta(r, "home/core/.ssh/authorized_keys"), (0o600, 500, 500));
-    assert_eq!(read(r, "home/core/.ssh/authorized_keys"), format!("{}\n", cfg.ssh_authorized_keys[0]));
-    assert_eq!(meta(r, "home/elroy/.ssh/authorized_keys"), (0o600, 1000, 1000));
-    assert_eq!(read(r, "home/elroy/.ssh/authorized_keys"), "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC0 elroy@example\n");
+    assert_eq!(
+        read(r, "home/core/.ssh/authorized_keys"),
+        format!("{}\n", cfg.ssh_authorized_keys[0])
+    );
+    assert_eq!(
+        meta(r, "home/elroy/.ssh/authorized_keys"),
+        (0o600, 1000, 1000)
+    );
+    assert_eq!(
+        read(r, "home/elroy/.ssh/authorized_keys"),
+        "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC0 elroy@example\n"
+    );
     // The reference checkers agree the databases are consistent.
     for tool in ["pwck", "grpck"] {
         let bin = require_tool(tool, "passwd");
-        let out = Command::new(bin).args(["-r", "-R"]).arg(r).output().unwrap();
-        assert!(out.status.success(), "{tool}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(bin)
+            .args(["-r", "-R"])
+            .arg(r)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{tool}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     // write_files: contents decoded, modes and owners resolved through the new accounts.
@@ -429,10 +528,19 @@ fn apply_coreos_document() {
          ETCD_LISTEN_PEER_URLS=http://10.0.0.11:2380\n\
          ETCD_NAME=node-1\n"
     );
-    assert_eq!(read(r, "etc/environment"), "ETCDCTL_API=3\nETCDCTL_ENDPOINTS=http://10.0.0.11:2379\n");
+    assert_eq!(
+        read(r, "etc/environment"),
+        "ETCDCTL_API=3\nETCDCTL_ENDPOINTS=http://10.0.0.11:2379\n"
+    );
     assert_eq!(meta(r, "var/lib/etcd/default"), (0o700, 110, 115));
-    assert_eq!(link(r, "etc/systemd/system/multi-user.target.wants/etcd.service"), "/usr/lib/systemd/system/etcd.service");
-    assert_eq!(link(r, "etc/systemd/system/etcd2.service"), "/usr/lib/systemd/system/etcd.service");
+    assert_eq!(
+        link(r, "etc/systemd/system/multi-user.target.wants/etcd.service"),
+        "/usr/lib/systemd/system/etcd.service"
+    );
+    assert_eq!(
+        link(r, "etc/systemd/system/etcd2.service"),
+        "/usr/lib/systemd/system/etcd.service"
+    );
     assert_eq!(systemctl_state(r, "etcd.service"), "enabled");
 
     // update.conf, read back by a real TOML parser.
@@ -444,14 +552,32 @@ fn apply_coreos_document() {
         .arg(r.join("etc/kiln/update.conf"))
         .output()
         .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "stable|etcd-lock|Thu 04:00|1h\n", "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "stable|etcd-lock|Thu 04:00|1h\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // Units: content, enable links from [Install], drop-ins, the start list.
     assert!(read(r, "etc/systemd/system/docker-tcp.socket").contains("ListenStream=2375\n"));
-    assert_eq!(link(r, "etc/systemd/system/sockets.target.wants/docker-tcp.socket"), "/etc/systemd/system/docker-tcp.socket");
+    assert_eq!(
+        link(
+            r,
+            "etc/systemd/system/sockets.target.wants/docker-tcp.socket"
+        ),
+        "/etc/systemd/system/docker-tcp.socket"
+    );
     assert_eq!(systemctl_state(r, "docker-tcp.socket"), "enabled");
-    assert!(read(r, "etc/systemd/system/docker.service.d/50-insecure-registry.conf").starts_with("[Service]\n"));
-    assert_eq!(read(r, "var/lib/kiln/units-to-start"), "start etcd2.service\nstart docker-tcp.socket\n");
+    assert!(read(
+        r,
+        "etc/systemd/system/docker.service.d/50-insecure-registry.conf"
+    )
+    .starts_with("[Service]\n"));
+    assert_eq!(
+        read(r, "var/lib/kiln/units-to-start"),
+        "start etcd2.service\nstart docker-tcp.socket\n"
+    );
 
     // The record.
     assert_eq!(read(r, "var/lib/kiln/cloud-config.applied"), COREOS_DOC);
@@ -468,10 +594,22 @@ fn apply_coreos_document() {
     assert!(again.all_ok(), "{again}");
     let mut after = snapshot(r);
     assert!(before.remove(report_file).is_some() && after.remove(report_file).is_some());
-    let names = |rep: &ApplyReport| rep.steps.iter().map(|s| (s.name, s.is_ok())).collect::<Vec<_>>();
+    let names = |rep: &ApplyReport| {
+        rep.steps
+            .iter()
+            .map(|s| (s.name, s.is_ok()))
+            .collect::<Vec<_>>()
+    };
     assert_eq!(names(&report), names(&again));
-    let changed: Vec<_> = after.iter().filter(|(k, v)| before.get(*k) != Some(v)).map(|(k, _)| k).collect();
-    assert!(changed.is_empty() && before.len() == after.len(), "changed on the second apply: {changed:?}");
+    let changed: Vec<_> = after
+        .iter()
+        .filter(|(k, v)| before.get(*k) != Some(v))
+        .map(|(k, _)| k)
+        .collect();
+    assert!(
+        changed.is_empty() && before.len() == after.len(),
+        "changed on the second apply: {changed:?}"
+    );
 }
 
 #[test]
@@ -479,27 +617,68 @@ fn apply_kiln_units_network_and_masks() {
     let dir = make_root();
     let r = dir.path();
     let run = tempfile::tempdir().unwrap();
-    fs::write(r.join("usr/lib/systemd/system/getty@.service"), "[Service]\nExecStart=/bin/true\n[Install]\nWantedBy=getty.target\nDefaultInstance=tty1\n").unwrap();
-    fs::write(r.join("usr/lib/systemd/system/vendor.service"), "[Service]\nExecStart=/bin/true\n[Install]\nRequiredBy=multi-user.target\n").unwrap();
+    fs::write(
+        r.join("usr/lib/systemd/system/getty@.service"),
+        "[Service]\nExecStart=/bin/true\n[Install]\nWantedBy=getty.target\nDefaultInstance=tty1\n",
+    )
+    .unwrap();
+    fs::write(
+        r.join("usr/lib/systemd/system/vendor.service"),
+        "[Service]\nExecStart=/bin/true\n[Install]\nRequiredBy=multi-user.target\n",
+    )
+    .unwrap();
     let doc = "#cloud-config\nkiln:\n  units:\n    - name: getty@ttyS0.service\n      enable: true\n    - name: vendor.service\n      enable: true\n    - name: bad.service\n      mask: true\n    - name: tmp.service\n      runtime: true\n      content: \"[Service]\\nExecStart=/bin/true\\n\"\n    - name: 20-lan.network\n      content: \"[Match]\\nName=lan0\\n\"\n    - name: missing.service\n      enable: true\n  network:\n    - name: eth0\n      address: [10.0.0.5/24, \"2001:db8::5/64\"]\n      gateway: 10.0.0.1\n      dns: [10.0.0.2, 10.0.0.3]\n    - match: en*\n      address: 192.0.2.7/24\n";
     let cfg = parsed(doc).config;
-    let report = apply(&cfg, r, &ApplyOptions { run_dir: Some(run.path().to_path_buf()) }).unwrap();
+    let report = apply(
+        &cfg,
+        r,
+        &ApplyOptions {
+            run_dir: Some(run.path().to_path_buf()),
+        },
+    )
+    .unwrap();
 
     // The one unit that cannot be enabled fails its step; the others and later steps ran.
     let units = report.step("units").unwrap();
-    assert!(units.error.as_deref().unwrap().contains("cannot enable missing.service"), "{report}");
+    assert!(
+        units
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("cannot enable missing.service"),
+        "{report}"
+    );
     assert!(report.step("network").unwrap().is_ok() && report.step("record").unwrap().is_ok());
-    assert!(read(r, "var/lib/kiln/cloud-config.report").contains("units: FAILED: missing.service: cannot enable"));
+    assert!(read(r, "var/lib/kiln/cloud-config.report")
+        .contains("units: FAILED: missing.service: cannot enable"));
 
-    assert_eq!(link(r, "etc/systemd/system/getty.target.wants/getty@ttyS0.service"), "/usr/lib/systemd/system/getty@.service");
+    assert_eq!(
+        link(
+            r,
+            "etc/systemd/system/getty.target.wants/getty@ttyS0.service"
+        ),
+        "/usr/lib/systemd/system/getty@.service"
+    );
     assert_eq!(systemctl_state(r, "getty@ttyS0.service"), "enabled");
-    assert_eq!(link(r, "etc/systemd/system/multi-user.target.requires/vendor.service"), "/usr/lib/systemd/system/vendor.service");
+    assert_eq!(
+        link(
+            r,
+            "etc/systemd/system/multi-user.target.requires/vendor.service"
+        ),
+        "/usr/lib/systemd/system/vendor.service"
+    );
     assert_eq!(systemctl_state(r, "vendor.service"), "enabled");
     assert_eq!(link(r, "etc/systemd/system/bad.service"), "/dev/null");
     assert_eq!(systemctl_state(r, "bad.service"), "masked");
-    assert_eq!(fs::read_to_string(run.path().join("systemd/system/tmp.service")).unwrap(), "[Service]\nExecStart=/bin/true\n");
+    assert_eq!(
+        fs::read_to_string(run.path().join("systemd/system/tmp.service")).unwrap(),
+        "[Service]\nExecStart=/bin/true\n"
+    );
     assert!(!r.join("etc/systemd/system/tmp.service").exists());
-    assert_eq!(read(r, "etc/systemd/network/20-lan.network"), "[Match]\nName=lan0\n");
+    assert_eq!(
+        read(r, "etc/systemd/network/20-lan.network"),
+        "[Match]\nName=lan0\n"
+    );
     assert_eq!(
         read(r, "etc/systemd/network/10-kiln-eth0.network"),
         "# Written by kiln-config from the cloud-config.\n[Match]\nName=eth0\n\n[Network]\nAddress=10.0.0.5/24\nAddress=2001:db8::5/64\nGateway=10.0.0.1\nDNS=10.0.0.2\nDNS=10.0.0.3\n"
@@ -518,14 +697,27 @@ fn a_failing_write_does_not_stop_the_other_steps() {
     let report = apply(&cfg, r, &ApplyOptions::default()).unwrap();
     let wf = report.step("write_files").unwrap().error.clone().unwrap();
     assert!(wf.contains("/etc/hostname/below-a-file:"), "{wf}");
-    assert!(wf.contains("/etc/owned: owner nobody-here is not in /etc/passwd"), "{wf}");
+    assert!(
+        wf.contains("/etc/owned: owner nobody-here is not in /etc/passwd"),
+        "{wf}"
+    );
     assert_eq!(read(r, "etc/ok"), "y");
     assert_eq!(read(r, "etc/hostname"), "box\n");
-    assert_eq!(read(r, "home/core/.ssh/authorized_keys"), "ssh-ed25519 AAAA k\n");
+    assert_eq!(
+        read(r, "home/core/.ssh/authorized_keys"),
+        "ssh-ed25519 AAAA k\n"
+    );
     assert!(read(r, "etc/kiln/update.conf").ends_with("reboot_strategy = \"off\"\n"));
-    let failed: Vec<&str> = report.steps.iter().filter(|s| !s.is_ok()).map(|s| s.name).collect();
+    let failed: Vec<&str> = report
+        .steps
+        .iter()
+        .filter(|s| !s.is_ok())
+        .map(|s| s.name)
+        .collect();
     assert_eq!(failed, ["write_files"]);
-    assert!(report.to_string().contains("write_files: FAILED: /etc/hostname/below-a-file:"));
+    assert!(report
+        .to_string()
+        .contains("write_files: FAILED: /etc/hostname/below-a-file:"));
 }
 
 #[test]
@@ -539,7 +731,11 @@ fn writes_stay_inside_the_root() {
     let cfg = parsed(doc).config;
     let report = apply(&cfg, r, &ApplyOptions::default()).unwrap();
     assert!(report.all_ok(), "{report}");
-    assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0, "wrote outside the root");
+    assert_eq!(
+        fs::read_dir(outside.path()).unwrap().count(),
+        0,
+        "wrote outside the root"
+    );
     let inside = r.join(outside.path().strip_prefix("/").unwrap()).join("f");
     assert_eq!(fs::read_to_string(inside).unwrap(), "inside");
     // Appending the same content again does not double it.
@@ -550,6 +746,11 @@ fn writes_stay_inside_the_root() {
 
 #[test]
 fn apply_needs_a_root_directory() {
-    let e = apply(&CloudConfig::default(), Path::new("/nonexistent/kiln-root"), &ApplyOptions::default()).unwrap_err();
+    let e = apply(
+        &CloudConfig::default(),
+        Path::new("/nonexistent/kiln-root"),
+        &ApplyOptions::default(),
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("/nonexistent/kiln-root"));
 }

@@ -80,9 +80,15 @@ pub fn parse_tree(text: &str) -> Result<Node, SyntaxError> {
     let raw: Spanned<Raw> = serde_saphyr::from_str_with_options(text, options).map_err(|e| {
         let pos = e
             .location()
-            .map(|l| Pos { line: l.line(), column: l.column() })
+            .map(|l| Pos {
+                line: l.line(),
+                column: l.column(),
+            })
             .unwrap_or(Pos { line: 1, column: 1 });
-        SyntaxError { pos, message: strip_location(&e.to_string(), pos) }
+        SyntaxError {
+            pos,
+            message: strip_location(&e.to_string(), pos),
+        }
     })?;
     Ok(to_node(raw, text))
 }
@@ -105,7 +111,10 @@ enum Raw {
 }
 
 fn pos_of<T>(s: &Spanned<T>) -> Pos {
-    Pos { line: s.referenced.line(), column: s.referenced.column() }
+    Pos {
+        line: s.referenced.line(),
+        column: s.referenced.column(),
+    }
 }
 
 fn to_node(raw: Spanned<Raw>, text: &str) -> Node {
@@ -119,7 +128,10 @@ fn to_node(raw: Spanned<Raw>, text: &str) -> Node {
             entries
                 .into_iter()
                 .map(|(k, v)| {
-                    let key = Key { pos: pos_of(&k), name: k.value };
+                    let key = Key {
+                        pos: pos_of(&k),
+                        name: k.value,
+                    };
                     (key, to_node(v, text))
                 })
                 .collect(),
@@ -229,7 +241,8 @@ mod tests {
 
     #[test]
     fn scalars_keep_their_spelling_and_place() {
-        let text = "#cloud-config\na: yes\nb: 0644\nc: 1.10\nd: \"q\"\ne: 0x1F\nf: ~\ng: &x on\nh: *x\n";
+        let text =
+            "#cloud-config\na: yes\nb: 0644\nc: 1.10\nd: \"q\"\ne: 0x1F\nf: ~\ng: &x on\nh: *x\n";
         let root = parse_tree(text).unwrap();
         let m = map(&root);
         let got: Vec<(&str, &str)> = m
@@ -239,7 +252,15 @@ mod tests {
             .collect();
         assert_eq!(
             got,
-            [("a", "yes"), ("b", "0644"), ("c", "1.10"), ("d", "q"), ("e", "0x1F"), ("g", "on"), ("h", "on")]
+            [
+                ("a", "yes"),
+                ("b", "0644"),
+                ("c", "1.10"),
+                ("d", "q"),
+                ("e", "0x1F"),
+                ("g", "on"),
+                ("h", "on")
+            ]
         );
         assert_eq!(m[1].0.pos, Pos { line: 3, column: 1 });
         assert_eq!(m[1].1.pos, Pos { line: 3, column: 4 });

@@ -14,6 +14,7 @@ pub mod disk;
 pub mod hostdir;
 pub mod rootfs;
 pub mod kmod;
+pub mod kmod_index;
 pub mod region;
 pub mod tree;
 pub mod verity;

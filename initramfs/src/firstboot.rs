@@ -39,6 +39,15 @@ pub const TOP_DIRS: &[(&str, u32)] = &[
     ("run", 0o755),
 ];
 
+/// Merged `/usr`: ROOT's top-level links into `/usr` (the ELF interpreter is found through
+/// `/lib64`), made on every boot when missing.
+pub const TOP_LINKS: &[(&str, &str)] = &[
+    ("bin", "usr/bin"),
+    ("sbin", "usr/sbin"),
+    ("lib", "usr/lib"),
+    ("lib64", "usr/lib64"),
+];
+
 pub fn is_first_boot(sysroot: &Path) -> bool {
     sysroot.join(MARKER).symlink_metadata().is_err()
 }
@@ -54,6 +63,13 @@ pub fn ensure_top_dirs(sysroot: &Path) -> Result<()> {
         fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
         fs::set_permissions(&path, fs::Permissions::from_mode(*mode))
             .with_context(|| format!("setting the mode of {}", path.display()))?;
+    }
+    for (link, target) in TOP_LINKS {
+        let path = sysroot.join(link);
+        if path.symlink_metadata().is_err() {
+            std::os::unix::fs::symlink(target, &path)
+                .with_context(|| format!("linking {} to {target}", path.display()))?;
+        }
     }
     Ok(())
 }
@@ -333,6 +349,12 @@ mod tests {
         assert_eq!(mode("tmp"), 0o1777);
         assert_eq!(mode("root"), 0o700);
         assert_eq!(mode("var/lib/kiln"), 0o755);
+        assert_eq!(
+            fs::read_link(dir.path().join("lib64")).unwrap(),
+            Path::new("usr/lib64")
+        );
+        // Every boot: present links and dirs are left as they are.
+        ensure_top_dirs(dir.path()).unwrap();
         assert!(is_first_boot(dir.path()));
         write_if_missing(&dir.path().join(MARKER), b"", 0o644).unwrap();
         assert!(!is_first_boot(dir.path()));

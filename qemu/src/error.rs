@@ -16,21 +16,20 @@ pub enum QemuError {
     #[error("UEFI firmware (OVMF) not found, looked for {searched}: install it with `apt-get install ovmf`")]
     OvmfMissing { searched: String },
 
-    /// A file or directory operation failed.
-    #[error("{action} {}: {source}", path.display())]
+    /// A file or directory operation failed. (The OS error is part of the message rather than a
+    /// `source`, so a printed cause chain does not repeat it.)
+    #[error("{action} {}: {error}", path.display())]
     Io {
         action: &'static str,
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
 
     /// A host command could not be started at all.
-    #[error("could not start `{command}`: {source}")]
+    #[error("could not start `{command}`: {error}")]
     Spawn {
         command: String,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
 
     /// A host command ran but failed.
@@ -145,12 +144,12 @@ impl QemuError {
     pub(crate) fn io(
         action: &'static str,
         path: impl Into<PathBuf>,
-        source: std::io::Error,
+        error: std::io::Error,
     ) -> Self {
         QemuError::Io {
             action,
             path: path.into(),
-            source,
+            error,
         }
     }
 }

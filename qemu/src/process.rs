@@ -128,9 +128,9 @@ pub(crate) fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Result<O
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|source| QemuError::Spawn {
+        .map_err(|error| QemuError::Spawn {
             command: line.clone(),
-            source,
+            error,
         })?;
     let mut guard = ChildGuard::new(child);
     // Pipes are drained on threads so a chatty command cannot block on a full pipe while we wait.

@@ -372,9 +372,9 @@ fn spawn(plan: &Plan, command_line: &str) -> Result<ChildGuard, QemuError> {
         .stdout(stdout)
         .stderr(log_err)
         .spawn()
-        .map_err(|source| QemuError::Spawn {
+        .map_err(|error| QemuError::Spawn {
             command: command_line.into(),
-            source,
+            error,
         })?;
     Ok(ChildGuard::new(child))
 }

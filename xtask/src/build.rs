@@ -296,7 +296,9 @@ impl Build {
     fn initramfs(&mut self, tree: &Tree, kver: &str) -> Result<PathBuf> {
         let t = self.epoch;
         let init = build_static_init()?;
-        let (modules, set) = kmod::initramfs_modules(tree, kver, t)?;
+        let always: Vec<&str> = self.def.kernel.initramfs_modules.iter().map(String::as_str).collect();
+        let spec = kmod::InitramfsModules { classes: kmod::INITRAMFS_CLASSES, always_load: &always };
+        let (modules, set) = kmod::initramfs_modules_with(tree, kver, &spec, t)?;
         let mut initrd = Tree::new(Meta::root(0o755, t));
         let dir = Meta::root(0o755, t);
         initrd.graft(&TreePath::root(), &modules, &dir)?;

@@ -23,6 +23,7 @@ const XATTR_MAGIC: u32 = 0xEA02_0000;
 const XATTR_BLOCK_HEADER: usize = 32;
 
 pub(crate) const EXTENTS_FL: u32 = 0x80000;
+pub(crate) const INDEX_FL: u32 = 0x1000;
 pub(crate) const EXTENT_MAGIC: u16 = 0xF30A;
 /// Extent entries in one tree block: (4096 - 12-byte header - 4-byte tail) / 12.
 pub(crate) const EXTENTS_PER_BLOCK: usize = 340;
@@ -202,7 +203,7 @@ pub(crate) struct DirEnt {
 /// Room for entries in a directory block: all but the 12-byte checksum tail.
 const DIR_SPACE: usize = BLOCK as usize - 12;
 
-fn rec_len(name_len: usize) -> usize {
+pub(crate) fn rec_len(name_len: usize) -> usize {
     (8 + name_len).next_multiple_of(4)
 }
 

@@ -18,17 +18,31 @@ pub(crate) fn leaf_count(entries: &[DirEnt]) -> Option<usize> {
     if format::pack_dir(entries).len() <= 1 {
         return None;
     }
-    let total: usize = entries[2..].iter().map(|e| format::rec_len(e.name.len())).sum();
+    let total: usize = entries[2..]
+        .iter()
+        .map(|e| format::rec_len(e.name.len()))
+        .sum();
     let leaves = total.div_ceil(LEAF_SHARE).max(2);
     (leaves <= ROOT_LIMIT).then_some(leaves)
 }
 
 /// The blocks of an indexed directory: the root, then `leaves` leaf blocks.
 /// `entries` starts with `.` and `..`; `seed` is the inode's checksum seed.
-pub(crate) fn blocks(entries: &[DirEnt], leaves: usize, hash_seed: &[u8; 16], seed: u32) -> Vec<Vec<u8>> {
-    let mut hashed: Vec<(u32, &DirEnt)> = entries[2..].iter().map(|e| (name_hash(&e.name, hash_seed), e)).collect();
+pub(crate) fn blocks(
+    entries: &[DirEnt],
+    leaves: usize,
+    hash_seed: &[u8; 16],
+    seed: u32,
+) -> Vec<Vec<u8>> {
+    let mut hashed: Vec<(u32, &DirEnt)> = entries[2..]
+        .iter()
+        .map(|e| (name_hash(&e.name, hash_seed), e))
+        .collect();
     hashed.sort_by(|a, b| (a.0, &a.1.name).cmp(&(b.0, &b.1.name)));
-    let total: usize = hashed.iter().map(|(_, e)| format::rec_len(e.name.len())).sum();
+    let total: usize = hashed
+        .iter()
+        .map(|(_, e)| format::rec_len(e.name.len()))
+        .sum();
     // Entry j goes to leaf floor(offset_j * leaves / total): every leaf gets a share of at
     // most LEAF_SHARE bytes of starting offsets, hence is non-empty and fits.
     let mut groups: Vec<Vec<(u32, DirEnt)>> = vec![Vec::new(); leaves];
@@ -43,7 +57,11 @@ pub(crate) fn blocks(entries: &[DirEnt], leaves: usize, hash_seed: &[u8; 16], se
     for g in &groups {
         let first = g.first().expect("every leaf gets entries").0;
         // A hash that continues from the previous leaf is marked with the low bit.
-        index.push(if prev_last == Some(first) { first | 1 } else { first });
+        index.push(if prev_last == Some(first) {
+            first | 1
+        } else {
+            first
+        });
         prev_last = g.last().map(|(h, _)| *h);
         let ents: Vec<DirEnt> = g.iter().map(|(_, e)| e.clone()).collect();
         out.push(format::dir_block(&ents, seed));
@@ -74,7 +92,8 @@ fn root_block(dot: &DirEnt, dotdot: &DirEnt, index: &[u32], seed: u32) -> Vec<u8
         put32(&mut b, 36 + 8 * i, 1 + i as u32);
     }
     let tail = 32 + 8 * ROOT_LIMIT;
-    let crc = crc32c(crc32c(seed, &b[..32 + 8 * index.len()]), &b[tail..tail + 4]);
+    // The tail is summed with its checksum field still zero.
+    let crc = crc32c(crc32c(seed, &b[..32 + 8 * index.len()]), &b[tail..tail + 8]);
     put32(&mut b, tail + 4, crc);
     b
 }
@@ -131,9 +150,10 @@ fn half_md4(buf: &mut [u32; 4], x: &[u32; 8]) {
     let g = |x: u32, y: u32, z: u32| (x & y).wrapping_add((x ^ y) & z);
     let h = |x: u32, y: u32, z: u32| x ^ y ^ z;
     let [mut a, mut b, mut c, mut d] = *buf;
-    let step = |fun: &dyn Fn(u32, u32, u32) -> u32, a: u32, b: u32, c: u32, d: u32, x: u32, s: u32| {
-        a.wrapping_add(fun(b, c, d)).wrapping_add(x).rotate_left(s)
-    };
+    let step =
+        |fun: &dyn Fn(u32, u32, u32) -> u32, a: u32, b: u32, c: u32, d: u32, x: u32, s: u32| {
+            a.wrapping_add(fun(b, c, d)).wrapping_add(x).rotate_left(s)
+        };
     const K2: u32 = 0x5A82_7999;
     const K3: u32 = 0x6ED9_EBA1;
     for (i, s) in [(0, 3), (4, 3)] {

@@ -6,7 +6,12 @@
 //! metadata_csum. Everything after the fixed metadata is allocated sequentially in inode
 //! order, so files are contiguous and the output depends only on the tree and the options.
 //! All-zero blocks of a file are holes, and so is every block nobody writes (inode tables
-//! beyond the last inode, the journal): the output file is sparse.
+//! beyond the last inode, the journal): the output file is sparse. Directories of more than
+//! one block are hashed (htree, one index level: up to 507 leaves, about 50,000 entries);
+//! bigger ones stay linear, which is valid but slower to search.
+//!
+//! Inode numbers: root 2, journal 8, lost+found 11 (4 blocks, like mke2fs), then every entry
+//! in tree order from 12; hard links share their target's inode.
 //!
 //! Online growth of ROOT: there is no resize_inode and no reserved GDT blocks. When the Linux
 //! 6.1 kernel grows such a filesystem (EXT4_IOC_RESIZE_FS), `ext4_resize_fs` finds neither
@@ -21,6 +26,7 @@
 pub mod bench;
 mod crc;
 mod format;
+mod htree;
 mod layout;
 mod plan;
 #[cfg(test)]
@@ -89,6 +95,8 @@ pub enum Ext4Error {
     LostFoundNotDir,
     #[error("the tree has more inodes than ext4 can number")]
     TooManyInodes,
+    #[error("the tree is too large for any ext4 filesystem this writer makes (4 KiB blocks)")]
+    TreeTooLarge,
     #[error("reading {path}: {source}")]
     Read { path: String, source: io::Error },
     #[error(
@@ -108,17 +116,37 @@ pub enum Ext4Error {
 pub fn required_bytes(tree: &Tree, journal: bool) -> Result<u64, Ext4Error> {
     let plan = plan::plan(tree)?;
     let runs = scan_all(&plan)?;
-    let fits = |blocks: u64| {
+    // Blocks allocated beyond the fixed metadata, or None when it does not fit.
+    let allocated = |blocks: u64| {
         Geometry::new(blocks, plan.inodes_used(), journal)
-            .is_some_and(|geo| simulate(&plan, &geo, journal, &runs))
+            .and_then(|geo| simulate(&plan, &geo, journal, &runs).map(|n| (n, geo)))
     };
-    // Double until it fits, then bisect. Fitting is monotonic in the size except at the
-    // journal-size steps, where this still returns a size that fits.
-    let mut hi: u64 = 64;
+    // A first size that fits: the content plus room for metadata, doubled until it does.
+    let estimate = tree.content_bytes() / BLOCK + 2 * plan.nodes.len() as u64 + 20_000;
+    let mut roomy = estimate + estimate / 4;
+    let (used, geo) = loop {
+        match allocated(roomy) {
+            Some(found) => break found,
+            None => roomy = roomy.checked_mul(2).ok_or(Ext4Error::TreeTooLarge)?,
+        }
+    };
+    // The answer lies between the allocated blocks alone (no room for metadata) and those
+    // plus the metadata of the roomy size (metadata grows with the size). Bisect between.
+    // Fitting is monotonic in the size except at the journal-size steps, where this still
+    // returns a size that fits.
+    let fits = |blocks: u64| allocated(blocks).is_some();
+    let metadata = geo.blocks - geo.free.iter().map(|r| r.1).sum::<u64>();
+    // A smaller filesystem may get a smaller journal: leave the journal out of the bound.
+    let mut lo = if journal {
+        used - journal_blocks(geo.blocks)
+    } else {
+        used
+    };
+    let mut hi = (used + metadata).min(roomy);
     while !fits(hi) {
-        hi = hi.checked_mul(2).ok_or(Ext4Error::TooManyInodes)?;
+        lo = hi;
+        hi = (hi + metadata.max(64)).min(roomy);
     }
-    let mut lo = hi / 2;
     while hi - lo > 1 {
         let mid = lo + (hi - lo) / 2;
         if fits(mid) {
@@ -162,6 +190,7 @@ pub fn write(tree: &Tree, opts: &Ext4Options, out: &File) -> Result<Ext4Stats, E
     let fs_seed = crc32c(!0, &opts.uuid);
     let mut b = Builder::new(&geo, &plan, fs_seed, Some(BlockWriter::new(out)));
     b.timestamp = opts.timestamp;
+    b.hash_seed = opts.hash_seed;
     match b.build(&plan, opts.journal.then_some(&opts.uuid), None) {
         Ok(()) => {}
         Err(Stop::Full) => return Err(too_small()),
@@ -187,11 +216,13 @@ fn write_err(e: io::Error) -> Stop {
     Stop::Error(Ext4Error::Write(e))
 }
 
-/// Whether the tree fits in `geo`, by running the allocator over the known non-zero blocks.
-fn simulate(plan: &Plan, geo: &Geometry, journal: bool, runs: &[Vec<(u64, u64)>]) -> bool {
+/// How many blocks the tree takes beyond the fixed metadata of `geo`, or `None` when it does
+/// not fit; runs the allocator over the known non-zero blocks.
+fn simulate(plan: &Plan, geo: &Geometry, journal: bool, runs: &[Vec<(u64, u64)>]) -> Option<u64> {
     let mut b = Builder::new(geo, plan, 0, None);
     let uuid = [0u8; 16];
-    b.build(plan, journal.then_some(&uuid), Some(runs)).is_ok()
+    b.build(plan, journal.then_some(&uuid), Some(runs)).ok()?;
+    Some(b.alloc.allocated)
 }
 
 /// Journal size by filesystem size, after mke2fs's table, capped at 64 MiB: ROOT starts small
@@ -396,6 +427,8 @@ struct Builder<'g> {
     journal_size: u64,
     /// Times of the journal inode.
     timestamp: i64,
+    /// `s_hash_seed`, for htree directories.
+    hash_seed: [u8; 16],
 }
 
 impl<'g> Builder<'g> {
@@ -416,6 +449,7 @@ impl<'g> Builder<'g> {
             journal_iblock: None,
             journal_size: 0,
             timestamp: 0,
+            hash_seed: [0; 16],
         }
     }
 
@@ -519,23 +553,7 @@ impl<'g> Builder<'g> {
                 extra_blocks,
             } => {
                 fields.mode |= 0o040000;
-                let starts = format::pack_dir(entries);
-                let n = starts.len() as u64 + extra_blocks;
-                let mut ext = Extents::default();
-                for l in 0..n {
-                    let b = self.block()?;
-                    ext.push(l, b);
-                    if self.out.is_some() {
-                        let i = l as usize;
-                        let slice = match (starts.get(i), starts.get(i + 1)) {
-                            (Some(&s), Some(&e)) => &entries[s..e],
-                            (Some(&s), None) => &entries[s..],
-                            _ => &[],
-                        };
-                        self.put(b, &format::dir_block(slice, seed))?;
-                    }
-                }
-                fields.size = n * BLOCK;
+                let ext = self.dir_blocks(entries, *extra_blocks, seed, &mut fields)?;
                 blocks += self.with_extents(node.ino, &ext.0, &mut fields)?;
                 self.dirs.push(node.ino);
             }
@@ -569,6 +587,54 @@ impl<'g> Builder<'g> {
         fields.sectors = blocks * (BLOCK / 512);
         self.store_inode(node.ino, &fields);
         Ok(())
+    }
+
+    /// Allocates and writes a directory's blocks: one linear block, or an htree root and its
+    /// leaves when it needs more (lost+found stays linear, with its spare blocks).
+    fn dir_blocks(
+        &mut self,
+        entries: &[format::DirEnt],
+        extra_blocks: u64,
+        seed: u32,
+        fields: &mut InodeFields,
+    ) -> Result<Extents, Stop> {
+        let leaves = if extra_blocks == 0 {
+            htree::leaf_count(entries)
+        } else {
+            None
+        };
+        let starts = format::pack_dir(entries);
+        let n = match leaves {
+            Some(l) => 1 + l as u64,
+            None => starts.len() as u64 + extra_blocks,
+        };
+        let contents: Vec<Vec<u8>> = match (&self.out, leaves) {
+            (None, _) => Vec::new(),
+            (Some(_), Some(l)) => htree::blocks(entries, l, &self.hash_seed, seed),
+            (Some(_), None) => (0..n as usize)
+                .map(|i| {
+                    let slice = match (starts.get(i), starts.get(i + 1)) {
+                        (Some(&s), Some(&e)) => &entries[s..e],
+                        (Some(&s), None) => &entries[s..],
+                        _ => &[],
+                    };
+                    format::dir_block(slice, seed)
+                })
+                .collect(),
+        };
+        let mut ext = Extents::default();
+        for l in 0..n {
+            let b = self.block()?;
+            ext.push(l, b);
+            if let Some(data) = contents.get(l as usize) {
+                self.put(b, data)?;
+            }
+        }
+        if leaves.is_some() {
+            fields.flags |= format::INDEX_FL;
+        }
+        fields.size = n * BLOCK;
+        Ok(ext)
     }
 
     /// Allocates and writes a file's non-zero blocks (or, when only checking the fit, just

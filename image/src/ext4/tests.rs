@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use super::htree;
 use super::*;
 use crate::testutil::require_tool;
 use crate::tree::{sample_tree, Entry, Kind, Meta, TreePath};
@@ -350,7 +351,9 @@ fn edge_tree() -> Tree {
         Meta::root(0o644, t),
     );
     for i in 0..5000 {
-        let name = format!("big/{}-{i}", "e".repeat(i % 200));
+        // Some names with bytes >= 0x80, whose hash depends on the unsigned-hash flag.
+        let stem = if i % 7 == 0 { "\u{e9}" } else { "e" };
+        let name = format!("big/{}-{i}", stem.repeat(i % 120));
         let kind = if i % 100 == 0 {
             Kind::Dir
         } else {
@@ -406,11 +409,17 @@ fn same_tree_gives_identical_bytes() {
 
 #[test]
 fn required_bytes_is_the_smallest_size_that_fits() {
+    for journal in [false, true] {
+        smallest_size_fits(journal);
+    }
+}
+
+fn smallest_size_fits(journal: bool) {
     let tree = sample_tree();
     let dir = tempfile::tempdir().unwrap();
-    let size = required_bytes(&tree, false).unwrap();
+    let size = required_bytes(&tree, journal).unwrap();
     let file = File::create(dir.path().join("small.img")).unwrap();
-    let err = write(&tree, &opts(size - 4096, false), &file).unwrap_err();
+    let err = write(&tree, &opts(size - 4096, journal), &file).unwrap_err();
     match &err {
         Ext4Error::TooSmall { needed, given } => assert_eq!((*needed, *given), (size, size - 4096)),
         other => panic!("{other}"),
@@ -420,7 +429,7 @@ fn required_bytes_is_the_smallest_size_that_fits() {
         msg.contains(&size.to_string()) && msg.contains(&(size - 4096).to_string()),
         "{msg}"
     );
-    write(&tree, &opts(size, false), &file).unwrap();
+    write(&tree, &opts(size, journal), &file).unwrap();
 }
 
 #[test]
@@ -652,12 +661,55 @@ fn bench_against_mkfs() {
     eprintln!("{r:?}");
 }
 
-/// Writes the sample tree with a journal to KILN_EXT4_IMAGE_OUT at 300 MiB (for checks by
-/// hand, such as mounting it and growing it online).
+/// Writes the sample and edge trees with a journal to `$KILN_EXT4_IMAGE_OUT-{sample,edge}.img`
+/// at 300 MiB (for checks by hand, such as mounting them and growing them online).
 #[test]
-#[ignore = "writes an image for checks by hand"]
-fn write_image_for_manual_checks() {
-    let out = std::env::var_os("KILN_EXT4_IMAGE_OUT").expect("set KILN_EXT4_IMAGE_OUT");
-    let file = File::create(out).unwrap();
-    write(&sample_tree(), &opts(300 << 20, true), &file).unwrap();
+#[ignore = "writes images for checks by hand"]
+fn write_images_for_manual_checks() {
+    let out = std::env::var("KILN_EXT4_IMAGE_OUT").expect("set KILN_EXT4_IMAGE_OUT");
+    for (name, tree) in [("sample", sample_tree()), ("edge", edge_tree())] {
+        let file = File::create(format!("{out}-{name}.img")).unwrap();
+        write(&tree, &opts(300 << 20, true), &file).unwrap();
+    }
+}
+
+#[test]
+fn directory_hash_matches_debugfs() {
+    let debugfs = require_tool("debugfs", "e2fsprogs");
+    let dir = tempfile::tempdir().unwrap();
+    let (img, _) = write_at_required(&sample_tree(), false, dir.path(), "hash.img");
+    let seed = *b"kiln-hash-seed-1";
+    let hex: String = seed.iter().map(|b| format!("{b:02x}")).collect();
+    let uuid = format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    );
+    let long = "x".repeat(100);
+    // ASCII only: debugfs hashes as signed chars, we as unsigned (the superblock says so);
+    // names with high bytes are checked by e2fsck on edge_tree's big directory.
+    for name in [
+        "a",
+        "file-00001.ko",
+        "exactly-thirty-two-bytes-long-ok",
+        &long,
+    ] {
+        let out = Command::new(&debugfs)
+            .arg("-R")
+            .arg(format!("dx_hash -h half_md4 -s {uuid} {name}"))
+            .arg(&img)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let want =
+            u32::from_str_radix(field(&text, " is 0x"), 16).unwrap_or_else(|_| panic!("{text}"));
+        assert_eq!(
+            htree::name_hash(name.as_bytes(), &seed),
+            want,
+            "{name}: {text}"
+        );
+    }
 }

@@ -37,7 +37,14 @@ case "$cfg" in
     ip link set eth1 up
     ip addr add 192.168.77.${cfg#peer-}/24 dev eth1
     echo "kiln test init: peer up"
-    [ "$cfg" = peer-2 ] && ping -c 3 -W 10 192.168.77.1 && echo "kiln test init: peer ping ok"
+    # The other VM may still be booting: keep trying for about two minutes.
+    if [ "$cfg" = peer-2 ]; then
+      i=0
+      until ping -c 1 -W 2 192.168.77.1 >/dev/null; do
+        i=$((i+1)); [ $i -ge 60 ] && { echo "kiln test init: peer ping failed"; break; }
+      done
+      [ $i -lt 60 ] && echo "kiln test init: peer ping ok"
+    fi
     sleep 600;;
 esac
 sleep 1

@@ -1,0 +1,176 @@
+//! The agent's reading of a response: which payload to fetch, how big it is, and what it hashes to,
+//! following the rules update_engine applies (first package, codebase + name, postinstall sha256).
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+
+use super::{Manifest, OmahaError, Package, ResponseApp};
+
+/// An update the server offers, reduced to what the agent needs to download and check it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OfferedUpdate {
+    /// The manifest's version, the version the machine will run after the update.
+    pub version: String,
+    /// The first URL's codebase (with a trailing `/`) followed by the first package's name.
+    pub url: String,
+    /// The payload's size in bytes.
+    pub size: u64,
+    /// The payload's SHA-256.
+    pub sha256: [u8; 32],
+}
+
+impl ResponseApp {
+    /// What this app's update check offers: `None` for `noupdate`, the payload for `ok`, and an
+    /// error naming the status for anything else (such as `error-unknownApplication`).
+    pub fn update(&self) -> Result<Option<OfferedUpdate>, OmahaError> {
+        if let Some(status) = self.status.as_deref().filter(|s| *s != "ok") {
+            return Err(self.status_error("app", status));
+        }
+        let check = self
+            .updatecheck
+            .as_ref()
+            .ok_or_else(|| self.missing("<updatecheck>"))?;
+        match check.status.as_str() {
+            "noupdate" => return Ok(None),
+            "ok" => {}
+            "" => return Err(self.missing("updatecheck status")),
+            other => return Err(self.status_error("updatecheck", other)),
+        }
+        let manifest = check
+            .manifest
+            .as_ref()
+            .ok_or_else(|| self.missing("<manifest>"))?;
+        let package = self.payload_package(manifest)?;
+        // update_engine refuses a response whose codebase is empty; it never skips to the next.
+        let codebase = check
+            .urls
+            .first()
+            .map(|u| u.codebase.as_str())
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| self.missing("<url codebase>"))?;
+        Ok(Some(OfferedUpdate {
+            version: manifest.version.clone(),
+            url: format!("{}{}", with_trailing_slash(codebase), package.name),
+            size: package.size,
+            sha256: self.payload_sha256(manifest, package)?,
+        }))
+    }
+
+    /// The first package is the payload (the others are extras such as OEM images).
+    fn payload_package<'a>(&self, manifest: &'a Manifest) -> Result<&'a Package, OmahaError> {
+        let package = manifest
+            .packages
+            .first()
+            .ok_or_else(|| self.missing("<package>"))?;
+        if package.name.is_empty() {
+            return Err(self.missing("package name"));
+        }
+        if package.size == 0 {
+            return Err(self.missing("package size"));
+        }
+        Ok(package)
+    }
+
+    /// The postinstall action's base64 `sha256` (what update_engine reads), else the package's
+    /// hex `hash_sha256` (what Nebraska adds); when both are given they must agree.
+    fn payload_sha256(
+        &self,
+        manifest: &Manifest,
+        package: &Package,
+    ) -> Result<[u8; 32], OmahaError> {
+        let from_action = manifest
+            .actions
+            .iter()
+            .find(|a| a.event == "postinstall")
+            .and_then(|a| a.sha256.as_deref())
+            .map(|b64| self.decode_base64(b64))
+            .transpose()?;
+        let from_package = package
+            .hash_sha256
+            .as_deref()
+            .map(|hex| self.decode_hex(hex))
+            .transpose()?;
+        match (from_action, from_package) {
+            (Some(a), Some(p)) if a != p => Err(OmahaError::HashMismatch {
+                appid: self.appid.clone(),
+                action: to_hex(&a),
+                package: to_hex(&p),
+            }),
+            (Some(digest), _) | (None, Some(digest)) => Ok(digest),
+            (None, None) => {
+                Err(self.missing("SHA-256 (postinstall action sha256 or package hash_sha256)"))
+            }
+        }
+    }
+
+    fn decode_base64(&self, value: &str) -> Result<[u8; 32], OmahaError> {
+        let bytes = BASE64
+            .decode(value.trim())
+            .map_err(|e| self.bad_hash("postinstall action sha256", value, e.to_string()))?;
+        <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| {
+            let reason = format!("decodes to {} bytes, a SHA-256 has 32", bytes.len());
+            self.bad_hash("postinstall action sha256", value, reason)
+        })
+    }
+
+    fn decode_hex(&self, value: &str) -> Result<[u8; 32], OmahaError> {
+        from_hex(value.trim()).ok_or_else(|| {
+            self.bad_hash(
+                "package hash_sha256",
+                value,
+                "not 64 hexadecimal digits".into(),
+            )
+        })
+    }
+
+    fn status_error(&self, element: &'static str, status: &str) -> OmahaError {
+        OmahaError::Status {
+            appid: self.appid.clone(),
+            element,
+            status: status.to_owned(),
+        }
+    }
+
+    fn missing(&self, what: &'static str) -> OmahaError {
+        OmahaError::Missing {
+            appid: self.appid.clone(),
+            what,
+        }
+    }
+
+    fn bad_hash(&self, what: &'static str, value: &str, reason: String) -> OmahaError {
+        OmahaError::BadHash {
+            appid: self.appid.clone(),
+            what,
+            value: value.to_owned(),
+            reason,
+        }
+    }
+}
+
+/// update_engine appends `/` to a codebase that lacks one before appending the package name.
+pub(super) fn with_trailing_slash(codebase: &str) -> String {
+    if codebase.ends_with('/') {
+        codebase.to_owned()
+    } else {
+        format!("{codebase}/")
+    }
+}
+
+pub(super) fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn from_hex(text: &str) -> Option<[u8; 32]> {
+    let digits = text.as_bytes();
+    if digits.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (byte, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
+        let high = char::from(pair[0]).to_digit(16)?;
+        let low = char::from(pair[1]).to_digit(16)?;
+        *byte = u8::try_from(high * 16 + low).ok()?;
+    }
+    Some(out)
+}
