@@ -76,13 +76,22 @@ fn boots_to_ssh_with_verified_usr_grown_root_and_survives_a_reboot() {
         "dm table {table} lacks verity with {hash}"
     );
 
-    // ROOT grew to the end of the 8 GiB disk.
-    let root_bytes: u64 = guest(&vm, &key, "df -B1 --output=size / | tail -1")
+    // ROOT grew to the end of the 8 GiB disk: the partition ends within 1 MiB of the backup
+    // GPT, and the filesystem fills the partition.
+    let sectors = |path: &str| -> u64 { guest(&vm, &key, &format!("cat {path}")).parse().unwrap() };
+    let disk_end = sectors("/sys/block/vda/size");
+    let root_end = sectors("/sys/block/vda/vda5/start") + sectors("/sys/block/vda/vda5/size");
+    assert!(
+        disk_end - root_end <= 2048 + 34,
+        "ROOT ends at sector {root_end} of {disk_end}: it did not grow"
+    );
+    let fs_bytes: u64 = guest(&vm, &key, "df -B1 --output=size / | tail -1")
         .parse()
         .unwrap();
+    let part_bytes = sectors("/sys/block/vda/vda5/size") * 512;
     assert!(
-        root_bytes > 6 * 1024 * 1024 * 1024,
-        "ROOT is {root_bytes} bytes: it did not grow"
+        fs_bytes * 100 >= part_bytes * 90,
+        "ROOT's filesystem is {fs_bytes} bytes of a {part_bytes}-byte partition"
     );
 
     let os = guest(&vm, &key, "cat /etc/os-release");

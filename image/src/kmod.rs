@@ -1513,6 +1513,60 @@ mod tests {
     }
 
     #[test]
+    fn binary_indices_of_a_synthetic_set_hold_names_aliases_and_builtins() {
+        use crate::kmod_index::lookup;
+        let set = ModuleSet::from_tree(&synthetic_tree(), "6.1.0-test").unwrap();
+        let dep = set.modules_dep_bin().unwrap();
+        let line = lookup(&dep, "dm_verity").unwrap();
+        assert_eq!(line.len(), 1);
+        assert_eq!(
+            line[0].1,
+            "kernel/drivers/md/dm-verity.ko: kernel/drivers/md/dm-bufio.ko kernel/drivers/md/dm-mod.ko"
+        );
+        let alias = set.modules_alias_bin().unwrap();
+        // Looked up by the normalised pattern, with the module's position as priority.
+        let found = lookup(&alias, "crypto_crc32c").unwrap();
+        assert_eq!(
+            found.iter().map(|v| v.1.as_str()).collect::<Vec<_>>(),
+            ["crc32c_generic"]
+        );
+        assert_eq!(
+            lookup(&alias, "virtio:d00000002v*").unwrap()[0].1,
+            "virtio_blk"
+        );
+        assert!(
+            lookup(&alias, "fs-ext4").unwrap().is_empty(),
+            "dashes are stored as _"
+        );
+        // No symbol tables in the synthetic modules: an empty but valid index.
+        let symbols = set.modules_symbols_bin().unwrap();
+        assert_eq!(lookup(&symbols, "symbol:x").unwrap(), []);
+
+        let builtin =
+            builtin_index(b"kernel/net/unix/unix.ko\nkernel/fs/nls/nls-base.ko\n\n").unwrap();
+        assert_eq!(lookup(&builtin, "unix").unwrap(), [(0, String::new())]);
+        assert_eq!(lookup(&builtin, "nls_base").unwrap().len(), 1);
+        let modinfo =
+            b"unix.license=GPL\0unix.alias=net-pf-1\0\0\0dh_generic.alias=crypto-dh\0bad\0";
+        let aliases = builtin_alias_index(modinfo).unwrap();
+        assert_eq!(
+            lookup(&aliases, "net_pf_1").unwrap(),
+            [(0, "unix".to_string())]
+        );
+        assert_eq!(lookup(&aliases, "crypto_dh").unwrap()[0].1, "dh_generic");
+        assert!(lookup(&aliases, "GPL").unwrap().is_empty());
+
+        let aliases = [
+            "devname:fuse".to_string(),
+            "char-major-10-*".to_string(),
+            "char-major-10-229".to_string(),
+        ];
+        let devname = devname_of(&aliases);
+        assert_eq!(devname, Some(("fuse", 'c', 10, 229)));
+        assert_eq!(devname_of(&["devname:mapper/control".to_string()]), None);
+    }
+
+    #[test]
     fn glob_matching_follows_fnmatch() {
         assert!(glob_match(
             "pci:v00001AF4d00001001sv*sd*bc*sc*i*",

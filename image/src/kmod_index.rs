@@ -240,7 +240,9 @@ pub(crate) fn lookup(index: &[u8], key: &str) -> Option<Vec<(u32, String)>> {
             }
             return Some(values);
         };
-        let (first, last, table) = children?;
+        let Some((first, last, table)) = children else {
+            return Some(Vec::new());
+        };
         if ch < first || ch > last {
             return Some(Vec::new());
         }

@@ -1,21 +1,21 @@
 //! Kiln's image library: the tree model and the on-disk formats an image is made of
 //! (ext4, dm-verity, FAT, GPT, cpio), and the stages that assemble an image from Debian packages.
 
+pub mod boot;
+pub mod cpio;
 #[cfg(feature = "build")]
 pub mod debian;
 #[cfg(feature = "build")]
 pub mod definition;
-pub mod cpio;
+pub mod disk;
 pub mod ext4;
 pub mod fat;
 pub mod gpt;
-pub mod boot;
-pub mod disk;
 pub mod hostdir;
-pub mod rootfs;
 pub mod kmod;
 pub mod kmod_index;
 pub mod region;
+pub mod rootfs;
 pub mod tree;
 pub mod verity;
 

@@ -232,6 +232,144 @@ pub fn generated_configs(tree: &mut Tree, mtime: i64) -> Result<Vec<String>, Roo
     Ok(made)
 }
 
+/// The PAM stacks `pam-auth-update` (libpam-runtime's postinst) writes: `/etc/pam.d/common-*`
+/// from the templates in `/usr/share/pam` and the profiles in `/usr/share/pam-configs` that say
+/// `Default: yes`. Without them every PAM service (sshd, login, sudo) refuses everyone.
+pub fn pam_auth_update(tree: &mut Tree, mtime: i64) -> Result<Vec<String>, RootfsError> {
+    let profiles_dir = TreePath::new("usr/share/pam-configs")?;
+    let names: Vec<String> = tree
+        .children(&profiles_dir)
+        .map(|(p, _)| String::from_utf8_lossy(p.name()).into_owned())
+        .collect();
+    let mut profiles = Vec::new();
+    for name in names {
+        let path = format!("usr/share/pam-configs/{name}");
+        let text = text_of(tree, &path)?.unwrap_or_default();
+        let profile = PamProfile::parse(&text);
+        if profile.field("Default").as_deref() == Some("yes") {
+            profiles.push(profile);
+        }
+    }
+    // Highest priority first; pam-auth-update breaks ties by name, which is our read order.
+    profiles.sort_by_key(|p| {
+        std::cmp::Reverse(
+            p.field("Priority")
+                .and_then(|v| v.parse::<u32>().ok())
+                .unwrap_or(0),
+        )
+    });
+    let mut made = Vec::new();
+    for (file, kind, interactive) in [
+        ("common-auth", "Auth", true),
+        ("common-account", "Account", true),
+        ("common-password", "Password", true),
+        ("common-session", "Session", true),
+        ("common-session-noninteractive", "Session", false),
+    ] {
+        let Some(template) = text_of(tree, &format!("usr/share/pam/{file}"))? else {
+            continue;
+        };
+        let stack: Vec<&PamProfile> = profiles
+            .iter()
+            .filter(|p| {
+                interactive || p.field("Session-Interactive-Only").as_deref() != Some("yes")
+            })
+            .collect();
+        let var = kind.to_lowercase();
+        let text = template
+            .replace(
+                &format!("${var}_primary"),
+                &pam_block(&stack, kind, "Primary"),
+            )
+            .replace(
+                &format!("${var}_additional"),
+                &pam_block(&stack, kind, "Additional"),
+            );
+        tree.insert_with_parents(
+            format!("{FACTORY_ETC}/pam.d/{file}"),
+            file_entry(text, mtime),
+            &dir_meta(mtime),
+        )?;
+        made.push(format!("/etc/pam.d/{file}"));
+    }
+    Ok(made)
+}
+
+fn file_entry(text: String, mtime: i64) -> Entry {
+    file(text.into_bytes(), 0o644, mtime)
+}
+
+/// The lines of one block of a stack. In the primary block the first module takes its
+/// `-Initial` variant, and `end` in a jump becomes the count of lines to the block's end; an
+/// empty primary block is one `pam_permit` that jumps over the fallback `pam_deny`.
+fn pam_block(stack: &[&PamProfile], kind: &str, block: &str) -> String {
+    let type_key = format!("{kind}-Type");
+    let members: Vec<&&PamProfile> = stack
+        .iter()
+        .filter(|p| p.field(&type_key).as_deref() == Some(block))
+        .collect();
+    let module = kind.to_lowercase();
+    if members.is_empty() {
+        return if block == "Primary" {
+            format!("{module}\t[default=1]\t\t\tpam_permit.so")
+        } else {
+            String::new()
+        };
+    }
+    let mut lines = Vec::new();
+    for (i, p) in members.iter().enumerate() {
+        let initial = p.field(&format!("{kind}-Initial"));
+        let body = if i == 0 {
+            initial.or_else(|| p.field(kind))
+        } else {
+            p.field(kind)
+        };
+        for line in body
+            .unwrap_or_default()
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+        {
+            let line = if block == "Primary" {
+                line.replace("=end", &format!("={}", members.len() - i))
+            } else {
+                line.to_owned()
+            };
+            lines.push(format!("{module}\t{line}"));
+        }
+    }
+    lines.join("\n")
+}
+
+/// A `/usr/share/pam-configs` profile: RFC 822-style fields, continuation lines indented.
+struct PamProfile {
+    fields: Vec<(String, String)>,
+}
+
+impl PamProfile {
+    fn parse(text: &str) -> PamProfile {
+        let mut fields: Vec<(String, String)> = Vec::new();
+        for line in text.lines() {
+            if line.starts_with([' ', '\t']) {
+                if let Some((_, value)) = fields.last_mut() {
+                    value.push('\n');
+                    value.push_str(line.trim());
+                }
+            } else if let Some((key, value)) = line.split_once(':') {
+                fields.push((key.trim().to_owned(), value.trim().to_owned()));
+            }
+        }
+        PamProfile { fields }
+    }
+
+    fn field(&self, key: &str) -> Option<String> {
+        self.fields
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v.clone())
+    }
+}
+
 const UNIT_DIR: &str = "usr/lib/systemd/system";
 
 /// The `[Install]` section of a unit file: the keys `systemctl enable` acts on.
@@ -530,6 +668,43 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("base-passwd"), "{err}");
+    }
+
+    /// The profiles and templates of bookworm's libpam-runtime (abridged to the lines that
+    /// matter); the expected stacks are what pam-auth-update writes for them on Debian 12.
+    #[test]
+    fn pam_stacks_are_generated_like_pam_auth_update() {
+        let unix = "Name: Unix authentication\nDefault: yes\nPriority: 256\nAuth-Type: Primary\nAuth:\n\t[success=end default=ignore]\tpam_unix.so nullok try_first_pass\nAuth-Initial:\n\t[success=end default=ignore]\tpam_unix.so nullok\nAccount-Type: Primary\nAccount:\n\t[success=end new_authtok_reqd=done default=ignore]\tpam_unix.so\nSession-Type: Additional\nSession:\n\trequired\tpam_unix.so\n";
+        let mkhomedir = "Name: Create home directory on login\nDefault: no\nPriority: 0\nSession-Type: Additional\nSession:\n\toptional\tpam_mkhomedir.so\n";
+        let mut t = tree_with(&[
+            ("usr/share/pam-configs/unix", unix),
+            ("usr/share/pam-configs/mkhomedir", mkhomedir),
+            ("usr/share/pam/common-auth", "# head\n$auth_primary\nauth\trequisite\t\t\tpam_deny.so\nauth\trequired\t\t\tpam_permit.so\n$auth_additional\n"),
+            ("usr/share/pam/common-session", "$session_primary\nsession\trequisite\t\t\tpam_deny.so\nsession\trequired\t\t\tpam_permit.so\n$session_additional\n"),
+        ]);
+        let made = pam_auth_update(&mut t, 0).unwrap();
+        assert_eq!(
+            made,
+            ["/etc/pam.d/common-auth", "/etc/pam.d/common-session"]
+        );
+        let auth = text_of(&t, "usr/share/kiln/etc/pam.d/common-auth")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            auth,
+            "# head\nauth\t[success=1 default=ignore]\tpam_unix.so nullok\nauth\trequisite\t\t\tpam_deny.so\nauth\trequired\t\t\tpam_permit.so\n\n"
+        );
+        let session = text_of(&t, "usr/share/kiln/etc/pam.d/common-session")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            session,
+            "session\t[default=1]\t\t\tpam_permit.so\nsession\trequisite\t\t\tpam_deny.so\nsession\trequired\t\t\tpam_permit.so\nsession\trequired\tpam_unix.so\n"
+        );
+        assert!(
+            !session.contains("mkhomedir"),
+            "a Default: no profile was used"
+        );
     }
 
     #[test]

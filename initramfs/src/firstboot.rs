@@ -88,16 +88,10 @@ pub fn run(sysroot: &Path, disk: &BootDisk) -> Result<()> {
         .context("laying down /etc from /usr/share/kiln/etc")?;
     log::say(&format!("first boot: {copied} entries of /etc laid down"));
     write_if_missing(&sysroot.join("etc/machine-id"), b"", 0o444)?;
-    apply_cloud_config_hook(sysroot)?;
+    crate::cloudconfig::apply_first_boot(sysroot, disk);
     let marker = sysroot.join(MARKER);
     write_if_missing(&marker, b"", 0o644)?;
     sys::sync();
-    Ok(())
-}
-
-/// Where the cloud-config step plugs in (applied by another part of Kiln; this init only
-/// gives it its place in the first-boot order: after /etc exists, before the marker).
-pub fn apply_cloud_config_hook(_sysroot: &Path) -> Result<()> {
     Ok(())
 }
 

@@ -8,6 +8,7 @@
 //! `RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -p kiln-initramfs
 //! --target x86_64-unknown-linux-gnu` (binary `init`).
 
+mod cloudconfig;
 mod cmdline;
 mod disk;
 mod dm;

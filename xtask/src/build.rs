@@ -268,6 +268,7 @@ impl Build {
         rootfs::merged_usr_links(&mut tree, t)?;
         rootfs::users_and_groups(&mut tree, t)?;
         rootfs::generated_configs(&mut tree, t)?;
+        rootfs::pam_auth_update(&mut tree, t)?;
         let dropped = rootfs::move_etc_to_factory(&mut tree, t)?;
         eprintln!("    not in the image (made at boot): {}", dropped.join(" "));
         rootfs::alternatives(&mut tree, t)?;
@@ -296,8 +297,17 @@ impl Build {
     fn initramfs(&mut self, tree: &Tree, kver: &str) -> Result<PathBuf> {
         let t = self.epoch;
         let init = build_static_init()?;
-        let always: Vec<&str> = self.def.kernel.initramfs_modules.iter().map(String::as_str).collect();
-        let spec = kmod::InitramfsModules { classes: kmod::INITRAMFS_CLASSES, always_load: &always };
+        let always: Vec<&str> = self
+            .def
+            .kernel
+            .initramfs_modules
+            .iter()
+            .map(String::as_str)
+            .collect();
+        let spec = kmod::InitramfsModules {
+            classes: kmod::INITRAMFS_CLASSES,
+            always_load: &always,
+        };
         let (modules, set) = kmod::initramfs_modules_with(tree, kver, &spec, t)?;
         let mut initrd = Tree::new(Meta::root(0o755, t));
         let dir = Meta::root(0o755, t);
