@@ -22,7 +22,7 @@ pub fn read_fw_cfg(sysfs: &Path) -> Option<Vec<u8>> {
 /// kernel's own parameters). Double quotes group a value with spaces, as the kernel allows.
 pub fn config_url(cmdline: &str) -> Option<String> {
     let mut found = None;
-    for param in split_cmdline(cmdline) {
+    for param in kiln_image::boot::split_kernel_cmdline(cmdline) {
         if let Some(value) = param
             .strip_prefix(URL_PARAM)
             .and_then(|r| r.strip_prefix('='))
@@ -31,37 +31,6 @@ pub fn config_url(cmdline: &str) -> Option<String> {
         }
     }
     found.filter(|v| !v.is_empty())
-}
-
-/// Splits like the kernel's `next_arg`: whitespace separates, double quotes group and are
-/// removed.
-fn split_cmdline(cmdline: &str) -> Vec<String> {
-    let mut params = Vec::new();
-    let mut cur = String::new();
-    let mut quoted = false;
-    let mut any = false;
-    for c in cmdline.chars() {
-        match c {
-            '"' => {
-                quoted = !quoted;
-                any = true;
-            }
-            c if c.is_whitespace() && !quoted => {
-                if any {
-                    params.push(std::mem::take(&mut cur));
-                    any = false;
-                }
-            }
-            c => {
-                cur.push(c);
-                any = true;
-            }
-        }
-    }
-    if any {
-        params.push(cur);
-    }
-    params
 }
 
 #[cfg(test)]

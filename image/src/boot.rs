@@ -200,6 +200,37 @@ pub fn parse_entry_name(file_name: &str) -> Result<(Slot, Counter), BootError> {
     Ok((slot.parse().map_err(|_| bad())?, counter))
 }
 
+/// Splits a kernel command line into parameters the way the kernel's `next_arg` does:
+/// whitespace separates, double quotes group (`key="a b"`) and are removed.
+pub fn split_kernel_cmdline(text: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut current = String::new();
+    let mut in_quotes = false;
+    let mut has_word = false;
+    for ch in text.chars() {
+        match ch {
+            '"' => {
+                in_quotes = !in_quotes;
+                has_word = true;
+            }
+            c if c.is_whitespace() && !in_quotes => {
+                if has_word {
+                    words.push(std::mem::take(&mut current));
+                    has_word = false;
+                }
+            }
+            c => {
+                current.push(c);
+                has_word = true;
+            }
+        }
+    }
+    if has_word {
+        words.push(current);
+    }
+    words
+}
+
 /// `/loader/loader.conf`: no `default` line, so the entries' versions decide; a short menu
 /// timeout on the console for an operator who wants the other slot by hand.
 pub fn loader_conf(timeout_seconds: u32) -> String {
@@ -238,6 +269,15 @@ mod tests {
         for bad in ["kiln-c.conf", "kiln-a+x.conf", "other.conf", "kiln-a"] {
             assert!(parse_entry_name(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn command_lines_split_like_the_kernel() {
+        assert_eq!(
+            split_kernel_cmdline("a=\"x y\"  b \"\"\n"),
+            ["a=x y", "b", ""]
+        );
+        assert!(split_kernel_cmdline("   ").is_empty());
     }
 
     #[test]

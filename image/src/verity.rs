@@ -473,75 +473,6 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Times [`append`] against `veritysetup format` on the same file and prints both and the
-/// ratio. The file's size (rounded down to 4096) is the data; both write the same hash area
-/// after it and must agree on the root hash. For the `verity_bench` test, not the build.
-#[doc(hidden)]
-pub fn bench(path: &std::path::Path) -> Result<(), VerityError> {
-    use std::process::Command;
-    use std::time::Instant;
-    let data_bytes = std::fs::metadata(path)
-        .map_err(VerityError::io(format!(
-            "reading the size of {}",
-            path.display()
-        )))?
-        .len()
-        / BLOCK_SIZE
-        * BLOCK_SIZE;
-    let params = VerityParams {
-        salt: vec![0x5a; 32],
-        uuid: *b"kiln-verity-benc",
-    };
-    // Warm the page cache so neither side pays for the first read from disk.
-    io::copy(
-        &mut File::open(path).map_err(VerityError::io(format!("opening {}", path.display())))?,
-        &mut io::sink(),
-    )
-    .map_err(VerityError::io("reading the file once"))?;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .map_err(VerityError::io(format!("opening {}", path.display())))?;
-    let start = Instant::now();
-    let ours = append(&file, data_bytes, &params)?;
-    let ours_time = start.elapsed();
-    let mut cmd = Command::new(crate::testutil::require_tool(
-        "veritysetup",
-        "cryptsetup-bin",
-    ));
-    cmd.arg("format")
-        .arg(path)
-        .arg(path)
-        .arg(format!("--hash-offset={data_bytes}"))
-        .arg(format!("--salt={}", hex(&params.salt)))
-        .arg("--uuid=6b696c6e-2d76-6572-6974-792d62656e63")
-        .arg(format!("--data-blocks={}", data_bytes / BLOCK_SIZE))
-        .args(["--data-block-size=4096", "--hash-block-size=4096"]);
-    let start = Instant::now();
-    let output = cmd
-        .output()
-        .map_err(VerityError::io(format!("running {cmd:?}")))?;
-    let theirs_time = start.elapsed();
-    if !output.status.success() {
-        return Err(VerityError::Io {
-            context: format!("running {cmd:?}"),
-            source: io::Error::other(String::from_utf8_lossy(&output.stderr).into_owned()),
-        });
-    }
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let agree = stdout.contains(&ours.root_hash_hex());
-    println!(
-        "verity bench, {} MiB: ours {:.3} s, veritysetup {:.3} s, ratio {:.2} (root hashes {})",
-        data_bytes >> 20,
-        ours_time.as_secs_f64(),
-        theirs_time.as_secs_f64(),
-        ours_time.as_secs_f64() / theirs_time.as_secs_f64(),
-        if agree { "agree" } else { "DIFFER" }
-    );
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -735,13 +666,5 @@ mod tests {
                 "ab".repeat(32)
             )
         );
-    }
-
-    /// `KILN_VERITY_BENCH=/path/to/big.img cargo test --release -p kiln-image verity_bench -- --ignored --nocapture`
-    #[test]
-    #[ignore]
-    fn verity_bench() {
-        let path = std::env::var_os("KILN_VERITY_BENCH").expect("set KILN_VERITY_BENCH to a file");
-        bench(Path::new(&path)).unwrap();
     }
 }

@@ -1,33 +1,7 @@
 //! The kernel command line: which `/usr` slot to boot, the root hash it must match, and the
 //! switches that change what the init does (`kiln.debug`, `kiln.emergency`, `init=`).
 
-use std::fmt;
-
-/// One of the two `/usr` partitions.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Slot {
-    A,
-    B,
-}
-
-impl Slot {
-    /// The GPT partition name of the slot (DESIGN.md's disk layout).
-    pub fn partition_name(self) -> &'static str {
-        match self {
-            Slot::A => "USR-A",
-            Slot::B => "USR-B",
-        }
-    }
-}
-
-impl fmt::Display for Slot {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Slot::A => "a",
-            Slot::B => "b",
-        })
-    }
-}
+pub use kiln_image::boot::Slot;
 
 /// What the init takes from `/proc/cmdline`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -52,7 +26,7 @@ pub const DEFAULT_INIT: &str = "/usr/lib/systemd/systemd";
 impl Cmdline {
     pub fn parse(text: &str) -> Cmdline {
         let mut c = Cmdline::default();
-        for word in split_words(text) {
+        for word in kiln_image::boot::split_kernel_cmdline(text) {
             let (key, value) = match word.split_once('=') {
                 Some((k, v)) => (k, Some(v)),
                 None => (word.as_str(), None),
@@ -89,37 +63,6 @@ impl Cmdline {
     }
 }
 
-/// Splits the command line into words; double quotes group spaces into one word (the
-/// kernel's rule: `key="a b"`) and are removed.
-fn split_words(text: &str) -> Vec<String> {
-    let mut words = Vec::new();
-    let mut current = String::new();
-    let mut in_quotes = false;
-    let mut has_word = false;
-    for ch in text.chars() {
-        match ch {
-            '"' => {
-                in_quotes = !in_quotes;
-                has_word = true;
-            }
-            c if c.is_whitespace() && !in_quotes => {
-                if has_word {
-                    words.push(std::mem::take(&mut current));
-                    has_word = false;
-                }
-            }
-            c => {
-                current.push(c);
-                has_word = true;
-            }
-        }
-    }
-    if has_word {
-        words.push(current);
-    }
-    words
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,7 +88,6 @@ mod tests {
         let c = Cmdline::parse("foo=\"a b\" init=/bin/sh kiln.emergency kiln.debug=0");
         assert!(c.emergency && !c.debug);
         assert_eq!(c.init_program(), "/bin/sh");
-        assert_eq!(split_words("a=\"x y\"  b \"\""), ["a=x y", "b", ""]);
     }
 
     #[test]

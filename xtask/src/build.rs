@@ -54,7 +54,7 @@ fn lock_path(definition: &Path) -> PathBuf {
 }
 
 /// The mirrors of the definition's suites: named by the flag, the definition, or the host.
-fn mirrors(def: &Definition, flag: Option<&str>) -> Result<Vec<Mirror>> {
+pub fn mirrors(def: &Definition, flag: Option<&str>) -> Result<Vec<Mirror>> {
     let mut mirrors = match flag.or(def.debian.mirror.as_deref()) {
         Some(uri) => def
             .debian

@@ -1,6 +1,7 @@
 //! `cargo xtask`: Kiln's build pipeline and developer commands. `main` only dispatches; each
 //! command lives in its own module.
 
+mod bench;
 mod build;
 mod host;
 mod qemu;
@@ -25,6 +26,9 @@ enum Command {
     BuildImage(build::BuildConfig),
     /// Resolve image.toml's packages against the mirror and write image/packages.lock.
     Lock(build::LockConfig),
+    /// Benchmarks against the reference tools, as ratios measured in one run.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
     /// Boot a built image in QEMU on this terminal (serial console, ssh forwarded).
     Qemu(qemu::QemuConfig),
     /// Run the unit tests, the format checks against the reference tools, and the VM scenarios.
@@ -36,6 +40,7 @@ fn main() {
     let result: Result<()> = match cli.command {
         Command::BuildImage(cfg) => build::build_image(&cfg).map(drop),
         Command::Lock(cfg) => build::lock(&cfg),
+        Command::Bench(cmd) => bench::run(&cmd),
         Command::Qemu(cfg) => qemu::run(&cfg),
         Command::Test(cfg) => test::run(&cfg),
     };

@@ -23,7 +23,6 @@
 //! same kernel code either way. resize2fs (offline) handles the layout too; the tests grow an
 //! image 8x with it and check the result with e2fsck.
 
-pub mod bench;
 mod crc;
 mod format;
 mod htree;

@@ -650,17 +650,6 @@ fn real_kernel_tree_of_50000_entries_and_500_mib_is_clean() {
     }
 }
 
-/// The benchmark on a directory named by KILN_EXT4_BENCH_DIR (run by hand, in release:
-/// `cargo test --release -p kiln-image ext4::tests::bench -- --ignored --nocapture`).
-#[test]
-#[ignore = "benchmark, run by hand"]
-fn bench_against_mkfs() {
-    let dir = std::env::var_os("KILN_EXT4_BENCH_DIR").expect("set KILN_EXT4_BENCH_DIR");
-    require_tool("mkfs.ext4", "e2fsprogs");
-    let r = super::bench::bench(Path::new(&dir)).unwrap();
-    eprintln!("{r:?}");
-}
-
 /// Writes the sample and edge trees with a journal to `$KILN_EXT4_IMAGE_OUT-{sample,edge}.img`
 /// at 300 MiB (for checks by hand, such as mounting them and growing them online).
 #[test]
