@@ -30,6 +30,17 @@ pub struct FormatsConfig {
 }
 
 pub fn run(cmd: &BenchCommand) -> Result<()> {
+    // Timings of unoptimised code say nothing: a debug xtask hands the benchmark to a release
+    // build of itself.
+    if cfg!(debug_assertions) {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        return host::run(
+            Command::new("cargo")
+                .args(["run", "--quiet", "--release", "--package", "xtask", "--"])
+                .args(&args)
+                .current_dir(host::workspace_root()),
+        );
+    }
     match cmd {
         BenchCommand::Formats(cfg) => formats(cfg),
     }
