@@ -28,6 +28,7 @@ pub struct Definition {
     pub image: ImageSection,
     pub debian: DebianSection,
     pub packages: PackagesSection,
+    pub rootfs: RootfsSection,
     pub systemd: SystemdSection,
     pub partitions: Partitions,
     pub kernel: KernelSection,
@@ -63,6 +64,13 @@ pub struct PackagesSection {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct RootfsSection {
+    /// Paths (and everything below them) removed after extraction.
+    pub drop: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SystemdSection {
     pub enable: Vec<String>,
     pub default_target: String,
@@ -83,6 +91,8 @@ pub struct Partitions {
 pub struct KernelSection {
     pub cmdline: String,
     pub keep_modules: Vec<String>,
+    #[serde(default)]
+    pub drop_modules: Vec<String>,
     pub initramfs_modules: Vec<String>,
 }
 

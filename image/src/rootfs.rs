@@ -149,6 +149,33 @@ pub fn users_and_groups(tree: &mut Tree, mtime: i64) -> Result<(), RootfsError> 
     Ok(())
 }
 
+/// Removes each of `paths` and everything below it, except the packages' licence notices
+/// (`usr/share/doc/<package>/copyright`), which stay with the binaries. Returns the entries
+/// removed.
+pub fn drop_paths(tree: &mut Tree, paths: &[String]) -> Result<usize, RootfsError> {
+    let before = tree.len();
+    for path in paths {
+        let dir = TreePath::new(path)?;
+        let doomed: Vec<TreePath> = std::iter::once(dir.clone())
+            .chain(tree.descendants(&dir).map(|(p, _)| p.clone()))
+            .filter(|p| tree.get_at(p).is_some())
+            .collect();
+        for p in doomed.iter().rev() {
+            let keep =
+                is_licence_notice(p) || tree.descendants(p).any(|(d, _)| is_licence_notice(d));
+            if !keep {
+                tree.remove(p.as_bytes());
+            }
+        }
+    }
+    Ok(before - tree.len())
+}
+
+fn is_licence_notice(path: &TreePath) -> bool {
+    let text = path.as_bytes();
+    text.starts_with(b"usr/share/doc/") && path.name() == b"copyright"
+}
+
 /// `update-alternatives` links that the default packages' postinst scripts would have made.
 /// Each link points to the first candidate the tree has; a link with no candidate is skipped.
 pub const ALTERNATIVES: &[(&str, &[&str])] = &[
@@ -705,6 +732,31 @@ mod tests {
             !session.contains("mkhomedir"),
             "a Default: no profile was used"
         );
+    }
+
+    #[test]
+    fn dropped_paths_go_but_licence_notices_stay() {
+        let mut t = tree_with(&[
+            ("usr/share/doc/bash/copyright", "GPL"),
+            ("usr/share/doc/bash/changelog.gz", ""),
+            ("usr/share/locale/de/LC_MESSAGES/bash.mo", ""),
+            ("usr/bin/dnet", ""),
+            ("usr/bin/bash", ""),
+        ]);
+        let removed = drop_paths(
+            &mut t,
+            &[
+                "usr/share/doc".into(),
+                "usr/share/locale".into(),
+                "usr/bin/dnet".into(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(removed, 6);
+        assert!(t.get("usr/share/doc/bash/copyright").is_some());
+        assert!(t.get("usr/share/doc/bash/changelog.gz").is_none());
+        assert!(t.get("usr/share/locale").is_none());
+        assert!(t.get("usr/bin/dnet").is_none() && t.get("usr/bin/bash").is_some());
     }
 
     #[test]

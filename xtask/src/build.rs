@@ -263,8 +263,23 @@ impl Build {
             .iter()
             .map(String::as_str)
             .collect();
-        let kept = kmod::select_in_tree(&mut tree, &kver, &rules)?;
+        kmod::select_in_tree(&mut tree, &kver, &rules)?;
+        // Dropped after the selection, and selected again: a kept module that needs a dropped
+        // one fails here, naming both.
+        let modules = kmod::modules_dir(&kver);
+        let dropped: Vec<String> = self
+            .def
+            .kernel
+            .drop_modules
+            .iter()
+            .map(|m| format!("{modules}/{m}"))
+            .collect();
+        rootfs::drop_paths(&mut tree, &dropped)?;
+        let kept = kmod::select_in_tree(&mut tree, &kver, &rules)
+            .context("selecting modules after kernel.drop_modules: remove from drop_modules what a kept module needs")?;
         eprintln!("    kernel {kver}: kept {} modules", kept.modules.len());
+        let removed = rootfs::drop_paths(&mut tree, &self.def.rootfs.drop)?;
+        eprintln!("    dropped {removed} entries (rootfs.drop)");
         rootfs::merged_usr_links(&mut tree, t)?;
         rootfs::users_and_groups(&mut tree, t)?;
         rootfs::generated_configs(&mut tree, t)?;
