@@ -648,6 +648,29 @@ fn real_kernel_tree_of_50000_entries_and_500_mib_is_clean() {
             p.display()
         );
     }
+    // The same filesystem through dm-verity, as /usr is built: veritysetup accepts our tree
+    // with our root hash.
+    let data_bytes = std::fs::metadata(&img).unwrap().len();
+    let params = crate::verity::VerityParams {
+        salt: vec![0x4b; 32],
+        uuid: [0x4b; 16],
+    };
+    let file = File::options().read(true).write(true).open(&img).unwrap();
+    let info = crate::verity::append(&file, data_bytes, &params).unwrap();
+    let veritysetup = crate::testutil::require_tool("veritysetup", "cryptsetup-bin");
+    let out = Command::new(veritysetup)
+        .arg("verify")
+        .arg(&img)
+        .arg(&img)
+        .arg(info.root_hash_hex())
+        .arg(format!("--hash-offset={data_bytes}"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "veritysetup verify: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Writes the sample and edge trees with a journal to `$KILN_EXT4_IMAGE_OUT-{sample,edge}.img`
