@@ -80,23 +80,43 @@ impl VerityInfo {
         hex(&self.root_hash)
     }
 
-    /// The device-mapper table line for `dmsetup create` / the init's DM ioctl, with the hash
-    /// tree on the same device after the data. The table names the tree's first block, which
-    /// is the block after the superblock (the kernel never reads the superblock).
+    /// The device-mapper table line for `dmsetup create`, with the hash tree on the same
+    /// device after the data (see [`dm_target`]).
     pub fn dm_table(&self, data_dev: &str, hash_dev: &str) -> String {
-        let salt = if self.salt.is_empty() {
-            "-".to_string()
-        } else {
-            hex(&self.salt)
-        };
-        format!(
-            "0 {sectors} verity 1 {data_dev} {hash_dev} {BLOCK_SIZE} {BLOCK_SIZE} {blocks} {start} sha256 {root} {salt}",
-            sectors = self.data_blocks * (BLOCK_SIZE / 512),
-            blocks = self.data_blocks,
-            start = self.hash_offset / BLOCK_SIZE + 1,
-            root = self.root_hash_hex(),
-        )
+        let (sectors, params) = dm_target(
+            data_dev,
+            hash_dev,
+            self.data_blocks,
+            self.hash_offset,
+            &self.root_hash_hex(),
+            &self.salt,
+        );
+        format!("0 {sectors} verity {params}")
     }
+}
+
+/// The `verity` target of a device-mapper table over devices that hold the data, then the
+/// superblock at `hash_offset`, then the tree: its length in 512-byte sectors and its parameter
+/// string. The parameters name the tree's first block, the block after the superblock (the
+/// kernel never reads the superblock). Used by the image build and by the init's DM ioctl.
+pub fn dm_target(
+    data_dev: &str,
+    hash_dev: &str,
+    data_blocks: u64,
+    hash_offset: u64,
+    root_hash_hex: &str,
+    salt: &[u8],
+) -> (u64, String) {
+    let salt = if salt.is_empty() {
+        "-".to_string()
+    } else {
+        hex(salt)
+    };
+    let params = format!(
+        "1 {data_dev} {hash_dev} {BLOCK_SIZE} {BLOCK_SIZE} {data_blocks} {start} sha256 {root_hash_hex} {salt}",
+        start = hash_offset / BLOCK_SIZE + 1,
+    );
+    (data_blocks * (BLOCK_SIZE / 512), params)
 }
 
 /// The on-disk superblock (cryptsetup's `struct verity_sb`, little-endian, 512 bytes).

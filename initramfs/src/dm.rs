@@ -68,42 +68,13 @@ const DM_READONLY_FLAG: u32 = 1 << 0;
 const CONTROL_MAJOR: u32 = 10;
 const CONTROL_MINOR: u32 = 236;
 
-/// A dm-verity target over one device holding the data, then the superblock, then the tree.
+/// A dm-verity target, as [`kiln_image::verity::dm_target`] makes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VerityTarget {
-    /// `major:minor` of the data device.
-    pub data_dev: String,
-    /// `major:minor` of the hash device (the same partition on Kiln).
-    pub hash_dev: String,
-    pub data_blocks: u64,
-    /// First block of the tree, in hash blocks: the one after the verity superblock.
-    pub hash_start_block: u64,
-    /// Lower-case hex.
-    pub root_hash: String,
-    /// Lower-case hex, `-` for none.
-    pub salt: String,
-}
-
-const VERITY_BLOCK: u64 = 4096;
-
-impl VerityTarget {
-    /// The target's length in 512-byte sectors.
-    pub fn sectors(&self) -> u64 {
-        self.data_blocks * (VERITY_BLOCK / 512)
-    }
-
-    /// The parameter string of the `verity` target (everything after the target type).
-    pub fn params(&self) -> String {
-        format!(
-            "1 {} {} {VERITY_BLOCK} {VERITY_BLOCK} {} {} sha256 {} {}",
-            self.data_dev,
-            self.hash_dev,
-            self.data_blocks,
-            self.hash_start_block,
-            self.root_hash,
-            self.salt
-        )
-    }
+    /// Length in 512-byte sectors.
+    pub sectors: u64,
+    /// The parameter string (everything after the target type).
+    pub params: String,
 }
 
 /// An ioctl buffer: the header, then data, 8-byte aligned as the kernel expects.
@@ -214,8 +185,8 @@ pub fn create_verity(name: &str, target: &VerityTarget) -> Result<(u32, u32)> {
 }
 
 fn load_and_resume(ctl: &File, name: &str, target: &VerityTarget) -> Result<()> {
-    let params = target.params();
-    let payload = table_payload(0, target.sectors(), "verity", &params);
+    let params = &target.params;
+    let payload = table_payload(0, target.sectors, "verity", params);
     let mut load = Buffer::new(name, DM_READONLY_FLAG, &payload)?;
     // target_count sits at byte 12 of the header.
     let mut header = load.header();
@@ -250,21 +221,22 @@ mod tests {
     }
 
     fn target() -> VerityTarget {
-        VerityTarget {
-            data_dev: "254:2".into(),
-            hash_dev: "254:2".into(),
-            data_blocks: 25600,
-            hash_start_block: 25601,
-            root_hash: "ab".repeat(32),
-            salt: "cd".repeat(32),
-        }
+        let (sectors, params) = kiln_image::verity::dm_target(
+            "254:2",
+            "254:2",
+            25600,
+            25600 * 4096,
+            &"ab".repeat(32),
+            &[0xcd; 32],
+        );
+        VerityTarget { sectors, params }
     }
 
     #[test]
     fn verity_line_matches_the_image_builders_table() {
         let t = target();
         assert_eq!(
-            t.params(),
+            t.params,
             format!(
                 "1 254:2 254:2 4096 4096 25600 25601 sha256 {} {}",
                 "ab".repeat(32),
@@ -282,14 +254,14 @@ mod tests {
         };
         assert_eq!(
             info.dm_table("254:2", "254:2"),
-            format!("0 {} verity {}", t.sectors(), t.params())
+            format!("0 {} verity {}", t.sectors, t.params)
         );
     }
 
     #[test]
     fn table_load_buffer_layout() {
         let t = target();
-        let payload = table_payload(0, t.sectors(), "verity", &t.params());
+        let payload = table_payload(0, t.sectors, "verity", &t.params);
         let buf = Buffer::new("usr", DM_READONLY_FLAG, &payload).unwrap();
         let h = buf.header();
         assert_eq!(h.version, [4, 0, 0]);
@@ -306,8 +278,8 @@ mod tests {
         let next = u32::from_ne_bytes(spec[20..24].try_into().unwrap()) as usize;
         assert_eq!(next % 8, 0);
         assert_eq!(&spec[24..31], b"verity\0");
-        let params_end = 40 + t.params().len();
-        assert_eq!(&spec[40..params_end], t.params().as_bytes());
+        let params_end = 40 + t.params.len();
+        assert_eq!(&spec[40..params_end], t.params.as_bytes());
         assert_eq!(spec[params_end], 0, "parameters are NUL-terminated");
         assert!(Buffer::new("a/b", 0, &[]).is_err());
     }

@@ -198,28 +198,21 @@ fn open_verity(disk: &BootDisk, slot: Slot, usrhash: &str) -> Result<PathBuf> {
     if sb.data_blocks * 4096 > hash_offset {
         bail!("{what}: the verity superblock covers {} blocks, more than the filesystem's {hash_offset} bytes", sb.data_blocks);
     }
-    let target = dm::VerityTarget {
-        data_dev: part.numbers(),
-        hash_dev: part.numbers(),
-        data_blocks: sb.data_blocks,
-        hash_start_block: hash_offset / 4096 + 1,
-        root_hash: usrhash.to_string(),
-        salt: if sb.salt.is_empty() {
-            "-".into()
-        } else {
-            hex(&sb.salt)
-        },
-    };
-    log::debug(&format!("verity table: {}", target.params()));
+    let (sectors, params) = kiln_image::verity::dm_target(
+        &part.numbers(),
+        &part.numbers(),
+        sb.data_blocks,
+        hash_offset,
+        usrhash,
+        &sb.salt,
+    );
+    let target = dm::VerityTarget { sectors, params };
+    log::debug(&format!("verity table: {}", target.params));
     let (major, minor) = dm::create_verity(USR_DM_NAME, &target)
         .with_context(|| format!("setting up dm-verity on {what}"))?;
     let node = Path::new("/dev/mapper").join(USR_DM_NAME);
     disk::ensure_node(&node, major, minor)?;
     Ok(node)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn mount_root(disk: &BootDisk, sysroot: &Path) -> Result<()> {
