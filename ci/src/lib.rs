@@ -68,7 +68,7 @@ pub fn partition(disk: &Path, name: &str) -> Result<(u64, u64)> {
     let (_, p) = gpt
         .find_by_name(name)
         .with_context(|| format!("{} has no partition {name}", disk.display()))?;
-    Ok((p.first_lba * 512, (p.last_lba + 1 - p.first_lba) * 512))
+    Ok((p.start_bytes(), p.size_bytes()))
 }
 
 /// Copies one partition of `disk` into its own file (sparse), for tools that take a file.

@@ -123,8 +123,7 @@ pub fn assemble(
             .find(|p| p.number == content.number)
             .expect("content for a partition of the layout");
         let (_, part) = gpt.find_by_name(spec.name).expect("partition just added");
-        let offset = part.first_lba * 512;
-        let room = (part.last_lba + 1 - part.first_lba) * 512;
+        let (offset, room) = (part.start_bytes(), part.size_bytes());
         let src = File::open(image).map_err(io_err(format!("opening {}", image.display())))?;
         let size = src
             .metadata()
@@ -235,7 +234,7 @@ mod tests {
         }
         let (_, part) = gpt.find_by_name("EFI-SYSTEM").unwrap();
         let bytes = std::fs::read(&disk).unwrap();
-        let start = (part.first_lba * 512) as usize;
+        let start = part.start_bytes() as usize;
         assert_eq!(&bytes[start..start + data.len()], &data[..]);
         // Twice the same inputs, the same bytes.
         let again = dir.path().join("again.raw");

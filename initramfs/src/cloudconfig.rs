@@ -90,9 +90,8 @@ fn read_oem(disk: &BootDisk) -> Result<Option<Vec<u8>>, String> {
     let Some((_, part)) = gpt.find_by_name(OEM_PARTITION) else {
         return Ok(None);
     };
-    let start = part.first_lba * 512;
-    let len = (part.last_lba + 1 - part.first_lba) * 512;
-    let mut region = Region::new(dev, start, len).map_err(|e| e.to_string())?;
+    let mut region =
+        Region::new(dev, part.start_bytes(), part.size_bytes()).map_err(|e| e.to_string())?;
     match fat::read_file(&mut region, OEM_FILE) {
         Ok(bytes) => Ok(Some(bytes)),
         Err(fat::FatError::NotFound { .. }) => Ok(None),

@@ -14,14 +14,8 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// A command's full line, for messages.
-pub fn command_line(cmd: &Command) -> String {
-    std::iter::once(cmd.get_program())
-        .chain(cmd.get_args())
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect::<Vec<_>>()
-        .join(" ")
-}
+/// A command's full line, for messages (the one formatting the QEMU harness uses too).
+pub use kiln_qemu::command_line;
 
 /// Runs a command with inherited output; a non-zero exit is an error naming the command.
 pub fn run(cmd: &mut Command) -> Result<()> {
