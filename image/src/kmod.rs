@@ -1158,54 +1158,6 @@ impl ModIndex {
     }
 }
 
-/// The kernel package the tests were written against, used when apt cannot name the current one.
-const DEBIAN_KERNEL: &str = "linux-image-6.1.0-56-amd64";
-#[doc(hidden)]
-pub const TEST_CACHE: &str = "/var/tmp/kiln-test-cache";
-
-/// For tests (here and the init's QEMU test): Debian's current kernel package, downloaded
-/// once with apt-get and extracted into `/var/tmp/kiln-test-cache`. Returns the extraction
-/// directory (holding `boot/vmlinuz-*` and `lib/modules/<kver>/`) and the kernel version.
-#[doc(hidden)]
-pub fn debian_kernel_for_tests() -> (std::path::PathBuf, String) {
-    crate::testutil::require_tool("dpkg-deb", "dpkg");
-    std::fs::create_dir_all(TEST_CACHE).expect("creating the test cache");
-    let package = current_kernel_package();
-    let kver = package.trim_start_matches("linux-image-").to_string();
-    let dir = std::path::Path::new(TEST_CACHE).join(format!("{package}.extracted"));
-    let status = std::process::Command::new("flock")
-        .args([&format!("{TEST_CACHE}/.kernel.lock"), "sh", "-c"])
-        .arg(format!(
-            "set -e; cd {TEST_CACHE}; test -d {dir} && exit 0; ls {package}_*.deb >/dev/null 2>&1 || apt-get download -q {package} >/dev/null; \
-             rm -rf {dir}.tmp; dpkg-deb -x {package}_*.deb {dir}.tmp; mv {dir}.tmp {dir}",
-            dir = dir.display()
-        ))
-        .status()
-        .expect("running flock/apt-get/dpkg-deb");
-    assert!(
-        status.success(),
-        "downloading or extracting {package} failed"
-    );
-    (dir, kver)
-}
-
-/// The kernel package linux-image-amd64 depends on, falling back to the one this test
-/// was written against when apt cannot say.
-fn current_kernel_package() -> String {
-    let out = std::process::Command::new("apt-cache")
-        .args(["depends", "linux-image-amd64"])
-        .output();
-    out.ok()
-        .and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .filter_map(|l| l.trim().strip_prefix("Depends: "))
-                .find(|p| p.starts_with("linux-image-6."))
-                .map(str::to_string)
-        })
-        .unwrap_or_else(|| DEBIAN_KERNEL.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1610,10 +1562,10 @@ mod tests {
     /// the module set read from it.
     fn debian_kernel_and_depmod() -> (tempfile::TempDir, PathBuf, String, Tree, ModuleSet) {
         let depmod = crate::testutil::require_tool("depmod", "kmod");
-        let (extracted, kver) = debian_kernel_for_tests();
+        let (extracted, kver) = crate::testutil::debian_kernel();
         let work = tempfile::Builder::new()
             .prefix("kiln-depmod")
-            .tempdir_in(TEST_CACHE)
+            .tempdir_in(crate::testutil::TEST_CACHE)
             .unwrap();
         // depmod writes into the directory it reads: give it a hard-linked copy.
         let copy = work.path().join("depmod");
@@ -1677,7 +1629,7 @@ mod tests {
         let modprobe = crate::testutil::require_tool("modprobe", "kmod");
         let modinfo = crate::testutil::require_tool("modinfo", "kmod");
         let (work, reference, kver, mut tree, set) = debian_kernel_and_depmod();
-        let (extracted, _) = debian_kernel_for_tests();
+        let (extracted, _) = crate::testutil::debian_kernel();
         set.write_indices(&mut tree).unwrap();
         let dir = modules_dir(&kver);
         let read = |name: &str| match tree.get(format!("{dir}/{name}")).map(|e| &e.kind) {

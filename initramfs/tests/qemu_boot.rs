@@ -319,7 +319,7 @@ fn boot(
     // Keep the log for whoever debugs a failure.
     let _ = fs::write(work.join(format!("{name}.log")), &text);
     let _ = fs::write(
-        Path::new(kmod::TEST_CACHE).join(format!("qemu-{name}.log")),
+        Path::new(kiln_image::testutil::TEST_CACHE).join(format!("qemu-{name}.log")),
         &text,
     );
     eprintln!("{name}: {:.1} s", start.elapsed().as_secs_f64());
@@ -328,7 +328,7 @@ fn boot(
 
 #[test]
 fn boots_to_systemd_from_verified_usr_and_stops_on_corruption() {
-    let (kernel_dir, kver) = kmod::debian_kernel_for_tests();
+    let (kernel_dir, kver) = kiln_image::testutil::debian_kernel();
     let vmlinuz = kernel_dir.join(format!("boot/vmlinuz-{kver}"));
     let init = static_init();
     let busybox = busybox();

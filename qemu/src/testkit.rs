@@ -7,9 +7,6 @@ use std::time::Duration;
 
 use crate::process::run_checked;
 
-/// Shared by all Kiln tests; the kernel package is 70 MB, fetched once.
-const CACHE: &str = "/var/tmp/kiln-test-cache";
-
 /// The kernel modules the test init loads, in dependency order.
 pub(crate) const MODULES: [&str; 10] = [
     "qemu_fw_cfg",
@@ -31,34 +28,9 @@ pub(crate) struct TestKernel {
     pub modules: Vec<PathBuf>,
 }
 
-/// Downloads (once) and unpacks (once) the kernel, under a lock so parallel tests share the work.
+/// Debian's kernel, from the tests' shared cache (downloaded and unpacked once).
 pub(crate) fn test_kernel() -> TestKernel {
-    kiln_image::testutil::require_tool("apt-get", "apt");
-    kiln_image::testutil::require_tool("dpkg-deb", "dpkg");
-    std::fs::create_dir_all(CACHE).expect("creating the test cache");
-    let patterns: Vec<String> = MODULES.iter().map(|m| format!("'*/{m}.ko'")).collect();
-    // The metapackage names the exact kernel package; the .deb is fetched into the cache, and only
-    // vmlinuz and our modules are unpacked (the whole package is 400 MB of modules).
-    let script = format!(
-        r#"set -e
-cd {CACHE}
-pkg=$(apt-cache depends linux-image-amd64 | sed -n 's/^ *Depends: \(linux-image-[0-9].*-amd64\)$/\1/p' | head -n 1)
-[ -n "$pkg" ] || {{ echo "linux-image-amd64 depends on no kernel package" >&2; exit 1; }}
-dest=qemu-kernel/$pkg
-if [ ! -f "$dest/.complete" ]; then
-  ls "$pkg"_*.deb >/dev/null 2>&1 || apt-get download -q "$pkg" >&2
-  deb=$(ls "$pkg"_*.deb | head -n 1)
-  rm -rf "$dest" && mkdir -p "$dest"
-  dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$dest" --wildcards './boot/vmlinuz-*' {}
-  touch "$dest/.complete"
-fi
-echo "{CACHE}/$dest""#,
-        patterns.join(" ")
-    );
-    let mut cmd = Command::new("flock");
-    cmd.args([&format!("{CACHE}/.qemu-kernel.lock"), "sh", "-c", &script]);
-    let out = run_checked(&mut cmd, Duration::from_secs(900)).expect("fetching the Debian kernel");
-    let dest = PathBuf::from(String::from_utf8_lossy(&out).trim());
+    let (dest, _) = kiln_image::testutil::debian_kernel();
     let vmlinuz = find_files(&dest, &|name| name.starts_with("vmlinuz-"))
         .pop()
         .expect("vmlinuz in the package");

@@ -515,57 +515,6 @@ fn resize2fs_grows_it_8x_and_e2fsck_stays_clean() {
     assert_reads_back(&path, &tree);
 }
 
-/// Debian's kernel package (cached under /var/tmp/kiln-test-cache/), downloaded with the
-/// host's apt when missing.
-fn kernel_deb() -> PathBuf {
-    let cache = Path::new("/var/tmp/kiln-test-cache");
-    let find = || {
-        let mut debs: Vec<PathBuf> = std::fs::read_dir(cache)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| {
-                let n = p
-                    .file_name()
-                    .unwrap_or_default()
-                    .to_string_lossy()
-                    .into_owned();
-                n.starts_with("linux-image-6.1.0-")
-                    && n.contains("-amd64")
-                    && n.ends_with(".deb")
-                    && !n.contains("-dbg")
-            })
-            .collect();
-        debs.sort();
-        debs.pop()
-    };
-    if let Some(deb) = find() {
-        return deb;
-    }
-    std::fs::create_dir_all(cache).unwrap();
-    // linux-image-amd64 depends on the current linux-image-6.1.0-N-amd64.
-    let deps = Command::new("apt-cache")
-        .args(["depends", "linux-image-amd64"])
-        .output()
-        .unwrap();
-    let deps = String::from_utf8_lossy(&deps.stdout);
-    let name = deps
-        .split_whitespace()
-        .find(|w| w.starts_with("linux-image-6.1.0-") && w.ends_with("-amd64"))
-        .unwrap_or_else(|| {
-            panic!("no linux-image-6.1.0-*-amd64 in `apt-cache depends linux-image-amd64`:\n{deps}")
-        });
-    let status = Command::new("apt-get")
-        .arg("download")
-        .arg(name)
-        .current_dir(cache)
-        .status()
-        .unwrap();
-    assert!(status.success(), "apt-get download {name} failed");
-    find().expect("downloaded kernel package")
-}
-
 /// Deterministic filler content: varied sizes, some with all-zero blocks.
 fn generated(i: usize) -> Vec<u8> {
     let len = (i * 7919) % 9000;
@@ -579,15 +528,7 @@ fn generated(i: usize) -> Vec<u8> {
 #[test]
 fn real_kernel_tree_of_50000_entries_and_500_mib_is_clean() {
     let start = std::time::Instant::now();
-    let deb = kernel_deb();
-    let x = tempfile::tempdir_in("/var/tmp").unwrap();
-    let status = Command::new("dpkg-deb")
-        .arg("-x")
-        .arg(&deb)
-        .arg(x.path())
-        .status()
-        .unwrap();
-    assert!(status.success(), "dpkg-deb -x {} failed", deb.display());
+    let (kernel_dir, _) = crate::testutil::debian_kernel();
     let extracted = start.elapsed();
     let t = 1_700_000_000;
     let mut tree = Tree::new(Meta::root(0o755, t));
@@ -596,7 +537,7 @@ fn real_kernel_tree_of_50000_entries_and_500_mib_is_clean() {
         gid: 0,
         mtime: t,
     };
-    crate::hostdir::add_host_dir(&mut tree, x.path(), &TreePath::root(), &host).unwrap();
+    crate::hostdir::add_host_dir(&mut tree, &kernel_dir, &TreePath::root(), &host).unwrap();
     let dir = Meta::root(0o755, t);
     let mut i = 0;
     while tree.len() < 50_000 || tree.content_bytes() < 500 << 20 {
