@@ -2,6 +2,8 @@
 //! reference tools. `cargo xtask test` builds the image and runs these tests with
 //! `KILN_CI_DISK` naming it; run alone, they fail and say so (they never skip).
 
+pub mod flash;
+
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -100,4 +102,90 @@ pub fn ssh_cloud_config(dir: &Path, public_key: &str) -> Result<PathBuf> {
         format!("#cloud-config\nhostname: kiln-ci\nssh_authorized_keys:\n  - {public_key}\n"),
     )?;
     Ok(path)
+}
+
+/// A copy-on-write qcow2 overlay of `disk` at `out`, `size` large (e.g. `8G`): the guest writes
+/// there and the built disk stays pristine.
+pub fn overlay(disk: &Path, out: &Path, size: &str) -> Result<PathBuf> {
+    check(
+        Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+            .arg(disk)
+            .arg(out)
+            .arg(size),
+    )?;
+    Ok(out.to_owned())
+}
+
+/// Runs `command` as `user` over ssh and returns its trimmed stdout; panics with the output and
+/// the VM's serial log when it fails.
+pub fn guest_as(vm: &kiln_qemu::Vm, key: &Path, user: &str, command: &str) -> String {
+    let out = vm
+        .ssh(key, user, command, std::time::Duration::from_secs(90))
+        .unwrap_or_else(|e| panic!("{}: ssh `{command}`: {e}", vm.name()));
+    assert!(
+        out.status.success(),
+        "{}: `{command}` failed in the guest ({}): {}{}\nserial log: {}",
+        vm.name(),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        vm.serial_log().display()
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// [`guest_as`] for the operator account `core`.
+pub fn guest(vm: &kiln_qemu::Vm, key: &Path, command: &str) -> String {
+    guest_as(vm, key, "core", command)
+}
+
+/// Polls `command` in the guest until `done` accepts its stdout; panics after `timeout`
+/// with the last output.
+pub fn wait_in_guest(
+    vm: &kiln_qemu::Vm,
+    key: &Path,
+    command: &str,
+    timeout: std::time::Duration,
+    done: impl Fn(&str) -> bool,
+) -> String {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut last = String::new();
+    while std::time::Instant::now() < deadline {
+        if let Ok(out) = vm.ssh(key, "core", command, std::time::Duration::from_secs(60)) {
+            last = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            if out.status.success() && done(&last) {
+                return String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_secs(3));
+    }
+    panic!(
+        "{}: `{command}` did not succeed within {timeout:?}; last output:\n{last}\nserial log: {}",
+        vm.name(),
+        vm.serial_log().display()
+    )
+}
+
+/// A sparse copy of `disk` at `out` with `files` (name, content) written into its OEM
+/// partition's FAT, the way `flash --config` and `build-image --debug-ssh-key` put them there.
+pub fn disk_with_oem_files(disk: &Path, out: &Path, files: &[(&str, &[u8])]) -> Result<PathBuf> {
+    check(Command::new("cp").arg("--sparse=always").arg(disk).arg(out))?;
+    let (offset, len) = partition(out, "OEM")?;
+    let file = File::options()
+        .read(true)
+        .write(true)
+        .open(out)
+        .with_context(|| format!("opening {}", out.display()))?;
+    let mut region = kiln_image::region::Region::new(file, offset, len)?;
+    for (name, content) in files {
+        kiln_image::fat::write_file(&mut region, &format!("/{name}"), content, 0).with_context(
+            || format!("writing {name} into the OEM partition of {}", out.display()),
+        )?;
+    }
+    Ok(out.to_owned())
 }

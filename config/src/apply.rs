@@ -14,6 +14,51 @@ pub const APPLIED_COPY: &str = "/var/lib/kiln/cloud-config.applied";
 pub const REPORT_FILE: &str = "/var/lib/kiln/cloud-config.report";
 pub const UPDATE_CONF: &str = "/etc/kiln/update.conf";
 
+/// The outcome the report file's first line records (`status: …`), for the booted system's
+/// `kiln-cloud-config.service` to read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// Every step succeeded.
+    Applied,
+    /// The document was applied, but at least one step failed.
+    Failed,
+    /// The document was not applied at all (it did not parse, or could not be read).
+    Rejected,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Applied => "ok",
+            Status::Failed => "failed",
+            Status::Rejected => "rejected",
+        }
+    }
+
+    /// The report's first line.
+    pub fn header(self) -> String {
+        format!("status: {}\n", self.as_str())
+    }
+
+    /// Reads the first line of a report.
+    pub fn of_report(report: &str) -> Option<Status> {
+        match report.lines().next()?.strip_prefix("status: ")? {
+            "ok" => Some(Status::Applied),
+            "failed" => Some(Status::Failed),
+            "rejected" => Some(Status::Rejected),
+            _ => None,
+        }
+    }
+}
+
+/// The report for a document that was not applied: why, and where it came from.
+pub fn rejected_report(source: &str, error: &str) -> String {
+    format!(
+        "{}cloud-config from {source} was NOT applied: {error}\n",
+        Status::Rejected.header()
+    )
+}
+
 /// How to apply.
 #[derive(Clone, Debug, Default)]
 pub struct ApplyOptions {
@@ -170,7 +215,12 @@ pub fn apply(
         fs.write(APPLIED_COPY, cfg.source.as_bytes(), meta, LastLink::Replace)
             .map(|_| ())
     });
-    let text = report.to_string();
+    let status = if report.all_ok() {
+        Status::Applied
+    } else {
+        Status::Failed
+    };
+    let text = format!("{}{report}", status.header());
     if let Err(e) = fs.write(
         REPORT_FILE,
         text.as_bytes(),
@@ -195,8 +245,48 @@ fn hostname(cfg: &CloudConfig, fs: &Root) -> Result<(), String> {
         format!("{name}\n").as_bytes(),
         Meta::ROOT_FILE,
         LastLink::Follow,
-    )
-    .map(|_| ())
+    )?;
+    // The name must resolve (sudo asks for it): Debian's installer puts it on 127.0.1.1.
+    let hosts = fs
+        .read("/etc/hosts")?
+        .map(|b| String::from_utf8_lossy(&b).into_owned());
+    let text = hosts_with_name(hosts.as_deref(), name);
+    if hosts.as_deref() != Some(text.as_str()) {
+        fs.write(
+            "/etc/hosts",
+            text.as_bytes(),
+            Meta::ROOT_FILE,
+            LastLink::Follow,
+        )?;
+    }
+    Ok(())
+}
+
+/// `/etc/hosts` that resolves `name`: unchanged when a line already names it, else with a
+/// `127.0.1.1` line added (or a new file with the usual loopback lines).
+fn hosts_with_name(hosts: Option<&str>, name: &str) -> String {
+    let short = name.split('.').next().unwrap_or(name);
+    let line = if short == name {
+        format!("127.0.1.1\t{name}\n")
+    } else {
+        format!("127.0.1.1\t{name} {short}\n")
+    };
+    match hosts {
+        None => format!("127.0.0.1\tlocalhost\n{line}::1\tlocalhost ip6-localhost ip6-loopback\n"),
+        Some(text) => {
+            let named = text.lines().any(|l| {
+                let l = l.split('#').next().unwrap_or_default();
+                l.split_whitespace().skip(1).any(|n| n == name)
+            });
+            if named {
+                text.to_string()
+            } else if text.is_empty() || text.ends_with('\n') {
+                format!("{text}{line}")
+            } else {
+                format!("{text}\n{line}")
+            }
+        }
+    }
 }
 
 fn users(wanted: &[User], fs: &Root, notes: &mut Vec<String>) -> Result<(), String> {
@@ -362,4 +452,22 @@ fn network(cfg: &CloudConfig, fs: &Root) -> Result<(), String> {
         );
     }
     errors.finish()
+}
+
+#[cfg(test)]
+mod hosts_tests {
+    use super::hosts_with_name;
+
+    #[test]
+    fn the_hostname_resolves_once() {
+        let new = hosts_with_name(None, "node1");
+        assert!(new.contains("127.0.1.1\tnode1\n") && new.starts_with("127.0.0.1\tlocalhost\n"));
+        assert_eq!(hosts_with_name(Some(&new), "node1"), new);
+        assert_eq!(
+            hosts_with_name(Some("127.0.0.1 localhost"), "a.example"),
+            "127.0.0.1 localhost\n127.0.1.1\ta.example a\n"
+        );
+        // A name in a comment does not count.
+        assert!(hosts_with_name(Some("# 1.2.3.4 b\n"), "b").ends_with("127.0.1.1\tb\n"));
+    }
 }

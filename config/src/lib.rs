@@ -8,6 +8,7 @@
 
 mod accounts;
 mod apply;
+pub mod fetch;
 mod fsroot;
 mod model;
 mod parse;
@@ -17,8 +18,8 @@ mod systemd;
 mod tree;
 
 pub use apply::{
-    apply, ApplyError, ApplyOptions, ApplyReport, StepReport, APPLIED_COPY, REPORT_FILE,
-    UPDATE_CONF,
+    apply, rejected_report, ApplyError, ApplyOptions, ApplyReport, Status, StepReport,
+    APPLIED_COPY, REPORT_FILE, UPDATE_CONF,
 };
 pub use model::*;
 pub use parse::{parse, parse_bytes, ConfigError, ErrorKind, Parsed, Warning, HEADER};

@@ -262,8 +262,11 @@ impl UnitCommand {
 /// Static settings for one interface in `network:`.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct NetworkInterface {
-    /// The `[Match] Name=` value: an interface name or a glob like `en*`.
+    /// The `[Match] Name=` value: an interface name or a glob like `en*`; empty when the
+    /// interface is matched by `mac` alone.
     pub name: String,
+    /// The `[Match] MACAddress=` value, lower case.
+    pub mac: Option<String>,
     /// Addresses in CIDR form.
     pub addresses: Vec<String>,
     pub gateway: Option<String>,

@@ -486,25 +486,49 @@ fn drop_in(node: &Node, path: &str, ctx: &mut Ctx) -> Result<DropIn, ConfigError
 fn interface(node: &Node, path: &str, ctx: &mut Ctx) -> Result<NetworkInterface, ConfigError> {
     let mut f = Fields::new(node, path, ctx)?;
     let name_node = f.take_some("name").or(f.take_some("match"));
-    let Some(name_node) = name_node else {
+    let mac_node = f.take_some("mac");
+    if name_node.is_none() && mac_node.is_none() {
         return Err(ConfigError::invalid(
             node,
             path,
-            "an interface needs a `name` (or `match`), e.g. eth0 or en*",
-        ));
-    };
-    let name = string(name_node, &f.path_of("name"))?;
-    if name.is_empty()
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.:*?[]".contains(c))
-    {
-        return Err(ConfigError::invalid(
-            name_node,
-            &f.path_of("name"),
-            format!("{name:?} is not an interface name or glob"),
+            "an interface needs a `name` (or `match`), e.g. eth0 or en*, or a `mac`",
         ));
     }
+    let name = match name_node {
+        Some(n) => string(n, &f.path_of("name"))?,
+        None => String::new(),
+    };
+    if let Some(name_node) = name_node {
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.:*?[]".contains(c))
+        {
+            return Err(ConfigError::invalid(
+                name_node,
+                &f.path_of("name"),
+                format!("{name:?} is not an interface name or glob"),
+            ));
+        }
+    }
+    let mac = match mac_node {
+        Some(n) => {
+            let mac = string(n, &f.path_of("mac"))?.to_ascii_lowercase();
+            let ok = mac.split(':').count() == 6
+                && mac
+                    .split(':')
+                    .all(|b| b.len() == 2 && b.chars().all(|c| c.is_ascii_hexdigit()));
+            if !ok {
+                return Err(ConfigError::invalid(
+                    n,
+                    &f.path_of("mac"),
+                    format!("{mac:?} is not a MAC address like 52:54:00:12:34:56"),
+                ));
+            }
+            Some(mac)
+        }
+        None => None,
+    };
     let mut addresses = Vec::new();
     for key in ["address", "addresses"] {
         let n = f.take(key);
@@ -520,8 +544,9 @@ fn interface(node: &Node, path: &str, ctx: &mut Ctx) -> Result<NetworkInterface,
             addresses.push(a);
         }
     }
-    let gateway = opt_string(f.take("gateway"), &f.path_of("gateway"))?;
-    if let (Some(g), Some(n)) = (&gateway, f.take("gateway")) {
+    let gateway_node = f.take("gateway");
+    let gateway = opt_string(gateway_node, &f.path_of("gateway"))?;
+    if let (Some(g), Some(n)) = (&gateway, gateway_node) {
         if g.parse::<IpAddr>().is_err() {
             return Err(ConfigError::invalid(
                 n,
@@ -542,6 +567,7 @@ fn interface(node: &Node, path: &str, ctx: &mut Ctx) -> Result<NetworkInterface,
     f.finish(ctx);
     Ok(NetworkInterface {
         name,
+        mac,
         addresses,
         gateway,
         dns,

@@ -11,6 +11,12 @@ pub const UNITS_TO_START: &str = "/var/lib/kiln/units-to-start";
 /// Debian's etcd.service reads `EnvironmentFile=-/etc/default/%p`.
 pub const ETCD_ENV_FILE: &str = "/etc/default/etcd";
 pub const ETCD_DEFAULT_DATA_DIR: &str = "/var/lib/etcd/default";
+/// Kiln's settings for Debian's etcd.service.
+const ETCD_DROP_IN: &str = "/etc/systemd/system/etcd.service.d/10-kiln.conf";
+/// The addresses etcd listens on may come up after it starts (static addresses are set by
+/// networkd, which systemd does not wait for), and a member must come back by itself after any
+/// failure: restart, forever, a few seconds apart.
+const ETCD_DROP_IN_TEXT: &str = "# Written by kiln-config from the cloud-config's etcd section.\n[Unit]\nWants=network-online.target\nAfter=network-online.target\nStartLimitIntervalSec=0\n\n[Service]\nRestart=on-failure\nRestartSec=5s\n";
 /// Where vendor units are looked for, most specific first. `/lib` is there for images whose
 /// `/lib` is not yet a link to `/usr/lib`.
 const UNIT_DIRS: &[&str] = &[
@@ -233,8 +239,11 @@ pub(crate) fn write_start_list(fs: &Root, lines: &[String]) -> Result<(), String
 
 /// A networkd file name for an interface name or glob.
 pub(crate) fn network_file(iface: &NetworkInterface) -> String {
-    let safe: String = iface
-        .name
+    let key = match (&iface.mac, iface.name.is_empty()) {
+        (Some(mac), true) => mac.as_str(),
+        _ => iface.name.as_str(),
+    };
+    let safe: String = key
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
@@ -249,7 +258,13 @@ pub(crate) fn network_file(iface: &NetworkInterface) -> String {
 
 pub(crate) fn network_unit(iface: &NetworkInterface) -> String {
     let mut s = String::from("# Written by kiln-config from the cloud-config.\n[Match]\n");
-    s.push_str(&format!("Name={}\n\n[Network]\n", iface.name));
+    if !iface.name.is_empty() {
+        s.push_str(&format!("Name={}\n", iface.name));
+    }
+    if let Some(mac) = &iface.mac {
+        s.push_str(&format!("MACAddress={mac}\n"));
+    }
+    s.push_str("\n[Network]\n");
     for a in &iface.addresses {
         s.push_str(&format!("Address={a}\n"));
     }
@@ -344,6 +359,12 @@ pub(crate) fn apply_etcd(fs: &Root, etcd: &Etcd, notes: &mut Vec<String>) -> Res
         LastLink::Follow,
     )?;
     make_data_dir(fs, etcd, notes)?;
+    fs.write(
+        ETCD_DROP_IN,
+        ETCD_DROP_IN_TEXT.as_bytes(),
+        Meta::ROOT_FILE,
+        LastLink::Replace,
+    )?;
     let dir = UnitDir {
         fs,
         inner: "/etc/systemd/system",

@@ -249,6 +249,9 @@ fn bad_documents_point_at_the_offending_node() {
         ("#cloud-config\nkiln:\n  units:\n    - name: a.service\n      command: explode\n", 5, 16, "unknown command"),
         ("#cloud-config\nkiln:\n  units:\n    - name: a.service\n      enable: maybe\n", 5, 15, "not a boolean"),
         ("#cloud-config\nkiln:\n  network:\n    - name: eth0\n      address: 10.0.0.5\n", 5, 16, "CIDR"),
+        ("#cloud-config\nkiln:\n  network:\n    - name: eth0\n      gateway: 10.0.0.300\n", 5, 16, "not an IP address"),
+        ("#cloud-config\nkiln:\n  network:\n    - mac: 52:54:00:zz:00:01\n", 4, 12, "not a MAC address"),
+        ("#cloud-config\nkiln:\n  network:\n    - address: 10.0.0.5/24\n", 4, 7, "needs a `name`"),
         ("#cloud-config\nusers:\n  - gecos: x\n", 3, 5, "a user needs a `name`"),
         ("#cloud-config\nhostname: -bad-\n", 2, 11, "not a valid host name"),
         ("#cloud-config\n- a\n- b\n", 2, 1, "expected a mapping, found a list"),
@@ -533,6 +536,12 @@ fn apply_coreos_document() {
         "ETCDCTL_API=3\nETCDCTL_ENDPOINTS=http://10.0.0.11:2379\n"
     );
     assert_eq!(meta(r, "var/lib/etcd/default"), (0o700, 110, 115));
+    let drop_in = read(r, "etc/systemd/system/etcd.service.d/10-kiln.conf");
+    assert!(
+        drop_in.contains("Restart=on-failure\n")
+            && drop_in.contains("After=network-online.target\n"),
+        "{drop_in}"
+    );
     assert_eq!(
         link(r, "etc/systemd/system/multi-user.target.wants/etcd.service"),
         "/usr/lib/systemd/system/etcd.service"
@@ -583,7 +592,11 @@ fn apply_coreos_document() {
     assert_eq!(read(r, "var/lib/kiln/cloud-config.applied"), COREOS_DOC);
     assert_eq!(meta(r, "var/lib/kiln/cloud-config.applied"), (0o600, 0, 0));
     let rep = read(r, "var/lib/kiln/cloud-config.report");
-    assert!(rep.starts_with("hostname: ok\nusers: ok\n"), "{rep}");
+    assert!(
+        rep.starts_with("status: ok\nhostname: ok\nusers: ok\n"),
+        "{rep}"
+    );
+    assert_eq!(crate::Status::of_report(&rep), Some(crate::Status::Applied));
     assert!(rep.contains("record: ok\n"));
 
     // Idempotent: a second apply leaves every file, mode, owner and link as it was. The
@@ -627,7 +640,7 @@ fn apply_kiln_units_network_and_masks() {
         "[Service]\nExecStart=/bin/true\n[Install]\nRequiredBy=multi-user.target\n",
     )
     .unwrap();
-    let doc = "#cloud-config\nkiln:\n  units:\n    - name: getty@ttyS0.service\n      enable: true\n    - name: vendor.service\n      enable: true\n    - name: bad.service\n      mask: true\n    - name: tmp.service\n      runtime: true\n      content: \"[Service]\\nExecStart=/bin/true\\n\"\n    - name: 20-lan.network\n      content: \"[Match]\\nName=lan0\\n\"\n    - name: missing.service\n      enable: true\n  network:\n    - name: eth0\n      address: [10.0.0.5/24, \"2001:db8::5/64\"]\n      gateway: 10.0.0.1\n      dns: [10.0.0.2, 10.0.0.3]\n    - match: en*\n      address: 192.0.2.7/24\n";
+    let doc = "#cloud-config\nkiln:\n  units:\n    - name: getty@ttyS0.service\n      enable: true\n    - name: vendor.service\n      enable: true\n    - name: bad.service\n      mask: true\n    - name: tmp.service\n      runtime: true\n      content: \"[Service]\\nExecStart=/bin/true\\n\"\n    - name: 20-lan.network\n      content: \"[Match]\\nName=lan0\\n\"\n    - name: missing.service\n      enable: true\n  network:\n    - name: eth0\n      address: [10.0.0.5/24, \"2001:db8::5/64\"]\n      gateway: 10.0.0.1\n      dns: [10.0.0.2, 10.0.0.3]\n    - match: en*\n      address: 192.0.2.7/24\n    - mac: 52:54:00:AB:00:01\n      address: 10.1.0.1/24\n";
     let cfg = parsed(doc).config;
     let report = apply(
         &cfg,
@@ -684,6 +697,10 @@ fn apply_kiln_units_network_and_masks() {
         "# Written by kiln-config from the cloud-config.\n[Match]\nName=eth0\n\n[Network]\nAddress=10.0.0.5/24\nAddress=2001:db8::5/64\nGateway=10.0.0.1\nDNS=10.0.0.2\nDNS=10.0.0.3\n"
     );
     assert!(read(r, "etc/systemd/network/10-kiln-en_.network").contains("Name=en*\n"));
+    assert_eq!(
+        read(r, "etc/systemd/network/10-kiln-52_54_00_ab_00_01.network"),
+        "# Written by kiln-config from the cloud-config.\n[Match]\nMACAddress=52:54:00:ab:00:01\n\n[Network]\nAddress=10.1.0.1/24\n"
+    );
     // No `command:` anywhere: no start list.
     assert!(!r.join("var/lib/kiln/units-to-start").exists());
 }
@@ -718,6 +735,19 @@ fn a_failing_write_does_not_stop_the_other_steps() {
     assert!(report
         .to_string()
         .contains("write_files: FAILED: /etc/hostname/below-a-file:"));
+    // The report file says so on its first line, for kiln-cloud-config.service.
+    let rep = read(r, "var/lib/kiln/cloud-config.report");
+    assert_eq!(
+        crate::Status::of_report(&rep),
+        Some(crate::Status::Failed),
+        "{rep}"
+    );
+    let rejected = crate::rejected_report("fw_cfg", "line 2, column 1: bad");
+    assert_eq!(
+        crate::Status::of_report(&rejected),
+        Some(crate::Status::Rejected)
+    );
+    assert!(rejected.contains("cloud-config from fw_cfg was NOT applied: line 2, column 1: bad"));
 }
 
 #[test]

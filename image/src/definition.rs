@@ -32,6 +32,9 @@ pub struct Definition {
     pub systemd: SystemdSection,
     pub partitions: Partitions,
     pub kernel: KernelSection,
+    /// Container images cut out of the image's packages (`[[container_images]]`).
+    #[serde(default)]
+    pub container_images: Vec<crate::container::ContainerImageSpec>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -2,6 +2,8 @@
 //! (ext4, dm-verity, FAT, GPT, cpio), and the stages that assemble an image from Debian packages.
 
 pub mod boot;
+#[cfg(feature = "build")]
+pub mod container;
 pub mod cpio;
 #[cfg(feature = "build")]
 pub mod debian;

@@ -215,6 +215,9 @@ pub const ALTERNATIVES: &[(&str, &[&str])] = &[
             "/usr/sbin/ip6tables-legacy-restore",
         ],
     ),
+    // /bin/sh: dash's preinst makes it (Debian ships it in no package's data); systemd units,
+    // docker and scripts need it. bash when dash is not in the image.
+    ("usr/bin/sh", &["/usr/bin/dash", "/usr/bin/bash"]),
     ("usr/bin/awk", &["/usr/bin/mawk", "/usr/bin/gawk"]),
     ("usr/bin/which", &["/usr/bin/which.debianutils"]),
     ("usr/bin/pager", &["/usr/bin/less", "/usr/bin/more"]),

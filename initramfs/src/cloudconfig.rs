@@ -18,6 +18,9 @@ use crate::log;
 /// The OEM partition's name and the file on it.
 const OEM_PARTITION: &str = "OEM";
 const OEM_FILE: &str = "/cloud-config.yml";
+/// Development keys on the OEM partition, and where sshd finds them.
+const DEBUG_KEYS_FILE: &str = "/debug-ssh-keys";
+const DEBUG_KEYS_DEST: &str = "/var/lib/kiln/debug-ssh-keys/core";
 
 /// Finds, parses and applies the document; every outcome is said on the console.
 pub fn apply_first_boot(sysroot: &Path, disk: &BootDisk) {
@@ -31,8 +34,8 @@ pub fn apply_first_boot(sysroot: &Path, disk: &BootDisk) {
     let parsed = match kiln_config::parse_bytes(&bytes) {
         Ok(parsed) => parsed,
         Err(e) => {
-            let text = format!("cloud-config from {source} was NOT applied: {e}");
-            log::say(&text);
+            let text = kiln_config::rejected_report(&source, &e.to_string());
+            log::say(text.lines().last().unwrap_or_default());
             record(sysroot, &text);
             return;
         }
@@ -58,8 +61,8 @@ pub fn apply_first_boot(sysroot: &Path, disk: &BootDisk) {
             ));
         }
         Err(e) => {
-            let text = format!("cloud-config from {source} was NOT applied: {e}");
-            log::say(&text);
+            let text = kiln_config::rejected_report(&source, &e.to_string());
+            log::say(text.lines().last().unwrap_or_default());
             record(sysroot, &text);
         }
     }
@@ -82,8 +85,38 @@ fn find(disk: &BootDisk) -> Option<(String, Vec<u8>)> {
     }
 }
 
-/// Reads the file from the OEM partition's FAT directly (no vfat module, no mount).
+/// Puts the OEM partition's `debug-ssh-keys` (from `build-image --debug-ssh-key`) where sshd
+/// looks for `core`'s keys besides `~/.ssh` (see `sshd_config.d/kiln.conf`), or removes a copy
+/// whose source is gone. Every boot: a machine whose cloud-config failed stays reachable.
+pub fn install_debug_keys(sysroot: &Path, disk: &BootDisk) {
+    let dest = sysroot.join(DEBUG_KEYS_DEST.trim_start_matches('/'));
+    match read_oem_file(disk, DEBUG_KEYS_FILE) {
+        Ok(Some(keys)) => {
+            let written = dest
+                .parent()
+                .map(std::fs::create_dir_all)
+                .unwrap_or(Ok(()))
+                .and_then(|()| std::fs::write(&dest, &keys));
+            match written {
+                Ok(()) => log::say(&format!(
+                    "debug ssh keys from the {OEM_PARTITION} partition are installed for core: this machine is for development"
+                )),
+                Err(e) => log::say(&format!("cannot write {}: {e}", dest.display())),
+            }
+        }
+        Ok(None) => {
+            let _ = std::fs::remove_file(&dest);
+        }
+        Err(e) => log::say(&format!("cannot read the {OEM_PARTITION} partition: {e}")),
+    }
+}
+
 fn read_oem(disk: &BootDisk) -> Result<Option<Vec<u8>>, String> {
+    read_oem_file(disk, OEM_FILE)
+}
+
+/// Reads a file from the OEM partition's FAT directly (no vfat module, no mount).
+fn read_oem_file(disk: &BootDisk, file: &str) -> Result<Option<Vec<u8>>, String> {
     let mut dev = File::open(&disk.disk.node)
         .map_err(|e| format!("opening {}: {e}", disk.disk.node.display()))?;
     let gpt = Gpt::read(&mut dev, disk.disk_bytes).map_err(|e| e.to_string())?;
@@ -92,7 +125,7 @@ fn read_oem(disk: &BootDisk) -> Result<Option<Vec<u8>>, String> {
     };
     let mut region =
         Region::new(dev, part.start_bytes(), part.size_bytes()).map_err(|e| e.to_string())?;
-    match fat::read_file(&mut region, OEM_FILE) {
+    match fat::read_file(&mut region, file) {
         Ok(bytes) => Ok(Some(bytes)),
         Err(fat::FatError::NotFound { .. }) => Ok(None),
         Err(e) => Err(e.to_string()),
@@ -107,7 +140,7 @@ fn record(sysroot: &Path, text: &str) {
         .parent()
         .map(std::fs::create_dir_all)
         .unwrap_or(Ok(()))
-        .and_then(|()| std::fs::write(&path, format!("{text}\n")));
+        .and_then(|()| std::fs::write(&path, text));
     if let Err(e) = result {
         log::say(&format!(
             "cloud-config: cannot write {}: {e}",

@@ -98,6 +98,7 @@ fn boot() -> Result<Infallible> {
         firstboot::run(sysroot, &disk).context("first boot")?;
     }
     firstboot::ensure_top_dirs(sysroot).context("creating the top-level directories of ROOT")?;
+    cloudconfig::install_debug_keys(sysroot, &disk);
     log::say(&format!(
         "switching to ROOT, starting {}",
         cmdline.init_program()

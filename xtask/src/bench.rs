@@ -20,6 +20,13 @@ pub enum BenchCommand {
     /// ext4 vs `mkfs.ext4 -d`, dm-verity vs `veritysetup format`, on a ≥ 500 MiB, ≥ 50,000-entry
     /// tree (Debian's kernel package plus generated files).
     Formats(FormatsConfig),
+    /// `flash` vs `dd bs=4M oflag=direct` of the same image to a loop device, as root.
+    Flash(crate::bench_flash::FlashBenchConfig),
+    /// `install`'s write of a payload's USR image to the inactive partition vs `dd` of the same
+    /// bytes to the same place.
+    Update(crate::bench_update::UpdateConfig),
+    /// The update server: checks/s and p50/p99 with 64 clients on loopback, vs a fixed answer.
+    Server(crate::bench_server::ServerBenchConfig),
 }
 
 #[derive(clap::Args)]
@@ -43,6 +50,9 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
     }
     match cmd {
         BenchCommand::Formats(cfg) => formats(cfg),
+        BenchCommand::Flash(cfg) => crate::bench_flash::run(cfg),
+        BenchCommand::Update(cfg) => crate::bench_update::update(cfg),
+        BenchCommand::Server(cfg) => crate::bench_server::server(cfg),
     }
 }
 

@@ -18,7 +18,7 @@ use kiln_image::gpt::Guid;
 use kiln_image::hostdir::{self, HostDirOptions};
 use kiln_image::rootfs::{self, OsRelease};
 use kiln_image::tree::{Content, Entry, Kind, Meta, Tree, TreePath};
-use kiln_image::{cpio, ext4, fat, kmod, verity};
+use kiln_image::{container, cpio, ext4, fat, kmod, verity};
 
 use crate::host;
 
@@ -36,6 +36,15 @@ pub struct BuildConfig {
     /// Where builds go: `<out>/<version>/disk.raw`, ...
     #[arg(long, default_value = "build")]
     pub out: PathBuf,
+    /// The update signing key (PKCS#8 PEM, mode 0600, from `cargo xtask keygen`); else env
+    /// `KILN_SIGNING_KEY`; else a development key made once under `<out>/keys/`.
+    #[arg(long)]
+    pub signing_key: Option<PathBuf>,
+    /// A public key file (`ssh-ed25519 AAAA…` lines) that may log in as `core` whatever the
+    /// cloud-config says: written to the OEM partition as `debug-ssh-keys`. For development
+    /// images only.
+    #[arg(long)]
+    pub debug_ssh_key: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -109,6 +118,10 @@ pub struct Build {
     pub def_path: PathBuf,
     pub version: String,
     pub mirror_flag: Option<String>,
+    /// The keys of `--debug-ssh-key`, put on OEM.
+    pub debug_ssh_keys: Option<Vec<u8>>,
+    /// Where [`STATIC_BINARIES`] were built, once per build.
+    static_dir: Option<PathBuf>,
     /// `build/<version>/`
     pub out_dir: PathBuf,
     /// Intermediate files: `build/<version>/work/`.
@@ -116,6 +129,8 @@ pub struct Build {
     /// Every time in every artifact (`SOURCE_DATE_EPOCH`).
     pub epoch: i64,
     pub timings: Vec<(&'static str, Duration)>,
+    /// Signs the update payload; its public key goes into `/usr` (see [`Build::signing_key`]).
+    pub signing: BuildKey,
 }
 
 /// What the build made, for the report and for callers (tests, `qemu`).
@@ -126,6 +141,8 @@ pub struct Artifacts {
     pub kernel: PathBuf,
     pub initrd: PathBuf,
     pub usr_hash: String,
+    /// `update.payload`, signed with the build's key.
+    pub payload: PathBuf,
 }
 
 impl Build {
@@ -148,11 +165,26 @@ impl Build {
             def_path,
             version,
             mirror_flag: cfg.mirror.clone(),
+            static_dir: None,
+            debug_ssh_keys: cfg
+                .debug_ssh_key
+                .as_ref()
+                .map(|p| debug_keys(p))
+                .transpose()?,
             out_dir,
             work_dir,
             epoch: source_date_epoch(&root)?,
             timings: Vec::new(),
+            signing: BuildKey::load(cfg, &root.join(&cfg.out))?,
         })
+    }
+
+    /// The directory of the static device binaries, built on first use.
+    fn static_binaries(&mut self) -> Result<PathBuf> {
+        if self.static_dir.is_none() {
+            self.static_dir = Some(build_static_binaries()?);
+        }
+        Ok(self.static_dir.clone().expect("set above"))
     }
 
     /// Runs one named stage, timing it.
@@ -201,6 +233,9 @@ impl Build {
         let root = self.stage("root filesystem", Build::root_fs)?;
         let oem = self.stage("oem", Build::oem)?;
         let disk = self.stage("disk", |b| b.disk(&esp, &usr_image, &oem, &root))?;
+        let payload = self.stage("payload", |b| {
+            b.payload(&usr_image, &kernel_path, &initrd, &usr)
+        })?;
         let qcow2 = self.stage("qcow2", |b| b.qcow2(&disk))?;
         let artifacts = Artifacts {
             disk,
@@ -209,7 +244,9 @@ impl Build {
             kernel: kernel_path,
             initrd,
             usr_hash: usr.root_hash_hex(),
+            payload,
         };
+        self.stage("release files", Build::release_files)?;
         self.stage("report", |b| b.report(&artifacts, &tree))?;
         Ok(artifacts)
     }
@@ -295,6 +332,31 @@ impl Build {
         };
         hostdir::add_host_dir(&mut tree, &overlays, &TreePath::new("usr")?, &opts)
             .with_context(|| format!("applying {}", overlays.display()))?;
+        self.install_update_key(&mut tree)?;
+        let bin_dir = self.static_binaries()?;
+        for (_, bin) in STATIC_BINARIES.iter().filter(|(_, b)| *b != "init") {
+            // Read now: a later cargo run must not change a file the tree points at.
+            let path = bin_dir.join(bin);
+            let data =
+                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            tree.insert(
+                format!("usr/bin/{bin}"),
+                Entry::new(Kind::File(Content::bytes(data)), Meta::root(0o755, t)),
+            )?;
+        }
+        for spec in &self.def.container_images {
+            let rootfs = container::container_tree(&tree, spec, t)?;
+            let archive = container::docker_archive(&rootfs, spec, t)?;
+            eprintln!(
+                "    container image {} ({} entries, {} KiB) → /{}/{}.tar",
+                spec.tag,
+                rootfs.len(),
+                archive.len() / 1024,
+                container::IMAGES_DIR,
+                spec.name
+            );
+            container::install_archive(&mut tree, spec, archive, t)?;
+        }
         rootfs::enable_units(&mut tree, &self.def.systemd.enable, t)?;
         rootfs::set_default_target(&mut tree, &self.def.systemd.default_target, t)?;
         let os = OsRelease {
@@ -311,7 +373,7 @@ impl Build {
     /// The static init, the module subset, busybox for the emergency shell → `initrd`.
     fn initramfs(&mut self, tree: &Tree, kver: &str) -> Result<PathBuf> {
         let t = self.epoch;
-        let init = build_static_init()?;
+        let init = self.static_binaries()?.join("init");
         let always: Vec<&str> = self
             .def
             .kernel
@@ -471,7 +533,8 @@ impl Build {
         Ok(path)
     }
 
-    /// OEM: an empty FAT volume; `flash --config` and `qemu --config` put the cloud-config in.
+    /// OEM: a FAT volume, empty but for `--debug-ssh-key`'s keys; `flash --config` puts the
+    /// cloud-config in.
     fn oem(&mut self) -> Result<PathBuf> {
         let path = self.work_dir.join("oem.img");
         let opts = fat::FatOptions {
@@ -480,11 +543,18 @@ impl Build {
             label: "OEM".into(),
             timestamp: self.epoch,
         };
-        fat::format(
-            &Tree::new(Meta::root(0o755, self.epoch)),
-            &opts,
-            &mut create_rw(&path)?,
-        )?;
+        let mut tree = Tree::new(Meta::root(0o755, self.epoch));
+        if let Some(keys) = &self.debug_ssh_keys {
+            eprintln!("    WARNING: debug ssh keys on OEM: anyone with their private key logs in as core; never ship this image");
+            tree.insert(
+                "debug-ssh-keys",
+                Entry::new(
+                    Kind::File(Content::bytes(keys.clone())),
+                    Meta::root(0o644, self.epoch),
+                ),
+            )?;
+        }
+        fat::format(&tree, &opts, &mut create_rw(&path)?)?;
         Ok(path)
     }
 
@@ -558,6 +628,7 @@ impl Build {
             Some(&a.usr_image),
             Some(&a.kernel),
             Some(&a.initrd),
+            Some(&a.payload),
         ]
         .into_iter()
         .flatten()
@@ -575,6 +646,32 @@ impl Build {
         let path = self.out_dir.join("report.txt");
         std::fs::write(&path, &text).with_context(|| format!("writing {}", path.display()))?;
         eprint!("{text}");
+        Ok(())
+    }
+}
+
+impl Build {
+    /// What `flash` takes: `disk.raw.zst` (deterministic), `SHA256SUMS` over disk.raw,
+    /// disk.raw.zst and update.payload, and `SHA256SUMS.sig` by the update signing key (checked
+    /// with the `update-key.pub.pem` beside it).
+    fn release_files(&mut self) -> Result<()> {
+        use crate::flash::release;
+        let disk = self.out_dir.join(release::DISK_FILE);
+        let zst = self.out_dir.join(release::ZST_FILE);
+        let (disk_hash, zst_hash) = release::compress(&disk, &zst)?;
+        let known = [
+            (release::DISK_FILE, disk_hash),
+            (release::ZST_FILE, zst_hash),
+        ];
+        let sums = release::write_sums(&self.out_dir, &known)?;
+        let sig = crate::flash::sign(&sums, self.signing_key());
+        release::write_atomic(&self.out_dir.join(release::SIG_FILE), sig.as_bytes())?;
+        eprintln!(
+            "    {} MiB compressed, {}, {}",
+            std::fs::metadata(self.out_dir.join(release::ZST_FILE))?.len() >> 20,
+            release::SUMS_FILE,
+            release::SIG_FILE
+        );
         Ok(())
     }
 }
@@ -613,29 +710,64 @@ fn source_date_epoch(root: &Path) -> Result<i64> {
     }
 }
 
-/// Builds the init as a static binary (its own target dir: other RUSTFLAGS would rebuild the
-/// workspace's) and returns its path.
-fn build_static_init() -> Result<PathBuf> {
+/// The device-side programs, built static (they run before `/usr` is there, or must not
+/// depend on the image's C library version): (package, binary).
+const STATIC_BINARIES: &[(&str, &str)] = &[
+    ("kiln-initramfs", "init"),
+    ("kiln-config", "kiln-config"),
+    ("kiln-agent", "kiln-update-agent"),
+    ("kiln-agent", "kiln-update"),
+];
+
+/// Builds [`STATIC_BINARIES`] (their own target dir: other RUSTFLAGS would rebuild the
+/// workspace's) and returns the directory holding them.
+fn build_static_binaries() -> Result<PathBuf> {
     let root = host::workspace_root();
     let target_dir = root.join("target/static");
+    let mut cmd = Command::new("cargo");
+    cmd.args([
+        "build",
+        "--quiet",
+        "--release",
+        "--target",
+        "x86_64-unknown-linux-gnu",
+    ]);
+    for (package, bin) in STATIC_BINARIES {
+        cmd.args(["-p", package, "--bin", bin]);
+    }
     host::run(
-        Command::new("cargo")
-            .args([
-                "build",
-                "--quiet",
-                "--release",
-                "-p",
-                "kiln-initramfs",
-                "--bin",
-                "init",
-                "--target",
-                "x86_64-unknown-linux-gnu",
-            ])
-            .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        cmd.env("RUSTFLAGS", "-C target-feature=+crt-static")
             .env("CARGO_TARGET_DIR", &target_dir)
             .current_dir(&root),
     )?;
-    Ok(target_dir.join("x86_64-unknown-linux-gnu/release/init"))
+    Ok(target_dir.join("x86_64-unknown-linux-gnu/release"))
+}
+
+/// The public keys of `--debug-ssh-key`, checked to look like an `authorized_keys` file (a
+/// private key given by mistake must not land on a disk).
+fn debug_keys(path: &Path) -> Result<Vec<u8>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading --debug-ssh-key {}", path.display()))?;
+    let keys: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    if keys.is_empty()
+        || keys
+            .iter()
+            .any(|k| !(k.starts_with("ssh-") || k.starts_with("ecdsa-") || k.starts_with("sk-")))
+    {
+        bail!(
+            "--debug-ssh-key {}: expected public keys (lines like `ssh-ed25519 AAAA… comment`); give the .pub file",
+            path.display()
+        );
+    }
+    Ok(keys
+        .iter()
+        .map(|k| format!("{k}\n"))
+        .collect::<String>()
+        .into_bytes())
 }
 
 fn create_rw(path: &Path) -> Result<File> {
@@ -657,4 +789,114 @@ pub fn sha256_file(path: &Path) -> Result<String> {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect())
+}
+
+/// The key that signs a build's update payload, and where it came from.
+pub struct BuildKey {
+    pub key: kiln_updater::keys::SigningKey,
+    pub path: PathBuf,
+    /// The development key: images signed with it must not ship.
+    pub development: bool,
+}
+
+/// Where a build keeps its development key, under the output directory (which git ignores).
+const DEV_KEY: &str = "keys/dev-update-signing-key.pem";
+/// Where the image carries the public key (the update agent's default).
+pub const UPDATE_KEY_IN_IMAGE: &str = "usr/share/kiln/update-key.pem";
+
+impl BuildKey {
+    /// `--signing-key`, else `KILN_SIGNING_KEY`, else the development key under `out_root`
+    /// (made on first use; the same key every build after, so builds stay reproducible).
+    fn load(cfg: &BuildConfig, out_root: &Path) -> Result<BuildKey> {
+        use kiln_updater::keys::SigningKey;
+        let named = cfg
+            .signing_key
+            .clone()
+            .or_else(|| std::env::var_os("KILN_SIGNING_KEY").map(PathBuf::from));
+        if let Some(path) = named {
+            let key = SigningKey::load_pem(&path)
+                .with_context(|| format!("loading the signing key {}", path.display()))?;
+            return Ok(BuildKey {
+                key,
+                path,
+                development: false,
+            });
+        }
+        let path = out_root.join(DEV_KEY);
+        if !path.exists() {
+            let dir = path.parent().expect("a file under keys/");
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            SigningKey::generate()?.write_pem(&path)?;
+        }
+        let key = SigningKey::load_pem(&path)
+            .with_context(|| format!("loading the development key {}", path.display()))?;
+        let b = BuildKey {
+            key,
+            path,
+            development: true,
+        };
+        b.warn();
+        Ok(b)
+    }
+
+    fn warn(&self) {
+        if self.development {
+            eprintln!(
+                "WARNING: signing updates with the DEVELOPMENT key {}: images built with it trust \
+                 it and must NOT ship; make a real key with `cargo xtask keygen` and build with \
+                 --signing-key (or KILN_SIGNING_KEY)",
+                self.path.display()
+            );
+        }
+    }
+}
+
+impl Build {
+    /// The key that signs this build's update payload.
+    pub fn signing_key(&self) -> &kiln_updater::keys::SigningKey {
+        &self.signing.key
+    }
+
+    /// The public update key at [`UPDATE_KEY_IN_IMAGE`], where the update agent looks.
+    fn install_update_key(&self, tree: &mut Tree) -> Result<()> {
+        let t = self.epoch;
+        let pem = self.signing.key.verifying_key().to_pem()?;
+        tree.insert_with_parents(
+            UPDATE_KEY_IN_IMAGE,
+            Entry::new(
+                Kind::File(Content::bytes(pem.into_bytes())),
+                Meta::root(0o644, t),
+            ),
+            &Meta::root(0o755, t),
+        )?;
+        Ok(())
+    }
+
+    /// `update.payload`: the USR image, kernel and initramfs with a signed manifest; and the
+    /// public key beside it as `update-key.pub.pem` (for `publish`, `flash` and the server).
+    fn payload(
+        &mut self,
+        usr_image: &Path,
+        kernel: &Path,
+        initrd: &Path,
+        usr: &verity::VerityInfo,
+    ) -> Result<PathBuf> {
+        use kiln_updater::payload::{write_payload, ManifestInput};
+        self.signing.warn();
+        let path = self.out_dir.join("update.payload");
+        let input = ManifestInput::new(&self.def.image.app_id, &self.version, usr.hash_offset);
+        let m = write_payload(&path, input, usr_image, kernel, initrd, &self.signing.key)
+            .with_context(|| format!("writing {}", path.display()))?;
+        let public = self.out_dir.join("update-key.pub.pem");
+        std::fs::write(&public, self.signing.key.verifying_key().to_pem()?)
+            .with_context(|| format!("writing {}", public.display()))?;
+        eprintln!(
+            "    {} MiB ({} MiB USR image compressed to {} MiB), key {}",
+            std::fs::metadata(&path)?.len() >> 20,
+            m.usr_size >> 20,
+            m.parts.usr.length >> 20,
+            self.signing.path.display()
+        );
+        Ok(path)
+    }
 }

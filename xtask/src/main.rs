@@ -2,10 +2,18 @@
 //! command lives in its own module.
 
 mod bench;
+mod bench_flash;
+mod bench_server;
+mod bench_update;
 mod build;
+mod flash;
 mod host;
+mod keygen;
+mod publish;
 mod qemu;
+mod serve;
 mod test;
+mod validate;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -29,10 +37,20 @@ enum Command {
     /// Benchmarks against the reference tools, as ratios measured in one run.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Write a built image to a whole disk (or --to-file), checked, with its cloud-config on OEM.
+    Flash(flash::FlashConfig),
+    /// Make the update signing key pair (private key 0600, public key for the image).
+    Keygen(keygen::KeygenConfig),
     /// Boot a built image in QEMU on this terminal (serial console, ssh forwarded).
     Qemu(qemu::QemuConfig),
+    /// Upload build/<version>/update.payload to an update server and point a channel at it.
+    Publish(publish::PublishConfig),
+    /// Run the update server (state under build/server/).
+    Serve(serve::ServeArgs),
     /// Run the unit tests, the format checks against the reference tools, and the VM scenarios.
     Test(test::TestConfig),
+    /// Check cloud-config documents with the parser first boot uses (line and column in errors).
+    ValidateConfig(validate::ValidateConfig),
 }
 
 fn main() {
@@ -41,8 +59,13 @@ fn main() {
         Command::BuildImage(cfg) => build::build_image(&cfg).map(drop),
         Command::Lock(cfg) => build::lock(&cfg),
         Command::Bench(cmd) => bench::run(&cmd),
+        Command::Flash(cfg) => flash::run(&cfg),
+        Command::Keygen(cfg) => keygen::run(&cfg),
         Command::Qemu(cfg) => qemu::run(&cfg),
+        Command::Publish(cfg) => publish::run(&cfg),
+        Command::Serve(args) => serve::run(&args),
         Command::Test(cfg) => test::run(&cfg),
+        Command::ValidateConfig(cfg) => validate::run(&cfg),
     };
     if let Err(err) = result {
         // The whole cause chain, one cause a line: the top says what failed, the rest why.

@@ -93,6 +93,8 @@ pub fn run(cfg: &TestConfig) -> Result<()> {
         mirror: None,
         definition: "image/image.toml".into(),
         out: "build".into(),
+        debug_ssh_key: None,
+        signing_key: None,
     };
     let mut build = build::Build::new(&build_cfg)?;
     let artifacts = build.run()?;

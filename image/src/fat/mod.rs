@@ -140,6 +140,8 @@ pub enum FatError {
     NotFound { path: String },
     #[error("{path} is not a directory on the FAT volume")]
     NotADirectory { path: String },
+    #[error("{path} already exists on the FAT volume: remove it first or choose another name")]
+    Exists { path: String },
     #[error("{path} is a directory on the FAT volume, not a file")]
     IsADirectory { path: String },
     #[error("no room for {path}: it needs {needed} clusters and {free} are free")]
@@ -182,6 +184,19 @@ pub fn read_file(dev: &mut (impl Read + Seek), path: &str) -> Result<Vec<u8>, Fa
 /// the volume label, in on-disk order.
 pub fn list_dir(dev: &mut (impl Read + Seek), path: &str) -> Result<Vec<DirEntryInfo>, FatError> {
     volume::list_dir(dev, path)
+}
+
+/// Removes the file at `path` (not a directory) and frees its clusters. Its directory entry is
+/// marked deleted before the FAT frees the clusters.
+pub fn remove_file(dev: &mut (impl Read + Write + Seek), path: &str) -> Result<(), FatError> {
+    volume::remove_file(dev, path)
+}
+
+/// Renames the file or directory at `from` to `to`, which must be in the same directory and
+/// must not name another entry (a change of case only is allowed). The entry keeps its
+/// clusters, size and times; the new name is written before the old one is deleted.
+pub fn rename(dev: &mut (impl Read + Write + Seek), from: &str, to: &str) -> Result<(), FatError> {
+    volume::rename(dev, from, to)
 }
 
 /// Writes `buf` at byte `offset` of the volume.

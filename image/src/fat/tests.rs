@@ -571,3 +571,123 @@ fn a_full_directory_grows_by_a_cluster() {
         "expected {used} clusters in use: {summary}"
     );
 }
+
+/// Removes and renames entries of `img` (which must hold `/loader/entries/kiln-a+3.conf`,
+/// `kiln-b+0-2.conf`, `/README.TXT` and `/readme.md`), checking with fsck.fat and mtools.
+fn remove_and_rename_and_check(img: &Path) {
+    let mut f = open_rw(img);
+    remove_file(&mut f, "/loader/entries/kiln-b+0-2.conf").unwrap();
+    remove_file(&mut f, "/README.TXT").unwrap();
+    rename(
+        &mut f,
+        "/loader/entries/kiln-a+3.conf",
+        "/loader/entries/kiln-a.conf",
+    )
+    .unwrap();
+    rename(&mut f, "/readme.md", "/ReadMe.md").unwrap();
+    drop(f);
+    assert_fsck_clean(img);
+    assert_eq!(names(img, "/loader/entries"), ["kiln-a.conf"]);
+    let entries = mdir(img, "/loader/entries");
+    assert!(
+        entries.contains("kiln-a.conf") && !entries.contains("kiln-b") && !entries.contains("+3"),
+        "{entries}"
+    );
+    assert_eq!(mtype(img, "/loader/entries/kiln-a.conf"), b"title Kiln A\n");
+    let root = mdir(img, "/");
+    assert!(
+        root.contains(" ReadMe.md") && !root.contains("README.TXT") && !root.contains("readme"),
+        "{root}"
+    );
+    assert_eq!(mtype(img, "/ReadMe.md"), b"lower\n");
+    let ours = names(img, "/");
+    assert!(ours.iter().any(|n| n == "ReadMe.md"), "{ours:?}");
+    assert!(
+        !ours.iter().any(|n| n == "README.TXT" || n == "readme.md"),
+        "{ours:?}"
+    );
+
+    // The freed clusters and slots are used again, and the volume stays clean.
+    let mut f = open_rw(img);
+    write_file(
+        &mut f,
+        "/loader/entries/kiln-b+3.conf",
+        b"title Kiln B\n",
+        T,
+    )
+    .unwrap();
+    drop(f);
+    assert_fsck_clean(img);
+    assert_eq!(
+        mtype(img, "/loader/entries/kiln-b+3.conf"),
+        b"title Kiln B\n"
+    );
+}
+
+#[test]
+fn remove_file_and_rename_keep_our_volume_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let (img, _) = make_image(dir.path(), "esp.img", &esp_like_tree(), &opts(64));
+    // A 20 MiB file: its whole chain goes back to the free count fsck.fat checks.
+    let mut f = open_rw(&img);
+    remove_file(&mut f, "/kiln/a/vmlinuz-6.1.0-kiln-amd64").unwrap();
+    rename(&mut f, "/empty-dir", "/Another Dir").unwrap();
+    // A rename that finds the same entry through its short name is a no-op.
+    rename(&mut f, "/a.b.c.d", "/a.b.c.d").unwrap();
+    drop(f);
+    assert_fsck_clean(&img);
+    assert!(!names(&img, "/kiln/a").contains(&"vmlinuz-6.1.0-kiln-amd64".to_string()));
+    assert!(names(&img, "/").contains(&"Another Dir".to_string()));
+    remove_and_rename_and_check(&img);
+
+    let mut f = open_rw(&img);
+    let before = std::fs::read(&img).unwrap();
+    let err = rename(&mut f, "/.hidden", "/a.b.c.d").unwrap_err();
+    assert!(
+        matches!(err, FatError::Exists { ref path } if path == "/a.b.c.d"),
+        "{err}"
+    );
+    let err = rename(&mut f, "/.hidden", "/loader/.hidden").unwrap_err();
+    assert!(matches!(err, FatError::InvalidPath { .. }), "{err}");
+    let err = rename(&mut f, "/nothing", "/something").unwrap_err();
+    assert!(matches!(err, FatError::NotFound { .. }), "{err}");
+    let err = remove_file(&mut f, "/loader").unwrap_err();
+    assert!(matches!(err, FatError::IsADirectory { .. }), "{err}");
+    let err = remove_file(&mut f, "/loader/missing.conf").unwrap_err();
+    assert!(err.to_string().contains("/loader/missing.conf"), "{err}");
+    drop(f);
+    assert!(
+        std::fs::read(&img).unwrap() == before,
+        "a refused edit wrote"
+    );
+}
+
+#[test]
+fn remove_file_and_rename_work_in_volumes_made_by_mkfs_fat() {
+    let mkfs = require_tool("mkfs.fat", "dosfstools");
+    let dir = tempfile::tempdir().unwrap();
+    // FAT16 with its fixed root directory, and FAT32.
+    for (name, fat_args) in [("fat16.img", &[][..]), ("fat32.img", &["-F", "32"][..])] {
+        let img = dir.path().join(name);
+        let ok = Command::new(&mkfs)
+            .args(fat_args)
+            .args(["-n", "ESP", "-i", "12345678", "-C"])
+            .arg(&img)
+            .arg("65536")
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let mut f = open_rw(&img);
+        for (p, d) in [
+            ("/loader/entries/kiln-a+3.conf", &b"title Kiln A\n"[..]),
+            ("/loader/entries/kiln-b+0-2.conf", b"title Kiln B\n"),
+            ("/README.TXT", b"upper\n"),
+            ("/readme.md", b"lower\n"),
+        ] {
+            write_file(&mut f, p, d, T).unwrap();
+        }
+        drop(f);
+        assert_fsck_clean(&img);
+        remove_and_rename_and_check(&img);
+    }
+}

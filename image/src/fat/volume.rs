@@ -61,6 +61,8 @@ impl Dir {
 /// One live entry of a directory.
 struct Found {
     info: DirEntryInfo,
+    /// The first slot of the entry: its first long-name slot, or the short slot.
+    first_slot: usize,
     short_slot: usize,
     short: ShortEntry,
 }
@@ -387,8 +389,9 @@ fn free_run(dir: &Dir, n: usize) -> Option<usize> {
 /// The live entries of a directory, with long names where their checksums match.
 fn entries(dir: &Dir) -> Vec<Found> {
     let mut out = Vec::new();
-    // The long name being collected: its units, its checksum and the order expected next.
-    let mut lfn: Option<(Vec<u16>, u8, u8)> = None;
+    // The long name being collected: its units, its checksum, the order expected next and
+    // its first slot.
+    let mut lfn: Option<(Vec<u16>, u8, u8, usize)> = None;
     for i in 0..dir.slots() {
         let s = dir.slot(i);
         if s[0] == 0 {
@@ -403,14 +406,14 @@ fn entries(dir: &Dir) -> Vec<Found> {
             lfn = if s[0] & 0x40 != 0 && order > 0 {
                 let mut units = vec![0u16; usize::from(order) * 13];
                 units[usize::from(order - 1) * 13..][..13].copy_from_slice(&lfn_units(s));
-                Some((units, s[13], order - 1))
+                Some((units, s[13], order - 1, i))
             } else {
                 match lfn.take() {
-                    Some((mut units, sum, expect))
+                    Some((mut units, sum, expect, start))
                         if expect == order && order > 0 && sum == s[13] =>
                     {
                         units[usize::from(order - 1) * 13..][..13].copy_from_slice(&lfn_units(s));
-                        Some((units, sum, order - 1))
+                        Some((units, sum, order - 1, start))
                     }
                     _ => None,
                 }
@@ -423,12 +426,12 @@ fn entries(dir: &Dir) -> Vec<Found> {
         }
         let short = ShortEntry::decode(s);
         let short_name = display(&short.name, short.ntres);
-        let name = match long {
-            Some((units, sum, 0)) if sum == lfn_checksum(&short.name) => {
+        let (name, first_slot) = match long {
+            Some((units, sum, 0, start)) if sum == lfn_checksum(&short.name) => {
                 let end = units.iter().position(|&u| u == 0).unwrap_or(units.len());
-                String::from_utf16_lossy(&units[..end])
+                (String::from_utf16_lossy(&units[..end]), start)
             }
-            _ => short_name.clone(),
+            _ => (short_name.clone(), i),
         };
         out.push(Found {
             info: DirEntryInfo {
@@ -439,6 +442,7 @@ fn entries(dir: &Dir) -> Vec<Found> {
                 mtime: short.mtime(),
                 first_cluster: short.cluster,
             },
+            first_slot,
             short_slot: i,
             short,
         });
@@ -565,5 +569,88 @@ pub(super) fn write_file<D: Read + Write + Seek>(
     if !old_freed {
         vol.fat.free(&old);
     }
+    vol.commit()
+}
+
+/// Marks slots `first..=last` of `dir` deleted, in memory.
+fn mark_deleted(dir: &mut Dir, first: usize, last: usize) {
+    for i in first..=last {
+        dir.data[i * 32] = DELETED;
+    }
+}
+
+pub(super) fn remove_file<D: Read + Write + Seek>(dev: &mut D, path: &str) -> Result<(), FatError> {
+    let tp = parse_path(path)?;
+    if tp.is_root() {
+        return Err(FatError::IsADirectory { path: tp.display() });
+    }
+    let mut vol = Volume::open(dev)?;
+    let (mut dir, found) = vol.lookup(&tp)?;
+    let found = found.ok_or_else(|| FatError::NotFound { path: tp.display() })?;
+    if found.info.is_dir {
+        return Err(FatError::IsADirectory { path: tp.display() });
+    }
+    let clusters = match found.short.cluster {
+        0 => Vec::new(),
+        first => vol.chain(first, &format!("file {}", tp.display()))?,
+    };
+    // The entry goes first, then its clusters: a cut in between leaves lost clusters, which
+    // fsck reclaims, never an entry pointing at free ones.
+    mark_deleted(&mut dir, found.first_slot, found.short_slot);
+    vol.write_slots(&dir, found.first_slot, found.short_slot + 1)?;
+    vol.fat.free(&clusters);
+    vol.commit()
+}
+
+pub(super) fn rename<D: Read + Write + Seek>(
+    dev: &mut D,
+    from: &str,
+    to: &str,
+) -> Result<(), FatError> {
+    let (from_tp, to_tp) = (parse_path(from)?, parse_path(to)?);
+    let from_comps: Vec<&[u8]> = from_tp.components().collect();
+    let to_comps: Vec<&[u8]> = to_tp.components().collect();
+    let (Some((_, from_parent)), Some((new_last, to_parent))) =
+        (from_comps.split_last(), to_comps.split_last())
+    else {
+        return Err(FatError::InvalidPath {
+            path: if from_tp.is_root() { from } else { to }.to_string(),
+            reason: "the root directory cannot be renamed or replaced".to_string(),
+        });
+    };
+    if from_parent != to_parent {
+        return Err(FatError::InvalidPath {
+            path: to.to_string(),
+            reason: format!(
+                "rename moves entries within one directory only, and {from} is in another"
+            ),
+        });
+    }
+    let new_name = check_name(new_last, &|| to_tp.display())?;
+    let mut vol = Volume::open(dev)?;
+    let (mut dir, found) = vol.lookup(&from_tp)?;
+    let found = found.ok_or_else(|| FatError::NotFound {
+        path: from_tp.display(),
+    })?;
+    if found.info.name == new_name {
+        return Ok(());
+    }
+    // A name that differs only in case finds the entry itself, which is renamed in place.
+    if let Some(other) = find(&dir, new_name) {
+        if other.short_slot != found.short_slot {
+            return Err(FatError::Exists {
+                path: to_tp.display(),
+            });
+        }
+    }
+    let mut entry = found.short.clone();
+    // The case flags belong to the old short name; a new short name is upper-case 8.3 or
+    // carries a long name.
+    entry.ntres = 0;
+    // The new entry is written before the old one is deleted, as Linux's vfat does: a cut in
+    // between leaves both names for the same clusters, never neither.
+    vol.add_entry(&mut dir, new_name, entry)?;
+    mark_deleted(&mut dir, found.first_slot, found.short_slot);
+    vol.write_slots(&dir, found.first_slot, found.short_slot + 1)?;
     vol.commit()
 }

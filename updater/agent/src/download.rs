@@ -1,0 +1,211 @@
+//! The payload download: resumable with HTTP `Range` into the download directory, and checked
+//! against the size and SHA-256 of the Omaha response before anything else may read it.
+//!
+//! The partial file is named after the expected SHA-256, so a restart (or a new check offering the
+//! same payload) continues where the last attempt stopped, and a different payload never appends to it.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::http::HttpError;
+use crate::state::Offer;
+
+/// Bytes between two progress calls.
+const PROGRESS_STEP: u64 = 4 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DownloadError {
+    #[error(transparent)]
+    Http(#[from] HttpError),
+    #[error("writing the payload to {path}: {source}; check the free space on /var")]
+    Local {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "payload {url} is larger than the {expected} bytes the Omaha response announced; refused"
+    )]
+    TooLarge { url: String, expected: u64 },
+    #[error("payload {url} has SHA-256 {actual}, the Omaha response says {expected}; refused and deleted")]
+    HashMismatch {
+        url: String,
+        expected: String,
+        actual: String,
+    },
+}
+
+impl DownloadError {
+    /// Whether resuming later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, DownloadError::Http(e) if e.is_transient())
+    }
+}
+
+/// The partial / complete payload file for an offer.
+pub fn payload_path(dir: &Path, offer: &Offer) -> PathBuf {
+    dir.join(format!("{}.payload", offer.sha256))
+}
+
+/// Downloads the offer's payload into `dir`, resuming a partial file, and returns the path of the
+/// complete file once its size and SHA-256 match. `progress(done, total)` is called as bytes arrive.
+pub fn download(
+    http: &ureq::Agent,
+    offer: &Offer,
+    dir: &Path,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<PathBuf, DownloadError> {
+    let path = payload_path(dir, offer);
+    let local = |source| DownloadError::Local {
+        path: path.clone(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(local)?;
+    remove_other_payloads(dir, &path);
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(local)?;
+    let have = file.metadata().map_err(local)?.len();
+    if have > offer.size {
+        file.set_len(0).map_err(local)?;
+    }
+    let have = have.min(offer.size);
+    if have < offer.size {
+        fetch(http, offer, &mut file, have, &path, progress)?;
+    }
+    file.sync_all().map_err(local)?;
+    check_hash(offer, &mut file, &path)?;
+    Ok(path)
+}
+
+/// Gets bytes `from..` and appends them, or starts over if the server ignores the range.
+fn fetch(
+    http: &ureq::Agent,
+    offer: &Offer,
+    file: &mut File,
+    from: u64,
+    path: &Path,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<(), DownloadError> {
+    let local = |source| DownloadError::Local {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut request = http.get(&offer.url);
+    if from > 0 {
+        request = request.set("Range", &format!("bytes={from}-"));
+    }
+    let answer = request
+        .call()
+        .map_err(|e| HttpError::from_ureq("GET", &offer.url, e))?;
+    // 206 continues at `from`; a 200 is the whole file, so the partial bytes are dropped.
+    let start = if answer.status() == 206 && range_start(&answer) == Some(from) {
+        from
+    } else {
+        0
+    };
+    file.set_len(start).map_err(local)?;
+    file.seek(SeekFrom::Start(start)).map_err(local)?;
+    copy_body(answer.into_reader(), file, offer, start, path, progress)
+}
+
+fn copy_body(
+    mut body: impl Read,
+    file: &mut File,
+    offer: &Offer,
+    mut done: u64,
+    path: &Path,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<(), DownloadError> {
+    let mut buf = vec![0u8; 256 << 10];
+    let mut reported = done;
+    progress(done, offer.size);
+    loop {
+        let n = match body.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) => {
+                // The bytes so far are kept for the resume; say how far it got.
+                progress(done, offer.size);
+                return Err(HttpError::from_io("GET", &offer.url, &e).into());
+            }
+        };
+        if n == 0 {
+            break;
+        }
+        let n64 = n as u64;
+        if done + n64 > offer.size {
+            return Err(DownloadError::TooLarge {
+                url: offer.url.clone(),
+                expected: offer.size,
+            });
+        }
+        file.write_all(&buf[..n])
+            .map_err(|source| DownloadError::Local {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        done += n64;
+        if done - reported >= PROGRESS_STEP {
+            progress(done, offer.size);
+            reported = done;
+        }
+    }
+    progress(done, offer.size);
+    if done < offer.size {
+        return Err(DownloadError::Http(HttpError::Transport {
+            method: "GET",
+            url: offer.url.clone(),
+            reason: format!("the body ended after {done} of {} bytes", offer.size),
+        }));
+    }
+    Ok(())
+}
+
+/// The first byte of a `Content-Range: bytes START-END/TOTAL` header.
+fn range_start(answer: &ureq::Response) -> Option<u64> {
+    let value = answer.header("Content-Range")?;
+    let range = value.trim().strip_prefix("bytes")?.trim();
+    range.split('-').next()?.trim().parse().ok()
+}
+
+/// Hashes the complete file; a mismatch deletes it so the next attempt starts clean.
+fn check_hash(offer: &Offer, file: &mut File, path: &Path) -> Result<(), DownloadError> {
+    let local = |source| DownloadError::Local {
+        path: path.to_path_buf(),
+        source,
+    };
+    file.seek(SeekFrom::Start(0)).map_err(local)?;
+    let mut hasher = Sha256::new();
+    std::io::copy(file, &mut hasher).map_err(local)?;
+    let actual = crate::state::hex(&hasher.finalize());
+    if actual == offer.sha256 {
+        return Ok(());
+    }
+    // Best effort: if the delete fails the next attempt re-hashes and deletes again.
+    let _ = std::fs::remove_file(path);
+    Err(DownloadError::HashMismatch {
+        url: offer.url.clone(),
+        expected: offer.sha256.clone(),
+        actual,
+    })
+}
+
+/// Payloads of other offers are dead weight on /var once a new one is being fetched.
+fn remove_other_payloads(dir: &Path, keep: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path != keep && path.extension().is_some_and(|e| e == "payload") {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! The seam between the state machine and the write path: what the agent asks of the installer
+//! (`kiln_updater::install`, shaped after its `install`, `bless`, `rollback`, `running_slot`), and
+//! the Omaha error codes a failure is reported with.
+
+use std::path::Path;
+
+use kiln_image::boot::Slot;
+
+/// The step of an installation, for progress and for the persisted state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Streaming the USR image to the inactive partition.
+    Writing,
+    /// Reading it back: SHA-256 and dm-verity root hash.
+    Verifying,
+    /// Kernel and initramfs in the ESP, then the boot entry with tries left.
+    Finalizing,
+}
+
+impl Phase {
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Writing => "writing",
+            Phase::Verifying => "verifying",
+            Phase::Finalizing => "finalizing",
+        }
+    }
+}
+
+/// What an installation produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Installed {
+    /// The slot written (the one the next boot tries).
+    pub slot: Slot,
+    /// The version the payload's signed manifest names.
+    pub version: String,
+}
+
+/// An installer failure with the Omaha error code to report it under.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct InstallFailure {
+    pub code: i64,
+    pub message: String,
+}
+
+/// The Omaha `errorcode`s the agent sends. Where update_engine has a code for the same failure,
+/// its number is used so a server's dashboards read the same.
+pub mod codes {
+    /// update_engine `kActionCodeError`: anything not named below.
+    pub const GENERIC: i64 = 1;
+    /// `kActionCodeInstallDeviceOpenError`: the inactive partition cannot be opened or written.
+    pub const INSTALL_DEVICE: i64 = 7;
+    /// `kActionCodeDownloadTransferError`.
+    pub const DOWNLOAD_TRANSFER: i64 = 9;
+    /// `kActionCodePayloadHashMismatchError`: the payload's SHA-256 is not the response's.
+    pub const PAYLOAD_HASH_MISMATCH: i64 = 10;
+    /// `kActionCodePayloadSizeMismatchError`.
+    pub const PAYLOAD_SIZE_MISMATCH: i64 = 11;
+    /// `kActionCodeDownloadPayloadVerificationError`: the payload is damaged or not a payload.
+    pub const PAYLOAD_VERIFICATION: i64 = 12;
+    /// `kActionCodeNewRootfsVerificationError`: read-back or dm-verity root hash mismatch.
+    pub const ROOTFS_VERIFICATION: i64 = 15;
+    /// `kActionCodeDownloadPayloadPubKeyVerificationError`: the manifest signature is bad.
+    pub const SIGNATURE: i64 = 18;
+    /// Kiln's own: the new slot used up its boot tries and the old slot came back.
+    pub const BOOT_FALLBACK: i64 = 1000;
+    /// Kiln's own: the new slot booted but was not healthy in time (not blessed).
+    pub const UNHEALTHY: i64 = 1001;
+}
+
+/// What the state machine needs from the write path. The real one wraps
+/// `kiln_updater::install`; tests use a fake.
+pub trait Installer {
+    /// The slot the running system booted from.
+    fn running_slot(&self) -> Option<Slot>;
+
+    /// Checks the payload's signature, writes the inactive slot, verifies it and makes it the
+    /// next boot with tries left. Never writes the running slot.
+    fn install(
+        &mut self,
+        payload: &Path,
+        progress: &mut dyn FnMut(Phase, u64, u64),
+    ) -> Result<Installed, InstallFailure>;
+
+    /// Removes the running slot's boot counter; `true` if there was one.
+    fn bless(&mut self) -> Result<bool, InstallFailure>;
+
+    /// Makes the other slot the next boot; returns it.
+    fn rollback(&mut self) -> Result<Slot, InstallFailure>;
+
+    /// The boot entries' file names, for `kiln-update status`.
+    fn boot_entries(&self) -> Result<Vec<String>, InstallFailure>;
+}

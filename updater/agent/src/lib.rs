@@ -1,0 +1,19 @@
+//! The on-device update agent: reads `update.conf`, asks an Omaha server for updates, downloads and
+//! checks the payload, hands it to the installer, reboots by the configured strategy, and blesses
+//! the new slot once the machine is healthy, reporting each step to the server.
+
+pub mod agent;
+pub mod client;
+pub mod config;
+pub mod download;
+pub mod host;
+pub mod http;
+pub mod identity;
+pub mod installer;
+pub mod real;
+pub mod state;
+pub mod strategy;
+pub mod window;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,244 @@
+//! The real installer behind the agent's [`Installer`] seam: `kiln_updater::install` on the whole
+//! disk that holds the `USR-A` partition, with the public key built into `/usr`.
+
+use std::path::{Path, PathBuf};
+
+use kiln_image::boot::Slot;
+use kiln_updater::install::{self, InstallError, Target};
+use kiln_updater::keys::VerifyingKey;
+use kiln_updater::payload::PayloadError;
+
+use crate::identity::Paths;
+use crate::installer::{codes, InstallFailure, Installed, Installer, Phase};
+
+/// Why the real installer could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("reading the kernel command line {path}: {source}")]
+    Cmdline {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the kernel command line has no kiln.slot=a|b; was this machine booted by Kiln's boot entries?")]
+    NoSlot,
+    #[error("no block device has a partition named USR-A (looked in {sys}); is this a Kiln disk?")]
+    NoDisk { sys: PathBuf },
+    #[error("loading the update public key: {0}")]
+    Key(#[from] kiln_updater::keys::KeyError),
+}
+
+/// `kiln_updater::install` for this machine.
+pub struct RealInstaller {
+    pub target: Target,
+    pub key: VerifyingKey,
+}
+
+impl RealInstaller {
+    /// The running slot from the kernel command line, the disk from sysfs, the key from `/usr`.
+    pub fn for_machine(paths: &Paths, sys_class_block: &Path) -> Result<RealInstaller, SetupError> {
+        let cmdline =
+            std::fs::read_to_string(&paths.cmdline).map_err(|source| SetupError::Cmdline {
+                path: paths.cmdline.clone(),
+                source,
+            })?;
+        let running = install::running_slot(&cmdline).ok_or(SetupError::NoSlot)?;
+        let disk =
+            disk_with_partition(sys_class_block, Slot::A.partition_name()).ok_or_else(|| {
+                SetupError::NoDisk {
+                    sys: sys_class_block.to_path_buf(),
+                }
+            })?;
+        let key = VerifyingKey::load_pem(&paths.update_key)?;
+        Ok(RealInstaller {
+            target: Target { disk, running },
+            key,
+        })
+    }
+}
+
+/// `/dev/<disk>` for the whole disk one of whose partitions has GPT name `name`, found through
+/// each partition's `uevent` (`PARTNAME=`), which the kernel fills without udev.
+pub fn disk_with_partition(sys_class_block: &Path, name: &str) -> Option<PathBuf> {
+    let wanted = format!("PARTNAME={name}");
+    let mut entries: Vec<_> = std::fs::read_dir(sys_class_block).ok()?.flatten().collect();
+    // Deterministic when two disks carry the label (a USB stick being flashed): first by name.
+    entries.sort_by_key(|e| e.file_name());
+    entries.into_iter().find_map(|entry| {
+        let uevent = std::fs::read_to_string(entry.path().join("uevent")).ok()?;
+        if !uevent.lines().any(|l| l.trim() == wanted) {
+            return None;
+        }
+        // /sys/class/block/vda2 links to …/block/vda/vda2: the parent directory is the disk.
+        let real = std::fs::canonicalize(entry.path()).ok()?;
+        let disk = real.parent()?.file_name()?;
+        Some(Path::new("/dev").join(disk))
+    })
+}
+
+/// The agent's three install states over the installer's five phases: the signature check and
+/// the write are "writing", the read-back is "verifying", the ESP files and entry "finalizing".
+fn phase(p: install::Phase) -> Phase {
+    match p {
+        install::Phase::Verifying | install::Phase::Writing => Phase::Writing,
+        install::Phase::ReadingBack => Phase::Verifying,
+        install::Phase::Esp | install::Phase::Entry => Phase::Finalizing,
+    }
+}
+
+/// The Omaha error code of an install error.
+pub fn error_code(e: &InstallError) -> i64 {
+    match e {
+        InstallError::Payload(PayloadError::BadSignature { .. }) => codes::SIGNATURE,
+        InstallError::Payload(PayloadError::PartMismatch { .. }) => codes::PAYLOAD_HASH_MISMATCH,
+        InstallError::Payload(
+            PayloadError::BadMagic { .. }
+            | PayloadError::UnsupportedVersion { .. }
+            | PayloadError::Malformed { .. },
+        )
+        | InstallError::Decompress { .. } => codes::PAYLOAD_VERIFICATION,
+        InstallError::Mismatch { .. } | InstallError::Verity { .. } => codes::ROOTFS_VERIFICATION,
+        InstallError::InUse { .. }
+        | InstallError::NoPartition { .. }
+        | InstallError::TooLarge { .. }
+        | InstallError::Io { .. } => codes::INSTALL_DEVICE,
+        _ => codes::GENERIC,
+    }
+}
+
+fn failure(e: InstallError) -> InstallFailure {
+    InstallFailure {
+        code: error_code(&e),
+        message: e.to_string(),
+    }
+}
+
+impl Installer for RealInstaller {
+    fn running_slot(&self) -> Option<Slot> {
+        Some(self.target.running)
+    }
+
+    fn install(
+        &mut self,
+        payload: &Path,
+        progress: &mut dyn FnMut(Phase, u64, u64),
+    ) -> Result<Installed, InstallFailure> {
+        let done = install::install(&self.target, payload, &self.key, &mut |p, done, total| {
+            progress(phase(p), done, total)
+        })
+        .map_err(failure)?;
+        Ok(Installed {
+            slot: done.slot,
+            version: done.manifest.version,
+        })
+    }
+
+    fn bless(&mut self) -> Result<bool, InstallFailure> {
+        install::bless(&self.target).map_err(failure)
+    }
+
+    fn rollback(&mut self) -> Result<Slot, InstallFailure> {
+        install::rollback(&self.target).map_err(failure)
+    }
+
+    fn boot_entries(&self) -> Result<Vec<String>, InstallFailure> {
+        let entries = install::boot_entries(&self.target).map_err(failure)?;
+        Ok(entries
+            .iter()
+            .map(|e| format!("{} (version {})", e.file_name(), e.version))
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sysfs tree as the kernel lays it out: class links into the device hierarchy.
+    #[test]
+    fn finds_the_disk_of_usr_a_through_sysfs() {
+        let dir = tempfile::tempdir().unwrap();
+        let devices = dir.path().join("devices/pci0/virtio1/block");
+        let class = dir.path().join("class/block");
+        std::fs::create_dir_all(&class).unwrap();
+        for (disk, part, label) in [
+            ("vda", "vda2", "USR-A"),
+            ("vda", "vda3", "USR-B"),
+            ("sda", "sda1", "DATA"),
+        ] {
+            let p = devices.join(disk).join(part);
+            std::fs::create_dir_all(&p).unwrap();
+            std::fs::write(
+                p.join("uevent"),
+                format!("MAJOR=254\nDEVTYPE=partition\nPARTNAME={label}\n"),
+            )
+            .unwrap();
+            std::os::unix::fs::symlink(&p, class.join(part)).unwrap();
+        }
+        assert_eq!(
+            disk_with_partition(&class, "USR-A"),
+            Some(PathBuf::from("/dev/vda"))
+        );
+        assert_eq!(disk_with_partition(&class, "USR-C"), None);
+    }
+
+    #[test]
+    fn install_errors_map_to_omaha_codes() {
+        let sig = InstallError::Payload(PayloadError::BadSignature { path: "p".into() });
+        assert_eq!(error_code(&sig), codes::SIGNATURE);
+        let busy = InstallError::InUse {
+            path: "/dev/vda".into(),
+            partition: "partition 2".into(),
+            reason: "mounted".into(),
+        };
+        assert_eq!(error_code(&busy), codes::INSTALL_DEVICE);
+    }
+
+    /// On a copy of the built image: the seam reads the real boot entries, blessing the blessed
+    /// factory entry changes nothing, and a rollback with no second slot installed is refused
+    /// without touching the entries.
+    #[test]
+    fn works_on_a_copy_of_the_built_disk() {
+        let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../build/0.1.0/disk.raw");
+        assert!(
+            built.is_file(),
+            "{} is missing: run `cargo xtask build-image`",
+            built.display()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let disk = dir.path().join("disk.raw");
+        let status = std::process::Command::new("cp")
+            .arg("--sparse=always")
+            .arg(&built)
+            .arg(&disk)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let key_pem = kiln_updater::keys::SigningKey::generate()
+            .unwrap()
+            .verifying_key()
+            .to_pem()
+            .unwrap();
+        let mut real = RealInstaller {
+            target: Target {
+                disk,
+                running: Slot::A,
+            },
+            key: VerifyingKey::from_pem(&key_pem).unwrap(),
+        };
+        let before = real.boot_entries().unwrap();
+        assert!(before.iter().any(|e| e.starts_with("kiln-a")), "{before:?}");
+        assert!(
+            !real.bless().unwrap(),
+            "the factory entry is already blessed"
+        );
+        let e = real.rollback().unwrap_err();
+        assert_eq!(e.code, codes::GENERIC);
+        assert!(
+            e.message.contains("roll back") || e.message.contains("slot b"),
+            "{}",
+            e.message
+        );
+        assert_eq!(real.boot_entries().unwrap(), before);
+    }
+}

@@ -1,0 +1,238 @@
+//! Reboot strategies: when an installed update may reboot the machine. `immediate` and `off` need
+//! nobody; `etcd-lock` and `fleetlock` take a cluster-wide lock first (one machine reboots at a time)
+//! and give it back only once the rebooted machine is healthy. Any of them may add a window.
+
+use std::io::Read;
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use serde_json::{json, Value};
+
+use crate::config::{Config, StrategyKind};
+use crate::http::HttpError;
+use crate::window::Window;
+
+/// Why a lock could not be taken or given back.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error(transparent)]
+    Http(#[from] HttpError),
+    #[error("{url} answered something that is not the expected JSON: {problem}")]
+    Answer { url: String, problem: String },
+    #[error("no etcd endpoint answered: {0}")]
+    NoEndpoint(String),
+    #[error("{0} needs `{1}` in /etc/kiln/update.conf")]
+    NotConfigured(&'static str, &'static str),
+}
+
+/// A cluster-wide reboot lock.
+pub trait RebootLock {
+    /// Takes the lock for this machine: `true` if held now (also if it already was).
+    fn acquire(&self) -> Result<bool, LockError>;
+    /// Gives it back, if this machine holds it.
+    fn release(&self) -> Result<(), LockError>;
+}
+
+/// The configured strategy: whether to reboot at all, when, and under which lock.
+pub struct Strategy {
+    pub kind: StrategyKind,
+    pub window: Option<Window>,
+    pub lock: Option<Box<dyn RebootLock>>,
+}
+
+impl Strategy {
+    /// Builds the strategy of the config for machine `id`.
+    pub fn from_config(
+        config: &Config,
+        http: &ureq::Agent,
+        id: &str,
+    ) -> Result<Strategy, LockError> {
+        let lock: Option<Box<dyn RebootLock>> = match config.reboot_strategy {
+            StrategyKind::Immediate | StrategyKind::Off => None,
+            StrategyKind::EtcdLock => Some(Box::new(EtcdLock {
+                http: http.clone(),
+                endpoints: config.etcd_endpoints.clone(),
+                key: config.etcd_lock_key.clone(),
+                ttl: config.etcd_lock_ttl,
+                holder: id.to_owned(),
+            })),
+            StrategyKind::FleetLock => Some(Box::new(FleetLock {
+                http: http.clone(),
+                base: config
+                    .fleetlock_url
+                    .clone()
+                    .ok_or(LockError::NotConfigured("fleetlock", "fleetlock_url"))?,
+                group: config.fleetlock_group.clone(),
+                id: id.to_owned(),
+            })),
+        };
+        Ok(Strategy {
+            kind: config.reboot_strategy,
+            window: config.window.clone(),
+            lock,
+        })
+    }
+}
+
+/// etcd v3 through its JSON gateway: a semaphore key created only if absent (compare-and-swap on
+/// `create_revision == 0`) under a lease, holding the machine's id. The lease's TTL frees the
+/// lock if the machine never comes back; a healthy machine deletes the key itself.
+pub struct EtcdLock {
+    pub http: ureq::Agent,
+    pub endpoints: Vec<String>,
+    pub key: String,
+    pub ttl: Duration,
+    pub holder: String,
+}
+
+impl EtcdLock {
+    /// POSTs to the first endpoint that answers.
+    fn call(&self, path: &str, body: &Value) -> Result<Value, LockError> {
+        let mut failures = Vec::new();
+        for endpoint in &self.endpoints {
+            let url = format!("{}{path}", endpoint.trim_end_matches('/'));
+            match post_json(&self.http, &url, body, &[]) {
+                Ok((_, value)) => return Ok(value),
+                Err(LockError::Http(e)) if e.is_transient() => failures.push(e.to_string()),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(LockError::NoEndpoint(failures.join("; ")))
+    }
+
+    fn grant_lease(&self) -> Result<String, LockError> {
+        let answer = self.call(
+            "/v3/lease/grant",
+            &json!({ "TTL": self.ttl.as_secs().to_string() }),
+        )?;
+        int_field(&answer, "ID").ok_or_else(|| LockError::Answer {
+            url: "/v3/lease/grant".into(),
+            problem: format!("no lease ID in {answer}"),
+        })
+    }
+
+    /// The current holder of the key, if any (from a range response).
+    fn holder_in(answer: &Value) -> Option<String> {
+        let responses = answer.get("responses")?.as_array()?;
+        let range = responses
+            .iter()
+            .find_map(|r| r.get("response_range").or_else(|| r.get("responseRange")))?;
+        let value = range
+            .get("kvs")?
+            .as_array()?
+            .first()?
+            .get("value")?
+            .as_str()?;
+        B64.decode(value)
+            .ok()
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
+    }
+}
+
+impl RebootLock for EtcdLock {
+    fn acquire(&self) -> Result<bool, LockError> {
+        let lease = self.grant_lease()?;
+        let key = B64.encode(&self.key);
+        let txn = json!({
+            "compare": [{ "key": key, "target": "CREATE", "result": "EQUAL", "create_revision": "0" }],
+            "success": [{ "request_put": { "key": key, "value": B64.encode(&self.holder), "lease": lease } }],
+            "failure": [{ "request_range": { "key": key } }],
+        });
+        let answer = self.call("/v3/kv/txn", &txn)?;
+        // The gateway leaves out false booleans: no `succeeded` means the key exists.
+        if answer.get("succeeded").and_then(Value::as_bool) == Some(true) {
+            return Ok(true);
+        }
+        // Best effort: the unused lease expires by itself anyway.
+        let _ = self.call("/v3/lease/revoke", &json!({ "ID": lease }));
+        Ok(Self::holder_in(&answer).as_deref() == Some(self.holder.as_str()))
+    }
+
+    fn release(&self) -> Result<(), LockError> {
+        let key = B64.encode(&self.key);
+        let txn = json!({
+            "compare": [{ "key": key, "target": "VALUE", "result": "EQUAL", "value": B64.encode(&self.holder) }],
+            "success": [{ "request_delete_range": { "key": key } }],
+        });
+        self.call("/v3/kv/txn", &txn).map(|_| ())
+    }
+}
+
+/// The FleetLock protocol (as Zincati speaks it to airlock): POST `/v1/pre-reboot` before the
+/// reboot, `/v1/steady-state` once healthy, each with `fleet-lock-protocol: true`.
+pub struct FleetLock {
+    pub http: ureq::Agent,
+    pub base: String,
+    pub group: String,
+    pub id: String,
+}
+
+impl FleetLock {
+    fn post(&self, path: &str) -> Result<bool, LockError> {
+        let url = format!("{}{path}", self.base.trim_end_matches('/'));
+        let body = json!({ "client_params": { "group": self.group, "id": self.id } });
+        match post_json(&self.http, &url, &body, &[("fleet-lock-protocol", "true")]) {
+            Ok(_) => Ok(true),
+            // A refusal (lock held by another machine) is a normal answer, not an error.
+            Err(LockError::Http(HttpError::Status { status, .. })) if status < 500 => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl RebootLock for FleetLock {
+    fn acquire(&self) -> Result<bool, LockError> {
+        self.post("/v1/pre-reboot")
+    }
+
+    fn release(&self) -> Result<(), LockError> {
+        match self.post("/v1/steady-state")? {
+            true => Ok(()),
+            false => Err(LockError::Answer {
+                url: format!("{}/v1/steady-state", self.base),
+                problem: "the server refused to release the lock".into(),
+            }),
+        }
+    }
+}
+
+/// POSTs JSON, returns the status and the parsed JSON answer (`null` when the body is empty).
+fn post_json(
+    http: &ureq::Agent,
+    url: &str,
+    body: &Value,
+    headers: &[(&str, &str)],
+) -> Result<(u16, Value), LockError> {
+    let mut request = http.post(url).set("Content-Type", "application/json");
+    for (name, value) in headers {
+        request = request.set(name, value);
+    }
+    let answer = request
+        .send_string(&body.to_string())
+        .map_err(|e| HttpError::from_ureq("POST", url, e))?;
+    let status = answer.status();
+    let mut text = String::new();
+    answer
+        .into_reader()
+        .take(1 << 20)
+        .read_to_string(&mut text)
+        .map_err(|e| HttpError::from_io("POST", url, &e))?;
+    if text.trim().is_empty() {
+        return Ok((status, Value::Null));
+    }
+    let value = serde_json::from_str(&text).map_err(|e| LockError::Answer {
+        url: url.to_owned(),
+        problem: e.to_string(),
+    })?;
+    Ok((status, value))
+}
+
+/// An int64 field, which the gateway writes as a string.
+fn int_field(value: &Value, name: &str) -> Option<String> {
+    match value.get(name)? {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}

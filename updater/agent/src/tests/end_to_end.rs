@@ -1,0 +1,237 @@
+//! The agent with the real installer (`kiln_updater::install`) on a small Kiln disk image made
+//! here, fed a real signed payload by the mock Omaha server: the update lands on USR-B with a
+//! counted boot entry, USR-A stays byte for byte the same, and the rebooted slot is blessed. A
+//! payload with one byte flipped is refused and changes no boot entry.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use kiln_image::boot::{BootEntry, Counter, Slot};
+use kiln_image::disk::{self, PartitionContent, MIB};
+use kiln_image::gpt::Guid;
+use kiln_image::tree::{Content, Entry, Kind, Meta, Tree};
+use kiln_updater::install::Target;
+use kiln_updater::keys::SigningKey;
+use kiln_updater::payload::{write_payload, ManifestInput};
+use sha2::{Digest, Sha256};
+
+use super::*;
+use crate::installer::codes;
+use crate::real::RealInstaller;
+
+const T: i64 = 1_700_000_000;
+
+/// Deterministic filler bytes.
+fn pattern(len: usize, seed: u32) -> Vec<u8> {
+    (0..len as u32)
+        .map(|i| ((i / 7).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 27) as u8)
+        .collect()
+}
+
+/// A 1 MiB "USR filesystem" with its verity tree, a kernel and an initramfs in `dir`.
+fn slot_files(
+    dir: &Path,
+    seed: u32,
+) -> (PathBuf, PathBuf, PathBuf, kiln_image::verity::VerityInfo) {
+    std::fs::create_dir_all(dir).unwrap();
+    let usr = dir.join("usr.img");
+    std::fs::write(&usr, pattern(1 << 20, seed)).unwrap();
+    let file = File::options().read(true).write(true).open(&usr).unwrap();
+    let params = kiln_image::verity::VerityParams {
+        salt: vec![seed as u8; 32],
+        uuid: [7; 16],
+    };
+    let info = kiln_image::verity::append(&file, 1 << 20, &params).unwrap();
+    let kernel = dir.join("vmlinuz");
+    std::fs::write(&kernel, pattern(20_000, seed + 1)).unwrap();
+    let initrd = dir.join("initrd");
+    std::fs::write(&initrd, pattern(9_000, seed + 2)).unwrap();
+    (usr, kernel, initrd, info)
+}
+
+/// A disk laid out as the build's (small): slot A installed and blessed, USR-B empty.
+fn make_disk(dir: &Path) -> PathBuf {
+    let (usr, kernel, initrd, verity) = slot_files(&dir.join("a"), 1);
+    let entry = BootEntry::new(
+        Slot::A,
+        "0.1.0",
+        &verity.root_hash_hex(),
+        "console=ttyS0",
+        Counter::Blessed,
+    );
+    let meta = Meta::root(0o755, T);
+    let file = |b: Vec<u8>| Entry::new(Kind::File(Content::bytes(b)), Meta::root(0o644, T));
+    let mut esp = Tree::new(meta.clone());
+    for (path, data) in [
+        ("loader/loader.conf".to_owned(), b"timeout 3\n".to_vec()),
+        (
+            format!("loader/entries/{}", entry.file_name()),
+            entry.render().into_bytes(),
+        ),
+        ("kiln/a/vmlinuz".to_owned(), std::fs::read(&kernel).unwrap()),
+        ("kiln/a/initrd".to_owned(), std::fs::read(&initrd).unwrap()),
+    ] {
+        esp.insert_with_parents(path, file(data), &meta).unwrap();
+    }
+    let esp_img = dir.join("esp.img");
+    let opts = kiln_image::fat::FatOptions {
+        size_bytes: 8 * MIB,
+        volume_id: 1,
+        label: "EFI-SYSTEM".into(),
+        timestamp: T,
+    };
+    kiln_image::fat::format(&esp, &opts, &mut File::create(&esp_img).unwrap()).unwrap();
+    let path = dir.join("disk.raw");
+    let contents = [
+        PartitionContent {
+            number: disk::ESP_NUMBER,
+            image: Some(&esp_img),
+        },
+        PartitionContent {
+            number: disk::USR_A_NUMBER,
+            image: Some(&usr),
+        },
+    ];
+    disk::assemble(&path, &disk::layout(8, 4, 1, 1), &contents, |n| {
+        Guid::from_hash(n.as_bytes())
+    })
+    .unwrap();
+    path
+}
+
+/// SHA-256 of the first `len` bytes of the partition named `name`.
+fn partition_prefix_sha(disk: &Path, name: &str, len: usize) -> String {
+    let bytes = std::fs::read(disk).unwrap();
+    let gpt =
+        kiln_image::gpt::Gpt::read(&mut std::io::Cursor::new(&bytes), bytes.len() as u64).unwrap();
+    let (_, part) = gpt.find_by_name(name).unwrap();
+    let start = part.start_bytes() as usize;
+    crate::state::hex(&Sha256::digest(&bytes[start..start + len]))
+}
+
+/// SHA-256 of the partition named `name`, located through the disk's own GPT.
+fn partition_sha(disk: &Path, name: &str) -> String {
+    let bytes = std::fs::read(disk).unwrap();
+    let gpt =
+        kiln_image::gpt::Gpt::read(&mut std::io::Cursor::new(&bytes), bytes.len() as u64).unwrap();
+    let (_, part) = gpt.find_by_name(name).unwrap();
+    let start = part.start_bytes() as usize;
+    let end = start + part.size_bytes() as usize;
+    crate::state::hex(&Sha256::digest(&bytes[start..end]))
+}
+
+#[test]
+fn real_install_through_the_agent_then_bless() {
+    let work = tempfile::tempdir().unwrap();
+    let disk = make_disk(work.path());
+    let key = SigningKey::generate().unwrap();
+    let (usr, kernel, initrd, verity) = slot_files(&work.path().join("b"), 3);
+    let payload = work.path().join("payload");
+    let input = ManifestInput::new(APP_ID, "0.2.0", verity.hash_offset);
+    write_payload(&payload, input, &usr, &kernel, &initrd, &key).unwrap();
+
+    let env = Env::new();
+    env.script().payload = std::fs::read(&payload).unwrap();
+    let usr_a_before = partition_sha(&disk, "USR-A");
+    let mut real = RealInstaller {
+        target: Target {
+            disk: disk.clone(),
+            running: Slot::A,
+        },
+        key: key.verifying_key(),
+    };
+    let mut host = FakeHost::new();
+    {
+        let mut agent = env.agent(&mut real, &mut host);
+        step_until(&mut agent, "reboot-needed", 5);
+    }
+    assert_eq!(env.events(), ["13/1", "14/1", "3/1"]);
+    assert_eq!(
+        partition_sha(&disk, "USR-A"),
+        usr_a_before,
+        "the running slot is untouched"
+    );
+    let image = std::fs::read(&usr).unwrap();
+    assert_eq!(
+        partition_prefix_sha(&disk, "USR-B", image.len()),
+        crate::state::hex(&Sha256::digest(&image)),
+        "USR-B holds the payload's USR image with its verity tree"
+    );
+    let entries = real.boot_entries().unwrap();
+    assert!(
+        entries.iter().any(|e| e.starts_with("kiln-b+3.conf")),
+        "{entries:?}"
+    );
+
+    // Rebooted into B: confirmed healthy, blessed on the real ESP, 3/2 reported.
+    host.boot_id = BOOT_2.into();
+    real.target.running = Slot::B;
+    {
+        let mut agent = env.agent(&mut real, &mut host);
+        step_until(&mut agent, "idle", 2);
+    }
+    let entries = real.boot_entries().unwrap();
+    assert!(
+        entries.iter().any(|e| e.starts_with("kiln-b.conf")),
+        "{entries:?}"
+    );
+    assert_eq!(env.events(), ["13/1", "14/1", "3/1", "3/2 previous=0.1.0"]);
+}
+
+/// One byte flipped after signing, at the start (magic), in the manifest area, in the middle
+/// and near the end (compressed parts): each is refused with a payload error code, and no boot
+/// entry changes. The Omaha response announces the flipped file's hash, so only the payload's
+/// own checks can catch it.
+#[test]
+fn a_flipped_byte_in_a_signed_payload_changes_no_entry() {
+    let work = tempfile::tempdir().unwrap();
+    let disk = make_disk(work.path());
+    let key = SigningKey::generate().unwrap();
+    let (usr, kernel, initrd, verity) = slot_files(&work.path().join("b"), 3);
+    let payload = work.path().join("payload");
+    let input = ManifestInput::new(APP_ID, "0.2.0", verity.hash_offset);
+    write_payload(&payload, input, &usr, &kernel, &initrd, &key).unwrap();
+    let good = std::fs::read(&payload).unwrap();
+    let mut real = RealInstaller {
+        target: Target {
+            disk: disk.clone(),
+            running: Slot::A,
+        },
+        key: key.verifying_key(),
+    };
+    let before = real.boot_entries().unwrap();
+    let usr_a_before = partition_sha(&disk, "USR-A");
+    let allowed = [
+        codes::SIGNATURE,
+        codes::PAYLOAD_HASH_MISMATCH,
+        codes::PAYLOAD_VERIFICATION,
+        codes::ROOTFS_VERIFICATION,
+    ]
+    .map(|c| format!("3/0 code={c}"));
+    for offset in [0, 200, good.len() / 2, good.len() - 100] {
+        let mut bytes = good.clone();
+        bytes[offset] ^= 0x01;
+        let env = Env::new();
+        env.script().payload = bytes;
+        let mut host = FakeHost::new();
+        {
+            let mut agent = env.agent(&mut real, &mut host);
+            step_until(&mut agent, "writing", 3);
+            agent.step().unwrap();
+            assert_eq!(state_name(agent.status()), "idle");
+        }
+        let events = env.events();
+        assert_eq!(events.len(), 3, "offset {offset}: {events:?}");
+        assert!(
+            allowed.contains(&events[2]),
+            "offset {offset}: {events:?} {:?}",
+            env.saved().last_error
+        );
+        assert_eq!(real.boot_entries().unwrap(), before, "offset {offset}");
+        assert_eq!(
+            partition_sha(&disk, "USR-A"),
+            usr_a_before,
+            "offset {offset}"
+        );
+    }
+}

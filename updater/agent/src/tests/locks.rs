@@ -1,0 +1,243 @@
+//! Reboot locks: `etcd-lock` against a real etcd on 127.0.0.1 (Debian's etcd-server), and
+//! `fleetlock` against a small FleetLock server, both driven through the state machine too.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kiln_image::boot::Slot;
+use kiln_image::testutil::require_tool;
+
+use super::mock::{MockServer, Reply};
+use super::*;
+use crate::strategy::{EtcdLock, FleetLock, RebootLock};
+
+/// An etcd we started, killed (by its pid) when dropped.
+struct Etcd {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+fn start_etcd() -> Etcd {
+    let etcd = require_tool("etcd", "etcd-server");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (client, peer) = (free_port(), free_port());
+    let url = format!("http://127.0.0.1:{client}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let child = Command::new(etcd)
+        .arg("--name=kiln-test")
+        .arg(format!("--data-dir={}", dir.path().join("data").display()))
+        .arg(format!("--listen-client-urls={url}"))
+        .arg(format!("--advertise-client-urls={url}"))
+        .arg(format!("--listen-peer-urls={peer_url}"))
+        .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+        .arg(format!("--initial-cluster=kiln-test={peer_url}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting etcd");
+    let etcd = Etcd {
+        child,
+        url,
+        _dir: dir,
+    };
+    let http = crate::http::agent(Duration::from_secs(2));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let healthy = http
+            .get(&format!("{}/health", etcd.url))
+            .call()
+            .ok()
+            .and_then(|r| r.into_string().ok())
+            .is_some_and(|b| b.contains("true"));
+        if healthy {
+            return etcd;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "etcd did not become healthy within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn etcd_lock(url: &str, holder: &str) -> EtcdLock {
+    EtcdLock {
+        http: crate::http::agent(Duration::from_secs(5)),
+        // The first endpoint is down: the lock must move on to the next.
+        endpoints: vec![format!("http://127.0.0.1:{}", free_port()), url.to_owned()],
+        key: "/kiln/reboot-lock".into(),
+        ttl: Duration::from_secs(600),
+        holder: holder.into(),
+    }
+}
+
+/// The key's value as etcd itself reports it (`None` when absent).
+fn etcd_holder(url: &str) -> Option<String> {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let body = serde_json::json!({ "key": b64.encode("/kiln/reboot-lock") }).to_string();
+    let text = crate::http::agent(Duration::from_secs(5))
+        .post(&format!("{url}/v3/kv/range"))
+        .send_string(&body)
+        .expect("range")
+        .into_string()
+        .expect("range answer");
+    let answer: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let kv = answer.get("kvs")?.as_array()?.first()?.clone();
+    assert!(
+        kv.get("lease").is_some(),
+        "the key is held under a lease: {kv}"
+    );
+    let value = b64.decode(kv["value"].as_str()?).ok()?;
+    Some(String::from_utf8(value).expect("utf-8"))
+}
+
+#[test]
+fn etcd_lock_has_one_holder_at_a_time() {
+    let etcd = start_etcd();
+    let a = etcd_lock(&etcd.url, "machine-a");
+    let b = etcd_lock(&etcd.url, "machine-b");
+    assert!(a.acquire().unwrap(), "a free lock is taken");
+    assert_eq!(etcd_holder(&etcd.url).as_deref(), Some("machine-a"));
+    assert!(!b.acquire().unwrap(), "a held lock is refused");
+    assert!(
+        a.acquire().unwrap(),
+        "taking it again (after a restart) is fine"
+    );
+    b.release().unwrap();
+    assert_eq!(
+        etcd_holder(&etcd.url).as_deref(),
+        Some("machine-a"),
+        "only the holder releases"
+    );
+    a.release().unwrap();
+    assert_eq!(etcd_holder(&etcd.url), None);
+    assert!(b.acquire().unwrap());
+    assert_eq!(etcd_holder(&etcd.url).as_deref(), Some("machine-b"));
+}
+
+/// Through the state machine: the lock is taken before the reboot and released only once the
+/// rebooted machine is healthy.
+#[test]
+fn etcd_lock_is_held_across_the_reboot_until_healthy() {
+    let etcd = start_etcd();
+    let mut env = Env::new();
+    env.config.reboot_strategy = StrategyKind::EtcdLock;
+    env.config.etcd_endpoints = vec![etcd.url.clone()];
+    let other = etcd_lock(&etcd.url, "another-machine");
+    assert!(other.acquire().unwrap());
+    let (mut installer, mut host) = (FakeInstaller::new(Slot::A), FakeHost::new());
+    {
+        let mut agent = env.agent(&mut installer, &mut host);
+        step_until(&mut agent, "reboot-needed", 5);
+        // Another machine holds the lock: wait (bounded), no reboot.
+        let next = agent.step().unwrap();
+        assert!(
+            matches!(next, Next::Wait(d) if d <= Duration::from_secs(330)),
+            "{next:?}"
+        );
+        assert_eq!(state_name(agent.status()), "reboot-needed");
+        other.release().unwrap();
+        step_until(&mut agent, "rebooting", 1);
+        assert!(agent.status().lock_held);
+        agent.step().unwrap();
+    }
+    assert_eq!(host.reboots, 1);
+    assert_eq!(etcd_holder(&etcd.url).as_deref(), Some(MACHINE_ID));
+
+    host.boot_id = BOOT_2.into();
+    installer.running = Slot::B;
+    {
+        let mut agent = env.agent(&mut installer, &mut host);
+        assert_eq!(
+            etcd_holder(&etcd.url).as_deref(),
+            Some(MACHINE_ID),
+            "held while confirming"
+        );
+        step_until(&mut agent, "idle", 1);
+        assert!(!agent.status().lock_held);
+    }
+    assert_eq!(installer.blessed, 1);
+    assert_eq!(etcd_holder(&etcd.url), None);
+}
+
+#[test]
+fn fleetlock_asks_before_rebooting_and_reports_steady_state() {
+    let busy = Arc::new(AtomicUsize::new(1));
+    let lock_server = {
+        let busy = busy.clone();
+        MockServer::start(move |seen| {
+            if seen.header("fleet-lock-protocol") != Some("true") {
+                return Reply::status(400, "missing fleet-lock-protocol header");
+            }
+            match seen.path.as_str() {
+                // The first pre-reboot finds the semaphore full.
+                "/v1/pre-reboot" if busy.fetch_sub(1, Ordering::SeqCst) == 1 => {
+                    Reply::status(409, r#"{"kind":"failed_lock","value":"semaphore full"}"#)
+                }
+                "/v1/pre-reboot" | "/v1/steady-state" => Reply::status(200, ""),
+                _ => Reply::status(404, ""),
+            }
+        })
+    };
+    let mut env = Env::new();
+    env.config.reboot_strategy = StrategyKind::FleetLock;
+    env.config.fleetlock_url = Some(format!("{}/", lock_server.url));
+    env.config.fleetlock_group = "workers".into();
+    let (mut installer, mut host) = (FakeInstaller::new(Slot::A), FakeHost::new());
+    {
+        let mut agent = env.agent(&mut installer, &mut host);
+        step_until(&mut agent, "reboot-needed", 5);
+        assert!(matches!(agent.step().unwrap(), Next::Wait(_)));
+        assert_eq!(state_name(agent.status()), "reboot-needed");
+        step_until(&mut agent, "rebooting", 1);
+        agent.step().unwrap();
+    }
+    host.boot_id = BOOT_2.into();
+    installer.running = Slot::B;
+    {
+        let mut agent = env.agent(&mut installer, &mut host);
+        step_until(&mut agent, "idle", 1);
+    }
+    let seen = lock_server.seen();
+    let paths: Vec<_> = seen.iter().map(|s| s.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["/v1/pre-reboot", "/v1/pre-reboot", "/v1/steady-state"]
+    );
+    let body: serde_json::Value = serde_json::from_str(&seen[2].body).unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({ "client_params": { "group": "workers", "id": MACHINE_ID } })
+    );
+    assert_eq!(host.reboots, 1);
+    assert_eq!(installer.blessed, 1);
+}
+
+#[test]
+fn fleetlock_server_down_is_an_error_not_a_reboot() {
+    let lock = FleetLock {
+        http: crate::http::agent(Duration::from_secs(1)),
+        base: format!("http://127.0.0.1:{}", free_port()),
+        group: "default".into(),
+        id: MACHINE_ID.into(),
+    };
+    let e = lock.acquire().unwrap_err();
+    assert!(e.to_string().contains("/v1/pre-reboot"), "{e}");
+}

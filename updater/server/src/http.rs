@@ -1,0 +1,591 @@
+//! The HTTP face of the server: the public Omaha endpoint and payload downloads, and the JSON
+//! admin API under `/admin/v1/`, which answers only requests bearing the operator's token.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use kiln_updater::omaha::{self, OmahaError, MAX_DOCUMENT_BYTES};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+use tokio_util::io::ReaderStream;
+
+use crate::engine::{checked_name, Engine, EngineError};
+use crate::model::{PackageRecord, Policy, Status};
+use crate::range::{self, Span};
+use crate::verify::PayloadVerifier;
+
+/// The file name payloads published to this server are stored and served under.
+pub const PAYLOAD_FILE_NAME: &str = "update.payload";
+
+/// Everything the handlers share.
+pub struct ServerContext {
+    pub engine: Arc<Engine>,
+    /// The admin API's bearer token.
+    pub token: String,
+    /// Where published payloads are kept (`payloads/<app>/<version>/update.payload`).
+    pub data_dir: PathBuf,
+    /// Checks published payloads; `None` refuses publishing (no public key given).
+    pub verifier: Option<Arc<dyn PayloadVerifier>>,
+}
+
+type Ctx = State<Arc<ServerContext>>;
+
+/// The whole application: public routes and the token-guarded admin API.
+pub fn router(ctx: Arc<ServerContext>) -> Router {
+    let public = Router::new()
+        .route("/v1/update", post(update))
+        .route("/v1/update/", post(update))
+        .layer(DefaultBodyLimit::max(MAX_DOCUMENT_BYTES))
+        .route("/v1/payloads/{app}/{version}/{file}", get(payload))
+        .route("/healthz", get(|| async { "ok\n" }));
+    let admin = Router::new()
+        .route("/apps", get(list_apps).post(create_app))
+        .route("/apps/{app}", get(show_app))
+        .route(
+            "/apps/{app}/publish",
+            post(publish).layer(DefaultBodyLimit::disable()),
+        )
+        .route("/apps/{app}/channels/{channel}/version", put(set_version))
+        .route("/apps/{app}/channels/{channel}/promote", post(promote))
+        .route("/apps/{app}/channels/{channel}/pause", post(pause))
+        .route("/apps/{app}/channels/{channel}/resume", post(resume))
+        .route("/apps/{app}/channels/{channel}/policy", put(set_policy))
+        .route("/apps/{app}/instances", get(list_instances))
+        .route("/apps/{app}/instances/{machine}", get(show_instance))
+        .route("/apps/{app}/errors", get(recent_errors))
+        .route("/expire", post(expire))
+        .route("/metrics", get(metrics))
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&ctx),
+            require_token,
+        ));
+    public.nest("/admin/v1", admin).with_state(ctx)
+}
+
+/// `POST /v1/update/`: an Omaha request in, an Omaha response out.
+async fn update(State(ctx): Ctx, body: Bytes) -> Response {
+    let Ok(text) = std::str::from_utf8(&body) else {
+        ctx.engine.counters.rejected();
+        return plain(StatusCode::BAD_REQUEST, "Omaha request is not UTF-8".into());
+    };
+    match omaha::Request::parse(text) {
+        Ok(request) => {
+            let xml = ctx.engine.handle(&request).to_xml();
+            ([(header::CONTENT_TYPE, "application/xml")], xml).into_response()
+        }
+        Err(err @ OmahaError::TooLarge { .. }) => {
+            ctx.engine.counters.rejected();
+            plain(StatusCode::PAYLOAD_TOO_LARGE, err.to_string())
+        }
+        Err(err) => {
+            ctx.engine.counters.rejected();
+            plain(StatusCode::BAD_REQUEST, err.to_string())
+        }
+    }
+}
+
+/// `GET /v1/payloads/<app>/<version>/<file>`, with `Range` for resuming.
+async fn payload(
+    State(ctx): Ctx,
+    Path((app, version, file)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(package) = ctx.engine.package(&app, &version) else {
+        return plain(
+            StatusCode::NOT_FOUND,
+            format!("no payload {version} of app {app}"),
+        );
+    };
+    let path = match (&package.path, package.file_name == file) {
+        (Some(path), true) => PathBuf::from(path),
+        _ => {
+            return plain(
+                StatusCode::NOT_FOUND,
+                format!("no file {file} in payload {version}"),
+            )
+        }
+    };
+    match serve_file(&path, headers.get(header::RANGE)).await {
+        Ok(response) => response,
+        Err(err) => plain(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("reading payload {}: {err}", path.display()),
+        ),
+    }
+}
+
+async fn serve_file(path: &FsPath, range: Option<&HeaderValue>) -> io::Result<Response> {
+    let mut file = tokio::fs::File::open(path).await?;
+    let size = file.metadata().await?.len();
+    let span = range::parse(range.and_then(|v| v.to_str().ok()), size);
+    let (status, start, length) = match span {
+        Span::Whole => (StatusCode::OK, 0, size),
+        Span::Part { start, end } => (StatusCode::PARTIAL_CONTENT, start, end - start + 1),
+        Span::Unsatisfiable => {
+            return Ok((
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                [(header::CONTENT_RANGE, format!("bytes */{size}"))],
+            )
+                .into_response())
+        }
+    };
+    file.seek(io::SeekFrom::Start(start)).await?;
+    let body = Body::from_stream(ReaderStream::new(tokio::io::AsyncReadExt::take(
+        file, length,
+    )));
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    if status == StatusCode::PARTIAL_CONTENT {
+        let value = format!("bytes {start}-{}/{size}", start + length - 1);
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(header::CONTENT_RANGE, value);
+        }
+    }
+    Ok(response)
+}
+
+/// Lets a request through only with `Authorization: Bearer <token>`.
+async fn require_token(State(ctx): Ctx, request: Request, next: Next) -> Response {
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(token) if !ctx.token.is_empty() && constant_time_eq(token, &ctx.token) => {
+            next.run(request).await
+        }
+        _ => {
+            // Read what the client is sending before answering: a client still writing a
+            // payload would otherwise see its connection reset ("broken pipe") instead of the
+            // 401 and its message. Bounded, and discarded as it arrives.
+            drain(request.into_body(), MAX_DRAINED_BYTES).await;
+            let mut response = error(
+                StatusCode::UNAUTHORIZED,
+                "the admin API needs the server's token: send Authorization: Bearer <token>".into(),
+            );
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            response
+        }
+    }
+}
+
+/// The most of a refused request's body [`require_token`] reads (an update payload is a few
+/// hundred MiB); beyond it the connection is closed.
+const MAX_DRAINED_BYTES: u64 = 1 << 30;
+
+/// Reads and drops up to `limit` bytes of `body`.
+async fn drain(body: axum::body::Body, limit: u64) {
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let mut seen = 0u64;
+    while seen < limit {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    seen += data.len() as u64;
+                }
+            }
+            _ => break,
+        }
+    }
+}
+
+/// Compares without stopping at the first difference, so timing does not reveal the token.
+fn constant_time_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Runs an engine call that may wait on the store off the async workers.
+async fn blocking<T: serde::Serialize + Send + 'static>(
+    ctx: &Arc<ServerContext>,
+    call: impl FnOnce(&Engine) -> Result<T, EngineError> + Send + 'static,
+) -> Response {
+    let engine = Arc::clone(&ctx.engine);
+    match tokio::task::spawn_blocking(move || call(&engine)).await {
+        Ok(Ok(value)) => Json(value).into_response(),
+        Ok(Err(err)) => engine_error(&err),
+        Err(join) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("handler failed: {join}"),
+        ),
+    }
+}
+
+fn engine_error(err: &EngineError) -> Response {
+    let status = match err {
+        EngineError::UnknownApp(_)
+        | EngineError::UnknownChannel { .. }
+        | EngineError::UnknownVersion { .. } => StatusCode::NOT_FOUND,
+        EngineError::EmptyChannel { .. } | EngineError::Invalid { .. } => StatusCode::BAD_REQUEST,
+        EngineError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    error(status, err.to_string())
+}
+
+fn error(status: StatusCode, message: String) -> Response {
+    (status, Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+fn plain(status: StatusCode, message: String) -> Response {
+    (status, format!("{message}\n")).into_response()
+}
+
+#[derive(Deserialize)]
+struct NewApp {
+    id: String,
+    name: Option<String>,
+}
+
+/// `GET /admin/v1/metrics`: Prometheus text format. Behind the token because the fleet's
+/// versions are the operator's business (Prometheus sends it with `authorization: credentials`).
+async fn metrics(State(ctx): Ctx) -> Response {
+    let text = crate::metrics::render(&ctx.engine.counters, &ctx.engine.apps());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+async fn list_apps(State(ctx): Ctx) -> Response {
+    Json(ctx.engine.apps()).into_response()
+}
+
+async fn create_app(State(ctx): Ctx, Json(new): Json<NewApp>) -> Response {
+    blocking(&ctx, move |e| {
+        let name = new.name.clone().unwrap_or_else(|| new.id.clone());
+        e.create_app(&new.id, &name)
+    })
+    .await
+}
+
+async fn show_app(State(ctx): Ctx, Path(app): Path<String>) -> Response {
+    blocking(&ctx, move |e| e.app(&app)).await
+}
+
+#[derive(Deserialize)]
+struct SetVersion {
+    version: String,
+}
+
+async fn set_version(
+    State(ctx): Ctx,
+    Path((app, channel)): Path<(String, String)>,
+    Json(body): Json<SetVersion>,
+) -> Response {
+    blocking(&ctx, move |e| {
+        e.set_channel_version(&app, &channel, &body.version)
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+struct Promote {
+    from: String,
+}
+
+async fn promote(
+    State(ctx): Ctx,
+    Path((app, channel)): Path<(String, String)>,
+    Json(body): Json<Promote>,
+) -> Response {
+    blocking(&ctx, move |e| e.promote(&app, &body.from, &channel)).await
+}
+
+async fn pause(State(ctx): Ctx, Path((app, channel)): Path<(String, String)>) -> Response {
+    blocking(&ctx, move |e| e.set_paused(&app, &channel, true)).await
+}
+
+async fn resume(State(ctx): Ctx, Path((app, channel)): Path<(String, String)>) -> Response {
+    blocking(&ctx, move |e| e.set_paused(&app, &channel, false)).await
+}
+
+async fn set_policy(
+    State(ctx): Ctx,
+    Path((app, channel)): Path<(String, String)>,
+    Json(policy): Json<Policy>,
+) -> Response {
+    blocking(&ctx, move |e| e.set_policy(&app, &channel, policy)).await
+}
+
+#[derive(Deserialize)]
+struct InstanceFilter {
+    channel: Option<String>,
+    status: Option<String>,
+}
+
+async fn list_instances(
+    State(ctx): Ctx,
+    Path(app): Path<String>,
+    Query(filter): Query<InstanceFilter>,
+) -> Response {
+    let status = match filter.status.as_deref().map(|s| (s, Status::parse(s))) {
+        None => None,
+        Some((_, Some(status))) => Some(status),
+        Some((text, None)) => {
+            let known: Vec<&str> = Status::ALL.iter().map(|s| s.as_str()).collect();
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("unknown status {text:?}; use one of {}", known.join(", ")),
+            );
+        }
+    };
+    blocking(&ctx, move |e| {
+        e.instances(&app, filter.channel.as_deref(), status)
+    })
+    .await
+}
+
+async fn show_instance(State(ctx): Ctx, Path((app, machine)): Path<(String, String)>) -> Response {
+    blocking(&ctx, move |e| {
+        let (instance, events) = e.instance(&app, &machine, 100)?;
+        Ok(serde_json::json!({ "instance": instance, "events": events }))
+    })
+    .await
+}
+
+async fn recent_errors(State(ctx): Ctx, Path(app): Path<String>) -> Response {
+    blocking(&ctx, move |e| e.recent_errors(&app, 50)).await
+}
+
+#[derive(Deserialize)]
+struct Expire {
+    max_age_secs: u64,
+}
+
+async fn expire(State(ctx): Ctx, Json(body): Json<Expire>) -> Response {
+    blocking(&ctx, move |e| {
+        let removed = e.expire(body.max_age_secs)?;
+        Ok(serde_json::json!({ "removed": removed }))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+struct PublishQuery {
+    channel: Option<String>,
+    /// Machines download from this URL instead of from this server.
+    url: Option<String>,
+}
+
+/// `POST /admin/v1/apps/<app>/publish?channel=…`: the payload file as the body.
+async fn publish(
+    State(ctx): Ctx,
+    Path(app): Path<String>,
+    Query(query): Query<PublishQuery>,
+    body: Body,
+) -> Response {
+    let Some(verifier) = ctx.verifier.clone() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this server was started without a public key, so it cannot check payload \
+             signatures; restart it with --public-key"
+                .into(),
+        );
+    };
+    if let Some(channel) = &query.channel {
+        if let Err(err) = checked_name("channel", channel) {
+            return engine_error(&err);
+        }
+    }
+    let incoming = ctx.data_dir.join("incoming");
+    let received = match receive(body, &incoming).await {
+        Ok(received) => received,
+        Err(err) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("storing the upload in {}: {err}", incoming.display()),
+            )
+        }
+    };
+    let ctx2 = Arc::clone(&ctx);
+    let result = tokio::task::spawn_blocking(move || {
+        let outcome = register(&ctx2, &*verifier, &app, &received, &query);
+        // The upload is either moved into place or no longer wanted.
+        let _ = std::fs::remove_file(&received.path);
+        outcome
+    })
+    .await;
+    match result {
+        Ok(Ok(package)) => Json(package).into_response(),
+        Ok(Err(response)) => *response,
+        Err(join) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("publish failed: {join}"),
+        ),
+    }
+}
+
+struct Received {
+    path: PathBuf,
+    size: u64,
+    sha256: [u8; 32],
+}
+
+static UPLOADS: AtomicU64 = AtomicU64::new(0);
+
+/// Streams the body to a file under `dir`, hashing as it goes.
+async fn receive(body: Body, dir: &FsPath) -> io::Result<Received> {
+    use http_body_util::BodyExt;
+    tokio::fs::create_dir_all(dir).await?;
+    let n = UPLOADS.fetch_add(1, Ordering::Relaxed);
+    let path = dir.join(format!("upload-{}-{n}", std::process::id()));
+    let mut file = tokio::fs::File::create(&path).await?;
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    let mut body = body;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| io::Error::other(format!("receiving the body: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            hasher.update(&data);
+            size += data.len() as u64;
+            file.write_all(&data).await?;
+        }
+    }
+    file.sync_all().await?;
+    Ok(Received {
+        path,
+        size,
+        sha256: hasher.finalize().into(),
+    })
+}
+
+/// Verifies the upload, moves it into place and registers it.
+fn register(
+    ctx: &ServerContext,
+    verifier: &dyn PayloadVerifier,
+    app: &str,
+    received: &Received,
+    query: &PublishQuery,
+) -> Result<PackageRecord, Box<Response>> {
+    let manifest = verifier.verify(&received.path).map_err(|why| {
+        Box::new(error(
+            StatusCode::BAD_REQUEST,
+            format!("payload refused: {why}"),
+        ))
+    })?;
+    if !omaha::ids_equal(&manifest.app_id, app) {
+        return Err(Box::new(error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "payload refused: its signed manifest is for app {}, not app {app}; \
+                 publish it to its own app",
+                manifest.app_id
+            ),
+        )));
+    }
+    let app_id = omaha::normalize_id(app);
+    checked_name("app id", &app_id).map_err(|e| Box::new(engine_error(&e)))?;
+    checked_name("version", &manifest.version).map_err(|e| Box::new(engine_error(&e)))?;
+    let dir = ctx
+        .data_dir
+        .join("payloads")
+        .join(&app_id)
+        .join(&manifest.version);
+    let target = dir.join(PAYLOAD_FILE_NAME);
+    let io_error = |what: &str, err: io::Error| {
+        Box::new(error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("{what} {}: {err}", target.display()),
+        ))
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| io_error("creating the directory of", e))?;
+    std::fs::rename(&received.path, &target).map_err(|e| io_error("moving the payload to", e))?;
+    if let Ok(d) = std::fs::File::open(&dir) {
+        // The rename is durable once the directory is; a failure here only risks a re-publish.
+        let _ = d.sync_all();
+    }
+    let package = PackageRecord {
+        app_id,
+        version: manifest.version,
+        file_name: PAYLOAD_FILE_NAME.to_owned(),
+        path: Some(target.display().to_string()),
+        url: query.url.clone(),
+        size: received.size,
+        sha256: hex(&received.sha256),
+        min_from_version: manifest.min_from_version,
+        manifest: manifest.manifest_json,
+        created_at: ctx.engine.now(),
+    };
+    ctx.engine
+        .publish(package, query.channel.as_deref())
+        .map_err(|e| Box::new(engine_error(&e)))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A server running on its own threads, stopped when dropped.
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RunningServer {
+    /// Binds `listen` (port 0 picks one) and serves on a runtime of `threads` workers.
+    pub fn start(ctx: Arc<ServerContext>, listen: SocketAddr, threads: usize) -> io::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads.max(1))
+            .enable_all()
+            .build()?;
+        let std_listener = std::net::TcpListener::bind(listen)?;
+        std_listener.set_nonblocking(true)?;
+        let addr = std_listener.local_addr()?;
+        let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("kiln-server".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let Ok(listener) = tokio::net::TcpListener::from_std(std_listener) else {
+                        return;
+                    };
+                    let _ = axum::serve(listener, router(ctx))
+                        .with_graceful_shutdown(async {
+                            let _ = stopped.await;
+                        })
+                        .await;
+                });
+            })?;
+        Ok(Self {
+            addr,
+            shutdown: Some(shutdown),
+            thread: Some(thread),
+        })
+    }
+
+    /// `http://127.0.0.1:port/`.
+    pub fn url(&self) -> String {
+        format!("http://{}/", self.addr)
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

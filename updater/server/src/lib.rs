@@ -1,0 +1,20 @@
+//! The Kiln update server: an Omaha v3 endpoint for update_engine and the Kiln agent, apps with
+//! channels and a staged rollout policy, instance tracking, payload serving with Range, and a
+//! JSON admin API behind a bearer token. State is decided in memory and persisted through a
+//! [`store::Store`] (SQLite by default).
+
+pub mod client;
+pub mod clock;
+pub mod engine;
+pub mod errorcode;
+pub mod http;
+pub mod metrics;
+pub mod model;
+mod range;
+pub mod rollout;
+pub mod serve;
+pub mod store;
+pub mod verify;
+mod writer;
+
+pub use engine::{Engine, EngineConfig, EngineError};

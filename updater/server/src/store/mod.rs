@@ -1,0 +1,105 @@
+//! Persistence behind a trait. The server keeps the state it decides on in memory (see
+//! `engine`), so a store only has to load everything at start, apply batches of writes in order,
+//! and answer the few queries whose data is not kept in memory (event history).
+
+mod migrations;
+mod postgres;
+mod sqlite;
+
+pub use migrations::MIGRATIONS;
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
+
+use crate::clock::Timestamp;
+use crate::model::{AppRecord, ChannelRecord, Instance, InstanceEvent, PackageRecord};
+
+/// Everything the server needs in memory, as loaded at start.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Snapshot {
+    pub apps: Vec<AppRecord>,
+    pub packages: Vec<PackageRecord>,
+    pub channels: Vec<ChannelRecord>,
+    pub instances: Vec<Instance>,
+}
+
+/// One change to persist. Records are written whole, so applying writes in order gives the state
+/// the engine had when it made them.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Write {
+    App(AppRecord),
+    Package(PackageRecord),
+    Channel(ChannelRecord),
+    Instance(Instance),
+    Event(InstanceEvent),
+    /// Remove an instance (and its history) that has not checked in for too long.
+    DeleteInstance {
+        app_id: String,
+        machine_id: String,
+    },
+}
+
+/// Why the store failed. The message names the database and the operation.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "opening database {path}: {source}; check the path and that the directory is writable"
+    )]
+    Open {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error(
+        "database {path} has schema version {found}, newer than the {known} this server knows; \
+         run a newer kiln-server"
+    )]
+    TooNew {
+        path: String,
+        found: i64,
+        known: i64,
+    },
+    #[error("database {path}: {what}: {source}")]
+    Query {
+        path: String,
+        what: &'static str,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("database {path}: {what}: {message}")]
+    Backend {
+        path: String,
+        what: &'static str,
+        message: String,
+    },
+    #[error("database {path} holds an unreadable {what}: {value:?}")]
+    Corrupt {
+        path: String,
+        what: &'static str,
+        value: String,
+    },
+}
+
+/// A place the server's state lives between runs.
+pub trait Store: Send {
+    /// Reads all apps, packages, channels and instances.
+    fn load(&mut self) -> Result<Snapshot, StoreError>;
+    /// Applies the writes in order, all or none.
+    fn apply(&mut self, writes: &[Write]) -> Result<(), StoreError>;
+    /// The newest `limit` events of one instance, newest first.
+    fn events(
+        &mut self,
+        app_id: &str,
+        machine_id: &str,
+        limit: u32,
+    ) -> Result<Vec<InstanceEvent>, StoreError>;
+    /// The newest `limit` error events of an app, newest first (for the operator's "recent errors").
+    fn recent_errors(&mut self, app_id: &str, limit: u32)
+        -> Result<Vec<InstanceEvent>, StoreError>;
+    /// When the last write happened; for diagnostics.
+    fn describe(&self) -> String;
+}
+
+/// Expiry: instances whose last check-in is older than this are stale.
+pub fn is_stale(instance: &Instance, now: Timestamp, max_age_secs: u64) -> bool {
+    instance.last_check.saturating_add(max_age_secs) < now
+}

@@ -1,0 +1,429 @@
+//! The PostgreSQL store, for a fleet that outgrows one machine: the same schema through the
+//! same migrations as SQLite (recorded in a `schema_version` table instead of SQLite's
+//! `user_version`). Several servers may share one database for reads and durability; rollout
+//! decisions are still made from each server's own memory (see ARCHITECTURE notes in `engine`).
+
+use postgres::{Client, NoTls, Row, Transaction};
+
+use super::{Snapshot, Store, StoreError, Write, MIGRATIONS};
+use crate::model::{
+    AppRecord, ChannelRecord, Instance, InstanceEvent, PackageRecord, Policy, Status,
+};
+
+/// A PostgreSQL database holding the server's state.
+pub struct PostgresStore {
+    client: Client,
+    /// The connection string without its password, for messages.
+    name: String,
+    next_seq: i64,
+}
+
+/// Why PostgreSQL failed; carried as text in [`StoreError::Backend`].
+fn backend(name: &str, what: &'static str, err: postgres::Error) -> StoreError {
+    StoreError::Backend {
+        path: name.to_owned(),
+        what,
+        message: err.to_string(),
+    }
+}
+
+impl PostgresStore {
+    /// Connects (`host=127.0.0.1 port=5432 user=kiln dbname=kiln`, or a `postgresql://` URL)
+    /// and brings the schema up to date.
+    pub fn connect(params: &str) -> Result<Self, StoreError> {
+        let name = redact(params);
+        let client = Client::connect(params, NoTls).map_err(|e| backend(&name, "connecting", e))?;
+        let mut store = Self {
+            client,
+            name,
+            next_seq: 0,
+        };
+        store.migrate()?;
+        let next: i64 = store
+            .client
+            .query_one("SELECT COALESCE(MAX(seq), 0) + 1 FROM instance_events", &[])
+            .map_err(|e| backend(&store.name, "reading the event sequence", e))?
+            .get(0);
+        store.next_seq = next;
+        Ok(store)
+    }
+
+    /// The schema version recorded in the database.
+    pub fn schema_version(&mut self) -> Result<i64, StoreError> {
+        self.client
+            .batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")
+            .map_err(|e| backend(&self.name, "creating schema_version", e))?;
+        let row = self
+            .client
+            .query_opt("SELECT MAX(version) FROM schema_version", &[])
+            .map_err(|e| backend(&self.name, "reading the schema version", e))?;
+        Ok(row.and_then(|r| r.get::<_, Option<i64>>(0)).unwrap_or(0))
+    }
+
+    fn migrate(&mut self) -> Result<(), StoreError> {
+        let known = MIGRATIONS.len() as i64;
+        let found = self.schema_version()?;
+        if found > known {
+            return Err(StoreError::TooNew {
+                path: self.name.clone(),
+                found,
+                known,
+            });
+        }
+        for (index, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+            let version = index as i64 + 1;
+            let name = self.name.clone();
+            let mut tx = self
+                .client
+                .transaction()
+                .map_err(|e| backend(&name, "starting a migration", e))?;
+            tx.batch_execute(sql)
+                .and_then(|()| tx.execute("INSERT INTO schema_version VALUES ($1)", &[&version]))
+                .map_err(|e| backend(&name, "running a schema migration", e))?;
+            tx.commit()
+                .map_err(|e| backend(&name, "committing a schema migration", e))?;
+        }
+        Ok(())
+    }
+
+    fn select<T>(
+        &mut self,
+        what: &'static str,
+        sql: &str,
+        map: impl Fn(&Row) -> T,
+    ) -> Result<Vec<T>, StoreError> {
+        let rows = self
+            .client
+            .query(sql, &[])
+            .map_err(|e| backend(&self.name, what, e))?;
+        Ok(rows.iter().map(map).collect())
+    }
+}
+
+/// `password=…` and `user:password@` removed, so messages never carry a secret.
+fn redact(params: &str) -> String {
+    if let Some((scheme, rest)) = params.split_once("://") {
+        return match rest.split_once('@') {
+            Some((_, host)) => format!("{scheme}://…@{host}"),
+            None => params.to_owned(),
+        };
+    }
+    params
+        .split_whitespace()
+        .filter(|kv| !kv.starts_with("password="))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+impl Store for PostgresStore {
+    fn load(&mut self) -> Result<Snapshot, StoreError> {
+        let apps = self.select(
+            "reading apps",
+            "SELECT id, name FROM apps ORDER BY id",
+            |r| AppRecord {
+                id: r.get(0),
+                name: r.get(1),
+            },
+        )?;
+        let packages = self.select(
+            "reading packages",
+            "SELECT app_id, version, file_name, path, url, size, sha256, min_from_version, manifest, \
+             created_at FROM packages ORDER BY app_id, created_at",
+            |r| PackageRecord {
+                app_id: r.get(0),
+                version: r.get(1),
+                file_name: r.get(2),
+                path: r.get(3),
+                url: r.get(4),
+                size: unsigned(r.get(5)),
+                sha256: r.get(6),
+                min_from_version: r.get(7),
+                manifest: r.get(8),
+                created_at: unsigned(r.get(9)),
+            },
+        )?;
+        let channels = self.select(
+            "reading channels",
+            "SELECT app_id, name, version, paused, halted, max_updates_per_period, period_secs, \
+             percent, update_timeout_secs, safe_mode, halt_error_rate, halt_min_errors, updated_at \
+             FROM channels ORDER BY app_id, name",
+            |r| ChannelRecord {
+                app_id: r.get(0),
+                name: r.get(1),
+                version: r.get(2),
+                paused: r.get::<_, i64>(3) != 0,
+                halted: r.get(4),
+                policy: Policy {
+                    max_updates_per_period: u32::try_from(r.get::<_, i64>(5)).unwrap_or(0),
+                    period_secs: unsigned(r.get(6)),
+                    percent: u8::try_from(r.get::<_, i64>(7)).unwrap_or(100),
+                    update_timeout_secs: unsigned(r.get(8)),
+                    safe_mode: r.get::<_, i64>(9) != 0,
+                    halt_error_rate: r.get(10),
+                    halt_min_errors: u32::try_from(r.get::<_, i64>(11)).unwrap_or(1),
+                },
+                updated_at: unsigned(r.get(12)),
+            },
+        )?;
+        let rows = self.select(
+            "reading instances",
+            "SELECT app_id, machine_id, version, channel, status, target_version, granted_at, \
+             last_check, last_error, boot_id FROM instances ORDER BY app_id, machine_id",
+            |r| {
+                let instance = Instance {
+                    app_id: r.get(0),
+                    machine_id: r.get(1),
+                    version: r.get(2),
+                    channel: r.get(3),
+                    status: Status::Idle,
+                    target_version: r.get(5),
+                    granted_at: r.get::<_, Option<i64>>(6).map(unsigned),
+                    last_check: unsigned(r.get(7)),
+                    last_error: r.get(8),
+                    boot_id: r.get(9),
+                };
+                (instance, r.get::<_, String>(4))
+            },
+        )?;
+        let instances = rows
+            .into_iter()
+            .map(|(instance, status)| match Status::parse(&status) {
+                Some(status) => Ok(Instance { status, ..instance }),
+                None => Err(StoreError::Corrupt {
+                    path: self.name.clone(),
+                    what: "instance status",
+                    value: status,
+                }),
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Snapshot {
+            apps,
+            packages,
+            channels,
+            instances,
+        })
+    }
+
+    fn apply(&mut self, writes: &[Write]) -> Result<(), StoreError> {
+        let name = self.name.clone();
+        let mut tx = self
+            .client
+            .transaction()
+            .map_err(|e| backend(&name, "starting a transaction", e))?;
+        let mut seq = self.next_seq;
+        for write in writes {
+            apply_one(&mut tx, write, &mut seq)
+                .map_err(|e| backend(&name, "writing a batch", e))?;
+        }
+        tx.commit()
+            .map_err(|e| backend(&name, "committing a batch", e))?;
+        self.next_seq = seq;
+        Ok(())
+    }
+
+    fn events(
+        &mut self,
+        app_id: &str,
+        machine_id: &str,
+        limit: u32,
+    ) -> Result<Vec<InstanceEvent>, StoreError> {
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM instance_events WHERE app_id = $1 AND machine_id = $2 \
+             ORDER BY seq DESC LIMIT $3"
+        );
+        let rows = self
+            .client
+            .query(&sql, &[&app_id, &machine_id, &i64::from(limit)])
+            .map_err(|e| backend(&self.name, "reading events", e))?;
+        Ok(rows.iter().map(event_from_row).collect())
+    }
+
+    fn recent_errors(
+        &mut self,
+        app_id: &str,
+        limit: u32,
+    ) -> Result<Vec<InstanceEvent>, StoreError> {
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM instance_events WHERE app_id = $1 AND event_result = 0 \
+             ORDER BY seq DESC LIMIT $2"
+        );
+        let rows = self
+            .client
+            .query(&sql, &[&app_id, &i64::from(limit)])
+            .map_err(|e| backend(&self.name, "reading recent errors", e))?;
+        Ok(rows.iter().map(event_from_row).collect())
+    }
+
+    fn describe(&self) -> String {
+        format!("PostgreSQL database {}", self.name)
+    }
+}
+
+const EVENT_COLUMNS: &str = "app_id, machine_id, at, event_type, event_result, error_code, \
+                             description, version, previous_version";
+
+/// PostgreSQL has no unsigned integers; the schema stores them as BIGINT.
+fn signed(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn unsigned(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn apply_one(
+    tx: &mut Transaction<'_>,
+    write: &Write,
+    seq: &mut i64,
+) -> Result<(), postgres::Error> {
+    match write {
+        Write::App(app) => {
+            tx.execute(
+                "INSERT INTO apps (id, name) VALUES ($1, $2) \
+                 ON CONFLICT (id) DO UPDATE SET name = excluded.name",
+                &[&app.id, &app.name],
+            )?;
+        }
+        Write::Package(p) => {
+            tx.execute(
+                "INSERT INTO packages (app_id, version, file_name, path, url, size, sha256, \
+                 min_from_version, manifest, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+                 ON CONFLICT (app_id, version) DO UPDATE SET file_name = excluded.file_name, \
+                 path = excluded.path, url = excluded.url, size = excluded.size, \
+                 sha256 = excluded.sha256, min_from_version = excluded.min_from_version, \
+                 manifest = excluded.manifest, created_at = excluded.created_at",
+                &[
+                    &p.app_id,
+                    &p.version,
+                    &p.file_name,
+                    &p.path,
+                    &p.url,
+                    &signed(p.size),
+                    &p.sha256,
+                    &p.min_from_version,
+                    &p.manifest,
+                    &signed(p.created_at),
+                ],
+            )?;
+        }
+        Write::Channel(c) => {
+            let p = &c.policy;
+            tx.execute(
+                "INSERT INTO channels (app_id, name, version, paused, halted, max_updates_per_period, \
+                 period_secs, percent, update_timeout_secs, safe_mode, halt_error_rate, \
+                 halt_min_errors, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+                 ON CONFLICT (app_id, name) DO UPDATE SET version = excluded.version, \
+                 paused = excluded.paused, halted = excluded.halted, \
+                 max_updates_per_period = excluded.max_updates_per_period, \
+                 period_secs = excluded.period_secs, percent = excluded.percent, \
+                 update_timeout_secs = excluded.update_timeout_secs, safe_mode = excluded.safe_mode, \
+                 halt_error_rate = excluded.halt_error_rate, halt_min_errors = excluded.halt_min_errors, \
+                 updated_at = excluded.updated_at",
+                &[
+                    &c.app_id,
+                    &c.name,
+                    &c.version,
+                    &i64::from(c.paused),
+                    &c.halted,
+                    &i64::from(p.max_updates_per_period),
+                    &signed(p.period_secs),
+                    &i64::from(p.percent),
+                    &signed(p.update_timeout_secs),
+                    &i64::from(p.safe_mode),
+                    &p.halt_error_rate,
+                    &i64::from(p.halt_min_errors),
+                    &signed(c.updated_at),
+                ],
+            )?;
+        }
+        Write::Instance(i) => {
+            tx.execute(
+                "INSERT INTO instances (app_id, machine_id, version, channel, status, target_version, \
+                 granted_at, last_check, last_error, boot_id) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+                 ON CONFLICT (app_id, machine_id) DO UPDATE SET version = excluded.version, \
+                 channel = excluded.channel, status = excluded.status, \
+                 target_version = excluded.target_version, granted_at = excluded.granted_at, \
+                 last_check = excluded.last_check, last_error = excluded.last_error, \
+                 boot_id = excluded.boot_id",
+                &[
+                    &i.app_id,
+                    &i.machine_id,
+                    &i.version,
+                    &i.channel,
+                    &i.status.as_str(),
+                    &i.target_version,
+                    &i.granted_at.map(signed),
+                    &signed(i.last_check),
+                    &i.last_error,
+                    &i.boot_id,
+                ],
+            )?;
+        }
+        Write::Event(e) => {
+            let sql = format!(
+                "INSERT INTO instance_events ({EVENT_COLUMNS}, seq) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+            );
+            tx.execute(
+                &sql,
+                &[
+                    &e.app_id,
+                    &e.machine_id,
+                    &signed(e.at),
+                    &i64::from(e.event_type),
+                    &i64::from(e.event_result),
+                    &e.error_code,
+                    &e.description,
+                    &e.version,
+                    &e.previous_version,
+                    &*seq,
+                ],
+            )?;
+            *seq += 1;
+        }
+        Write::DeleteInstance { app_id, machine_id } => {
+            tx.execute(
+                "DELETE FROM instance_events WHERE app_id = $1 AND machine_id = $2",
+                &[app_id, machine_id],
+            )?;
+            tx.execute(
+                "DELETE FROM instances WHERE app_id = $1 AND machine_id = $2",
+                &[app_id, machine_id],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn event_from_row(r: &Row) -> InstanceEvent {
+    InstanceEvent {
+        app_id: r.get(0),
+        machine_id: r.get(1),
+        at: unsigned(r.get(2)),
+        event_type: u32::try_from(r.get::<_, i64>(3)).unwrap_or(0),
+        event_result: u32::try_from(r.get::<_, i64>(4)).unwrap_or(0),
+        error_code: r.get(5),
+        description: r.get(6),
+        version: r.get(7),
+        previous_version: r.get(8),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn connection_strings_lose_their_passwords() {
+        assert_eq!(
+            redact("host=h user=u password=secret dbname=d"),
+            "host=h user=u dbname=d"
+        );
+        assert_eq!(
+            redact("postgresql://u:secret@h:5432/d"),
+            "postgresql://…@h:5432/d"
+        );
+    }
+}

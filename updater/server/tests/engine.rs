@@ -1,0 +1,334 @@
+//! The engine through its public API: the update flow, the rollout policy, pause and halt,
+//! instance tracking and expiry, on an in-memory SQLite store with a manual clock.
+
+mod common;
+
+use common::*;
+use kiln_server::model::{Policy, Status};
+use kiln_updater::omaha::Event;
+
+#[test]
+fn publish_check_update_events_complete() {
+    let (engine, clock) = engine();
+    engine.publish(package("1.1.0"), Some("alpha")).unwrap();
+
+    let answer = check(&engine, app("m1", "1.0.0", "alpha"));
+    let offer = answer.update().unwrap().expect("an update is offered");
+    assert_eq!(offer.version, "1.1.0");
+    assert_eq!(
+        offer.url,
+        format!("http://updates.invalid:8470/v1/payloads/{APP}/1.1.0/update.payload")
+    );
+    assert_eq!((offer.size, offer.sha256), (4096, SHA));
+    let status = |engine: &kiln_server::Engine| engine.instance(APP, "m1", 10).unwrap().0.status;
+    assert_eq!(status(&engine), Status::Granted);
+
+    for (event, expected) in [
+        (Event::download_started(), Status::Downloading),
+        (Event::download_finished(), Status::Downloading),
+        (Event::installed(), Status::Installed),
+    ] {
+        clock.advance(10);
+        let answer = check(
+            &engine,
+            with_events(app("m1", "1.0.0", "alpha"), vec![event]),
+        );
+        assert_eq!(answer.events.len(), 1, "each event is acknowledged");
+        assert_eq!(status(&engine), expected);
+    }
+    // After the reboot: update_engine's first check carries 3/2 and the new version.
+    let mut after = app("m1", "1.1.0", "alpha");
+    after.bootid = Some("{boot-2}".into());
+    after.events = vec![Event::updated_after_reboot("1.0.0")];
+    let answer = check(&engine, after);
+    assert!(!offered(&answer), "nothing newer than 1.1.0");
+    let (instance, events) = engine.instance(APP, "m1", 10).unwrap();
+    assert_eq!(instance.status, Status::Complete);
+    assert_eq!(instance.version, "1.1.0");
+    let names: Vec<&str> = events.iter().map(|e| e.description.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "UpdatedAfterReboot",
+            "Installed",
+            "DownloadFinished",
+            "DownloadStarted"
+        ]
+    );
+    let channel = &engine.app(APP).unwrap().channels[0];
+    assert_eq!(
+        (channel.completes, channel.errors, channel.in_flight),
+        (1, 0, 0)
+    );
+}
+
+#[test]
+fn unknown_app_and_braced_ids() {
+    let (engine, _) = engine();
+    engine.publish(package("1.1.0"), Some("stable")).unwrap();
+    let mut unknown = app("m1", "1.0.0", "stable");
+    unknown.appid = "{00000000-0000-0000-0000-000000000000}".into();
+    let mut braced = app("{M2}", "1.0.0", "stable");
+    braced.appid = format!("{{{}}}", APP.to_uppercase());
+    let response = engine.handle(&request(vec![unknown, braced.clone()]));
+    assert_eq!(
+        response.apps[0].status.as_deref(),
+        Some("error-unknownApplication")
+    );
+    assert!(response.apps[1].update().unwrap().is_some());
+    assert_eq!(
+        response.apps[1].appid, braced.appid,
+        "the id is echoed as sent"
+    );
+    assert!(
+        engine.instance(APP, "m2", 1).is_ok(),
+        "machine ids are normalized"
+    );
+}
+
+#[test]
+fn no_downgrade_no_machine_id_and_min_from_version() {
+    let (engine, _) = engine();
+    let mut p = package("2.0.0");
+    p.min_from_version = Some("1.5.0".into());
+    engine.publish(p, Some("stable")).unwrap();
+    assert!(!offered(&check(&engine, app("m1", "2.1.0", "stable"))));
+    assert!(!offered(&check(&engine, app("m2", "1.4.0", "stable"))));
+    assert!(offered(&check(&engine, app("m3", "1.5.0", "stable"))));
+    let mut anonymous = app("x", "1.6.0", "stable");
+    anonymous.machineid = None;
+    assert!(!offered(&check(&engine, anonymous)));
+}
+
+#[test]
+fn pause_holds_new_grants_but_not_machines_mid_update() {
+    let (engine, _) = engine();
+    engine.publish(package("1.1.0"), Some("stable")).unwrap();
+    assert!(offered(&check(&engine, app("m1", "1.0.0", "stable"))));
+    engine.set_paused(APP, "stable", true).unwrap();
+    assert!(!offered(&check(&engine, app("m2", "1.0.0", "stable"))));
+    assert!(
+        offered(&check(&engine, app("m1", "1.0.0", "stable"))),
+        "m1 retries its download"
+    );
+    engine.set_paused(APP, "stable", false).unwrap();
+    assert!(offered(&check(&engine, app("m2", "1.0.0", "stable"))));
+}
+
+#[test]
+fn at_most_n_updates_per_period() {
+    let (engine, clock) = engine();
+    engine.publish(package("1.1.0"), Some("stable")).unwrap();
+    let policy = Policy {
+        max_updates_per_period: 2,
+        period_secs: 600,
+        update_timeout_secs: 0,
+        ..Policy::default()
+    };
+    engine.set_policy(APP, "stable", policy).unwrap();
+    let granted = |from: usize| {
+        (from..from + 5)
+            .filter(|i| offered(&check(&engine, app(&format!("m{i}"), "1.0.0", "stable"))))
+            .count()
+    };
+    assert_eq!(granted(0), 2);
+    clock.advance(599);
+    assert_eq!(granted(10), 0, "still inside the period");
+    clock.advance(2);
+    assert_eq!(granted(20), 2, "a new period");
+}
+
+#[test]
+fn percentage_of_fleet_is_deterministic() {
+    let (engine, _) = engine();
+    engine.publish(package("1.1.0"), Some("stable")).unwrap();
+    let policy = Policy {
+        percent: 30,
+        ..Policy::default()
+    };
+    engine.set_policy(APP, "stable", policy).unwrap();
+    let machines: Vec<String> = (0..400).map(|i| format!("machine-{i}")).collect();
+    let first: Vec<bool> = machines
+        .iter()
+        .map(|m| offered(&check(&engine, app(m, "1.0.0", "stable"))))
+        .collect();
+    let n = first.iter().filter(|&&b| b).count();
+    assert!((80..160).contains(&n), "{n} of 400 in 30%");
+    for (m, was) in machines.iter().zip(&first) {
+        assert_eq!(kiln_server::rollout::in_percent(m, 30), *was);
+    }
+}
+
+#[test]
+fn safe_mode_one_at_a_time_until_first_success() {
+    let (engine, _) = engine();
+    engine.publish(package("1.1.0"), Some("stable")).unwrap();
+    let policy = Policy {
+        safe_mode: true,
+        ..Policy::default()
+    };
+    engine.set_policy(APP, "stable", policy).unwrap();
+    assert!(offered(&check(&engine, app("m1", "1.0.0", "stable"))));
+    assert!(!offered(&check(&engine, app("m2", "1.0.0", "stable"))));
+    // m1 comes back on 1.1.0: the first success opens the gate.
+    let mut done = app("m1", "1.1.0", "stable");
+    done.events = vec![Event::updated_after_reboot("1.0.0")];
+    check(&engine, done);
+    assert!(offered(&check(&engine, app("m2", "1.0.0", "stable"))));
+    assert!(offered(&check(&engine, app("m3", "1.0.0", "stable"))));
+}
+
+#[test]
+fn update_timeout_frees_the_safe_mode_slot_and_counts_as_error() {
+    let (engine, clock) = engine();
+    engine.publish(package("1.1.0"), Some("stable")).unwrap();
+    let policy = Policy {
+        safe_mode: true,
+        update_timeout_secs: 300,
+        ..Policy::default()
+    };
+    engine.set_policy(APP, "stable", policy).unwrap();
+    assert!(offered(&check(&engine, app("m1", "1.0.0", "stable"))));
+    clock.advance(299);
+    assert!(!offered(&check(&engine, app("m2", "1.0.0", "stable"))));
+    clock.advance(1);
+    assert!(offered(&check(&engine, app("m2", "1.0.0", "stable"))));
+    let (m1, events) = engine.instance(APP, "m1", 5).unwrap();
+    assert_eq!(m1.status, Status::Error);
+    assert_eq!(m1.last_error.as_deref(), Some("UpdateTimedOut"));
+    assert_eq!(events[0].description, "UpdateTimedOut");
+}
+
+#[test]
+fn halts_when_the_error_rate_passes_the_threshold() {
+    let (engine, _) = engine();
+    engine.publish(package("1.1.0"), Some("stable")).unwrap();
+    let policy = Policy {
+        halt_error_rate: Some(0.5),
+        halt_min_errors: 2,
+        ..Policy::default()
+    };
+    engine.set_policy(APP, "stable", policy).unwrap();
+    for m in ["m1", "m2", "m3"] {
+        assert!(offered(&check(&engine, app(m, "1.0.0", "stable"))));
+    }
+    let mut ok = app("m1", "1.1.0", "stable");
+    ok.events = vec![Event::updated_after_reboot("1.0.0")];
+    check(&engine, ok);
+    check(
+        &engine,
+        with_events(app("m2", "1.0.0", "stable"), vec![Event::error(10)]),
+    );
+    assert!(
+        offered(&check(&engine, app("m4", "1.0.0", "stable"))),
+        "1 error: below the minimum"
+    );
+    check(
+        &engine,
+        with_events(
+            app("m3", "1.0.0", "stable"),
+            vec![Event::error(9 | 1 << 30)],
+        ),
+    );
+    let channel = engine.app(APP).unwrap().channels[0].clone();
+    let halted = channel.record.halted.expect("halted at 2 of 3 failed");
+    assert!(halted.contains("1.1.0"), "{halted}");
+    assert!(!offered(&check(&engine, app("m5", "1.0.0", "stable"))));
+    let (m3, _) = engine.instance(APP, "m3", 1).unwrap();
+    assert_eq!(
+        m3.last_error.as_deref(),
+        Some("DownloadTransferError+resumed")
+    );
+    engine.set_paused(APP, "stable", false).unwrap();
+    assert!(
+        offered(&check(&engine, app("m5", "1.0.0", "stable"))),
+        "resume lifts the halt"
+    );
+}
+
+#[test]
+fn rollback_is_seen_when_a_new_boot_brings_the_old_version() {
+    let (engine, _) = engine();
+    engine.publish(package("1.1.0"), Some("stable")).unwrap();
+    check(&engine, app("m1", "1.0.0", "stable"));
+    check(
+        &engine,
+        with_events(app("m1", "1.0.0", "stable"), vec![Event::installed()]),
+    );
+    // Same boot, same version: still waiting to reboot.
+    check(&engine, app("m1", "1.0.0", "stable"));
+    assert_eq!(
+        engine.instance(APP, "m1", 1).unwrap().0.status,
+        Status::Installed
+    );
+    let mut rebooted = app("m1", "1.0.0", "stable");
+    rebooted.bootid = Some("{boot-2}".into());
+    check(&engine, rebooted);
+    let (m1, _) = engine.instance(APP, "m1", 1).unwrap();
+    assert_eq!(m1.status, Status::RolledBack);
+    assert_eq!(engine.app(APP).unwrap().channels[0].errors, 1);
+}
+
+#[test]
+fn promote_moves_a_version_between_channels() {
+    let (engine, _) = engine();
+    engine.publish(package("1.1.0"), Some("alpha")).unwrap();
+    assert!(!offered(&check(&engine, app("m1", "1.0.0", "beta"))));
+    assert!(engine.promote(APP, "alpha", "beta").is_ok());
+    assert!(offered(&check(&engine, app("m1", "1.0.0", "beta"))));
+    assert!(engine.promote(APP, "gamma", "beta").is_err());
+    assert!(engine.set_channel_version(APP, "beta", "9.9.9").is_err());
+}
+
+#[test]
+fn stale_instances_expire_from_memory_and_store() {
+    let (engine, clock) = engine();
+    engine.publish(package("1.1.0"), Some("stable")).unwrap();
+    check(&engine, app("old", "1.1.0", "stable"));
+    clock.advance(3600);
+    check(&engine, app("new", "1.1.0", "stable"));
+    assert_eq!(engine.expire(1800).unwrap(), 1);
+    let left: Vec<String> = engine
+        .instances(APP, None, None)
+        .unwrap()
+        .into_iter()
+        .map(|i| i.machine_id)
+        .collect();
+    assert_eq!(left, ["new"]);
+    assert!(engine.instance(APP, "old", 1).is_err());
+}
+
+#[test]
+fn state_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("kiln.db");
+    let clock = kiln_server::clock::ManualClock::new(5000);
+    let open = || {
+        kiln_server::Engine::open(
+            Box::new(kiln_server::store::SqliteStore::open(&db).unwrap()),
+            std::sync::Arc::new(clock.clone()),
+            kiln_server::EngineConfig {
+                public_url: "http://h/".into(),
+            },
+        )
+        .unwrap()
+    };
+    {
+        let engine = open();
+        engine.publish(package("1.1.0"), Some("stable")).unwrap();
+        let policy = Policy {
+            safe_mode: true,
+            ..Policy::default()
+        };
+        engine.set_policy(APP, "stable", policy).unwrap();
+        assert!(offered(&check(&engine, app("m1", "1.0.0", "stable"))));
+        engine.shutdown();
+    }
+    let engine = open();
+    assert_eq!(
+        engine.instance(APP, "m1", 1).unwrap().0.status,
+        Status::Granted
+    );
+    // The in-flight update was restored, so safe mode still holds the next machine back.
+    assert!(!offered(&check(&engine, app("m2", "1.0.0", "stable"))));
+}

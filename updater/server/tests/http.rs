@@ -1,0 +1,332 @@
+//! The server over HTTP on loopback: the Omaha endpoint with the documents of
+//! `shared/omaha-interop/`, payload downloads with Range, the admin API's token, publishing,
+//! and the answers to malformed and oversized bodies.
+
+// ureq's error is large; these helpers only hand it to assertions.
+#![allow(clippy::result_large_err)]
+
+mod common;
+
+use std::io::Read;
+use std::path::Path;
+use std::sync::Arc;
+
+use kiln_server::http::{RunningServer, ServerContext};
+use kiln_server::verify::{PayloadVerifier, VerifiedPayload};
+use kiln_updater::omaha::Response;
+use sha2::{Digest, Sha256};
+
+const TOKEN: &str = "test-token-0123456789";
+const FLATCAR_APP: &str = "e96281a6-d1af-4bde-9a0a-97b76e56dc57";
+
+/// Stands in for the signature check: a "payload" is a line `app_id version`, then filler;
+/// one starting with `BAD` fails as a wrong signature would.
+struct FakeVerifier;
+
+impl PayloadVerifier for FakeVerifier {
+    fn verify(&self, path: &Path) -> Result<VerifiedPayload, String> {
+        let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&bytes);
+        let line = text.lines().next().unwrap_or_default();
+        if line.starts_with("BAD") {
+            return Err(format!(
+                "{}: the manifest signature does not verify",
+                path.display()
+            ));
+        }
+        let (app_id, version) = line.split_once(' ').ok_or("no manifest line")?;
+        Ok(VerifiedPayload {
+            app_id: app_id.into(),
+            version: version.into(),
+            min_from_version: None,
+            manifest_json: format!("{{\"app_id\":\"{app_id}\"}}"),
+        })
+    }
+}
+
+struct Fixture {
+    server: RunningServer,
+    _dir: tempfile::TempDir,
+}
+
+fn start() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, _clock) = common::engine_with_url("http://placeholder/");
+    let ctx = Arc::new(ServerContext {
+        engine: Arc::new(engine),
+        token: TOKEN.into(),
+        data_dir: dir.path().to_owned(),
+        verifier: Some(Arc::new(FakeVerifier)),
+    });
+    let server = RunningServer::start(ctx, "127.0.0.1:0".parse().unwrap(), 2).unwrap();
+    Fixture { server, _dir: dir }
+}
+
+fn fake_payload(app: &str, version: &str) -> Vec<u8> {
+    let mut bytes = format!("{app} {version}\n").into_bytes();
+    bytes.extend((0..100_000u32).map(|i| (i % 251) as u8));
+    bytes
+}
+
+fn publish(
+    f: &Fixture,
+    app: &str,
+    channel: &str,
+    payload: &[u8],
+    token: &str,
+) -> Result<serde_json::Value, ureq::Error> {
+    ureq::post(&format!("{}admin/v1/apps/{app}/publish", f.server.url()))
+        .query("channel", channel)
+        .set("Authorization", &format!("Bearer {token}"))
+        .send_bytes(payload)
+        .map(|r| r.into_json().unwrap())
+}
+
+fn post_omaha(f: &Fixture, body: &[u8]) -> Result<String, ureq::Error> {
+    ureq::post(&format!("{}v1/update/", f.server.url()))
+        .set("Content-Type", "text/xml")
+        .send_bytes(body)
+        .map(|r| r.into_string().unwrap())
+}
+
+fn status_of(result: Result<impl Sized, ureq::Error>) -> u16 {
+    match result {
+        Ok(_) => 200,
+        Err(ureq::Error::Status(code, _)) => code,
+        Err(e) => panic!("transport error: {e}"),
+    }
+}
+
+fn interop(name: &str) -> Vec<u8> {
+    std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures")
+            .join(name),
+    )
+    .unwrap()
+}
+
+#[test]
+fn flatcar_request_gets_everything_update_engine_needs_and_payload_resumes() {
+    let f = start();
+    let payload = fake_payload(FLATCAR_APP, "1.2.4");
+    let published = publish(&f, FLATCAR_APP, "alpha", &payload, TOKEN).unwrap();
+    assert_eq!(published["version"], "1.2.4");
+
+    let xml = post_omaha(&f, &interop("flatcar-request.xml")).unwrap();
+    let response = Response::parse(&xml).unwrap();
+    let app = response.app(FLATCAR_APP).expect("the app is answered");
+    assert_eq!(app.status.as_deref(), Some("ok"));
+    assert!(app.ping.is_some(), "the ping is acknowledged");
+    assert_eq!(app.events.len(), 1, "the event is acknowledged");
+    let check = app.updatecheck.as_ref().unwrap();
+    assert_eq!(check.status, "ok");
+    assert!(check.urls[0].codebase.ends_with('/'));
+    let manifest = check.manifest.as_ref().unwrap();
+    assert_eq!(manifest.version, "1.2.4");
+    let package = &manifest.packages[0];
+    let digest: [u8; 32] = Sha256::digest(&payload).into();
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(package.hash_sha256.as_deref(), Some(hex.as_str()));
+    assert_eq!(package.size, payload.len() as u64);
+    assert!(package.required);
+    let action = &manifest.actions[0];
+    assert_eq!(action.event, "postinstall");
+    assert_eq!(
+        action.sha256.as_deref(),
+        Some(kiln_server::engine::sha256_base64(&digest).as_str())
+    );
+    // The raw XML too: attribute names exactly as update_engine looks them up.
+    for needle in [
+        "codebase=\"",
+        "hash_sha256=\"",
+        "size=\"",
+        "event=\"postinstall\"",
+        "sha256=\"",
+    ] {
+        assert!(xml.contains(needle), "{needle} missing from\n{xml}");
+    }
+
+    // Download the offered URL (rewritten onto the test server's address), whole and resumed.
+    let offer = app.update().unwrap().unwrap();
+    let path = offer.url.split_once("/v1/").unwrap().1;
+    let url = format!("{}v1/{path}", f.server.url());
+    let mut whole = Vec::new();
+    let response = ureq::get(&url).call().unwrap();
+    assert_eq!(response.header("Accept-Ranges"), Some("bytes"));
+    response.into_reader().read_to_end(&mut whole).unwrap();
+    assert_eq!(whole, payload);
+    let response = ureq::get(&url).set("Range", "bytes=1000-").call().unwrap();
+    assert_eq!(response.status(), 206);
+    assert_eq!(
+        response.header("Content-Range"),
+        Some(format!("bytes 1000-{}/{}", payload.len() - 1, payload.len()).as_str())
+    );
+    let mut rest = Vec::new();
+    response.into_reader().read_to_end(&mut rest).unwrap();
+    assert_eq!(rest, payload[1000..]);
+    let response = ureq::get(&url).set("Range", "bytes=10-19").call().unwrap();
+    let mut ten = Vec::new();
+    response.into_reader().read_to_end(&mut ten).unwrap();
+    assert_eq!(ten, payload[10..20]);
+    let past_end = format!("bytes={}-", payload.len());
+    assert_eq!(
+        status_of(ureq::get(&url).set("Range", &past_end).call()),
+        416
+    );
+    assert_eq!(status_of(ureq::get(&format!("{url}x")).call()), 404);
+}
+
+#[test]
+fn old_update_engine_request_with_braces_and_unknown_app() {
+    let f = start();
+    // The old request's app is not known to this server.
+    let xml = post_omaha(&f, &interop("update-engine-request.xml")).unwrap();
+    let response = Response::parse(&xml).unwrap();
+    assert_eq!(response.apps.len(), 1);
+    assert_eq!(
+        response.apps[0].status.as_deref(),
+        Some("error-unknownApplication")
+    );
+    // Once published, the braced id is the same app.
+    let app = "87efface-864d-49a5-9bb3-4b050a7c227a";
+    publish(
+        &f,
+        app,
+        "dev-channel",
+        &fake_payload(app, "9999.0.0"),
+        TOKEN,
+    )
+    .unwrap();
+    let xml = post_omaha(&f, &interop("update-engine-request.xml")).unwrap();
+    let response = Response::parse(&xml).unwrap();
+    let answer = &response.apps[0];
+    assert_eq!(answer.appid, "{87efface-864d-49a5-9bb3-4b050a7c227a}");
+    // Its version "ForcedUpdate" does not compare below 9999.0.0 numerically; either answer is
+    // a valid Omaha answer, and it must parse as one.
+    answer.update().unwrap();
+}
+
+#[test]
+fn malformed_hostile_and_oversized_bodies() {
+    let f = start();
+    assert_eq!(
+        status_of(post_omaha(&f, b"<request protocol=\"3.0\"><app")),
+        400
+    );
+    assert_eq!(status_of(post_omaha(&f, b"\xff\xfe")), 400);
+    assert_eq!(
+        status_of(post_omaha(&f, b"<response protocol=\"3.0\"/>")),
+        400
+    );
+    let bomb = br#"<?xml version="1.0"?><!DOCTYPE r [<!ENTITY a "aaaa"><!ENTITY b "&a;&a;&a;">]><request protocol="3.0">&b;</request>"#;
+    assert_eq!(status_of(post_omaha(&f, bomb)), 400);
+    let entity = br#"<request protocol="3.0"><app appid="&xxe;"/></request>"#;
+    assert_eq!(status_of(post_omaha(&f, entity)), 400);
+    let mut big = b"<request protocol=\"3.0\">".to_vec();
+    big.extend(std::iter::repeat_n(b' ', 70_000));
+    big.extend(b"</request>");
+    assert_eq!(status_of(post_omaha(&f, &big)), 413);
+    // The server is still up and answering.
+    let xml = post_omaha(&f, &interop("flatcar-request.xml")).unwrap();
+    assert!(Response::parse(&xml).is_ok());
+}
+
+#[test]
+fn admin_api_refuses_without_the_token() {
+    let f = start();
+    let apps = format!("{}admin/v1/apps", f.server.url());
+    assert_eq!(status_of(ureq::get(&apps).call()), 401);
+    assert_eq!(
+        status_of(ureq::get(&apps).set("Authorization", "Bearer wrong").call()),
+        401
+    );
+    let payload = fake_payload(FLATCAR_APP, "1.2.4");
+    assert_eq!(
+        status_of(publish(&f, FLATCAR_APP, "alpha", &payload, "nope")),
+        401
+    );
+    assert_eq!(
+        status_of(
+            ureq::get(&apps)
+                .set("Authorization", &format!("Bearer {TOKEN}"))
+                .call()
+        ),
+        200
+    );
+    // The public endpoint does not serve the admin API under another path.
+    assert_eq!(
+        status_of(ureq::get(&format!("{}v1/update/", f.server.url())).call()),
+        405
+    );
+}
+
+#[test]
+fn publish_checks_signature_and_app_id_then_client_drives_channels() {
+    let f = start();
+    let client = kiln_server::client::AdminClient::new(&f.server.url(), TOKEN);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("update.payload");
+
+    std::fs::write(
+        &file,
+        fake_payload("00000000-0000-0000-0000-000000000000", "1.0.0"),
+    )
+    .unwrap();
+    let err = client
+        .publish(FLATCAR_APP, Some("alpha"), &file, None)
+        .unwrap_err();
+    assert!(err.to_string().contains("not app"), "{err}");
+
+    let mut bad = b"BAD".to_vec();
+    bad.extend(fake_payload(FLATCAR_APP, "1.0.0"));
+    std::fs::write(&file, bad).unwrap();
+    let err = client
+        .publish(FLATCAR_APP, Some("alpha"), &file, None)
+        .unwrap_err();
+    assert!(err.to_string().contains("signature"), "{err}");
+
+    std::fs::write(&file, fake_payload(FLATCAR_APP, "1.2.4")).unwrap();
+    client
+        .publish(FLATCAR_APP, Some("alpha"), &file, None)
+        .unwrap();
+    client.promote(FLATCAR_APP, "alpha", "beta").unwrap();
+    client.pause(FLATCAR_APP, "beta").unwrap();
+    let policy = kiln_server::model::Policy {
+        percent: 10,
+        ..Default::default()
+    };
+    client.set_policy(FLATCAR_APP, "beta", &policy).unwrap();
+    let app = client.app(FLATCAR_APP).unwrap();
+    let beta = &app["channels"][1];
+    assert_eq!(beta["name"], "beta");
+    assert_eq!(beta["version"], "1.2.4");
+    assert_eq!(beta["paused"], true);
+    assert_eq!(beta["policy"]["percent"], 10);
+    let err = client.set_policy(
+        FLATCAR_APP,
+        "beta",
+        &kiln_server::model::Policy {
+            percent: 101,
+            ..Default::default()
+        },
+    );
+    assert!(err.unwrap_err().to_string().contains("percent"));
+
+    post_omaha(&f, &interop("flatcar-request.xml")).unwrap();
+    let instances = client
+        .instances(FLATCAR_APP, Some("alpha"), Some("granted"))
+        .unwrap();
+    assert_eq!(instances.as_array().unwrap().len(), 1);
+    assert_eq!(
+        instances[0]["machine_id"],
+        "abce671d61774703ac7be60715220bfe"
+    );
+    let detail = client
+        .instance(FLATCAR_APP, "abce671d61774703ac7be60715220bfe")
+        .unwrap();
+    assert_eq!(detail["events"][0]["description"], "Installed");
+    assert!(client
+        .instances(FLATCAR_APP, None, Some("sideways"))
+        .is_err());
+}

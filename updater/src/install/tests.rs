@@ -1,0 +1,269 @@
+//! The install path on a small disk image made here (GPT from `kiln_image::disk`, ESP from
+//! `kiln_image::fat`), checked with `fsck.fat` and by comparing partition bytes.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use kiln_image::boot::{BootEntry, Counter, Slot};
+use kiln_image::disk::{self, PartitionContent, MIB};
+use kiln_image::gpt::Guid;
+use kiln_image::testutil::require_tool;
+use kiln_image::tree::{Content, Entry, Kind, Meta, Tree};
+use sha2::{Digest, Sha256};
+
+use super::*;
+use crate::keys::SigningKey;
+use crate::payload::tests::{inputs, make};
+use crate::payload::{write_payload, ManifestInput};
+
+const T: i64 = 1_700_000_000;
+const CMDLINE: &str = "console=ttyS0,115200n8 quiet";
+
+/// A disk like the build's, small: an ESP with slot A's entry and boot files, USR-A holding an
+/// image with its verity tree, USR-B empty.
+fn make_disk(dir: &Path) -> PathBuf {
+    let a = dir.join("a");
+    std::fs::create_dir_all(&a).unwrap();
+    let usr_a = inputs(&a, 1);
+    let entry = BootEntry::new(
+        Slot::A,
+        "1.0.0",
+        &usr_a.verity.root_hash_hex(),
+        CMDLINE,
+        Counter::Blessed,
+    );
+    let mut esp = Tree::new(Meta::root(0o755, T));
+    let dir_meta = Meta::root(0o755, T);
+    let file = |b: Vec<u8>| Entry::new(Kind::File(Content::bytes(b)), Meta::root(0o644, T));
+    for (path, data) in [
+        ("loader/loader.conf".to_string(), b"timeout 3\n".to_vec()),
+        (
+            format!("loader/entries/{}", entry.file_name()),
+            entry.render().into_bytes(),
+        ),
+        (
+            "kiln/a/vmlinuz".to_string(),
+            std::fs::read(&usr_a.kernel).unwrap(),
+        ),
+        (
+            "kiln/a/initrd".to_string(),
+            std::fs::read(&usr_a.initrd).unwrap(),
+        ),
+    ] {
+        esp.insert_with_parents(path, file(data), &dir_meta)
+            .unwrap();
+    }
+    let esp_img = dir.join("esp.img");
+    let opts = kiln_image::fat::FatOptions {
+        size_bytes: 8 * MIB,
+        volume_id: 1,
+        label: "EFI-SYSTEM".into(),
+        timestamp: T,
+    };
+    kiln_image::fat::format(&esp, &opts, &mut File::create(&esp_img).unwrap()).unwrap();
+    let layout = disk::layout(8, 4, 1, 1);
+    let path = dir.join("disk.raw");
+    let contents = [
+        PartitionContent {
+            number: disk::ESP_NUMBER,
+            image: Some(&esp_img),
+        },
+        PartitionContent {
+            number: disk::USR_A_NUMBER,
+            image: Some(&usr_a.usr),
+        },
+    ];
+    disk::assemble(&path, &layout, &contents, |n| Guid::from_hash(n.as_bytes())).unwrap();
+    path
+}
+
+fn partition_bytes(disk: &Path, name: &str) -> Vec<u8> {
+    let mut f = File::open(disk).unwrap();
+    let len = f.metadata().unwrap().len();
+    let gpt = kiln_image::gpt::Gpt::read(&mut f, len).unwrap();
+    let (_, p) = gpt.find_by_name(name).unwrap();
+    let mut region = Region::new(f, p.start_bytes(), p.size_bytes()).unwrap();
+    let mut out = Vec::new();
+    region.read_to_end(&mut out).unwrap();
+    out
+}
+
+fn sha(bytes: &[u8]) -> String {
+    crate::payload::hex(&Sha256::digest(bytes))
+}
+
+fn entry_names(t: &Target) -> Vec<String> {
+    boot_entries(t)
+        .unwrap()
+        .iter()
+        .map(BootEntry::file_name)
+        .collect()
+}
+
+/// `fsck.fat -n` finds nothing to fix in the disk's ESP.
+fn assert_esp_clean(disk: &Path, dir: &Path) {
+    let img = dir.join("esp-check.img");
+    std::fs::write(&img, partition_bytes(disk, "EFI-SYSTEM")).unwrap();
+    let fsck = require_tool("fsck.fat", "dosfstools");
+    let out = Command::new(fsck).arg("-n").arg(&img).output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "fsck.fat -n: {text}");
+    let complaints: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            !(l.starts_with("fsck.fat ")
+                || l.starts_with("Starting check")
+                || l.contains(" files, "))
+        })
+        .collect();
+    assert!(complaints.is_empty(), "fsck.fat -n: {text}");
+}
+
+#[test]
+fn install_writes_the_other_slot_then_its_entry_and_bless_and_rollback_rename() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = make_disk(dir.path());
+    let key = SigningKey::generate().unwrap();
+    let (payload, m) = make(dir.path(), "p", "2.0.0", &key);
+    let t = Target {
+        disk: disk.clone(),
+        running: Slot::A,
+    };
+    let usr_a = sha(&partition_bytes(&disk, "USR-A"));
+    assert_eq!(entry_names(&t), ["kiln-a.conf"]);
+
+    let mut phases = Vec::new();
+    let done = install(&t, &payload, &key.verifying_key(), &mut |p, _, _| {
+        if phases.last() != Some(&p) {
+            phases.push(p);
+        }
+    })
+    .unwrap();
+    assert_eq!(done.slot, Slot::B);
+    assert_eq!(done.manifest, m);
+    use Phase::*;
+    assert_eq!(phases, [Verifying, Writing, ReadingBack, Esp, Entry]);
+    assert_eq!(sha(&partition_bytes(&disk, "USR-A")), usr_a);
+    let usr_b = partition_bytes(&disk, "USR-B");
+    assert_eq!(sha(&usr_b[..m.usr_size as usize]), m.usr_sha256);
+    assert_esp_clean(&disk, dir.path());
+
+    let entries = boot_entries(&t).unwrap();
+    let names: Vec<String> = entries.iter().map(BootEntry::file_name).collect();
+    assert_eq!(names, ["kiln-a.conf", "kiln-b+3.conf"]);
+    let b = &entries[1];
+    assert_eq!(b.version, "2.0.0");
+    assert_eq!(
+        b.options,
+        format!("kiln.slot=b kiln.usrhash={} {CMDLINE}", m.verity_root_hash)
+    );
+    assert_eq!(b.linux, "/kiln/b/vmlinuz");
+
+    // Booted into B: bless it, then roll back to A by hand, then forward again.
+    let on_b = Target {
+        disk: disk.clone(),
+        running: Slot::B,
+    };
+    assert!(bless(&on_b).unwrap());
+    assert!(!bless(&on_b).unwrap());
+    assert_eq!(entry_names(&t), ["kiln-a.conf", "kiln-b.conf"]);
+    assert_eq!(rollback(&on_b).unwrap(), Slot::A);
+    assert_eq!(entry_names(&t), ["kiln-a.conf", "kiln-b+0-1.conf"]);
+    assert_eq!(rollback(&t).unwrap(), Slot::B);
+    assert_eq!(entry_names(&t), ["kiln-a+0-1.conf", "kiln-b+3.conf"]);
+    assert_esp_clean(&disk, dir.path());
+
+    // Installing again over B (running A) replaces B's entry and files.
+    let a_again = Target {
+        disk: disk.clone(),
+        running: Slot::A,
+    };
+    install(&a_again, &payload, &key.verifying_key(), &mut |_, _, _| {}).unwrap();
+    assert_eq!(entry_names(&t), ["kiln-a+0-1.conf", "kiln-b+3.conf"]);
+    assert_esp_clean(&disk, dir.path());
+}
+
+#[test]
+fn damaged_or_foreign_payloads_change_nothing_on_the_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = make_disk(dir.path());
+    let key = SigningKey::generate().unwrap();
+    let vk = key.verifying_key();
+    let t = Target {
+        disk: disk.clone(),
+        running: Slot::A,
+    };
+    // A first good install, so B has an entry that a bad payload must not remove.
+    let (good, m) = make(dir.path(), "good", "2.0.0", &key);
+    install(&t, &good, &vk, &mut |_, _, _| {}).unwrap();
+    let before = std::fs::read(&disk).unwrap();
+    let bytes = std::fs::read(&good).unwrap();
+    let bad = dir.path().join("bad");
+    let manifest_at = crate::payload::HEADER_LEN as usize + 5;
+    let mut flips = vec![3, 20, manifest_at];
+    for (_, part) in m.parts() {
+        flips.push((part.offset + part.length / 2) as usize);
+    }
+    for at in flips {
+        let mut b = bytes.clone();
+        b[at] ^= 1;
+        std::fs::write(&bad, &b).unwrap();
+        let err = install(&t, &bad, &vk, &mut |_, _, _| {}).expect_err(&format!("flip at {at}"));
+        assert!(matches!(err, InstallError::Payload(_)), "{at}: {err}");
+        assert!(
+            std::fs::read(&disk).unwrap() == before,
+            "flip at {at} changed the disk"
+        );
+    }
+    // Signed by another key.
+    let other = SigningKey::generate().unwrap();
+    let (foreign, _) = make(dir.path(), "foreign", "2.0.0", &other);
+    assert!(install(&t, &foreign, &vk, &mut |_, _, _| {}).is_err());
+    // Another board.
+    let inp = inputs(dir.path(), 5);
+    let mut input = ManifestInput::new("{app}", "2.0.0", inp.verity.hash_offset);
+    input.board = "arm64-usr".into();
+    let arm = dir.path().join("arm");
+    write_payload(&arm, input, &inp.usr, &inp.kernel, &inp.initrd, &key).unwrap();
+    let err = install(&t, &arm, &vk, &mut |_, _, _| {}).unwrap_err();
+    assert!(matches!(err, InstallError::WrongBoard { .. }), "{err}");
+    assert!(std::fs::read(&disk).unwrap() == before);
+}
+
+#[test]
+fn a_usr_image_that_does_not_match_its_tree_makes_no_payload() {
+    // A payload whose image would fail the device's verity check after writing is never
+    // made: write_payload checks the tree first.
+    let dir = tempfile::tempdir().unwrap();
+    let key = SigningKey::generate().unwrap();
+    let inp = inputs(dir.path(), 4);
+    let mut img = std::fs::read(&inp.usr).unwrap();
+    img[100] ^= 1;
+    std::fs::write(&inp.usr, &img).unwrap();
+    let err = write_payload(
+        &dir.path().join("p"),
+        ManifestInput::new("{app}", "2.0.0", inp.verity.hash_offset),
+        &inp.usr,
+        &inp.kernel,
+        &inp.initrd,
+        &key,
+    )
+    .unwrap_err();
+    assert!(matches!(err, PayloadError::Verity { .. }), "{err}");
+    assert!(!dir.path().join("p").exists() && !dir.path().join("p.partial").exists());
+}
+
+#[test]
+fn the_running_slot_comes_from_the_command_line() {
+    assert_eq!(running_slot("BOOT_IMAGE=x kiln.slot=b ro"), Some(Slot::B));
+    assert_eq!(running_slot("kiln.slot=a kiln.slot=b"), Some(Slot::B));
+    assert_eq!(running_slot("kiln.slot=c"), None);
+    assert_eq!(running_slot("quiet"), None);
+    assert_eq!(
+        carried_cmdline("kiln.slot=a kiln.usrhash=00 console=ttyS0  rw"),
+        "console=ttyS0 rw"
+    );
+}

@@ -1,0 +1,230 @@
+//! Payload round trips, the zstd reference tool, determinism, and rejection of every damaged
+//! byte.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use kiln_image::testutil::require_tool;
+use kiln_image::verity;
+
+use super::*;
+use crate::keys::{SigningKey, VerifyingKey};
+
+/// Bytes that differ everywhere but compress (a filesystem is not random either).
+pub(crate) fn pattern(len: usize, seed: u32) -> Vec<u8> {
+    (0..len as u32)
+        .map(|i| ((i / 7).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 27) as u8)
+        .collect()
+}
+
+/// The files a payload is made of: a 1 MiB "filesystem" with its verity tree appended, a
+/// kernel and an initramfs. Returns them and the verity info.
+pub(crate) struct Inputs {
+    pub usr: PathBuf,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub verity: verity::VerityInfo,
+}
+
+pub(crate) fn inputs(dir: &Path, seed: u32) -> Inputs {
+    let usr = dir.join("usr.img");
+    std::fs::write(&usr, pattern(1 << 20, seed)).unwrap();
+    let file = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open(&usr)
+        .unwrap();
+    let params = verity::VerityParams {
+        salt: vec![seed as u8; 32],
+        uuid: [7; 16],
+    };
+    let info = verity::append(&file, 1 << 20, &params).unwrap();
+    let kernel = dir.join("vmlinuz");
+    std::fs::write(&kernel, pattern(20_000, seed + 1)).unwrap();
+    let initrd = dir.join("initrd");
+    std::fs::write(&initrd, pattern(9_000, seed + 2)).unwrap();
+    Inputs {
+        usr,
+        kernel,
+        initrd,
+        verity: info,
+    }
+}
+
+pub(crate) fn make(dir: &Path, name: &str, version: &str, key: &SigningKey) -> (PathBuf, Manifest) {
+    let inp = inputs(dir, 3);
+    let out = dir.join(name);
+    let m = write_payload(
+        &out,
+        ManifestInput::new("{app}", version, inp.verity.hash_offset),
+        &inp.usr,
+        &inp.kernel,
+        &inp.initrd,
+        key,
+    )
+    .unwrap();
+    (out, m)
+}
+
+fn sha_hex(path: &Path) -> String {
+    hex(&Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+#[test]
+fn payloads_round_trip_and_zstd_reads_the_usr_part() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SigningKey::generate().unwrap();
+    let inp = inputs(dir.path(), 3);
+    let (out, m) = make(dir.path(), "p", "2.0.0", &key);
+    assert_eq!(
+        read_verified_manifest(&out, &key.verifying_key()).unwrap(),
+        m
+    );
+    check_parts(&out, &m, &mut |_, _| {}).unwrap();
+    assert_eq!(m.board, BOARD);
+    assert_eq!(m.version, "2.0.0");
+    assert_eq!(m.usr_size, std::fs::metadata(&inp.usr).unwrap().len());
+    assert_eq!(m.usr_sha256, sha_hex(&inp.usr));
+    assert_eq!(m.verity_root_hash, inp.verity.root_hash_hex());
+    assert_eq!(m.verity_salt, hex(&inp.verity.salt));
+    assert_eq!(m.verity_hash_offset, 1 << 20);
+    assert_eq!(m.kernel_sha256, sha_hex(&inp.kernel));
+    assert_eq!(m.initrd_sha256, sha_hex(&inp.initrd));
+
+    // The reference decoder gets the USR image back from the part's bytes.
+    let bytes = std::fs::read(&out).unwrap();
+    let part = &m.parts.usr;
+    let zst = dir.path().join("usr.zst");
+    std::fs::write(&zst, &bytes[part.offset as usize..][..part.length as usize]).unwrap();
+    let zstd = require_tool("zstd", "zstd");
+    let status = Command::new(zstd)
+        .args(["-q", "-d", "-o"])
+        .arg(dir.path().join("usr.out"))
+        .arg(&zst)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(sha_hex(&dir.path().join("usr.out")), m.usr_sha256);
+    assert!(
+        part.length < m.usr_size / 2,
+        "compressed to {}",
+        part.length
+    );
+}
+
+#[test]
+fn same_inputs_give_the_same_bytes_whatever_the_thread_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SigningKey::generate().unwrap();
+    let (a, _) = make(dir.path(), "a", "2.0.0", &key);
+    let (b, _) = make(dir.path(), "b", "2.0.0", &key);
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    // More data than one zstd job so the workers really split it.
+    let data = pattern(24 << 20, 9);
+    let compress = |workers| {
+        let mut enc = write::zstd_encoder_with(Vec::new(), workers).unwrap();
+        enc.write_all(&data).unwrap();
+        enc.finish().unwrap()
+    };
+    let one = compress(1);
+    assert_eq!(one, compress(3));
+    assert_eq!(one, compress(2));
+}
+
+/// What reading and checking a payload says.
+fn verdict(path: &Path, key: &VerifyingKey) -> Result<(), PayloadError> {
+    let m = read_verified_manifest(path, key)?;
+    check_parts(path, &m, &mut |_, _| {})
+}
+
+#[test]
+fn any_flipped_byte_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SigningKey::generate().unwrap();
+    let vk = key.verifying_key();
+    let (out, m) = make(dir.path(), "p", "2.0.0", &key);
+    let good = std::fs::read(&out).unwrap();
+    let manifest_end = HEADER_LEN as usize + serde_json::to_vec(&m).unwrap().len();
+    // Every header and manifest byte, padding bytes, and bytes spread over each part with
+    // both of its ends.
+    let mut positions: Vec<usize> = (0..manifest_end).collect();
+    positions.extend((manifest_end..PARTS_OFFSET as usize).step_by(251));
+    positions.push(PARTS_OFFSET as usize - 1);
+    for (_, part) in m.parts() {
+        let (start, len) = (part.offset as usize, part.length as usize);
+        positions.extend((0..len).step_by(len / 40 + 1).map(|i| start + i));
+        positions.push(start + len - 1);
+    }
+    let bad = dir.path().join("bad");
+    for &at in &positions {
+        let mut bytes = good.clone();
+        bytes[at] ^= 0x20;
+        std::fs::write(&bad, &bytes).unwrap();
+        let err = verdict(&bad, &vk).expect_err(&format!("byte {at} flipped was accepted"));
+        let text = err.to_string();
+        assert!(text.contains(&*bad.to_string_lossy()), "{text}");
+        if at < 8 {
+            assert!(matches!(err, PayloadError::BadMagic { .. }), "{at}: {err}");
+        } else if (8..12).contains(&at) {
+            assert!(
+                matches!(err, PayloadError::UnsupportedVersion { .. }),
+                "{at}: {err}"
+            );
+        } else if (16..manifest_end).contains(&at) {
+            assert!(
+                matches!(err, PayloadError::BadSignature { .. }),
+                "{at}: {err}"
+            );
+        }
+    }
+    // Cut short or with a byte more.
+    std::fs::write(&bad, &good[..good.len() - 1]).unwrap();
+    assert!(matches!(
+        verdict(&bad, &vk),
+        Err(PayloadError::Malformed { .. })
+    ));
+    let mut longer = good.clone();
+    longer.push(0);
+    std::fs::write(&bad, &longer).unwrap();
+    assert!(matches!(
+        verdict(&bad, &vk),
+        Err(PayloadError::Malformed { .. })
+    ));
+    // Another key.
+    let other = SigningKey::generate().unwrap().verifying_key();
+    assert!(matches!(
+        verdict(&out, &other),
+        Err(PayloadError::BadSignature { .. })
+    ));
+    verdict(&out, &vk).unwrap();
+}
+
+#[test]
+fn magic_and_version_are_checked_before_anything_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let vk = SigningKey::generate().unwrap().verifying_key();
+    let path = dir.path().join("p");
+    // Nothing after the version: a reader that read further would report a short file.
+    let mut head = MAGIC.to_vec();
+    head.extend_from_slice(&2u32.to_le_bytes());
+    std::fs::write(&path, &head).unwrap();
+    let err = read_verified_manifest(&path, &vk).unwrap_err();
+    assert!(
+        matches!(err, PayloadError::UnsupportedVersion { found: 2, .. }),
+        "{err}"
+    );
+    std::fs::write(&path, b"PK\x03\x04 not a payload at all").unwrap();
+    let err = read_verified_manifest(&path, &vk).unwrap_err();
+    assert!(matches!(err, PayloadError::BadMagic { .. }), "{err}");
+    assert!(err.to_string().contains("download it again"), "{err}");
+    std::fs::write(&path, b"KILN").unwrap();
+    assert!(matches!(
+        read_verified_manifest(&path, &vk),
+        Err(PayloadError::BadMagic { .. })
+    ));
+    std::fs::write(&path, &head[..10]).unwrap();
+    assert!(matches!(
+        read_verified_manifest(&path, &vk),
+        Err(PayloadError::Malformed { .. })
+    ));
+}

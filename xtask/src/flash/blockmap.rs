@@ -1,0 +1,99 @@
+//! A map of a disk image by MiB: which blocks are all zero, and the SHA-256 of each other one.
+//! Built in the pass that hashes the whole image against `SHA256SUMS`, it lets the later passes
+//! (the write, the read-back) check every block without hashing the gigabytes of zeros again:
+//! zero blocks by comparison, data blocks by the hash of that block alone.
+
+use std::io::{self, Read};
+
+use sha2::{Digest, Sha256};
+
+/// The granularity of the map; the passes read in multiples of it from aligned offsets.
+pub const BLOCK: usize = 1 << 20;
+
+/// `None` for an all-zero block, else the block's SHA-256.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BlockMap {
+    blocks: Vec<Option<[u8; 32]>>,
+}
+
+static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+
+/// Whether every byte is zero (as memcmp against zeros: fast at any opt-level).
+pub fn is_zero(data: &[u8]) -> bool {
+    data.chunks(ZEROS.len()).all(|c| c == &ZEROS[..c.len()])
+}
+
+fn summary(block: &[u8]) -> Option<[u8; 32]> {
+    if is_zero(block) {
+        None
+    } else {
+        Some(Sha256::digest(block).into())
+    }
+}
+
+impl BlockMap {
+    /// Appends the blocks of `data`, which continues the image where the map ends.
+    pub fn push(&mut self, data: &[u8]) {
+        self.blocks.extend(data.chunks(BLOCK).map(summary));
+    }
+
+    /// Checks `data`, which starts at the block-aligned byte `offset` of the image; returns the
+    /// offset of the first block that differs.
+    pub fn check(&self, offset: u64, data: &[u8]) -> Result<(), u64> {
+        let first = (offset / BLOCK as u64) as usize;
+        for (i, block) in data.chunks(BLOCK).enumerate() {
+            let at = offset + (i * BLOCK) as u64;
+            match self.blocks.get(first + i) {
+                Some(expected) if *expected == summary(block) => {}
+                _ => return Err(at),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads `reader` to its end: the SHA-256 of everything, the map, and the length.
+pub fn scan(mut reader: impl Read) -> io::Result<([u8; 32], BlockMap, u64)> {
+    let mut hasher = Sha256::new();
+    let mut map = BlockMap::default();
+    let mut buf = vec![0u8; 8 * BLOCK];
+    let mut len = 0u64;
+    loop {
+        let n = super::write::read_full(&mut reader, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        map.push(&buf[..n]);
+        len += n as u64;
+    }
+    Ok((hasher.finalize().into(), map, len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_changed_byte_in_a_zero_or_a_data_block_is_found_and_its_block_named() {
+        let mut image = vec![0u8; 3 * BLOCK + 512];
+        image[BLOCK + 7] = 1;
+        image[3 * BLOCK + 100] = 2;
+        let (hash, map, len) = scan(&image[..]).unwrap();
+        assert_eq!(len, image.len() as u64);
+        assert_eq!(hash, <[u8; 32]>::from(Sha256::digest(&image)));
+        assert_eq!(map.check(0, &image), Ok(()));
+        assert_eq!(map.check(BLOCK as u64, &image[BLOCK..]), Ok(()));
+        let mut bad = image.clone();
+        bad[2 * BLOCK + 9] = 3;
+        assert_eq!(map.check(0, &bad), Err(2 * BLOCK as u64));
+        bad[2 * BLOCK + 9] = 0;
+        bad[BLOCK + 7] = 0;
+        assert_eq!(map.check(BLOCK as u64, &bad[BLOCK..]), Err(BLOCK as u64));
+        // Past the end of the map is a difference too.
+        assert_eq!(
+            map.check(4 * BLOCK as u64, &[0u8; 512]),
+            Err(4 * BLOCK as u64)
+        );
+    }
+}

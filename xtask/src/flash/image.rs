@@ -1,0 +1,195 @@
+//! The image to flash: `disk.raw` or `disk.raw.zst` from a build directory, checked against the
+//! build's `SHA256SUMS` (and its signature) before anything is written, and read as a stream.
+
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use super::blockmap::{self, BlockMap};
+use super::release::{self, hex, DISK_FILE, KEY_FILE, SIG_FILE, SUMS_FILE};
+use super::signature;
+
+/// How the image file is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Raw,
+    /// One zstd frame that records the disk's size (as the build writes it).
+    Zstd,
+}
+
+/// Whether `SHA256SUMS` was signed, for the summary.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Trust {
+    Signed {
+        key: PathBuf,
+    },
+    /// The build has no signing key: the sums guard against corruption, not substitution.
+    Unsigned,
+}
+
+/// A checked image: its file, and what the disk it holds must hash to.
+#[derive(Clone, Debug)]
+pub struct Image {
+    pub path: PathBuf,
+    pub format: Format,
+    /// The size of the disk (decompressed).
+    pub size: u64,
+    /// The disk's SHA-256 from `SHA256SUMS` (the `disk.raw` entry).
+    pub disk_sha256: [u8; 32],
+    pub trust: Trust,
+    /// A raw image's map, made while checking its hash; a compressed image's is made while
+    /// it is written.
+    pub map: Option<BlockMap>,
+}
+
+impl Image {
+    /// Checks `path` against the `SHA256SUMS` beside it (and `SHA256SUMS.sig` against
+    /// `public_key`, default `update-key.pub.pem` beside it), and reads the disk's size.
+    /// Reads the whole file once; writes nothing.
+    pub fn open_verified(path: &Path, public_key: Option<&Path>) -> Result<Image> {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let name = file_name(path)?;
+        let format = if name.ends_with(".zst") {
+            Format::Zstd
+        } else {
+            Format::Raw
+        };
+        let sums_path = dir.join(SUMS_FILE);
+        let sums_text = std::fs::read(&sums_path).with_context(|| {
+            format!(
+                "reading {} (the image's checksums): flash only images from a build directory, which `cargo xtask build-image` fills",
+                sums_path.display()
+            )
+        })?;
+        let trust = check_signature(dir, &sums_text, public_key)?;
+        let sums = release::parse_sums(&String::from_utf8_lossy(&sums_text), &sums_path)?;
+        let listed = |n: &str| {
+            sums.get(n).copied().with_context(|| {
+                format!(
+                    "{} has no line for {n}: it is not this image's checksum list (rebuild with `cargo xtask build-image`)",
+                    sums_path.display()
+                )
+            })
+        };
+        let expected = listed(&name)?;
+        let disk_sha256 = listed(DISK_FILE)?;
+        let map = check_hash(path, format, &expected, &sums_path)?;
+        let size = disk_size(path, format)?;
+        Ok(Image {
+            path: path.to_owned(),
+            format,
+            size,
+            disk_sha256,
+            trust,
+            map,
+        })
+    }
+
+    /// The disk's bytes from the start, decompressed when needed.
+    pub fn reader(&self) -> Result<Box<dyn Read + Send>> {
+        let file =
+            File::open(&self.path).with_context(|| format!("opening {}", self.path.display()))?;
+        Ok(match self.format {
+            Format::Raw => Box::new(file),
+            Format::Zstd => Box::new(
+                zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(1 << 20, file))
+                    .with_context(|| format!("starting to decompress {}", self.path.display()))?,
+            ),
+        })
+    }
+}
+
+fn file_name(path: &Path) -> Result<String> {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .map(str::to_owned)
+        .with_context(|| format!("--image {} names no file", path.display()))
+}
+
+/// The signature policy: a build that has a key (or a `--public-key` given) must have a valid
+/// `SHA256SUMS.sig`; a build without either is flashed as unsigned, with a warning.
+fn check_signature(dir: &Path, sums: &[u8], public_key: Option<&Path>) -> Result<Trust> {
+    let sig_path = dir.join(SIG_FILE);
+    let key_path = public_key.map_or_else(|| dir.join(KEY_FILE), Path::to_owned);
+    let (has_sig, has_key) = (sig_path.exists(), key_path.exists());
+    if !has_sig && !has_key && public_key.is_none() {
+        eprintln!(
+            "warning: {} has no {SIG_FILE} and no {KEY_FILE}: the checksums catch a corrupted image, not a substituted one",
+            dir.display()
+        );
+        return Ok(Trust::Unsigned);
+    }
+    if !has_key {
+        bail!(
+            "{} is signed but the public key {} does not exist: name the build's key with --public-key",
+            dir.join(SUMS_FILE).display(),
+            key_path.display()
+        );
+    }
+    if !has_sig {
+        bail!(
+            "{} is missing while the key {} is there: the checksums are unsigned; rebuild, or fetch the signature with the image",
+            sig_path.display(),
+            key_path.display()
+        );
+    }
+    signature::verify(sums, &sig_path, &key_path)?;
+    Ok(Trust::Signed { key: key_path })
+}
+
+/// Hashes the file (mapping it when raw) and compares with its line in `SHA256SUMS`.
+fn check_hash(
+    path: &Path,
+    format: Format,
+    expected: &[u8; 32],
+    sums_path: &Path,
+) -> Result<Option<BlockMap>> {
+    let (actual, map) = match format {
+        Format::Raw => {
+            let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+            let (hash, map, _) =
+                blockmap::scan(file).with_context(|| format!("reading {}", path.display()))?;
+            (hash, Some(map))
+        }
+        Format::Zstd => (release::sha256_file(path)?, None),
+    };
+    if &actual != expected {
+        bail!(
+            "{} has SHA-256 {} but {} says {}: the image is corrupt or from another build; rebuild it or copy it again (nothing was written)",
+            path.display(),
+            hex(&actual),
+            sums_path.display(),
+            hex(expected)
+        );
+    }
+    Ok(map)
+}
+
+/// The disk's size: the file's, or the content size recorded in the zstd frame header.
+fn disk_size(path: &Path, format: Format) -> Result<u64> {
+    let size = match format {
+        Format::Raw => std::fs::metadata(path)?.len(),
+        Format::Zstd => {
+            let mut header = [0u8; 18];
+            let n = File::open(path)?.read(&mut header)?;
+            zstd::zstd_safe::get_frame_content_size(&header[..n])
+                .ok()
+                .flatten()
+                .with_context(|| {
+                    format!(
+                        "{} records no content size in its zstd frame: compress it as `cargo xtask build-image` does (or with `zstd` from a file)",
+                        path.display()
+                    )
+                })?
+        }
+    };
+    if size < 2 << 20 || size % 512 != 0 {
+        bail!(
+            "{} holds a disk of {size} bytes, which is not a whole number of 512-byte sectors of at least 2 MiB: not a Kiln disk image",
+            path.display()
+        );
+    }
+    Ok(size)
+}
