@@ -5,27 +5,13 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use kiln_ci::{check, disk_under_test, partition, ssh_cloud_config, work_dir};
+use kiln_ci::{check, disk_under_test, guest, partition, ssh_cloud_config, work_dir};
 use kiln_qemu::{ssh_keygen, Accel, Vm, VmConfig};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(420);
 const CMD_TIMEOUT: Duration = Duration::from_secs(60);
 /// The guest's disk is bigger than the image, so the first boot has room to grow ROOT.
 const GUEST_DISK: &str = "8G";
-
-fn guest(vm: &Vm, key: &std::path::Path, command: &str) -> String {
-    let out = vm
-        .ssh(key, "core", command, CMD_TIMEOUT)
-        .unwrap_or_else(|e| panic!("ssh `{command}`: {e}"));
-    assert!(
-        out.status.success(),
-        "`{command}` failed in the guest ({}): {}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
 
 #[test]
 fn boots_to_ssh_with_verified_usr_grown_root_and_survives_a_reboot() {

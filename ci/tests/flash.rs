@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kiln_ci::flash::{check_flashed_table, image_with_sums, xtask_flash, LoopDevice};
-use kiln_ci::{check, disk_under_test, work_dir};
+use kiln_ci::{check, disk_under_test, guest, work_dir};
 use kiln_qemu::{ssh_keygen, Accel, Vm, VmConfig};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(600);
@@ -18,20 +18,6 @@ const CMD_TIMEOUT: Duration = Duration::from_secs(60);
 /// How much larger than the image the target disk is.
 const EXTRA: u64 = 3 << 30;
 const HOSTNAME: &str = "kiln-flashed";
-
-fn guest(vm: &Vm, key: &std::path::Path, command: &str) -> String {
-    let out = vm
-        .ssh(key, "core", command, CMD_TIMEOUT)
-        .unwrap_or_else(|e| panic!("ssh `{command}`: {e}"));
-    assert!(
-        out.status.success(),
-        "`{command}` failed in the guest ({}): {}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
 
 fn assert_flashed(out: &std::process::Output) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();

@@ -371,7 +371,7 @@ pub fn docker_archive(
     };
     let layer = layer_tar(rootfs, epoch).map_err(io)?;
     let layer_digest = hex(&Sha256::digest(&layer));
-    let created = rfc3339(epoch);
+    let created = crate::civil::rfc3339(epoch);
     let config = serde_json::json!({
         "architecture": "amd64",
         "os": "linux",
@@ -464,28 +464,6 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// `2023-11-14T22:13:20Z` for a Unix time (the proleptic Gregorian calendar, UTC).
-pub fn rfc3339(epoch: i64) -> String {
-    let days = epoch.div_euclid(86_400);
-    let secs = epoch.rem_euclid(86_400);
-    // Howard Hinnant's days-to-civil algorithm.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
-}
-
 /// Writes an archive into `tree` at `usr/share/kiln/images/<name>.tar`.
 pub fn install_archive(
     tree: &mut Tree,
@@ -512,13 +490,6 @@ pub fn install_archive(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dates_are_rfc3339_utc() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-    }
 
     #[test]
     fn links_resolve_like_the_kernel() {

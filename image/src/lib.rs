@@ -2,6 +2,7 @@
 //! (ext4, dm-verity, FAT, GPT, cpio), and the stages that assemble an image from Debian packages.
 
 pub mod boot;
+pub mod civil;
 #[cfg(feature = "build")]
 pub mod container;
 pub mod cpio;

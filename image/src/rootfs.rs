@@ -87,7 +87,7 @@ pub fn move_etc_to_factory(tree: &mut Tree, mtime: i64) -> Result<Vec<String>, R
                     [base.as_bytes(), b"/", target.as_bytes()].concat(),
                 )?);
             }
-            tree.insert(&[base.as_bytes(), b"/", path.as_bytes()].concat(), entry)?;
+            tree.insert([base.as_bytes(), b"/", path.as_bytes()].concat(), entry)?;
         }
     }
     let mut dropped = Vec::new();

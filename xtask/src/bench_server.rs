@@ -127,7 +127,6 @@ fn request_bodies(cfg: &ServerBenchConfig) -> Vec<Vec<Vec<u8>>> {
                         }),
                         updatecheck: Some(UpdateCheck::default()),
                         events: vec![Event::installed()],
-                        ..App::default()
                     };
                     let os = Os {
                         platform: Some("CoreOS".into()),

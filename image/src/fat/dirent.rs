@@ -2,6 +2,7 @@
 
 use super::geometry::{get16, get32, put16, put32};
 use super::names::RawShort;
+use crate::civil::{civil_from_days, days_from_civil};
 
 pub(super) const ATTR_VOLUME_ID: u8 = 0x08;
 pub(super) const ATTR_DIRECTORY: u8 = 0x10;
@@ -142,31 +143,6 @@ impl FatTime {
             + i64::from(self.tenths / 100);
         days_from_civil(y, m, d) * 86_400 + secs
     }
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (the usual 400-year-era computation).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12; // March = 0
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// The date of a day count since 1970-01-01.
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
 }
 
 #[cfg(test)]

@@ -565,7 +565,7 @@ pub fn running_slot(cmdline: &str) -> Option<Slot> {
     split_kernel_cmdline(cmdline)
         .iter()
         .filter_map(|w| w.strip_prefix("kiln.slot="))
-        .last()
+        .next_back()
         .and_then(|s| s.parse().ok())
 }
 

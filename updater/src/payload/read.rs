@@ -26,11 +26,11 @@ pub fn read_verified_manifest(path: &Path, key: &VerifyingKey) -> Result<Manifes
     // Field by field, so that a file of another kind or format is named as such even when it
     // is shorter than our header.
     let mut magic = [0u8; 8];
-    file.read_exact(&mut magic).or_else(|e| match e.kind() {
-        std::io::ErrorKind::UnexpectedEof => Err(PayloadError::BadMagic {
+    file.read_exact(&mut magic).map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => PayloadError::BadMagic {
             path: path.to_owned(),
-        }),
-        _ => Err(io_err("reading", path)(e)),
+        },
+        _ => io_err("reading", path)(e),
     })?;
     if &magic != MAGIC {
         return Err(PayloadError::BadMagic {

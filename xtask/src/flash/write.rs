@@ -169,9 +169,7 @@ pub fn flash(sink: &Sink, image: &Image, config: Option<&OemConfig>) -> Result<O
         }
         Err(err) => {
             let wiped = match wipe(sink) {
-                Ok(()) => format!(
-                    "its partition table was wiped (first and last MiB zeroed), so it does not boot a partial image; fix the cause and run flash again"
-                ),
+                Ok(()) => "its partition table was wiped (first and last MiB zeroed), so it does not boot a partial image; fix the cause and run flash again".to_string(),
                 Err(e) => format!("wiping its partition table failed too ({e:#}): do not boot it; wipe it with `wipefs -a {}`", sink.path.display()),
             };
             Err(err.context(format!("flashing {} failed: {wiped}", sink.path.display())))

@@ -178,25 +178,10 @@ fn bless(paths: &Paths) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Unix seconds as `YYYY-MM-DD HH:MM:SS UTC` (the civil-from-days algorithm; no time zones).
+/// Unix seconds as `YYYY-MM-DD HH:MM:SS UTC`.
 fn utc(secs: u64) -> String {
-    let days = i64::try_from(secs / 86_400).unwrap_or(0);
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    let text = kiln_image::civil::rfc3339(i64::try_from(secs).unwrap_or(i64::MAX));
+    format!("{} UTC", text.trim_end_matches('Z').replacen('T', " ", 1))
 }
 
 #[cfg(test)]
