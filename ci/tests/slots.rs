@@ -295,3 +295,39 @@ fn a_payload_with_one_byte_flipped_is_rejected_and_changes_nothing() {
         std::fs::remove_file(big).unwrap();
     }
 }
+
+/// The agent's seam over the install path, on a copy of the built disk: it reads the real boot
+/// entries, blessing the blessed factory entry changes nothing, and a rollback with no second
+/// slot installed is refused without touching the entries.
+#[test]
+fn the_agents_installer_reads_entries_and_refuses_a_rollback_to_an_empty_slot() {
+    use kiln_agent::installer::{codes, Installer};
+    let disk = copy_disk("agent-seam");
+    let key_pem = SigningKey::generate()
+        .unwrap()
+        .verifying_key()
+        .to_pem()
+        .unwrap();
+    let mut real = kiln_agent::real::RealInstaller {
+        target: Target {
+            disk: disk.clone(),
+            running: Slot::A,
+        },
+        key: VerifyingKey::from_pem(&key_pem).unwrap(),
+    };
+    let before = real.boot_entries().unwrap();
+    assert!(before.iter().any(|e| e.starts_with("kiln-a")), "{before:?}");
+    assert!(
+        !real.bless().unwrap(),
+        "the factory entry is already blessed"
+    );
+    let e = real.rollback().unwrap_err();
+    assert_eq!(e.code, codes::GENERIC);
+    assert!(
+        e.message.contains("roll back") || e.message.contains("slot b"),
+        "{}",
+        e.message
+    );
+    assert_eq!(real.boot_entries().unwrap(), before);
+    let _ = std::fs::remove_file(&disk);
+}

@@ -175,7 +175,9 @@ impl Build {
             work_dir,
             epoch: source_date_epoch(&root)?,
             timings: Vec::new(),
-            signing: BuildKey::load(cfg, &root.join(&cfg.out))?,
+            // The development key lives in the checkout's build/, whatever --out says: every build
+            // of one checkout trusts the same key (and gives the same bytes).
+            signing: BuildKey::load(cfg, &root.join("build"))?,
         })
     }
 
@@ -805,9 +807,10 @@ const DEV_KEY: &str = "keys/dev-update-signing-key.pem";
 pub const UPDATE_KEY_IN_IMAGE: &str = "usr/share/kiln/update-key.pem";
 
 impl BuildKey {
-    /// `--signing-key`, else `KILN_SIGNING_KEY`, else the development key under `out_root`
-    /// (made on first use; the same key every build after, so builds stay reproducible).
-    fn load(cfg: &BuildConfig, out_root: &Path) -> Result<BuildKey> {
+    /// `--signing-key`, else `KILN_SIGNING_KEY`, else the development key under `build_root`
+    /// (the checkout's `build/`; made on first use, the same key every build after, so builds
+    /// stay reproducible).
+    fn load(cfg: &BuildConfig, build_root: &Path) -> Result<BuildKey> {
         use kiln_updater::keys::SigningKey;
         let named = cfg
             .signing_key
@@ -822,7 +825,7 @@ impl BuildKey {
                 development: false,
             });
         }
-        let path = out_root.join(DEV_KEY);
+        let path = build_root.join(DEV_KEY);
         if !path.exists() {
             let dir = path.parent().expect("a file under keys/");
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
