@@ -176,7 +176,8 @@ pub fn copy_sparse(src: &File, dst: &File, offset: u64) -> io::Result<u64> {
     Ok(written)
 }
 
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+/// Fills `buf` from `r` as far as it goes (short only at the end of input); returns the count.
+pub fn read_full<R: Read + ?Sized>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {
         match r.read(&mut buf[filled..]) {

@@ -32,7 +32,9 @@ mod plan;
 mod tests;
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
+
+use crate::disk::read_full;
 use std::os::unix::fs::FileExt;
 
 use crate::tree::{Content, Tree, TreeError};
@@ -285,20 +287,6 @@ fn is_zero(block: &[u8]) -> bool {
         acc | u64::from_ne_bytes(w.try_into().expect("8 bytes"))
     }) == 0
         && tail.iter().all(|&b| b == 0)
-}
-
-/// Reads as much of `buf` as the reader has.
-fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 const READ_CHUNK: usize = 1 << 20;

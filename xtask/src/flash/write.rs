@@ -577,18 +577,7 @@ fn pipeline(
     })
 }
 
-pub(super) fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match r.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
-}
+pub(super) use kiln_image::disk::read_full;
 
 /// A progress line on stderr, redrawn at most once a second: bytes done and MB/s.
 struct Progress {
