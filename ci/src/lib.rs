@@ -3,6 +3,7 @@
 //! `KILN_CI_DISK` naming it; run alone, they fail and say so (they never skip).
 
 pub mod flash;
+pub mod update;
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -26,14 +27,18 @@ pub fn disk_under_test() -> PathBuf {
     disk
 }
 
+/// The workspace's root directory.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the workspace holds ci/")
+        .to_path_buf()
+}
+
 /// A fresh directory for one scenario under `build/ci/<name>`; it is kept after the run so a
 /// failure's serial logs stay where the test output names them.
 pub fn work_dir(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace")
-        .join("build/ci")
-        .join(name);
+    let dir = workspace().join("build/ci").join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("creating the scenario's work dir");
     eprintln!("scenario {name}: files in {}", dir.display());

@@ -1,17 +1,34 @@
 //! Three machines configured by their cloud-configs alone: a private network between them (a
 //! QEMU socket netdev, UDP multicast on 127.0.0.1) with static addresses, an etcd cluster over
 //! it, and a container on one node that registers its address in etcd for the others to find.
-//! User networking (restricted) carries only ssh from the host.
+//! User networking (restricted) carries ssh and etcd's client port from the host, and the
+//! update agents' requests to the update server on the host.
+//!
+//! Then a rolling update of the cluster, reboot strategy `etcd-lock`: all three reach v2, one
+//! machine down at a time (from the lock's history in etcd and from probing each member), while a
+//! writer on the host keeps writing to the cluster. Last, a machine is lost for good and the
+//! other two keep a quorum.
 
-use std::net::Ipv4Addr;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kiln_ci::{disk_under_test, guest, overlay, wait_in_guest, work_dir};
-use kiln_qemu::{free_port, ssh_keygen, Accel, SocketMode, SocketNic, Vm, VmConfig};
+use kiln_ci::update::{update_conf_write_file, Evidence, UpdateServer, Version, RUNNING};
+use kiln_ci::{guest, overlay, wait_in_guest, work_dir};
+use kiln_qemu::{free_port, ssh_keygen, Accel, HostFwd, SocketMode, SocketNic, Vm, VmConfig};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(900);
 const CLUSTER_TIMEOUT: Duration = Duration::from_secs(600);
+/// Three downloads and writes under TCG, then three reboots one after another.
+const ROLLING_TIMEOUT: Duration = Duration::from_secs(2400);
+/// The longest the host's writer may go without a successful write.
+const MAX_WRITE_OUTAGE: Duration = Duration::from_secs(5);
+/// QEMU's user network gives every guest this address; etcd listens there too, so the host
+/// reaches each member through a `hostfwd`.
+const USER_NET_ADDR: &str = "10.0.2.15";
 /// The smallest memory that ran etcd, containerd and docker without the OOM killer here.
 const MEMORY_MIB: u32 = 1024;
 
@@ -97,7 +114,7 @@ write_files:
     owner: core:core
     permissions: "0640"
     content: "member of kiln-ci\n"
-{script}coreos:
+{update}{script}coreos:
   etcd2:
     name: {name}
     initial-cluster: {cluster}
@@ -105,7 +122,7 @@ write_files:
     initial-cluster-state: new
     initial-advertise-peer-urls: http://{addr}:2380
     listen-peer-urls: http://{addr}:2380
-    listen-client-urls: http://{addr}:2379,http://127.0.0.1:2379
+    listen-client-urls: http://{addr}:2379,http://127.0.0.1:2379,http://{USER_NET_ADDR}:2379
     advertise-client-urls: http://{addr}:2379
   network:
     - mac: {mac}
@@ -118,10 +135,24 @@ write_files:
         addr = node.addr,
         cluster = cluster.join(","),
         mac = mac_text(&node.mac),
+        update = update_conf_write_file("etcd-lock", "health_units = [\"etcd.service\"]\n"),
     )
 }
 
-fn start_node(node: &Node, work: &Path, disk: &Path, mcast_port: u16, config: &Path) -> Vm {
+struct Started {
+    vm: Vm,
+    /// 127.0.0.1:<port> reaches this member's etcd client port.
+    etcd: SocketAddr,
+}
+
+fn start_node(
+    node: &Node,
+    work: &Path,
+    disk: &Path,
+    mcast_port: u16,
+    config: &Path,
+    server: &UpdateServer,
+) -> Started {
     let disk = overlay(disk, &work.join(format!("{}.qcow2", node.name)), "6G").unwrap();
     let mut cfg = VmConfig::new(node.name, work);
     cfg.disk = Some(disk);
@@ -139,25 +170,181 @@ fn start_node(node: &Node, work: &Path, disk: &Path, mcast_port: u16, config: &P
         },
         mac: Some(node.mac),
     }];
-    Vm::start(&cfg).unwrap_or_else(|e| panic!("starting {}: {e}", node.name))
+    let etcd_port = free_port().unwrap();
+    cfg.extra_forwards = vec![HostFwd {
+        host_port: etcd_port,
+        guest_port: 2379,
+    }];
+    cfg.guest_forwards = vec![server.guest_forward()];
+    let vm = Vm::start(&cfg).unwrap_or_else(|e| panic!("starting {}: {e}", node.name));
+    Started {
+        vm,
+        etcd: SocketAddr::from(([127, 0, 0, 1], etcd_port)),
+    }
+}
+
+/// One POST to etcd's v3 JSON gateway; `true` on a 200 answer within the timeout.
+fn etcd_post(addr: SocketAddr, path: &str, body: &str) -> bool {
+    let attempt = || -> std::io::Result<bool> {
+        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
+        stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+        stream.set_write_timeout(Some(Duration::from_secs(2)))?;
+        write!(
+            stream,
+            "POST {path} HTTP/1.0\r\nHost: etcd\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )?;
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer)?;
+        let head = String::from_utf8_lossy(&answer[..answer.len().min(16)]).into_owned();
+        Ok(head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"))
+    };
+    attempt().unwrap_or(false)
+}
+
+/// What the host saw of the cluster while it updated.
+#[derive(Default)]
+struct Watch {
+    /// (when, ok) of each write, through whichever member answered.
+    writes: Vec<(Instant, bool)>,
+    /// (when, which members answered a read) of each probe round.
+    probes: Vec<(Instant, Vec<bool>)>,
+}
+
+/// Writes to the cluster and probes each member every half second until `stop`.
+fn watch_cluster(members: Vec<SocketAddr>, stop: Arc<AtomicBool>) -> Arc<Mutex<Watch>> {
+    let watch = Arc::new(Mutex::new(Watch::default()));
+    let record = Arc::clone(&watch);
+    let writer_members = members.clone();
+    let writer_stop = Arc::clone(&stop);
+    let writes = Arc::clone(&watch);
+    std::thread::spawn(move || {
+        let mut n = 0u64;
+        while !writer_stop.load(Ordering::SeqCst) {
+            n += 1;
+            // base64 of "/kiln-ci/writer" and of the counter.
+            let body = format!(
+                "{{\"key\":\"L2tpbG4tY2kvd3JpdGVy\",\"value\":\"{}\"}}",
+                base64_digits(n)
+            );
+            let at = Instant::now();
+            let ok = writer_members
+                .iter()
+                .any(|m| etcd_post(*m, "/v3/kv/put", &body));
+            writes.lock().unwrap().writes.push((at, ok));
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    });
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::SeqCst) {
+            let at = Instant::now();
+            // A serializable read is answered by the member itself, leader or not.
+            let up: Vec<bool> = members
+                .iter()
+                .map(|m| {
+                    etcd_post(
+                        *m,
+                        "/v3/kv/range",
+                        "{\"key\":\"L2tpbG4tY2kvd3JpdGVy\",\"serializable\":true}",
+                    )
+                })
+                .collect();
+            record.lock().unwrap().probes.push((at, up));
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    });
+    watch
+}
+
+/// `n` in decimal, base64-encoded (etcd's JSON gateway takes values as base64).
+fn base64_digits(n: u64) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let bytes = n.to_string().into_bytes();
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let v = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(v >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// The longest stretch from a failed write to the next successful one.
+fn longest_write_outage(writes: &[(Instant, bool)]) -> Duration {
+    let mut longest = Duration::ZERO;
+    let mut failing_since: Option<Instant> = None;
+    for &(at, ok) in writes {
+        match (ok, failing_since) {
+            (false, None) => failing_since = Some(at),
+            (true, Some(since)) => {
+                longest = longest.max(at - since);
+                failing_since = None;
+            }
+            _ => {}
+        }
+    }
+    if let (Some(since), Some(&(last, _))) = (failing_since, writes.last()) {
+        longest = longest.max(last - since);
+    }
+    longest
+}
+
+/// The lock key's history as etcd keeps it: `PUT <holder>` and `DELETE`, oldest first.
+fn lock_history(vm: &Vm, key: &Path) -> Vec<String> {
+    let out = guest(
+        vm,
+        key,
+        "timeout 10 etcdctl watch --rev=1 /kiln/reboot-lock || true",
+    );
+    let mut events = Vec::new();
+    let mut lines = out.lines();
+    while let Some(line) = lines.next() {
+        match line.trim() {
+            "PUT" => {
+                let _key = lines.next();
+                events.push(format!("PUT {}", lines.next().unwrap_or("").trim()));
+            }
+            "DELETE" => {
+                let _key = lines.next();
+                events.push("DELETE".to_owned());
+            }
+            _ => {}
+        }
+    }
+    events
 }
 
 #[test]
-fn three_nodes_form_an_etcd_cluster_and_find_each_others_services() {
-    let disk = disk_under_test();
+fn three_nodes_form_an_etcd_cluster_find_each_others_services_and_update_one_at_a_time() {
+    let v1 = Version::under_test();
+    let v2 = Version::from_env("KILN_CI_V2");
     let work = work_dir("cluster");
     let (key, public) = ssh_keygen(&work).unwrap();
+    let server = UpdateServer::start(&work, &v1.dir.join("update-key.pub.pem"));
     let mcast_port = free_port().unwrap();
     let started = Instant::now();
-    let vms: Vec<Vm> = NODES
+    let nodes: Vec<Started> = NODES
         .iter()
         .map(|node| {
             let doc = cloud_config(node, &public);
+            kiln_config::parse(&doc).expect("the scenario's cloud-config is valid");
             let path = work.join(format!("{}.yml", node.name));
             std::fs::write(&path, doc).unwrap();
-            start_node(node, &work, &disk, mcast_port, &path)
+            start_node(node, &work, &v1.disk(), mcast_port, &path, &server)
         })
         .collect();
+    let vms: Vec<&Vm> = nodes.iter().map(|n| &n.vm).collect();
+    let _evidence = Evidence::new(&work, &server, &vms, &key);
     for vm in &vms {
         vm.wait_for_ssh(&key, "core", BOOT_TIMEOUT)
             .unwrap_or_else(|e| panic!("{}: {e}", vm.name()));
@@ -194,13 +381,13 @@ fn three_nodes_form_an_etcd_cluster_and_find_each_others_services() {
         }
     }
     guest(
-        &vms[0],
+        vms[0],
         &key,
         "etcdctl put /kiln-ci/greeting hello-from-node1",
     );
     assert_eq!(
         guest(
-            &vms[2],
+            vms[2],
             &key,
             "etcdctl get --print-value-only /kiln-ci/greeting"
         ),
@@ -209,32 +396,129 @@ fn three_nodes_form_an_etcd_cluster_and_find_each_others_services() {
 
     // write_files: owner and mode as asked.
     assert_eq!(
-        guest(&vms[1], &key, "stat -c '%U:%G %a' /etc/kiln/cluster-note"),
+        guest(vms[1], &key, "stat -c '%U:%G %a' /etc/kiln/cluster-note"),
         "core:core 640"
     );
 
     // Service discovery: node1's container registered itself; node2 finds it.
     let found = wait_in_guest(
-        &vms[1],
+        vms[1],
         &key,
         "etcdctl get --prefix /services/web/",
         CLUSTER_TIMEOUT,
         |out| out.contains("10.77.0.1:8080"),
     );
     assert!(found.contains("/services/web/node1"), "{found}");
-    let unit = guest(&vms[0], &key, "systemctl is-active web-announce.service");
+    let unit = guest(vms[0], &key, "systemctl is-active web-announce.service");
     assert_eq!(unit, "active");
 
-    // One machine down: the other two still have a quorum and take writes.
+    // The rolling update: publish v2 and let the agents coordinate through etcd.
+    let t = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let members: Vec<SocketAddr> = nodes.iter().map(|n| n.etcd).collect();
+    let watch = watch_cluster(members, Arc::clone(&stop));
+    std::thread::sleep(Duration::from_secs(5));
+    server.publish(&v2);
+    for vm in &vms {
+        wait_in_guest(vm, &key, RUNNING, ROLLING_TIMEOUT, |out| {
+            out.trim() == format!("{} b", v2.version)
+        });
+        eprintln!(
+            "{}: on v2 after {:.0} s",
+            vm.name(),
+            t.elapsed().as_secs_f64()
+        );
+    }
+    for vm in &vms {
+        wait_in_guest(vm, &key, "sudo kiln-update status", CLUSTER_TIMEOUT, |s| {
+            s.contains("state:        idle")
+                && s.contains(&format!("kiln-b.conf (version {})", v2.version))
+        });
+    }
+    stop.store(true, Ordering::SeqCst);
+    std::thread::sleep(Duration::from_secs(4));
+    eprintln!(
+        "rolling update of 3 nodes: {:.0} s",
+        t.elapsed().as_secs_f64()
+    );
+
+    // One holder at a time: every PUT of the lock is followed by its DELETE before the next PUT.
+    let history = lock_history(vms[0], &key);
+    eprintln!("reboot lock history: {history:?}");
+    let puts: Vec<&String> = history.iter().filter(|e| e.starts_with("PUT")).collect();
+    assert_eq!(puts.len(), 3, "each node takes the lock once: {history:?}");
+    for pair in history.windows(2) {
+        assert!(
+            !(pair[0].starts_with("PUT") && pair[1].starts_with("PUT")),
+            "the lock was taken while held: {history:?}"
+        );
+    }
+    let mut holders: Vec<&String> = puts.clone();
+    holders.sort();
+    holders.dedup();
+    assert_eq!(holders.len(), 3, "three different holders: {history:?}");
+
+    // Never two members down at once, as the host saw them. A member is down where it missed
+    // two probe rounds or more in a row (one slow answer on a loaded host is not an outage).
+    let watch = watch.lock().unwrap();
+    let rounds = watch.probes.len();
+    let mut down = vec![vec![false; rounds]; NODES.len()];
+    for (member, marks) in down.iter_mut().enumerate() {
+        let missed: Vec<bool> = watch.probes.iter().map(|(_, up)| !up[member]).collect();
+        for (i, mark) in marks.iter_mut().enumerate() {
+            *mark = missed[i] && ((i > 0 && missed[i - 1]) || (i + 1 < rounds && missed[i + 1]));
+        }
+    }
+    for (i, (at, _)) in watch.probes.iter().enumerate() {
+        let at_once: Vec<&str> = NODES
+            .iter()
+            .zip(&down)
+            .filter(|(_, marks)| marks[i])
+            .map(|(node, _)| node.name)
+            .collect();
+        assert!(
+            at_once.len() <= 1,
+            "{at_once:?} were down at once, {:.0} s into the update",
+            (*at - t).as_secs_f64()
+        );
+    }
+    let down_rounds: Vec<usize> = down
+        .iter()
+        .map(|marks| marks.iter().filter(|d| **d).count())
+        .collect();
+    assert!(
+        down_rounds.iter().all(|&n| n > 0),
+        "every member should have been seen down while it rebooted: {down_rounds:?}"
+    );
+    let outage = longest_write_outage(&watch.writes);
+    let failed = watch.writes.iter().filter(|(_, ok)| !ok).count();
+    eprintln!(
+        "writer: {} writes, {failed} failed, longest outage {:.1} s; probe rounds with a member down: {down_rounds:?}",
+        watch.writes.len(),
+        outage.as_secs_f64()
+    );
+    assert!(
+        outage <= MAX_WRITE_OUTAGE,
+        "writes failed for {outage:?} in a row (at most {MAX_WRITE_OUTAGE:?})"
+    );
+    drop(watch);
+    server.wait_instance(
+        &guest(vms[0], &key, "cat /etc/machine-id"),
+        Duration::from_secs(120),
+        "complete on v2",
+        |r| r["instance"]["status"] == "complete",
+    );
+
+    // One machine down for good: the other two still have a quorum and take writes.
     vms[2].kill();
     guest(
-        &vms[0],
+        vms[0],
         &key,
         "etcdctl put /kiln-ci/after-loss still-writable",
     );
     assert_eq!(
         guest(
-            &vms[1],
+            vms[1],
             &key,
             "etcdctl get --print-value-only /kiln-ci/after-loss"
         ),

@@ -314,6 +314,7 @@ fn the_agents_installer_reads_entries_and_refuses_a_rollback_to_an_empty_slot() 
             running: Slot::A,
         },
         key: VerifyingKey::from_pem(&key_pem).unwrap(),
+        freeze_file: None,
     };
     let before = real.boot_entries().unwrap();
     assert!(before.iter().any(|e| e.starts_with("kiln-a")), "{before:?}");

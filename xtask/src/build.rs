@@ -45,6 +45,11 @@ pub struct BuildConfig {
     /// images only.
     #[arg(long)]
     pub debug_ssh_key: Option<PathBuf>,
+    /// A directory laid over `/usr` after the repository's `overlays/usr` (repeatable, in order):
+    /// site files, or a deliberately different image for tests. Its files are owned by root and
+    /// keep their modes; its symlinks stay symlinks.
+    #[arg(long = "usr-overlay", value_name = "DIR")]
+    pub usr_overlays: Vec<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -120,6 +125,8 @@ pub struct Build {
     pub mirror_flag: Option<String>,
     /// The keys of `--debug-ssh-key`, put on OEM.
     pub debug_ssh_keys: Option<Vec<u8>>,
+    /// `--usr-overlay` directories, after `overlays/usr`.
+    pub usr_overlays: Vec<PathBuf>,
     /// Where [`STATIC_BINARIES`] were built, once per build.
     static_dir: Option<PathBuf>,
     /// `build/<version>/`
@@ -171,6 +178,21 @@ impl Build {
                 .as_ref()
                 .map(|p| debug_keys(p))
                 .transpose()?,
+            usr_overlays: cfg
+                .usr_overlays
+                .iter()
+                .map(|d| {
+                    let dir = root.join(d);
+                    if dir.is_dir() {
+                        Ok(dir)
+                    } else {
+                        Err(anyhow::anyhow!(
+                            "--usr-overlay {}: not a directory; give a directory whose contents go under /usr",
+                            d.display()
+                        ))
+                    }
+                })
+                .collect::<Result<_>>()?,
             out_dir,
             work_dir,
             epoch: source_date_epoch(&root)?,
@@ -326,14 +348,17 @@ impl Build {
         let dropped = rootfs::move_etc_to_factory(&mut tree, t)?;
         eprintln!("    not in the image (made at boot): {}", dropped.join(" "));
         rootfs::alternatives(&mut tree, t)?;
-        let overlays = host::workspace_root().join("overlays/usr");
         let opts = HostDirOptions {
             uid: 0,
             gid: 0,
             mtime: t,
         };
-        hostdir::add_host_dir(&mut tree, &overlays, &TreePath::new("usr")?, &opts)
-            .with_context(|| format!("applying {}", overlays.display()))?;
+        let overlays = std::iter::once(host::workspace_root().join("overlays/usr"))
+            .chain(self.usr_overlays.iter().cloned());
+        for dir in overlays {
+            hostdir::add_host_dir(&mut tree, &dir, &TreePath::new("usr")?, &opts)
+                .with_context(|| format!("applying {}", dir.display()))?;
+        }
         self.install_update_key(&mut tree)?;
         let bin_dir = self.static_binaries()?;
         for (_, bin) in STATIC_BINARIES.iter().filter(|(_, b)| *b != "init") {
@@ -653,24 +678,28 @@ impl Build {
 }
 
 impl Build {
-    /// What `flash` takes: `disk.raw.zst` (deterministic), `SHA256SUMS` over disk.raw,
-    /// disk.raw.zst and update.payload, and `SHA256SUMS.sig` by the update signing key (checked
-    /// with the `update-key.pub.pem` beside it).
+    /// What `flash` takes: `disk.raw.zst` (deterministic), `disk.raw.chunks` (the SHA-256 of
+    /// each 16 MiB of disk.raw, so flash checks it without hashing its holes), `SHA256SUMS`
+    /// over disk.raw, the chunk list, disk.raw.zst and update.payload, and `SHA256SUMS.sig` by
+    /// the update signing key (checked with the `update-key.pub.pem` beside it).
     fn release_files(&mut self) -> Result<()> {
-        use crate::flash::release;
+        use crate::flash::{chunks::ChunkList, release};
         let disk = self.out_dir.join(release::DISK_FILE);
         let zst = self.out_dir.join(release::ZST_FILE);
         let (disk_hash, zst_hash) = release::compress(&disk, &zst)?;
+        let chunks_hash = ChunkList::write_for(&disk, &self.out_dir.join(release::CHUNKS_FILE))?;
         let known = [
             (release::DISK_FILE, disk_hash),
+            (release::CHUNKS_FILE, chunks_hash),
             (release::ZST_FILE, zst_hash),
         ];
         let sums = release::write_sums(&self.out_dir, &known)?;
         let sig = crate::flash::sign(&sums, self.signing_key());
         release::write_atomic(&self.out_dir.join(release::SIG_FILE), sig.as_bytes())?;
         eprintln!(
-            "    {} MiB compressed, {}, {}",
+            "    {} MiB compressed, {}, {}, {}",
             std::fs::metadata(self.out_dir.join(release::ZST_FILE))?.len() >> 20,
+            release::CHUNKS_FILE,
             release::SUMS_FILE,
             release::SIG_FILE
         );

@@ -1,8 +1,20 @@
 //! `cargo xtask flash`: puts a built image on a real disk (or into a disk image file) safely,
 //! with its cloud-config on the OEM partition. Every check runs before the first write
 //! (`prepare`), the user confirms, then `write` does the writing in its safe order.
+//!
+//! The image check: `SHA256SUMS` must verify with its signature, then the image must match
+//! its line there. A `disk.raw` is checked through its chunk list (`disk.raw.chunks`, itself
+//! a line of `SHA256SUMS`): the SHA-256 of every 16 MiB chunk, so holes in the file count as
+//! zeros without being read, all-zero chunks are compared with the hash of zeros, and only
+//! the chunks with data are hashed, on two threads. That is as strong as one SHA-256 of the
+//! whole file (the list is signed and fixes the size and every chunk), and took the checks of
+//! the 4.8 GiB image from 5.7 s to well under a second (see [`chunks`]). A `disk.raw` without
+//! its list (an older build, or the list not copied along) and a `disk.raw.zst` are hashed
+//! whole, as before. The chunk hashes (or, without a list, per-chunk hashes taken in the same
+//! pass) then check every block again as it is written and as it is read back.
 
 mod blockmap;
+pub mod chunks;
 mod image;
 pub mod release;
 mod signature;

@@ -2,9 +2,11 @@
 //!
 //! 1. the host tools our formats are checked against are installed (as root) or named;
 //! 2. every crate's tests (formats against their reference tools, protocol, harness);
-//! 3. the image is built as `cargo xtask build-image` builds it;
+//! 3. the image is built as `cargo xtask build-image` builds it, and two more versions of it
+//!    for the update scenarios (a good one and a bad one);
 //! 4. the checks of the built image and the VM scenarios in `ci/`, one at a time.
 
+use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::Result;
@@ -95,15 +97,43 @@ pub fn run(cfg: &TestConfig) -> Result<()> {
         out: "build".into(),
         debug_ssh_key: None,
         signing_key: None,
+        usr_overlays: Vec::new(),
     };
     let mut build = build::Build::new(&build_cfg)?;
     let artifacts = build.run()?;
     let disk = artifacts.disk.to_string_lossy().into_owned();
+    // The update scenarios need two more versions of the same commit: a good one, and a bad one
+    // whose /usr carries a service that always fails (so it is never blessed and rolls back).
+    let v2 = update_version(&build_cfg, &format!("{}.2", build.version), &[])?;
+    let v3 = update_version(
+        &build_cfg,
+        &format!("{}.3", build.version),
+        &[PathBuf::from("ci/fixtures/broken-usr")],
+    )?;
     runner(
         &["-p", "kiln-ci"],
         &cfg.runner_args,
-        &[("KILN_CI_DISK", &disk), ("KILN_CI_VERSION", &build.version)],
+        &[
+            ("KILN_CI_DISK", &disk),
+            ("KILN_CI_VERSION", &build.version),
+            ("KILN_CI_V2", &v2),
+            ("KILN_CI_V3_BROKEN", &v3),
+        ],
     )
+}
+
+/// Builds `version` of this commit under `build/ci/versions/` for the update scenarios; returns
+/// its output directory (with `update.payload`).
+fn update_version(base: &BuildConfig, version: &str, usr_overlays: &[PathBuf]) -> Result<String> {
+    let cfg = BuildConfig {
+        version: Some(version.to_owned()),
+        out: "build/ci/versions".into(),
+        usr_overlays: usr_overlays.to_vec(),
+        ..base.clone()
+    };
+    let mut build = build::Build::new(&cfg)?;
+    build.run()?;
+    Ok(build.out_dir.to_string_lossy().into_owned())
 }
 
 /// Runs the tests of `scope` under nextest (cargo test where nextest is missing).

@@ -84,8 +84,10 @@ pub enum Health {
     Healthy,
     /// Still booting: ask again.
     Starting,
-    /// Booted but not healthy: the system state or an inactive unit.
+    /// Booted but not healthy (yet): an inactive unit, or a state that may pass.
     Unhealthy(String),
+    /// Booted and a unit failed (`degraded`): no use waiting, it stays failed until someone acts.
+    Failed(String),
 }
 
 /// One look at the machine's health: systemd up and `running`, and every named unit active.
@@ -94,6 +96,7 @@ pub fn health(host: &dyn Host, units: &[String]) -> Health {
     match state.as_str() {
         "running" => {}
         "initializing" | "starting" => return Health::Starting,
+        "degraded" => return Health::Failed("systemd is degraded: a unit failed".to_owned()),
         other => return Health::Unhealthy(format!("systemd is {other}")),
     }
     match units.iter().find(|u| !host.unit_active(u)) {
@@ -102,7 +105,8 @@ pub fn health(host: &dyn Host, units: &[String]) -> Health {
     }
 }
 
-/// Polls health until healthy or `timeout` passes (every wait bounded by the timeout).
+/// Polls health until healthy or `timeout` passes (every wait bounded by the timeout); a failed
+/// unit ends the wait at once.
 pub fn wait_healthy(
     host: &mut dyn Host,
     units: &[String],
@@ -115,6 +119,7 @@ pub fn wait_healthy(
             Health::Healthy => return Ok(()),
             Health::Starting => "systemd is still starting".to_owned(),
             Health::Unhealthy(why) => why,
+            Health::Failed(why) => return Err(why),
         };
         if host.now() >= deadline {
             return Err(format!("not healthy within {}s: {last}", timeout.as_secs()));

@@ -63,10 +63,7 @@ pub mod codes {
     pub const ROOTFS_VERIFICATION: i64 = 15;
     /// `kActionCodeDownloadPayloadPubKeyVerificationError`: the manifest signature is bad.
     pub const SIGNATURE: i64 = 18;
-    /// Kiln's own: the new slot used up its boot tries and the old slot came back.
-    pub const BOOT_FALLBACK: i64 = 1000;
-    /// Kiln's own: the new slot booted but was not healthy in time (not blessed).
-    pub const UNHEALTHY: i64 = 1001;
+    pub use kiln_updater::omaha::kiln_codes::{BOOT_FALLBACK, UNHEALTHY};
 }
 
 /// What the state machine needs from the write path. The real one wraps

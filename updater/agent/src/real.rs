@@ -32,6 +32,8 @@ pub enum SetupError {
 pub struct RealInstaller {
     pub target: Target,
     pub key: VerifyingKey,
+    /// See [`FREEZE_FILE`]: the power-cut scenarios' way to stop the agent at an exact point.
+    pub freeze_file: Option<PathBuf>,
 }
 
 impl RealInstaller {
@@ -53,6 +55,7 @@ impl RealInstaller {
         Ok(RealInstaller {
             target: Target { disk, running },
             key,
+            freeze_file: Some(paths.run_dir.join(FREEZE_FILE)),
         })
     }
 }
@@ -74,6 +77,60 @@ pub fn disk_with_partition(sys_class_block: &Path, name: &str) -> Option<PathBuf
         let disk = real.parent()?.file_name()?;
         Some(Path::new("/dev").join(disk))
     })
+}
+
+/// Fault injection for the power-cut scenarios (`ci/tests/power_cut.rs`): when root has written
+/// `<phase>[:<percent>]` (`writing:50`, `readingback`, `esp`, `entry`) to this file under
+/// `/run/kiln/update-agent/`, the agent stops itself with SIGSTOP as the install reaches that
+/// point, after renaming the file to `frozen`, so the test can cut the power exactly there.
+/// `/run` is empty after every boot, so it is one cut at most; nothing else writes it.
+pub const FREEZE_FILE: &str = "freeze-at";
+
+/// The install phase and percentage `text` names, as [`FREEZE_FILE`] holds them.
+pub fn freeze_point(text: &str) -> Option<(install::Phase, u64)> {
+    let text = text.trim();
+    let (name, percent) = match text.split_once(':') {
+        Some((name, percent)) => (name, percent.parse().ok()?),
+        None => (text, 0),
+    };
+    let phase = match name {
+        "verifying" => install::Phase::Verifying,
+        "writing" => install::Phase::Writing,
+        "readingback" => install::Phase::ReadingBack,
+        "esp" => install::Phase::Esp,
+        "entry" => install::Phase::Entry,
+        _ => return None,
+    };
+    Some((phase, percent))
+}
+
+/// Stops this process if the freeze file names where the install is now.
+fn maybe_freeze(file: &Path, now: install::Phase, done: u64, total: u64) {
+    let Ok(text) = std::fs::read_to_string(file) else {
+        return;
+    };
+    let Some((phase, percent)) = freeze_point(&text) else {
+        eprintln!(
+            "ignoring {}: {text:?} is not <phase>[:<percent>]",
+            file.display()
+        );
+        let _ = std::fs::remove_file(file);
+        return;
+    };
+    if phase != now || done.saturating_mul(100) < percent.saturating_mul(total) {
+        return;
+    }
+    if std::fs::rename(file, file.with_file_name("frozen")).is_err() {
+        return;
+    }
+    eprintln!(
+        "freezing at {text:?} as {} asked ({done}/{total})",
+        file.display()
+    );
+    // dash's builtin kill: no libc binding needed in this static binary.
+    let _ = std::process::Command::new("/bin/sh")
+        .args(["-c", &format!("kill -STOP {}", std::process::id())])
+        .status();
 }
 
 /// The agent's three install states over the installer's five phases: the signature check and
@@ -123,7 +180,11 @@ impl Installer for RealInstaller {
         payload: &Path,
         progress: &mut dyn FnMut(Phase, u64, u64),
     ) -> Result<Installed, InstallFailure> {
+        let freeze = self.freeze_file.clone();
         let done = install::install(&self.target, payload, &self.key, &mut |p, done, total| {
+            if let Some(file) = &freeze {
+                maybe_freeze(file, p, done, total);
+            }
             progress(phase(p), done, total)
         })
         .map_err(failure)?;
@@ -180,6 +241,17 @@ mod tests {
             Some(PathBuf::from("/dev/vda"))
         );
         assert_eq!(disk_with_partition(&class, "USR-C"), None);
+    }
+
+    #[test]
+    fn freeze_points() {
+        assert_eq!(
+            freeze_point("writing:50\n"),
+            Some((install::Phase::Writing, 50))
+        );
+        assert_eq!(freeze_point("entry"), Some((install::Phase::Entry, 0)));
+        assert_eq!(freeze_point("writing:half"), None);
+        assert_eq!(freeze_point("rebooting"), None);
     }
 
     #[test]

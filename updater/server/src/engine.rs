@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 use kiln_updater::omaha::{
-    self, normalize_id, App, Event, EventResult, EventType, Response, ResponseApp,
+    self, kiln_codes, normalize_id, App, Event, EventResult, EventType, Response, ResponseApp,
 };
 
 use crate::clock::{Clock, Timestamp};
@@ -53,12 +53,10 @@ impl From<StoreError> for EngineError {
 /// The answer to one update check, as the engine decided it.
 #[derive(Debug, Clone)]
 struct Offer {
-    version: String,
-    codebase: String,
-    file_name: String,
-    size: u64,
-    sha256: [u8; 32],
     min_from_version: Option<String>,
+    /// The `<app>` answer offering it, built once: every machine granted the version gets the
+    /// same one, with only its own app id spelling and acknowledgements added.
+    answer: ResponseApp,
 }
 
 /// Progress of one version across the fleet, for safe mode and halting.
@@ -534,13 +532,17 @@ fn offer_for(package: &PackageRecord, config: &EngineConfig) -> Result<Offer, En
             package.file_name.clone(),
         ),
     };
+    let answer = ResponseApp::update_ok(
+        &package.app_id,
+        &package.version,
+        &codebase,
+        &file_name,
+        package.size,
+        &sha256,
+    );
     Ok(Offer {
-        version: package.version.clone(),
-        codebase,
-        file_name,
-        size: package.size,
-        sha256,
         min_from_version: package.min_from_version.clone(),
+        answer,
     })
 }
 
@@ -640,14 +642,10 @@ impl AppState {
         let response = match app.updatecheck {
             None => ResponseApp::ack_only(app),
             Some(_) => match self.decide(&machine, now) {
-                Some(offer) => ResponseApp::update_ok(
-                    &app.appid,
-                    &offer.version,
-                    &offer.codebase,
-                    &offer.file_name,
-                    offer.size,
-                    &offer.sha256,
-                )
+                Some(offer) => ResponseApp {
+                    appid: app.appid.clone(),
+                    ..offer.answer.clone()
+                }
                 .acknowledge(app),
                 None => ResponseApp::noupdate(&app.appid).acknowledge(app),
             },
@@ -752,7 +750,13 @@ impl AppState {
         }));
         match (event.eventtype, event.eventresult) {
             (_, EventResult::Error) => {
-                self.finish(instance, Status::Error, Some(description), now, writer);
+                // Kiln's agent says outright when the boot loader fell back to the old slot.
+                let status = if event.errorcode == Some(kiln_codes::BOOT_FALLBACK) {
+                    Status::RolledBack
+                } else {
+                    Status::Error
+                };
+                self.finish(instance, status, Some(description), now, writer);
             }
             (
                 EventType::UpdateDownloadStarted | EventType::UpdateDownloadFinished,

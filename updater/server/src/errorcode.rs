@@ -2,6 +2,8 @@
 //! into names an operator can search for. Numbers follow Chromium OS update_engine's `ErrorCode`
 //! enum, which Flatcar's update_engine keeps; the top bits are flags OR-ed onto the code.
 
+use kiln_updater::omaha::kiln_codes;
+
 /// Flag bits update_engine may set on a reported code (`kActionCodeDevModeFlag` and friends).
 const FLAGS: [(u32, &str); 4] = [
     (1 << 31, "dev-mode"),
@@ -82,6 +84,8 @@ pub fn describe(code: i64) -> String {
     }
     let mut name = match usize::try_from(base).ok().and_then(|i| NAMES.get(i)) {
         Some(known) => (*known).to_owned(),
+        None if i64::from(base) == kiln_codes::BOOT_FALLBACK => "KilnBootFallback".to_owned(),
+        None if i64::from(base) == kiln_codes::UNHEALTHY => "KilnUnhealthy".to_owned(),
         None if (HTTP_RESPONSE_BASE..HTTP_RESPONSE_BASE + 1000).contains(&base) => {
             format!("OmahaHTTPResponse({})", base - HTTP_RESPONSE_BASE)
         }
@@ -104,6 +108,13 @@ mod tests {
         assert_eq!(describe(10), "PayloadHashMismatchError");
         assert_eq!(describe(48), "UserCanceled");
         assert_eq!(describe(49), "Unknown(49)");
+    }
+
+    #[test]
+    fn names_kiln_agent_codes() {
+        assert_eq!(describe(1000), "KilnBootFallback");
+        assert_eq!(describe(1001), "KilnUnhealthy");
+        assert_eq!(describe(1002), "Unknown(1002)");
     }
 
     #[test]

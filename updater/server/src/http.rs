@@ -70,7 +70,10 @@ pub fn router(ctx: Arc<ServerContext>) -> Router {
             Arc::clone(&ctx),
             require_token,
         ));
-    public.nest("/admin/v1", admin).with_state(ctx)
+    public
+        .nest("/admin/v1", admin)
+        .with_state(Arc::clone(&ctx))
+        .merge(crate::dashboard::router(ctx))
 }
 
 /// `POST /v1/update/`: an Omaha request in, an Omaha response out.

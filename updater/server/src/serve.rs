@@ -1,5 +1,5 @@
 //! Running the server: open the store, load the public key, listen, expire stale instances
-//! periodically, stop on Ctrl-C. Shared by the `kiln-server serve` binary and `cargo xtask serve`.
+//! periodically, stop on Ctrl-C or SIGTERM. Shared by the `kiln-server serve` binary and `cargo xtask serve`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -46,6 +46,103 @@ pub struct ServeConfig {
 
 /// Serves until Ctrl-C.
 pub fn run(cfg: &ServeConfig) -> Result<()> {
+    let ctx = context(cfg)?;
+    let engine = Arc::clone(&ctx.engine);
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let result = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .with_context(|| format!("listening on {}", cfg.listen))?;
+        serve(ctx, cfg, listener, stop_signal()).await
+    });
+    engine.shutdown();
+    result
+}
+
+/// Ctrl-C or SIGTERM (systemd's and container runtimes' stop): the server stops taking
+/// connections, finishes the requests it has, and commits its queued writes.
+async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    // If a handler cannot be installed, that signal keeps its default action.
+    let term = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    let interrupt = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        () = term => {}
+        () = interrupt => {}
+    }
+}
+
+/// A server running on a thread of its own (for the VM scenarios and tools that embed it); it
+/// stops, committing what it has, when dropped.
+pub struct Background {
+    /// Where it listens (the port is the one the OS chose when `listen` said 0).
+    pub addr: SocketAddr,
+    pub engine: Arc<Engine>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<()>>>,
+}
+
+/// Starts the server of `cfg` in the background; returns once it listens.
+pub fn spawn(cfg: &ServeConfig) -> Result<Background> {
+    let ctx = context(cfg)?;
+    let engine = Arc::clone(&ctx.engine);
+    let listener = std::net::TcpListener::bind(cfg.listen)
+        .with_context(|| format!("listening on {}", cfg.listen))?;
+    let addr = listener.local_addr().context("the listening address")?;
+    listener
+        .set_nonblocking(true)
+        .context("making the listener non-blocking")?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let cfg = cfg.clone();
+    let thread = std::thread::Builder::new()
+        .name("kiln-server".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            runtime.block_on(async {
+                let listener = tokio::net::TcpListener::from_std(listener)
+                    .context("handing the listener to the runtime")?;
+                serve(ctx, &cfg, listener, async {
+                    let _ = stopped.await;
+                })
+                .await
+            })
+        })
+        .context("starting the server thread")?;
+    Ok(Background {
+        addr,
+        engine,
+        stop: Some(stop),
+        thread: Some(thread),
+    })
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            if let Ok(Err(e)) = thread.join() {
+                eprintln!("kiln-server: {e:#}");
+            }
+        }
+        self.engine.shutdown();
+    }
+}
+
+/// The store, key and engine of `cfg`, checked.
+fn context(cfg: &ServeConfig) -> Result<Arc<ServerContext>> {
     let token = match cfg.token.as_deref() {
         Some(t) if t.len() >= 16 => t.to_owned(),
         Some(_) => bail!("the admin token is shorter than 16 characters; choose a longer one"),
@@ -77,25 +174,23 @@ pub fn run(cfg: &ServeConfig) -> Result<()> {
         .data_dir
         .canonicalize()
         .with_context(|| format!("resolving {}", cfg.data_dir.display()))?;
-    let ctx = Arc::new(ServerContext {
+    Ok(Arc::new(ServerContext {
         engine: Arc::clone(&engine),
         token,
         data_dir,
         verifier,
-    });
-    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    let result = runtime.block_on(serve(ctx, cfg));
-    engine.shutdown();
-    result
+    }))
 }
 
-async fn serve(ctx: Arc<ServerContext>, cfg: &ServeConfig) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .with_context(|| format!("listening on {}", cfg.listen))?;
+async fn serve(
+    ctx: Arc<ServerContext>,
+    cfg: &ServeConfig,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let addr = listener.local_addr().context("the listening address")?;
     eprintln!(
-        "kiln-server: Omaha endpoint http://{}/v1/update/, admin API under /admin/v1/, database {}",
-        cfg.listen,
+        "kiln-server: Omaha endpoint http://{addr}/v1/update/, admin API under /admin/v1/, database {}",
         cfg.db.display()
     );
     if cfg.stale_after_days > 0 {
@@ -116,12 +211,7 @@ async fn serve(ctx: Arc<ServerContext>, cfg: &ServeConfig) -> Result<()> {
         });
     }
     axum::serve(listener, router(ctx))
-        .with_graceful_shutdown(async {
-            // If the signal handler cannot be installed, the server runs until killed.
-            if tokio::signal::ctrl_c().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        })
+        .with_graceful_shutdown(shutdown)
         .await
         .context("serving HTTP")
 }

@@ -269,6 +269,29 @@ fn rollback_is_seen_when_a_new_boot_brings_the_old_version() {
     assert_eq!(engine.app(APP).unwrap().channels[0].errors, 1);
 }
 
+/// Kiln's agent reports the fallback itself (3/0, errorcode 1000) in the same request as its
+/// first check from the old slot; that is a rollback too, not a plain error.
+#[test]
+fn the_agents_boot_fallback_event_is_a_rollback() {
+    let (engine, _) = engine();
+    engine.publish(package("1.1.0"), Some("stable")).unwrap();
+    check(&engine, app("m1", "1.0.0", "stable"));
+    check(
+        &engine,
+        with_events(app("m1", "1.0.0", "stable"), vec![Event::installed()]),
+    );
+    let mut back = with_events(
+        app("m1", "1.0.0", "stable"),
+        vec![Event::error(kiln_updater::omaha::kiln_codes::BOOT_FALLBACK)],
+    );
+    back.bootid = Some("{boot-4}".into());
+    check(&engine, back);
+    let (m1, events) = engine.instance(APP, "m1", 10).unwrap();
+    assert_eq!(m1.status, Status::RolledBack);
+    assert_eq!(m1.last_error.as_deref(), Some("KilnBootFallback"));
+    assert!(events.iter().any(|e| e.error_code == Some(1000)));
+}
+
 #[test]
 fn promote_moves_a_version_between_channels() {
     let (engine, _) = engine();

@@ -13,38 +13,33 @@
 
 mod device;
 mod esp;
+mod stream;
 
 #[cfg(test)]
 mod tests;
 
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, SyncSender};
-use std::sync::Arc;
 
 use kiln_image::boot::{split_kernel_cmdline, BootEntry, BootError, Counter, Slot};
+use kiln_image::disk::read_full;
 use kiln_image::fat::FatError;
 use kiln_image::gpt::GptError;
 use kiln_image::region::Region;
 use kiln_image::verity::VerityError;
-use sha2::{Digest, Sha256};
 
 use crate::keys::VerifyingKey;
 use crate::payload::{self, HashingReader, Manifest, PayloadError, BOARD};
 
 pub use device::SysPaths;
 use esp::Esp;
+use stream::StreamError;
 
 /// Tries a newly installed slot gets before systemd-boot falls back to the other one.
 pub const NEW_SLOT_TRIES: u32 = 3;
-/// Bytes moved per read and write while streaming the USR image.
-const CHUNK: usize = 4 << 20;
-/// `O_DIRECT` wants memory, offsets and lengths aligned to the logical block size; a page
-/// covers every device's.
-const DIRECT_ALIGN: usize = 4096;
-/// Chunks that may wait between the decompressor and each of its consumers.
-const PIPELINE_DEPTH: usize = 4;
+/// Bytes per read of the read-back.
+const READ_BACK_CHUNK: usize = 4 << 20;
 
 /// The disk to update and the slot running from it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -212,9 +207,7 @@ pub fn install_with(
     let partition = slot.partition_name();
     let window = (part.start_bytes(), part.size_bytes());
     write_usr(&disk, window, payload, &manifest, partition, progress)?;
-    let region = Region::new(&disk.file, part.start_bytes(), part.size_bytes())
-        .map_err(io_err("opening the partition window of", &t.disk))?;
-    read_back(&disk, region, &manifest, partition, progress)?;
+    read_back(&disk, window, &manifest, partition, progress)?;
 
     let mut esp = disk.esp()?;
     esp.install_boot_files(slot, payload, &manifest, running.mtime, progress)?;
@@ -266,13 +259,9 @@ fn carried_cmdline(options: &str) -> String {
         .join(" ")
 }
 
-/// Streams the USR part through zstd into the partition, hashing what is written, then syncs.
-///
-/// Three threads, so that decompressing, hashing and writing overlap (one after the other they
-/// ran at half of `dd`'s speed): a decompressor hands each chunk to a hasher and to this
-/// thread, which writes it. Bounded channels keep at most a few chunks in memory. Writes use
-/// `O_DIRECT` where the disk allows it: 600 MB of image would otherwise push the running
-/// system's files out of the page cache, and the read-back would read the cache.
+/// Streams the USR part into the partition (see [`stream`]: decompressing on two threads and
+/// writing overlapped), checks the size of what was written, then syncs. Its SHA-256 is
+/// checked by [`read_back`], from the disk.
 fn write_usr(
     disk: &Disk,
     (start, len): (u64, u64),
@@ -284,67 +273,32 @@ fn write_usr(
     let mut src = File::open(payload).map_err(io_err("opening", payload))?;
     src.seek(SeekFrom::Start(m.parts.usr.offset))
         .map_err(io_err("seeking in", payload))?;
-    let decoder = zstd::stream::read::Decoder::new(src.take(m.parts.usr.length))
-        .map_err(io_err("starting zstd for", payload))?;
     let total = m.usr_size;
     let direct = device::open_direct(&disk.path);
-    let window = |f| {
-        Region::new(f, start, len).map_err(io_err("opening the partition window of", &disk.path))
+    let sink = stream::Sink {
+        direct: direct.as_ref(),
+        buffered: &disk.file,
+        start,
+        len,
     };
-    let mut region = window(direct.as_ref().unwrap_or(&disk.file))?;
-    let mut buffered = window(&disk.file)?;
     progress(Phase::Writing, 0, total);
-    let (digest, written) = std::thread::scope(|s| {
-        let (chunk_tx, chunk_rx) = mpsc::sync_channel::<Arc<Chunk>>(PIPELINE_DEPTH);
-        let (hash_tx, hash_rx) = mpsc::sync_channel::<Arc<Chunk>>(PIPELINE_DEPTH);
-        let producer = s.spawn(move || decompress_chunks(decoder, &[chunk_tx, hash_tx]));
-        let hasher = s.spawn(move || {
-            let mut h = Sha256::new();
-            for chunk in hash_rx {
-                h.update(chunk.data());
-            }
-            payload::hex(&h.finalize())
-        });
-        let mut written = 0u64;
-        let mut result = Ok(());
-        // Leaving the loop drops the receiver, which stops the decompressor.
-        for chunk in chunk_rx {
-            written += chunk.len as u64;
-            if written > total {
-                result = Err(mismatch(
-                    disk,
-                    partition,
-                    "the decompressed size",
-                    total,
-                    written,
-                ));
-                break;
-            }
-            // Whole aligned chunks go straight to the device; a short last one (an image size
-            // that is not a multiple of the alignment) through the page cache.
-            let target = if chunk.len % DIRECT_ALIGN == 0 {
-                &mut region
-            } else {
-                &mut buffered
-            };
-            if let Err(e) = target.write_all(chunk.data()) {
-                result = Err(io_err(format!("writing {partition} of"), &disk.path)(e));
-                break;
-            }
-            progress(Phase::Writing, written, total);
-        }
-        let produced = producer
-            .join()
-            .unwrap_or_else(|p| std::panic::resume_unwind(p));
-        let digest = hasher
-            .join()
-            .unwrap_or_else(|p| std::panic::resume_unwind(p));
-        result?;
-        produced.map_err(|source| InstallError::Decompress {
+    let part = src.take(m.parts.usr.length);
+    let written = stream::stream(part, &sink, total, &mut |done| {
+        progress(Phase::Writing, done, total)
+    })
+    .map_err(|e| match e {
+        StreamError::Decompress(source) => InstallError::Decompress {
             path: payload.to_owned(),
             source,
-        })?;
-        Ok::<_, InstallError>((digest, written))
+        },
+        StreamError::Write(e) => io_err(format!("writing {partition} of"), &disk.path)(e),
+        StreamError::TooLong(at_least) => mismatch(
+            disk,
+            partition,
+            "the decompressed size",
+            total,
+            format!("at least {at_least}"),
+        ),
     })?;
     if written != total {
         return Err(mismatch(
@@ -355,81 +309,39 @@ fn write_usr(
             written,
         ));
     }
-    if digest != m.usr_sha256 {
-        return Err(mismatch(
-            disk,
-            partition,
-            "the SHA-256 of the decompressed image",
-            &m.usr_sha256,
-            digest,
-        ));
-    }
     disk.sync()
 }
 
-/// One piece of the decompressed image, in memory aligned for `O_DIRECT`.
-struct Chunk {
-    buf: Vec<u8>,
-    start: usize,
-    len: usize,
-}
-
-impl Chunk {
-    fn new() -> Chunk {
-        let buf = vec![0u8; CHUNK + DIRECT_ALIGN];
-        let start = buf.as_ptr().align_offset(DIRECT_ALIGN);
-        Chunk { buf, start, len: 0 }
-    }
-
-    fn data(&self) -> &[u8] {
-        &self.buf[self.start..self.start + self.len]
-    }
-}
-
-/// Decompresses `reader` in [`CHUNK`]-sized pieces and sends each to every consumer. Stops
-/// quietly when a consumer has gone: its own error is the one to report.
-fn decompress_chunks(mut reader: impl Read, to: &[SyncSender<Arc<Chunk>>]) -> io::Result<()> {
-    loop {
-        let mut chunk = Chunk::new();
-        let start = chunk.start;
-        let n = fill(&mut reader, &mut chunk.buf[start..start + CHUNK])?;
-        if n == 0 {
-            return Ok(());
-        }
-        chunk.len = n;
-        let chunk = Arc::new(chunk);
-        for tx in to {
-            if tx.send(Arc::clone(&chunk)).is_err() {
-                return Ok(());
-            }
-        }
-    }
-}
-
 /// Reads the partition back (from the device, not the page cache), checking the SHA-256 and
-/// then the verity tree and root hash.
+/// the verity tree and root hash. The two run at once, each over its own handle: the
+/// verity check reads and hashes the filesystem again, and one after the other they took
+/// twice as long.
 fn read_back(
     disk: &Disk,
-    region: Region<&File>,
+    (start, len): (u64, u64),
     m: &Manifest,
     partition: &'static str,
     progress: &mut dyn FnMut(Phase, u64, u64),
 ) -> Result<(), InstallError> {
-    device::drop_cache(&disk.file, region.start(), m.usr_size);
-    let total = m.usr_size;
-    let mut reader = HashingReader::new(region.take(total));
-    let mut buf = vec![0u8; CHUNK];
-    progress(Phase::ReadingBack, 0, total);
-    loop {
-        let n = fill(&mut reader, &mut buf)
-            .map_err(io_err(format!("reading back {partition} of"), &disk.path))?;
-        if n == 0 {
-            break;
-        }
-        progress(Phase::ReadingBack, reader.count, total);
-    }
-    let actual = reader.hex_digest();
-    if reader.count != total || actual != m.usr_sha256 {
+    device::drop_cache(&disk.file, start, m.usr_size);
+    let window = |f| {
+        Region::new(f, start, len).map_err(io_err("opening the partition window of", &disk.path))
+    };
+    // Its own file position: a `Region` seeks before every read.
+    let verity_file = File::open(&disk.path).map_err(io_err("opening", &disk.path))?;
+    let mut verity_region = window(&verity_file)?;
+    let region = window(&disk.file)?;
+    let (sha, info) = std::thread::scope(|s| {
+        let verity =
+            s.spawn(move || kiln_image::verity::verify(&mut verity_region, m.verity_hash_offset));
+        let sha = read_back_sha256(disk, region, m.usr_size, partition, progress);
+        let info = verity
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        (sha, info)
+    });
+    let (count, actual) = sha?;
+    if count != m.usr_size || actual != m.usr_sha256 {
         return Err(mismatch(
             disk,
             partition,
@@ -438,13 +350,10 @@ fn read_back(
             actual,
         ));
     }
-    let mut region = reader.inner.into_inner();
-    let info = kiln_image::verity::verify(&mut region, m.verity_hash_offset).map_err(|source| {
-        InstallError::Verity {
-            disk: disk.path.clone(),
-            partition,
-            source,
-        }
+    let info = info.map_err(|source| InstallError::Verity {
+        disk: disk.path.clone(),
+        partition,
+        source,
     })?;
     if info.root_hash_hex() != m.verity_root_hash {
         return Err(mismatch(
@@ -467,6 +376,28 @@ fn read_back(
     Ok(())
 }
 
+/// The bytes read and the hex SHA-256 of the first `total` bytes of `region`.
+fn read_back_sha256(
+    disk: &Disk,
+    region: Region<&File>,
+    total: u64,
+    partition: &'static str,
+    progress: &mut dyn FnMut(Phase, u64, u64),
+) -> Result<(u64, String), InstallError> {
+    let mut reader = HashingReader::new(region.take(total));
+    let mut buf = vec![0u8; READ_BACK_CHUNK];
+    progress(Phase::ReadingBack, 0, total);
+    loop {
+        let n = read_full(&mut reader, &mut buf)
+            .map_err(io_err(format!("reading back {partition} of"), &disk.path))?;
+        if n == 0 {
+            break;
+        }
+        progress(Phase::ReadingBack, reader.count, total);
+    }
+    Ok((reader.count, reader.hex_digest()))
+}
+
 fn mismatch(
     disk: &Disk,
     partition: &str,
@@ -481,20 +412,6 @@ fn mismatch(
         expected: expected.to_string(),
         actual: actual.to_string(),
     }
-}
-
-/// Reads until `buf` is full or the input ends; returns the bytes read.
-fn fill(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match reader.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 /// Marks the running slot's entry good by removing its boot counter (`kiln-b+2-1.conf` →

@@ -158,7 +158,14 @@ pub(super) fn with_trailing_slash(codebase: &str) -> String {
 }
 
 pub(super) fn to_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    // One allocation: the server writes a digest into every offer it answers.
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    out
 }
 
 fn from_hex(text: &str) -> Option<[u8; 32]> {

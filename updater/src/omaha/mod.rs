@@ -11,6 +11,7 @@ mod safety;
 mod server;
 #[cfg(test)]
 mod tests;
+mod writer;
 
 use serde::{Deserialize, Serialize};
 
@@ -18,6 +19,15 @@ pub use client::OfferedUpdate;
 pub use error::OmahaError;
 pub use safety::{MAX_DEPTH, MAX_DOCUMENT_BYTES};
 pub use server::SERVER_NAME;
+
+/// Kiln's own `errorcode`s, above update_engine's range (which ends below 100) and below the
+/// HTTP-status range (2000 and up). The agent sends them and the server decodes them.
+pub mod kiln_codes {
+    /// The new slot used up its boot tries and the boot loader brought the old slot back.
+    pub const BOOT_FALLBACK: i64 = 1000;
+    /// The new slot booted but was not healthy in time, so it was not blessed.
+    pub const UNHEALTHY: i64 = 1001;
+}
 
 /// The protocol version Kiln writes; documents claiming any 3.x version are read.
 pub const PROTOCOL_VERSION: &str = "3.0";
@@ -550,9 +560,9 @@ impl Response {
         Ok(response)
     }
 
-    /// Writes the response with an XML declaration, two-space indented.
+    /// Writes the response with an XML declaration, two-space indented (by hand: see `writer`).
     pub fn to_xml(&self) -> String {
-        write_document("response", self)
+        writer::response(self)
     }
 
     /// The app with this id, braces and case aside.

@@ -32,6 +32,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use read::{check_parts, read_verified_manifest};
+#[cfg(test)]
+pub(crate) use write::frame_compressor;
 pub use write::write_payload;
 
 use crate::keys::KeyError;
@@ -87,7 +89,8 @@ pub struct Part {
 /// The parts, in file order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Parts {
-    /// The USR image, one zstd frame.
+    /// The USR image, as independent zstd frames of at most 4 MiB each that record their
+    /// content size (older payloads hold one frame without it; the installer reads both).
     pub usr: Part,
     pub kernel: Part,
     pub initrd: Part,

@@ -113,22 +113,84 @@ fn payloads_round_trip_and_zstd_reads_the_usr_part() {
 }
 
 #[test]
-fn same_inputs_give_the_same_bytes_whatever_the_thread_count() {
+fn same_inputs_give_the_same_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let key = SigningKey::generate().unwrap();
     let (a, _) = make(dir.path(), "a", "2.0.0", &key);
     let (b, _) = make(dir.path(), "b", "2.0.0", &key);
     assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
-    // More data than one zstd job so the workers really split it.
-    let data = pattern(24 << 20, 9);
-    let compress = |workers| {
-        let mut enc = write::zstd_encoder_with(Vec::new(), workers).unwrap();
-        enc.write_all(&data).unwrap();
-        enc.finish().unwrap()
+}
+
+/// The sizes (content, compressed) of the zstd frames that make up `part`.
+fn frames_of(mut part: &[u8]) -> Vec<(u64, usize)> {
+    let mut frames = Vec::new();
+    while !part.is_empty() {
+        let content = zstd::zstd_safe::get_frame_content_size(part)
+            .unwrap()
+            .expect("a frame without its content size");
+        let len = zstd::zstd_safe::find_frame_compressed_size(part).unwrap();
+        frames.push((content, len));
+        part = &part[len..];
+    }
+    frames
+}
+
+#[test]
+fn the_usr_part_is_frames_of_frame_size_that_zstd_reads_as_one_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SigningKey::generate().unwrap();
+    // Two whole frames and a part of one: two rounds of the two compressing threads.
+    let data_len = 2 * write::FRAME_SIZE as u64 + (1 << 20);
+    let usr = dir.path().join("usr.img");
+    std::fs::write(&usr, pattern(data_len as usize, 5)).unwrap();
+    let params = verity::VerityParams {
+        salt: vec![5; 32],
+        uuid: [7; 16],
     };
-    let one = compress(1);
-    assert_eq!(one, compress(3));
-    assert_eq!(one, compress(2));
+    let file = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open(&usr)
+        .unwrap();
+    let info = verity::append(&file, data_len, &params).unwrap();
+    // The kernel and initramfs of another directory: `inputs` writes a usr.img too.
+    let others = dir.path().join("others");
+    std::fs::create_dir(&others).unwrap();
+    let inp = inputs(&others, 3);
+    let write = |name: &str| {
+        let out = dir.path().join(name);
+        let m = write_payload(
+            &out,
+            ManifestInput::new("{app}", "2.0.0", info.hash_offset),
+            &usr,
+            &inp.kernel,
+            &inp.initrd,
+            &key,
+        )
+        .unwrap();
+        (out, m)
+    };
+    let (out, m) = write("p");
+    let bytes = std::fs::read(&out).unwrap();
+    let part = &bytes[m.parts.usr.offset as usize..][..m.parts.usr.length as usize];
+    let frames = frames_of(part);
+    let contents: Vec<u64> = frames.iter().map(|f| f.0).collect();
+    let frame = write::FRAME_SIZE as u64;
+    assert_eq!(contents, [frame, frame, m.usr_size - 2 * frame]);
+
+    let zst = dir.path().join("usr.zst");
+    std::fs::write(&zst, part).unwrap();
+    let status = Command::new(require_tool("zstd", "zstd"))
+        .args(["-q", "-d", "-o"])
+        .arg(dir.path().join("usr.out"))
+        .arg(&zst)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(sha_hex(&dir.path().join("usr.out")), m.usr_sha256);
+    assert_eq!(sha_hex(&dir.path().join("usr.out")), sha_hex(&usr));
+    let (again, _) = write("q");
+    assert_eq!(std::fs::read(&again).unwrap(), bytes);
 }
 
 /// What reading and checking a payload says.

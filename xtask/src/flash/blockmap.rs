@@ -1,18 +1,17 @@
-//! A map of a disk image by MiB: which blocks are all zero, and the SHA-256 of each other one.
-//! Built in the pass that hashes the whole image against `SHA256SUMS`, it lets the later passes
-//! (the write, the read-back) check every block without hashing the gigabytes of zeros again:
-//! zero blocks by comparison, data blocks by the hash of that block alone.
+//! A map of a disk image by block: which blocks are all zero, and the SHA-256 of each other
+//! one. It comes from the image's signed chunk list (`disk.raw.chunks`), or is built in the
+//! pass that hashes the whole image against `SHA256SUMS`; it lets the later passes (the
+//! write, the read-back) check every block without hashing the gigabytes of zeros again: zero
+//! blocks by comparison, data blocks by the hash of that block alone.
 
 use std::io::{self, Read};
 
 use sha2::{Digest, Sha256};
 
-/// The granularity of the map; the passes read in multiples of it from aligned offsets.
-pub const BLOCK: usize = 1 << 20;
-
 /// `None` for an all-zero block, else the block's SHA-256.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BlockMap {
+    block: usize,
     blocks: Vec<Option<[u8; 32]>>,
 }
 
@@ -32,17 +31,35 @@ fn summary(block: &[u8]) -> Option<[u8; 32]> {
 }
 
 impl BlockMap {
+    /// An empty map of blocks of `block` bytes.
+    pub fn new(block: usize) -> BlockMap {
+        BlockMap {
+            block,
+            blocks: Vec::new(),
+        }
+    }
+
+    /// The block size: the passes read whole blocks from block-aligned offsets.
+    pub fn block(&self) -> usize {
+        self.block
+    }
+
     /// Appends the blocks of `data`, which continues the image where the map ends.
     pub fn push(&mut self, data: &[u8]) {
-        self.blocks.extend(data.chunks(BLOCK).map(summary));
+        self.blocks.extend(data.chunks(self.block).map(summary));
+    }
+
+    /// Appends one block known by its summary (`None`: all zero).
+    pub fn push_summary(&mut self, summary: Option<[u8; 32]>) {
+        self.blocks.push(summary);
     }
 
     /// Checks `data`, which starts at the block-aligned byte `offset` of the image; returns the
     /// offset of the first block that differs.
     pub fn check(&self, offset: u64, data: &[u8]) -> Result<(), u64> {
-        let first = (offset / BLOCK as u64) as usize;
-        for (i, block) in data.chunks(BLOCK).enumerate() {
-            let at = offset + (i * BLOCK) as u64;
+        let first = (offset / self.block as u64) as usize;
+        for (i, block) in data.chunks(self.block).enumerate() {
+            let at = offset + (i * self.block) as u64;
             match self.blocks.get(first + i) {
                 Some(expected) if *expected == summary(block) => {}
                 _ => return Err(at),
@@ -52,11 +69,11 @@ impl BlockMap {
     }
 }
 
-/// Reads `reader` to its end: the SHA-256 of everything, the map, and the length.
-pub fn scan(mut reader: impl Read) -> io::Result<([u8; 32], BlockMap, u64)> {
+/// Reads `reader` to its end: the SHA-256 of everything, the map by `block`, and the length.
+pub fn scan(mut reader: impl Read, block: usize) -> io::Result<([u8; 32], BlockMap, u64)> {
     let mut hasher = Sha256::new();
-    let mut map = BlockMap::default();
-    let mut buf = vec![0u8; 8 * BLOCK];
+    let mut map = BlockMap::new(block);
+    let mut buf = vec![0u8; block];
     let mut len = 0u64;
     loop {
         let n = super::write::read_full(&mut reader, &mut buf)?;
@@ -74,12 +91,14 @@ pub fn scan(mut reader: impl Read) -> io::Result<([u8; 32], BlockMap, u64)> {
 mod tests {
     use super::*;
 
+    const BLOCK: usize = 1 << 20;
+
     #[test]
     fn a_changed_byte_in_a_zero_or_a_data_block_is_found_and_its_block_named() {
         let mut image = vec![0u8; 3 * BLOCK + 512];
         image[BLOCK + 7] = 1;
         image[3 * BLOCK + 100] = 2;
-        let (hash, map, len) = scan(&image[..]).unwrap();
+        let (hash, map, len) = scan(&image[..], BLOCK).unwrap();
         assert_eq!(len, image.len() as u64);
         assert_eq!(hash, <[u8; 32]>::from(Sha256::digest(&image)));
         assert_eq!(map.check(0, &image), Ok(()));

@@ -1,14 +1,17 @@
 //! The image to flash: `disk.raw` or `disk.raw.zst` from a build directory, checked against the
 //! build's `SHA256SUMS` (and its signature) before anything is written, and read as a stream.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
 
 use super::blockmap::{self, BlockMap};
-use super::release::{self, hex, DISK_FILE, KEY_FILE, SIG_FILE, SUMS_FILE};
+use super::chunks::{self, ChunkList};
+use super::release::{self, hex, CHUNKS_FILE, DISK_FILE, KEY_FILE, SIG_FILE, SUMS_FILE};
 use super::signature;
 
 /// How the image file is stored.
@@ -39,15 +42,16 @@ pub struct Image {
     /// The disk's SHA-256 from `SHA256SUMS` (the `disk.raw` entry).
     pub disk_sha256: [u8; 32],
     pub trust: Trust,
-    /// A raw image's map, made while checking its hash; a compressed image's is made while
-    /// it is written.
+    /// A raw image's map, from its chunk list or made while checking its hash; a compressed
+    /// image's is made while it is written.
     pub map: Option<BlockMap>,
 }
 
 impl Image {
     /// Checks `path` against the `SHA256SUMS` beside it (and `SHA256SUMS.sig` against
     /// `public_key`, default `update-key.pub.pem` beside it), and reads the disk's size.
-    /// Reads the whole file once; writes nothing.
+    /// A `disk.raw` with its chunk list is checked chunk by chunk (reading only what is not a
+    /// hole); any other image is hashed whole. Writes nothing.
     pub fn open_verified(path: &Path, public_key: Option<&Path>) -> Result<Image> {
         let dir = path.parent().unwrap_or(Path::new("."));
         let name = file_name(path)?;
@@ -75,7 +79,14 @@ impl Image {
         };
         let expected = listed(&name)?;
         let disk_sha256 = listed(DISK_FILE)?;
-        let map = check_hash(path, format, &expected, &sums_path)?;
+        let list = match (format, name.as_str()) {
+            (Format::Raw, DISK_FILE) => chunk_list(dir, &sums, &sums_path)?,
+            _ => None,
+        };
+        let map = match list {
+            Some((list, list_path)) => Some(chunks::check_image(path, &list, &list_path)?),
+            None => check_hash(path, format, &expected, &sums_path)?,
+        };
         let size = disk_size(path, format)?;
         Ok(Image {
             path: path.to_owned(),
@@ -139,6 +150,43 @@ fn check_signature(dir: &Path, sums: &[u8], public_key: Option<&Path>) -> Result
     Ok(Trust::Signed { key: key_path })
 }
 
+/// The signed chunk list beside a raw image, when the build made one (see [`chunks`]): read,
+/// checked against its line in `SHA256SUMS`, and parsed. `None` sends the caller to the
+/// whole-file hash: a build from before the lists, or a list not copied with the image.
+fn chunk_list(
+    dir: &Path,
+    sums: &BTreeMap<String, [u8; 32]>,
+    sums_path: &Path,
+) -> Result<Option<(ChunkList, PathBuf)>> {
+    let Some(expected) = sums.get(CHUNKS_FILE) else {
+        return Ok(None);
+    };
+    let path = dir.join(CHUNKS_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!(
+                "note: {} is missing: checking the SHA-256 of the whole image instead, which takes longer",
+                path.display()
+            );
+            return Ok(None);
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let actual: [u8; 32] = Sha256::digest(&bytes).into();
+    if actual != *expected {
+        bail!(
+            "{} has SHA-256 {} but {} says {}: the chunk list is corrupt or from another build; rebuild, or copy it again with the image (nothing was written)",
+            path.display(),
+            hex(&actual),
+            sums_path.display(),
+            hex(expected)
+        );
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    Ok(Some((ChunkList::parse(&text, &path)?, path)))
+}
+
 /// Hashes the file (mapping it when raw) and compares with its line in `SHA256SUMS`.
 fn check_hash(
     path: &Path,
@@ -149,8 +197,8 @@ fn check_hash(
     let (actual, map) = match format {
         Format::Raw => {
             let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-            let (hash, map, _) =
-                blockmap::scan(file).with_context(|| format!("reading {}", path.display()))?;
+            let (hash, map, _) = blockmap::scan(file, chunks::CHUNK)
+                .with_context(|| format!("reading {}", path.display()))?;
             (hash, Some(map))
         }
         Format::Zstd => (release::sha256_file(path)?, None),

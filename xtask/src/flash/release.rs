@@ -1,6 +1,7 @@
 //! The release files of a build that `flash` checks: `disk.raw.zst` (the disk, compressed
-//! deterministically) and `SHA256SUMS` (in `sha256sum`'s format, so `sha256sum -c` reads it),
-//! with its signature `SHA256SUMS.sig` when the build has a signing key.
+//! deterministically), `disk.raw.chunks` (the SHA-256 of each chunk of the disk, see
+//! [`super::chunks`]) and `SHA256SUMS` over them (in `sha256sum`'s format, so `sha256sum -c`
+//! reads it), with its signature `SHA256SUMS.sig` when the build has a signing key.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -15,9 +16,11 @@ pub const SIG_FILE: &str = "SHA256SUMS.sig";
 /// The build's public update key (written by the build when it has a signing key).
 pub const KEY_FILE: &str = "update-key.pub.pem";
 pub const DISK_FILE: &str = "disk.raw";
+/// The SHA-256 of each chunk of `disk.raw` (see [`super::chunks`]).
+pub const CHUNKS_FILE: &str = "disk.raw.chunks";
 pub const ZST_FILE: &str = "disk.raw.zst";
 /// The files `SHA256SUMS` covers, in its order, when they exist.
-pub const SUMMED_FILES: [&str; 3] = [DISK_FILE, ZST_FILE, "update.payload"];
+pub const SUMMED_FILES: [&str; 4] = [DISK_FILE, CHUNKS_FILE, ZST_FILE, "update.payload"];
 
 /// zstd's default level: the disk is mostly zeros, which every level compresses to nothing;
 /// higher levels cost minutes on the filesystems for a few percent.

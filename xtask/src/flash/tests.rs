@@ -12,7 +12,8 @@ use kiln_image::gpt::{Gpt, TableSource};
 use kiln_image::region::Region;
 use kiln_image::testutil::require_tool;
 
-use super::release::{self, SIG_FILE, SUMS_FILE, ZST_FILE};
+use super::chunks::ChunkList;
+use super::release::{self, CHUNKS_FILE, SIG_FILE, SUMS_FILE, ZST_FILE};
 use super::testutil::{sh, sha256, small_image, target_file, Loop, Scratch};
 use super::{execute, prepare, FlashConfig, Trust, OEM_CONFIG};
 
@@ -196,12 +197,6 @@ fn a_corrupted_image_is_refused_raw_and_compressed() {
     let backing = f.dir.path().join("target.img");
     target_file(&backing, 64 * MIB);
     let lo = Loop::attach(&backing);
-    let flip = |path: &Path, at: u64| {
-        let file = File::options().read(true).write(true).open(path).unwrap();
-        let mut b = [0u8];
-        file.read_exact_at(&mut b, at).unwrap();
-        file.write_all_at(&[b[0] ^ 1], at).unwrap();
-    };
     flip(&f.image, 5 * MIB);
     assert_refused(
         &device_cfg(&f, &lo.dev),
@@ -271,6 +266,117 @@ fn signed_sums_verify_and_a_changed_list_or_a_missing_signature_is_refused() {
     assert!(
         !cfg.to_file.unwrap().exists(),
         "a refused flash created the file"
+    );
+}
+
+/// Flips the lowest bit of the byte at `at` of the file.
+fn flip(path: &Path, at: u64) {
+    let file = File::options().read(true).write(true).open(path).unwrap();
+    let mut b = [0u8];
+    file.read_exact_at(&mut b, at).unwrap();
+    file.write_all_at(&[b[0] ^ 1], at).unwrap();
+}
+
+/// Replaces the fixture's chunk list by one of 1 MiB chunks (the format allows it), so that
+/// the 19 MiB image has all-zero chunks (USR-B, ROOT) besides data chunks; sums again.
+fn one_mib_chunks(f: &Fixture) -> PathBuf {
+    let dir = f.image.parent().unwrap();
+    let list = ChunkList::of_file(&f.image, MIB as usize).unwrap();
+    let path = dir.join(CHUNKS_FILE);
+    std::fs::write(&path, list.render()).unwrap();
+    release::write_sums(dir, &[]).unwrap();
+    path
+}
+
+#[test]
+fn with_a_chunk_list_a_byte_flipped_in_a_data_or_a_zero_chunk_or_in_the_list_is_refused() {
+    let f = fixture("chunks");
+    let list_path = one_mib_chunks(&f);
+    let backing = f.dir.path().join("target.img");
+    target_file(&backing, 64 * MIB);
+    let lo = Loop::attach(&backing);
+    // USR-A (2 to 5 MiB) holds data; USR-B (5 to 8 MiB) is all zeros.
+    let mut usr_b = vec![0u8; MIB as usize];
+    File::open(&f.image)
+        .unwrap()
+        .read_exact_at(&mut usr_b, 6 * MIB)
+        .unwrap();
+    assert!(usr_b.iter().all(|&b| b == 0), "chunk 6 is not a zero chunk");
+    for (at, chunk) in [(3 * MIB + 5, 3), (6 * MIB + 5, 6)] {
+        flip(&f.image, at);
+        assert_refused(
+            &device_cfg(&f, &lo.dev),
+            &lo.dev,
+            &[
+                &format!("in its chunk {chunk} "),
+                "corrupt",
+                "nothing was written",
+            ],
+        );
+        flip(&f.image, at);
+    }
+    // A hash in the list changed (still hex), SHA256SUMS not: the list's line catches it.
+    let good = std::fs::read_to_string(&list_path).unwrap();
+    let last = good.trim_end().rsplit('\n').next().unwrap().to_owned();
+    let changed = format!(
+        "{}{}",
+        if last.starts_with('0') { '1' } else { '0' },
+        &last[1..]
+    );
+    std::fs::write(&list_path, good.replace(&last, &changed)).unwrap();
+    assert_refused(
+        &device_cfg(&f, &lo.dev),
+        &lo.dev,
+        &[
+            "disk.raw.chunks",
+            "chunk list is corrupt",
+            "nothing was written",
+        ],
+    );
+    std::fs::write(&list_path, &good).unwrap();
+    let plan = prepare(&device_cfg(&f, &lo.dev)).unwrap();
+    assert_eq!(
+        plan.image.map.as_ref().map(|m| m.block()),
+        Some(MIB as usize)
+    );
+    execute(&plan).unwrap();
+    drop(lo);
+    check_flashed(&backing, &f.image, GOOD_CONFIG.as_bytes());
+}
+
+#[test]
+fn without_its_chunk_list_a_raw_image_is_checked_whole() {
+    let f = fixture("no-chunks");
+    let dir = f.image.parent().unwrap();
+    let mut cfg = device_cfg(&f, Path::new("/unused"));
+    cfg.device = None;
+    cfg.to_file = Some(f.dir.path().join("out.img"));
+    // Listed in SHA256SUMS but not copied along: the whole image is hashed instead.
+    std::fs::remove_file(dir.join(CHUNKS_FILE)).unwrap();
+    let plan = prepare(&cfg).unwrap();
+    assert_eq!(
+        plan.image.map.as_ref().map(|m| m.block()),
+        Some(super::chunks::CHUNK)
+    );
+    flip(&f.image, 3 * MIB);
+    let err = format!("{:#}", prepare(&cfg).err().unwrap());
+    assert!(
+        err.contains("has SHA-256")
+            && !err.contains("in its chunk")
+            && err.contains("nothing was written"),
+        "{err}"
+    );
+    flip(&f.image, 3 * MIB);
+    // A build from before the lists: SHA256SUMS without its line.
+    release::write_sums(dir, &[]).unwrap();
+    assert!(!std::fs::read_to_string(dir.join(SUMS_FILE))
+        .unwrap()
+        .contains(CHUNKS_FILE));
+    execute(&prepare(&cfg).unwrap()).unwrap();
+    check_flashed(
+        cfg.to_file.as_ref().unwrap(),
+        &f.image,
+        GOOD_CONFIG.as_bytes(),
     );
 }
 
@@ -452,7 +558,8 @@ fn an_image_changed_after_its_check_fails_the_write_and_wipes_the_table() {
         .unwrap();
     let err = format!("{:#}", execute(&plan).unwrap_err());
     assert!(
-        err.contains("changed at byte 7340032") && err.contains("partition table was wiped"),
+        err.contains("changed in the 16 MiB at byte 0")
+            && err.contains("partition table was wiped"),
         "{err}"
     );
     drop(lo);

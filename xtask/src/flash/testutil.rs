@@ -11,6 +11,7 @@ use kiln_image::gpt::Guid;
 use kiln_image::tree::{Meta, Tree};
 use sha2::{Digest, Sha256};
 
+use super::chunks::ChunkList;
 use super::release;
 
 /// A directory under the system's temp dir, removed on drop.
@@ -120,8 +121,8 @@ pub fn target_file(path: &Path, bytes: u64) {
 /// enough for FAT16.
 pub const SMALL_LAYOUT: (u64, u64, u64, u64) = (1, 3, 8, 2);
 
-/// `dir/disk.raw` (19 MiB: USR-A full of patterned bytes, an empty FAT OEM), `disk.raw.zst`
-/// and `SHA256SUMS`, as a build makes them.
+/// `dir/disk.raw` (19 MiB: USR-A full of patterned bytes, an empty FAT OEM), `disk.raw.zst`,
+/// `disk.raw.chunks` and `SHA256SUMS`, as a build makes them.
 pub fn small_image(dir: &Path) -> PathBuf {
     let (esp, usr, oem, root) = SMALL_LAYOUT;
     let layout = disk::layout(esp, usr, oem, root);
@@ -163,6 +164,7 @@ pub fn small_image(dir: &Path) -> PathBuf {
     std::fs::remove_file(&usr_img).unwrap();
     std::fs::remove_file(&oem_img).unwrap();
     release::compress(&disk_path, &dir.join(release::ZST_FILE)).unwrap();
+    ChunkList::write_for(&disk_path, &dir.join(release::CHUNKS_FILE)).unwrap();
     // Hashed again here rather than taken from compress: the sums are what is under test.
     release::write_sums(dir, &[]).unwrap();
     disk_path

@@ -24,13 +24,14 @@ use kiln_image::region::Region;
 use sha2::{Digest, Sha256};
 
 use super::blockmap::{self, BlockMap};
+use super::chunks::CHUNK;
 use super::image::Image;
 use super::release::hex;
 
 /// The region written last: protective MBR, primary GPT header and entries, alignment.
 pub const HEAD: u64 = 1 << 20;
-/// Chunks in flight between the reading and the writing thread.
-const CHUNK: usize = 8 << 20;
+/// Buffers in flight between the reading and the writing thread (each one block of the
+/// image's map: 16 MiB).
 const DEPTH: usize = 3;
 /// `O_DIRECT` wants the buffer, offset and length aligned to the logical block size; a page
 /// covers every sector size.
@@ -242,15 +243,17 @@ fn stream_image(sink: &Sink, image: &Image) -> Result<(Vec<u8>, BlockMap)> {
     let mut head = Vec::with_capacity(HEAD as usize);
     let mut progress = Progress::new("writing", image.size);
     let mut hasher = Sha256::new();
-    let mut built = BlockMap::default();
+    let block = image.map.as_ref().map_or(CHUNK, BlockMap::block);
+    let mut built = BlockMap::new(block);
     let mut pos = 0u64;
     let produce = |buf: &mut [u8]| -> io::Result<usize> {
         let n = read_full(&mut reader, buf)?;
         match &image.map {
             Some(map) => map.check(pos, &buf[..n]).map_err(|at| {
                 io::Error::other(format!(
-                    "{} changed at byte {at} since its checksum was checked: rebuild it or copy it again",
-                    image.path.display()
+                    "{} changed in the {} MiB at byte {at} since its checksum was checked: rebuild it or copy it again",
+                    image.path.display(),
+                    map.block() >> 20
                 ))
             })?,
             None => {
@@ -270,7 +273,7 @@ fn stream_image(sink: &Sink, image: &Image) -> Result<(Vec<u8>, BlockMap)> {
         progress.show(offset + data.len() as u64);
         Ok(())
     };
-    let total = pipeline(produce, consume)?;
+    let total = pipeline(block, produce, consume)?;
     progress.done();
     if total != image.size {
         bail!(
@@ -340,31 +343,37 @@ fn zero_out(dev: &File, start: u64, len: u64) -> io::Result<()> {
 }
 
 /// Reads back what was written (devices with `O_DIRECT`, files after dropping the cache) and
-/// checks every MiB against the image's map (which the image's SHA-256 vouches for): the first
-/// MiB held in memory, the rest from the medium.
+/// checks every block against the image's map (which the image's signed checksums vouch
+/// for). The first MiB, still zeros on the medium (it is written last), is checked from
+/// memory.
 fn verify_written(sink: &Sink, image: &Image, map: &BlockMap, head: &[u8]) -> Result<()> {
     sink.drop_cache();
     let differs = |at: u64| {
         anyhow::anyhow!(
-            "{} reads back differently from the image in the MiB at byte {at}: the medium does not keep what is written (a failing or fake-capacity disk?)",
-            sink.path.display()
+            "{} reads back differently from the image in the {} MiB at byte {at}: the medium does not keep what is written (a failing or fake-capacity disk?)",
+            sink.path.display(),
+            map.block() >> 20
         )
     };
-    map.check(0, head).map_err(differs)?;
-    let mut pos = HEAD;
+    let mut pos = 0;
     let mut progress = Progress::new("verifying", image.size);
     let produce = |buf: &mut [u8]| -> io::Result<usize> {
         let n = (image.size - pos).min(buf.len() as u64) as usize;
         sink.bulk.read_exact_at(&mut buf[..n], pos)?;
+        if pos == 0 {
+            // A block is at least the head's MiB, and the image at least 2 MiB.
+            buf[..head.len()].copy_from_slice(head);
+        }
         pos += n as u64;
         Ok(n)
     };
     let consume = |offset: u64, data: &[u8]| -> Result<()> {
-        map.check(HEAD + offset, data).map_err(differs)?;
-        progress.show(HEAD + offset + data.len() as u64);
+        map.check(offset, data).map_err(differs)?;
+        progress.show(offset + data.len() as u64);
         Ok(())
     };
-    pipeline(produce, consume).with_context(|| format!("reading {} back", sink.path.display()))?;
+    pipeline(map.block(), produce, consume)
+        .with_context(|| format!("reading {} back", sink.path.display()))?;
     progress.done();
     Ok(())
 }
@@ -534,9 +543,11 @@ pub fn reread_partitions(path: &Path) -> std::result::Result<(), io::Error> {
     Ok(())
 }
 
-/// Runs `produce` on its own thread, filling chunks, and `consume` on this one, in order, so
-/// that reading (and hashing, decompressing) overlaps writing. Returns the bytes passed.
+/// Runs `produce` on its own thread, filling buffers of `buf_len` bytes, and `consume` on this
+/// one, in order, so that reading (and hashing, decompressing) overlaps writing. Returns the
+/// bytes passed.
 fn pipeline(
+    buf_len: usize,
     mut produce: impl FnMut(&mut [u8]) -> io::Result<usize> + Send,
     mut consume: impl FnMut(u64, &[u8]) -> Result<()>,
 ) -> Result<u64> {
@@ -544,7 +555,7 @@ fn pipeline(
         let (full_tx, full_rx) = mpsc::sync_channel::<(AlignedBuf, usize)>(DEPTH);
         let (free_tx, free_rx) = mpsc::channel::<AlignedBuf>();
         for _ in 0..DEPTH + 2 {
-            let _ = free_tx.send(AlignedBuf::new(CHUNK));
+            let _ = free_tx.send(AlignedBuf::new(buf_len));
         }
         let producer = s.spawn(move || -> io::Result<()> {
             while let Ok(mut buf) = free_rx.recv() {

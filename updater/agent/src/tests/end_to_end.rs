@@ -139,6 +139,7 @@ fn real_install_through_the_agent_then_bless() {
             running: Slot::A,
         },
         key: key.verifying_key(),
+        freeze_file: None,
     };
     let mut host = FakeHost::new();
     {
@@ -198,6 +199,7 @@ fn a_flipped_byte_in_a_signed_payload_changes_no_entry() {
             running: Slot::A,
         },
         key: key.verifying_key(),
+        freeze_file: None,
     };
     let before = real.boot_entries().unwrap();
     let usr_a_before = partition_sha(&disk, "USR-A");

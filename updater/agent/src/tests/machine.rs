@@ -134,6 +134,30 @@ fn inactive_unit_is_not_blessed() {
     assert!(env.events().is_empty());
 }
 
+/// A failed unit (`degraded`) ends the health wait at once: not blessed, and with a reboot
+/// strategy the agent reboots right away instead of waiting out the timeout.
+#[test]
+fn degraded_is_not_blessed_and_does_not_wait_out_the_timeout() {
+    let env = Env::new();
+    let (mut installer, mut host) = (FakeInstaller::new(Slot::B), FakeHost::new());
+    write_state(
+        &env,
+        State::Confirming {
+            pending: pending(Slot::B, ""),
+        },
+    );
+    host.system_state = "degraded".into();
+    {
+        let mut agent = env.agent(&mut installer, &mut host);
+        agent.step().unwrap();
+        let error = agent.status().last_error.clone().unwrap();
+        assert!(error.contains("degraded"), "{error}");
+    }
+    assert_eq!(installer.blessed, 0);
+    assert_eq!(env.saved().state.name(), "rebooting");
+    assert!(host.slept.is_empty(), "slept {:?}", host.slept);
+}
+
 /// The boot loader fell back to the old slot: 3/0 with the fallback code, the version marked bad,
 /// and the same version offered again is not taken.
 #[test]

@@ -1,0 +1,325 @@
+//! What the update scenarios share: the versions `cargo xtask test` built, the update server
+//! running on the host (reached by the guests through a `guestfwd`), the agent's configuration,
+//! and the evidence a failed scenario leaves behind.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use kiln_qemu::{Accel, GuestFwd, GuestFwdTarget, Vm, VmConfig};
+use kiln_server::client::AdminClient;
+use kiln_server::serve::{self, Background, ServeConfig};
+use serde_json::Value;
+
+/// Where guests find the update server: an address of QEMU's user network that `guestfwd`
+/// relays to the server on the host's 127.0.0.1.
+pub const SERVER_GUEST_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 100);
+pub const SERVER_GUEST_PORT: u16 = 8470;
+/// The channel the scenarios publish to: the image's default (`KILN_CHANNEL`).
+pub const CHANNEL: &str = "stable";
+const TOKEN: &str = "kiln-ci-admin-token-not-secret";
+
+/// One built version: `<dir>/update.payload`, `<dir>/disk.raw`, `<dir>/work/usr.img`.
+#[derive(Clone, Debug)]
+pub struct Version {
+    pub version: String,
+    pub dir: PathBuf,
+}
+
+impl Version {
+    /// The version under test (v1): the disk the scenarios boot.
+    pub fn under_test() -> Version {
+        let disk = crate::disk_under_test();
+        let dir = disk.parent().expect("the disk's directory").to_path_buf();
+        let version = std::env::var("KILN_CI_VERSION")
+            .expect("KILN_CI_VERSION is not set: the VM scenarios run through `cargo xtask test`");
+        Version { version, dir }
+    }
+
+    /// A version `cargo xtask test` built for the update scenarios, named by `var`
+    /// (`KILN_CI_V2`, `KILN_CI_V3_BROKEN`): its output directory, named after the version.
+    pub fn from_env(var: &str) -> Version {
+        let dir = PathBuf::from(std::env::var_os(var).unwrap_or_else(|| {
+            panic!("{var} is not set: the update scenarios run through `cargo xtask test`, which builds that version first")
+        }));
+        assert!(
+            dir.join("update.payload").is_file(),
+            "{var}={} has no update.payload",
+            dir.display()
+        );
+        let version = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("a version directory")
+            .to_owned();
+        Version { version, dir }
+    }
+
+    pub fn payload(&self) -> PathBuf {
+        self.dir.join("update.payload")
+    }
+
+    pub fn disk(&self) -> PathBuf {
+        self.dir.join("disk.raw")
+    }
+
+    /// SHA-256 (hex) of the first `len` bytes of this version's USR image: what its slot holds.
+    pub fn usr_sha256(&self, len: u64) -> String {
+        let img = self.dir.join("work/usr.img");
+        sha256_prefix(&img, len)
+    }
+
+    /// The USR image's length in bytes (filesystem, verity superblock and tree).
+    pub fn usr_len(&self) -> u64 {
+        let img = self.dir.join("work/usr.img");
+        std::fs::metadata(&img)
+            .unwrap_or_else(|e| panic!("{}: {e}", img.display()))
+            .len()
+    }
+}
+
+/// SHA-256 (hex) of the first `len` bytes of `path`.
+pub fn sha256_prefix(path: &Path, len: u64) -> String {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut hasher = Sha256::new();
+    let copied = std::io::copy(&mut file.take(len), &mut hasher)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    assert_eq!(
+        copied,
+        len,
+        "{} is shorter than {len} bytes",
+        path.display()
+    );
+    hex(&hasher.finalize())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The Omaha app id every version carries (image.toml's `app_id`).
+pub fn app_id() -> String {
+    let def = crate::workspace().join("image/image.toml");
+    kiln_image::definition::Definition::load(&def)
+        .unwrap_or_else(|e| panic!("{}: {e:#}", def.display()))
+        .image
+        .app_id
+}
+
+/// Kiln's update server on 127.0.0.1 with its database in the scenario's directory, trusting the
+/// build's update key.
+pub struct UpdateServer {
+    server: Background,
+    pub admin: AdminClient,
+    pub db: PathBuf,
+    pub app: String,
+}
+
+impl UpdateServer {
+    pub fn start(dir: &Path, public_key: &Path) -> UpdateServer {
+        let db = dir.join("server.db");
+        let cfg = ServeConfig {
+            db: db.clone(),
+            data_dir: dir.join("server-data"),
+            listen: "127.0.0.1:0".parse().expect("an address"),
+            token: Some(TOKEN.to_owned()),
+            public_key: Some(public_key.to_owned()),
+            public_url: Some(format!("http://{SERVER_GUEST_ADDR}:{SERVER_GUEST_PORT}/")),
+            stale_after_days: 0,
+        };
+        let server = serve::spawn(&cfg).expect("starting the update server");
+        let admin = AdminClient::new(&format!("http://{}/", server.addr), TOKEN);
+        let app = app_id();
+        eprintln!(
+            "update server on {} (database {})",
+            server.addr,
+            db.display()
+        );
+        UpdateServer {
+            server,
+            admin,
+            db,
+            app,
+        }
+    }
+
+    /// Uploads `v`'s payload (the server checks its signature) and points the channel at it.
+    pub fn publish(&self, v: &Version) {
+        self.admin
+            .publish(&self.app, Some(CHANNEL), &v.payload(), None)
+            .unwrap_or_else(|e| panic!("publishing {}: {e}", v.version));
+        eprintln!("published {} to {CHANNEL}", v.version);
+    }
+
+    /// The `guestfwd` that lets a guest reach this server at [`SERVER_GUEST_ADDR`].
+    pub fn guest_forward(&self) -> GuestFwd {
+        GuestFwd {
+            guest_addr: SERVER_GUEST_ADDR,
+            guest_port: SERVER_GUEST_PORT,
+            target: GuestFwdTarget::Relay(self.server.addr.port()),
+        }
+    }
+
+    /// What the server knows of one machine: `{"instance": …, "events": […]}`.
+    pub fn instance(&self, machine_id: &str) -> Value {
+        self.admin
+            .instance(&self.app, machine_id)
+            .unwrap_or_else(|e| panic!("asking the server about {machine_id}: {e}"))
+    }
+
+    /// Polls the machine's record until `done` accepts it; panics after `timeout` with the last.
+    pub fn wait_instance(
+        &self,
+        machine_id: &str,
+        timeout: Duration,
+        what: &str,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + timeout;
+        let mut last = Value::Null;
+        while Instant::now() < deadline {
+            if let Ok(v) = self.admin.instance(&self.app, machine_id) {
+                if done(&v) {
+                    return v;
+                }
+                last = v;
+            }
+            std::thread::sleep(Duration::from_secs(2));
+        }
+        panic!(
+            "the server did not see {what} for {machine_id} within {timeout:?}; last record:\n{last:#}\ndatabase: {}",
+            self.db.display()
+        )
+    }
+}
+
+/// The events of an instance record as `type/result` strings in the order they came
+/// (`13/1`, `14/1`, `3/1`, `3/2`, `3/0`), for asserting on their order.
+pub fn event_codes(record: &Value) -> Vec<String> {
+    let mut events: Vec<&Value> = record["events"]
+        .as_array()
+        .map(|a| a.iter().collect())
+        .unwrap_or_default();
+    // The server lists the newest first; the scenario reads them as they happened.
+    events.sort_by_key(|e| e["at"].as_i64().unwrap_or(0));
+    events
+        .iter()
+        .map(|e| format!("{}/{}", e["event_type"], e["event_result"]))
+        .collect()
+}
+
+/// The `write_files` entry of a cloud-config that points the agent at the scenario's server.
+/// `extra` holds more `key = value` lines (health units, lock settings).
+pub fn update_conf_write_file(strategy: &str, extra: &str) -> String {
+    let conf = format!(
+        "server = \"http://{SERVER_GUEST_ADDR}:{SERVER_GUEST_PORT}/v1/update/\"\n\
+         reboot_strategy = \"{strategy}\"\n\
+         check_interval = \"15s\"\n\
+         http_timeout = \"60s\"\n\
+         health_timeout = \"90s\"\n\
+         {extra}"
+    );
+    let indented: String = conf.lines().map(|l| format!("      {l}\n")).collect();
+    format!(
+        "  - path: /etc/kiln/update.conf\n    permissions: \"0644\"\n    content: |\n{indented}"
+    )
+}
+
+/// `<VERSION_ID> <slot>` of the running system, as a guest command.
+pub const RUNNING: &str = ". /usr/lib/os-release; echo \"$VERSION_ID $(grep -o 'kiln\\.slot=[ab]' /proc/cmdline | cut -d= -f2)\"";
+
+/// Starts a machine on `v`'s disk (through a copy-on-write overlay in `work`) whose cloud-config
+/// lets `public_key` in as `core` and points its agent at `server` with reboot `strategy`.
+pub fn start_machine(
+    name: &str,
+    work: &Path,
+    v: &Version,
+    public_key: &str,
+    strategy: &str,
+    server: &UpdateServer,
+) -> Vm {
+    let doc = format!(
+        "#cloud-config\nhostname: {name}\nssh_authorized_keys:\n  - {public_key}\nwrite_files:\n{}",
+        update_conf_write_file(strategy, "")
+    );
+    kiln_config::parse(&doc).expect("the scenario's cloud-config is valid");
+    let config = work.join("cloud-config.yml");
+    std::fs::write(&config, &doc).unwrap();
+    let mut cfg = VmConfig::new(name, work);
+    cfg.disk = Some(crate::overlay(&v.disk(), &work.join("guest.qcow2"), "8G").unwrap());
+    cfg.persist = true;
+    cfg.accel = Accel::Auto;
+    cfg.memory_mib = 1536;
+    cfg.ssh_forward = true;
+    cfg.config_file = Some(config);
+    cfg.guest_forwards = vec![server.guest_forward()];
+    Vm::start(&cfg).unwrap_or_else(|e| panic!("starting {name}: {e}"))
+}
+
+/// Leaves a failed scenario's evidence where the test output names it: each machine's agent
+/// state and journals (fetched over ssh while it still answers), its serial log, and the update
+/// server's database. Does nothing when the scenario passes. It keeps no borrow of the VMs, so
+/// a scenario can power-cycle them while it lives.
+pub struct Evidence {
+    dir: PathBuf,
+    db: PathBuf,
+    machines: Vec<Machine>,
+}
+
+struct Machine {
+    name: String,
+    ssh_port: Option<u16>,
+    serial_log: PathBuf,
+    key: PathBuf,
+}
+
+impl Evidence {
+    pub fn new(dir: &Path, server: &UpdateServer, vms: &[&Vm], key: &Path) -> Evidence {
+        Evidence {
+            dir: dir.to_owned(),
+            db: server.db.clone(),
+            machines: vms
+                .iter()
+                .map(|vm| Machine {
+                    name: vm.name().to_owned(),
+                    ssh_port: vm.ssh_port(),
+                    serial_log: vm.serial_log().to_owned(),
+                    key: key.to_owned(),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl Drop for Evidence {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        eprintln!("scenario failed; evidence in {}:", self.dir.display());
+        eprintln!("  update server database: {}", self.db.display());
+        let cmd = "sudo kiln-update status; sudo cat /var/lib/kiln/update/state.json; \
+                   sudo journalctl -b -1 -u kiln-update-agent --no-pager; \
+                   sudo journalctl -b -u kiln-update-agent --no-pager";
+        for m in &self.machines {
+            eprintln!("  {} serial log: {}", m.name, m.serial_log.display());
+            let Some(port) = m.ssh_port else { continue };
+            let out = self.dir.join(format!("{}-agent.txt", m.name));
+            let fetched =
+                kiln_qemu::ssh_command(&m.key, "core", port, cmd, Duration::from_secs(30))
+                    .ok()
+                    .and_then(|mut c| c.output().ok());
+            match fetched {
+                Some(o) => {
+                    let mut text = o.stdout;
+                    text.extend_from_slice(&o.stderr);
+                    let _ = std::fs::write(&out, text);
+                    eprintln!("  {} agent state and journal: {}", m.name, out.display());
+                }
+                None => eprintln!("  {}: the agent's journal could not be fetched", m.name),
+            }
+        }
+    }
+}
