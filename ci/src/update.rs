@@ -218,7 +218,7 @@ pub fn update_conf_write_file(strategy: &str, extra: &str) -> String {
          reboot_strategy = \"{strategy}\"\n\
          check_interval = \"15s\"\n\
          http_timeout = \"60s\"\n\
-         health_timeout = \"90s\"\n\
+         health_timeout = \"10m\"\n\
          {extra}"
     );
     let indented: String = conf.lines().map(|l| format!("      {l}\n")).collect();

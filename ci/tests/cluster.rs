@@ -135,7 +135,10 @@ write_files:
         addr = node.addr,
         cluster = cluster.join(","),
         mac = mac_text(&node.mac),
-        update = update_conf_write_file("etcd-lock", "health_units = [\"etcd.service\"]\n"),
+        update = update_conf_write_file(
+            "etcd-lock",
+            "health_units = [\"etcd.service\"]\nlock_retry = \"20s\"\n",
+        ),
     )
 }
 

@@ -170,7 +170,8 @@ fn v1_updates_to_v2_rolls_back_by_hand_and_a_bad_v3_falls_back_by_itself() {
     assert!(said.contains("checked: state idle"), "{said}");
     for _ in 0..3 {
         std::thread::sleep(Duration::from_secs(10));
-        let state = guest(&vm, &key, "sudo kiln-update status | head -n 1");
+        let status = guest(&vm, &key, "sudo kiln-update status");
+        let state = status.lines().next().unwrap_or_default().to_owned();
         assert!(
             state.ends_with(" idle") || state.ends_with(" checking"),
             "{state}"

@@ -23,8 +23,6 @@ use crate::strategy::Strategy;
 const BACKOFF_BASE: Duration = Duration::from_secs(30);
 /// No backoff wait is longer than this.
 const BACKOFF_MAX: Duration = Duration::from_secs(3600);
-/// How often a machine waiting for the reboot lock asks again.
-const LOCK_POLL: Duration = Duration::from_secs(300);
 /// How long to wait for a reboot that was asked for before asking again.
 const REBOOT_WAIT: Duration = Duration::from_secs(300);
 /// Health polling interval after a reboot.
@@ -310,11 +308,11 @@ impl<'a> Agent<'a> {
         if let Some(lock) = &self.strategy.lock {
             match lock.acquire() {
                 Ok(true) => self.status.lock_held = true,
-                Ok(false) => return Ok(Next::Wait(self.jittered(LOCK_POLL))),
+                Ok(false) => return Ok(Next::Wait(self.jittered(self.config.lock_retry))),
                 Err(e) => {
                     self.status.last_error = Some(format!("taking the reboot lock: {e}"));
                     self.save()?;
-                    return Ok(Next::Wait(self.jittered(LOCK_POLL)));
+                    return Ok(Next::Wait(self.jittered(self.config.lock_retry)));
                 }
             }
         }

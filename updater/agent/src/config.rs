@@ -65,6 +65,8 @@ pub struct Config {
     pub etcd_lock_key: String,
     /// Lease TTL of the etcd lock: a machine that never comes back frees the lock after this.
     pub etcd_lock_ttl: Duration,
+    /// How long a machine waits before asking again for a reboot lock another machine holds.
+    pub lock_retry: Duration,
     /// Base URL of the FleetLock server for `fleetlock`.
     pub fleetlock_url: Option<String>,
     /// The FleetLock group this machine belongs to.
@@ -90,6 +92,7 @@ impl Default for Config {
             etcd_endpoints: vec!["http://127.0.0.1:2379".to_owned()],
             etcd_lock_key: "/kiln/reboot-lock".to_owned(),
             etcd_lock_ttl: Duration::from_secs(3600),
+            lock_retry: Duration::from_secs(300),
             fleetlock_url: None,
             fleetlock_group: "default".to_owned(),
             health_units: Vec::new(),
@@ -175,6 +178,7 @@ impl Config {
             "fleetlock_group" => self.fleetlock_group = f.string()?,
             "health_units" => self.health_units = f.list()?,
             "health_timeout" => self.health_timeout = f.duration()?,
+            "lock_retry" => self.lock_retry = f.duration()?,
             // Read together by `window_from`, since either alone means nothing.
             "window_start" | "window_length" => {}
             _ => self.warnings.push(format!(
