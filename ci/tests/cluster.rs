@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use base64::Engine as _;
 use kiln_ci::update::{update_conf_write_file, Evidence, UpdateServer, Version, RUNNING};
 use kiln_ci::{guest, overlay, wait_in_guest, work_dir};
 use kiln_qemu::{free_port, ssh_keygen, Accel, HostFwd, SocketMode, SocketNic, Vm, VmConfig};
@@ -240,7 +241,7 @@ fn watch_cluster(members: Vec<SocketAddr>, stop: Arc<AtomicBool>) -> Arc<Mutex<W
             // base64 of "/kiln-ci/writer" and of the counter.
             let body = format!(
                 "{{\"key\":\"L2tpbG4tY2kvd3JpdGVy\",\"value\":\"{}\"}}",
-                base64_digits(n)
+                base64::engine::general_purpose::STANDARD.encode(n.to_string())
             );
             let at = Instant::now();
             // Like a client with several endpoints: stay with the member that answered last.
@@ -272,29 +273,6 @@ fn watch_cluster(members: Vec<SocketAddr>, stop: Arc<AtomicBool>) -> Arc<Mutex<W
         }
     });
     watch
-}
-
-/// `n` in decimal, base64-encoded (etcd's JSON gateway takes values as base64).
-fn base64_digits(n: u64) -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let bytes = n.to_string().into_bytes();
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let v = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(v >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 /// The longest stretch from a failed write to the next successful one.
