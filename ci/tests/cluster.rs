@@ -15,7 +15,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use kiln_ci::update::{update_conf_write_file, Evidence, UpdateServer, Version, RUNNING};
@@ -275,24 +275,24 @@ fn watch_cluster(members: Vec<SocketAddr>, stop: Arc<AtomicBool>) -> Arc<Mutex<W
     watch
 }
 
-/// The longest stretch from a failed write to the next successful one.
-fn longest_write_outage(writes: &[(Instant, bool)]) -> Duration {
-    let mut longest = Duration::ZERO;
+/// Each stretch from a failed write to the next successful one (or the last write).
+fn write_outages(writes: &[(Instant, bool)]) -> Vec<(Instant, Instant)> {
+    let mut outages = Vec::new();
     let mut failing_since: Option<Instant> = None;
     for &(at, ok) in writes {
         match (ok, failing_since) {
             (false, None) => failing_since = Some(at),
             (true, Some(since)) => {
-                longest = longest.max(at - since);
+                outages.push((since, at));
                 failing_since = None;
             }
             _ => {}
         }
     }
     if let (Some(since), Some(&(last, _))) = (failing_since, writes.last()) {
-        longest = longest.max(last - since);
+        outages.push((since, last));
     }
-    longest
+    outages
 }
 
 /// The lock key's history as etcd keeps it: `PUT <holder>` and `DELETE`, oldest first.
@@ -521,12 +521,35 @@ fn three_nodes_form_an_etcd_cluster_find_each_others_services_and_update_one_at_
             );
         }
     }
-    let outage = longest_write_outage(&watch.writes);
+    let outages = write_outages(&watch.writes);
+    let outage = outages
+        .iter()
+        .map(|(a, b)| *b - *a)
+        .max()
+        .unwrap_or_default();
     let failed = watch.writes.iter().filter(|(_, ok)| !ok).count();
     eprintln!(
-        "writer: {} writes, {failed} failed, longest outage {:.1} s",
+        "writer: {} writes, {failed} failed, longest outage {:.1} s; outages (s into the update): {:?}",
         watch.writes.len(),
-        outage.as_secs_f64()
+        outage.as_secs_f64(),
+        outages
+            .iter()
+            .map(|(a, b)| format!("{:.1}..{:.1}", (*a - t).as_secs_f64(), (*b - t).as_secs_f64()))
+            .collect::<Vec<_>>()
+    );
+    // Leader elections as each member logged them, on the guests' clocks: what a long
+    // outage lines up with.
+    for vm in &vms {
+        let elections = guest(
+            vm,
+            &key,
+            "sudo journalctl -u etcd --no-pager -o short-iso-precise | grep -E 'elected leader|lost leader|became candidate|became pre-candidate' | tail -n 20 || true",
+        );
+        eprintln!("{} etcd elections:\n{elections}", vm.name());
+    }
+    eprintln!(
+        "update began at {} s since the epoch",
+        watch.started_at.duration_since(UNIX_EPOCH).unwrap().as_secs()
     );
     assert!(
         outage <= MAX_WRITE_OUTAGE,

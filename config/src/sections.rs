@@ -18,6 +18,7 @@ const ETCD_KEYS: &[(&str, bool)] = &[
     ("snapshot-count", false),
     ("heartbeat-interval", false),
     ("election-timeout", false),
+    ("pre-vote", true),
     ("listen-peer-urls", false),
     ("listen-client-urls", false),
     ("max-snapshots", false),

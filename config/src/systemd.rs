@@ -277,7 +277,7 @@ pub(crate) fn network_unit(iface: &NetworkInterface) -> String {
     s
 }
 
-/// The etcd environment file: every setting as `ETCD_*`, data dir defaulted.
+/// The etcd environment file: every setting as `ETCD_*`, data dir and pre-vote defaulted.
 pub(crate) fn etcd_env(etcd: &Etcd) -> String {
     let mut s =
         String::from("# Written by kiln-config from the cloud-config; read by etcd.service.\n");
@@ -285,6 +285,11 @@ pub(crate) fn etcd_env(etcd: &Etcd) -> String {
     settings
         .entry("data-dir".into())
         .or_insert_with(|| ETCD_DEFAULT_DATA_DIR.into());
+    // etcd 3.5's default, off in Debian's 3.4: a member that rejoins after a reboot asks
+    // before it campaigns, instead of deposing a healthy leader with a higher term.
+    settings
+        .entry("pre-vote".into())
+        .or_insert_with(|| "true".into());
     for (k, v) in &settings {
         s.push_str(&format!(
             "ETCD_{}={}\n",

@@ -341,6 +341,15 @@ fn yaml_1_1_booleans_and_spellings() {
 }
 
 #[test]
+fn etcd_pre_vote_is_on_unless_the_document_turns_it_off() {
+    let env = |doc: &str| crate::systemd::etcd_env(parsed(doc).config.kiln.etcd.as_ref().unwrap());
+    assert!(env("#cloud-config\nkiln:\n  etcd:\n    name: n\n").contains("\nETCD_PRE_VOTE=true\n"));
+    let off = env("#cloud-config\nkiln:\n  etcd:\n    name: n\n    pre-vote: false\n");
+    assert!(off.contains("\nETCD_PRE_VOTE=false\n"), "{off}");
+    assert!(!off.contains("ETCD_PRE_VOTE=true"), "{off}");
+}
+
+#[test]
 fn groups_as_comma_string_and_duplicate_keys() {
     let doc = "#cloud-config\nhostname: a\nhostname: b\nusers:\n  - name: x\n    groups: sudo, docker\n    ssh_authorized_keys: [k1]\n    ssh-authorized-keys: [k2]\n";
     let p = parsed(doc);
@@ -529,7 +538,8 @@ fn apply_coreos_document() {
          ETCD_INITIAL_ADVERTISE_PEER_URLS=http://10.0.0.11:2380\n\
          ETCD_LISTEN_CLIENT_URLS=http://0.0.0.0:2379,http://0.0.0.0:4001\n\
          ETCD_LISTEN_PEER_URLS=http://10.0.0.11:2380\n\
-         ETCD_NAME=node-1\n"
+         ETCD_NAME=node-1\n\
+         ETCD_PRE_VOTE=true\n"
     );
     assert_eq!(
         read(r, "etc/environment"),

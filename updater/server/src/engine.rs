@@ -113,8 +113,16 @@ struct AppState {
     offers: HashMap<String, Arc<Offer>>,
     channels: HashMap<String, ChannelState>,
     instances: HashMap<String, Instance>,
+    /// Each instance as last sent to the store: an instance is written when it changed, and
+    /// when only its check-in time did, at most every [`CHECK_IN_WRITE_EVERY`].
+    persisted: HashMap<String, Instance>,
     versions: HashMap<String, VersionStats>,
 }
+
+/// How stale an instance's check-in time in the store may get while nothing else about it
+/// changes: what a restart can set it back by. (Expiry counts in days; the dashboard and the
+/// API read the engine's memory, which is always current.)
+const CHECK_IN_WRITE_EVERY: Timestamp = 60;
 
 /// How the engine builds URLs.
 #[derive(Debug, Clone)]
@@ -554,7 +562,24 @@ impl AppState {
             offers: HashMap::new(),
             channels: HashMap::new(),
             instances: HashMap::new(),
+            persisted: HashMap::new(),
             versions: HashMap::new(),
+        }
+    }
+
+    /// Sends the machine's instance to the store if the store's copy is out of date.
+    fn persist(&mut self, machine: &str, writer: &Writer) {
+        let Some(instance) = self.instances.get(machine) else {
+            return;
+        };
+        let due = self.persisted.get(machine).is_none_or(|stored| {
+            instance.last_check >= stored.last_check + CHECK_IN_WRITE_EVERY
+                || !same_but_check_in(instance, stored)
+        });
+        if due {
+            writer.send(Write::Instance(instance.clone()));
+            self.persisted
+                .insert(machine.to_owned(), instance.clone());
         }
     }
 
@@ -574,6 +599,8 @@ impl AppState {
                 }
             }
         }
+        self.persisted
+            .insert(instance.machine_id.clone(), instance.clone());
         self.instances.insert(instance.machine_id.clone(), instance);
     }
 
@@ -650,40 +677,39 @@ impl AppState {
                 None => ResponseApp::noupdate(&app.appid).acknowledge(app),
             },
         };
-        if let Some(instance) = self.instances.get(&machine) {
-            writer.send(Write::Instance(instance.clone()));
-        }
+        self.persist(&machine, writer);
         response
     }
 
     /// Updates the instance from the request's attributes and events.
     fn check_in(&mut self, machine: &str, app: &App, now: Timestamp, writer: &Writer) {
-        let version = app.version.clone().unwrap_or_default();
+        let version = app.version.as_deref().unwrap_or_default();
         let channel = app
             .track
             .as_deref()
             .filter(|t| !t.is_empty())
-            .unwrap_or(DEFAULT_CHANNEL)
-            .to_owned();
-        let instance = self
-            .instances
-            .entry(machine.to_owned())
-            .or_insert_with(|| Instance {
+            .unwrap_or(DEFAULT_CHANNEL);
+        // Taken out of the map while the events change it (they need `self` too), and put
+        // back under the same key: no copy of the instance, no new key.
+        let (key, mut instance) = self.instances.remove_entry(machine).unwrap_or_else(|| {
+            let fresh = Instance {
                 machine_id: machine.to_owned(),
                 app_id: self.record.id.clone(),
-                version: version.clone(),
-                channel: channel.clone(),
+                version: version.to_owned(),
+                channel: channel.to_owned(),
                 status: Status::Idle,
                 target_version: None,
                 granted_at: None,
                 last_check: now,
                 last_error: None,
                 boot_id: None,
-            });
+            };
+            (machine.to_owned(), fresh)
+        });
         // Installed, then a new boot still on the old version: the new slot did not come up
         // and the boot loader went back to the old one.
         let rebooted_on_old_version = instance.status == Status::Installed
-            && instance.target_version.as_deref() != Some(version.as_str())
+            && instance.target_version.as_deref() != Some(version)
             && app
                 .events
                 .iter()
@@ -694,10 +720,13 @@ impl AppState {
                     .as_deref()
                     .is_some_and(|old| !omaha::ids_equal(old, boot))
             });
-        instance.version = version.clone();
-        instance.channel = channel;
+        if instance.version != version {
+            instance.version = version.to_owned();
+        }
+        if instance.channel != channel {
+            instance.channel = channel.to_owned();
+        }
         instance.last_check = now;
-        let mut instance = instance.clone();
         for event in &app.events {
             self.apply_event(&mut instance, event, now, writer);
         }
@@ -709,7 +738,7 @@ impl AppState {
                 now,
                 writer,
             );
-        } else if instance.target_version.as_deref() == Some(version.as_str())
+        } else if instance.target_version.as_deref() == Some(version)
             && (instance.status.in_flight() || instance.status == Status::Error)
         {
             // Running the granted version is success, whether or not the 3/2 event got through.
@@ -718,7 +747,7 @@ impl AppState {
         if let Some(boot) = &app.bootid {
             instance.boot_id = Some(normalize_id(boot));
         }
-        self.instances.insert(machine.to_owned(), instance);
+        self.instances.insert(key, instance);
     }
 
     fn apply_event(
@@ -876,8 +905,8 @@ impl AppState {
                 now,
                 writer,
             );
-            writer.send(Write::Instance(instance.clone()));
-            self.instances.insert(machine, instance);
+            self.instances.insert(machine.clone(), instance);
+            self.persist(&machine, writer);
         }
     }
 
@@ -944,6 +973,7 @@ impl AppState {
             .map(|i| i.machine_id.clone())
             .collect();
         for machine in &stale {
+            self.persisted.remove(machine);
             if let Some(instance) = self.instances.remove(machine) {
                 if let Some(target) = &instance.target_version {
                     if let Some(stats) = self.versions.get_mut(target) {
@@ -1005,6 +1035,32 @@ impl AppState {
 
 /// App ids are stored normalized; anything but hex digits, letters and dashes is refused, since
 /// the id becomes part of payload paths and URLs.
+/// Whether two states of an instance differ in nothing but the check-in time. (Every field is
+/// named, so a new one cannot be forgotten here.)
+fn same_but_check_in(a: &Instance, b: &Instance) -> bool {
+    let Instance {
+        machine_id,
+        app_id,
+        version,
+        channel,
+        status,
+        target_version,
+        granted_at,
+        last_check: _,
+        last_error,
+        boot_id,
+    } = a;
+    *machine_id == b.machine_id
+        && *app_id == b.app_id
+        && *version == b.version
+        && *channel == b.channel
+        && *status == b.status
+        && *target_version == b.target_version
+        && *granted_at == b.granted_at
+        && *last_error == b.last_error
+        && *boot_id == b.boot_id
+}
+
 fn checked_app_id(id: &str) -> Result<String, EngineError> {
     let id = normalize_id(id);
     checked_name("app id", &id)?;

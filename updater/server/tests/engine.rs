@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 use kiln_server::model::{Policy, Status};
+use kiln_server::store::Store as _;
 use kiln_updater::omaha::Event;
 
 #[test]
@@ -354,4 +355,47 @@ fn state_survives_a_restart() {
     );
     // The in-flight update was restored, so safe mode still holds the next machine back.
     assert!(!offered(&check(&engine, app("m2", "1.0.0", "stable"))));
+}
+
+#[test]
+fn an_instance_reaches_the_store_when_it_changes_and_its_check_in_time_once_a_minute() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("kiln.db");
+    let clock = kiln_server::clock::ManualClock::new(10_000);
+    let engine = kiln_server::Engine::open(
+        Box::new(kiln_server::store::SqliteStore::open(&db).unwrap()),
+        std::sync::Arc::new(clock.clone()),
+        kiln_server::EngineConfig {
+            public_url: "http://h/".into(),
+        },
+    )
+    .unwrap();
+    engine.publish(package("1.1.0"), Some("stable")).unwrap();
+    // (status, last check-in) of m1 as the store has it.
+    let stored = || {
+        engine.flush().unwrap();
+        let snapshot = kiln_server::store::SqliteStore::open(&db)
+            .unwrap()
+            .load()
+            .unwrap();
+        let m1 = snapshot.instances.iter().find(|i| i.machine_id == "m1");
+        m1.map(|i| (i.status, i.last_check))
+    };
+    let plain = || app("m1", "1.0.0", "stable");
+    assert!(offered(&check(&engine, plain())));
+    assert_eq!(stored(), Some((Status::Granted, 10_000)));
+    clock.advance(30);
+    check(&engine, plain());
+    assert_eq!(stored(), Some((Status::Granted, 10_000)), "only the time changed");
+    clock.advance(10);
+    check(&engine, with_events(plain(), vec![Event::installed()]));
+    assert_eq!(stored(), Some((Status::Installed, 10_040)), "a change goes at once");
+    clock.advance(59);
+    check(&engine, plain());
+    assert_eq!(stored(), Some((Status::Installed, 10_040)));
+    clock.advance(1);
+    check(&engine, plain());
+    assert_eq!(stored(), Some((Status::Installed, 10_100)), "a minute on, the time too");
+    // The engine itself always answers with the latest.
+    assert_eq!(engine.instance(APP, "m1", 1).unwrap().0.last_check, 10_100);
 }

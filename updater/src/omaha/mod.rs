@@ -7,6 +7,7 @@
 
 mod client;
 mod error;
+mod request_reader;
 mod safety;
 mod server;
 #[cfg(test)]
@@ -536,7 +537,12 @@ impl Request {
 
     /// Reads a request, refusing DTDs, unknown entities, oversized and malformed documents.
     pub fn parse(xml: &str) -> Result<Request, OmahaError> {
-        let request: Request = safety::parse_document(xml, "request")?;
+        let mut sink = request_reader::RequestSink::new();
+        safety::check_document(xml, "request", &mut sink)?;
+        let request = sink.finish().map_err(|message| OmahaError::Shape {
+            root: "request",
+            source: quick_xml::DeError::Custom(message),
+        })?;
         check_protocol("request", &request.protocol)?;
         Ok(request)
     }

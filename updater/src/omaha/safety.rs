@@ -1,6 +1,10 @@
-//! The guard in front of the serde reader: Omaha documents arrive from the network (at the server,
+//! The guard in front of the readers: Omaha documents arrive from the network (at the server,
 //! from any machine), so size, DTDs, entities, depth and well-formedness are checked before any
-//! value is built.
+//! value is built. The walk hands each checked element and attribute to a [`Sink`]: the
+//! server's request reader builds its request there in the same pass; responses are read by
+//! serde after the walk.
+
+use std::borrow::Cow;
 
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::{Reader, XmlVersion};
@@ -24,27 +28,58 @@ pub(super) fn parse_document<T: DeserializeOwned>(
     xml: &str,
     root: &'static str,
 ) -> Result<T, OmahaError> {
-    check_document(xml, root)?;
+    check_document(xml, root, &mut ())?;
     quick_xml::de::from_str(xml).map_err(|source| OmahaError::Shape { root, source })
 }
 
-/// Walks the whole document once with the low-level reader. The serde reader silently skips
-/// a DOCTYPE and tolerates a second root or trailing text; this pass makes those errors.
-fn check_document(xml: &str, expected_root: &'static str) -> Result<(), OmahaError> {
+/// What sees the document's elements as the walk checks them, in document order.
+pub(super) trait Sink {
+    /// An element starts (its attributes follow, then its children, then `close`).
+    fn open(&mut self, name: &str);
+    /// An attribute of the element opened last, its value unescaped and normalized.
+    fn attribute(&mut self, key: &str, value: Cow<'_, str>) -> Result<(), String>;
+    /// The element opened last ends. `Err` says what the element lacks.
+    fn close(&mut self) -> Result<(), String>;
+}
+
+/// The walk alone, for readers that build their values afterwards.
+impl Sink for () {
+    fn open(&mut self, _: &str) {}
+    fn attribute(&mut self, _: &str, _: Cow<'_, str>) -> Result<(), String> {
+        Ok(())
+    }
+    fn close(&mut self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// Walks the whole document once with the low-level reader, handing each element to `sink`.
+/// The serde reader silently skips a DOCTYPE and tolerates a second root or trailing text;
+/// this pass makes those errors. A sink's error is a [`OmahaError::Shape`] of `<expected_root>`.
+pub(super) fn check_document(
+    xml: &str,
+    expected_root: &'static str,
+    sink: &mut dyn Sink,
+) -> Result<(), OmahaError> {
     if xml.len() > MAX_DOCUMENT_BYTES {
         return Err(OmahaError::TooLarge {
             size: xml.len(),
             max: MAX_DOCUMENT_BYTES,
         });
     }
-    if let Some((at, c)) = xml.char_indices().find(|&(_, c)| !is_xml_char(c)) {
+    if let Some((at, c)) = first_non_xml_char(xml) {
         return Err(malformed(
             xml,
             at,
             format!("character U+{:04X} is not allowed in XML", u32::from(c)),
         ));
     }
-    let mut walk = Walk::default();
+    let mut walk = Walk {
+        open: OpenNames::default(),
+        root: None,
+        sink,
+        expected_root,
+    };
     let mut reader = Reader::from_str(xml);
     loop {
         let start = offset(reader.buffer_position());
@@ -60,22 +95,44 @@ fn check_document(xml: &str, expected_root: &'static str) -> Result<(), OmahaErr
 }
 
 /// What the walk has seen so far.
-#[derive(Default)]
-struct Walk {
+struct Walk<'s> {
     /// Names of the elements open at the current point, outermost first.
-    open: Vec<String>,
+    open: OpenNames,
     root: Option<String>,
+    sink: &'s mut dyn Sink,
+    expected_root: &'static str,
 }
 
-impl Walk {
+impl Walk<'_> {
     fn visit(&mut self, xml: &str, at: usize, event: &Event) -> Result<(), OmahaError> {
         match event {
+            Event::Decl(d) => {
+                // The serde reader refused a broken declaration; so does the walk, for the
+                // one-pass reader.
+                let broken = |e: &dyn std::fmt::Display| {
+                    malformed(xml, at, format!("the XML declaration: {e}"))
+                };
+                let version = d.version().map_err(|e| broken(&e))?;
+                let known = version.strip_prefix("1.").is_some_and(|minor| {
+                    !minor.is_empty() && minor.bytes().all(|b| b.is_ascii_digit())
+                });
+                if !known {
+                    return Err(broken(&format!("version {version:?} is not XML 1.x")));
+                }
+                if let Some(encoding) = d.encoding() {
+                    encoding.map_err(|e| broken(&e))?;
+                }
+                if let Some(standalone) = d.standalone() {
+                    standalone.map_err(|e| broken(&e))?;
+                }
+                Ok(())
+            }
             Event::DocType(_) => Err(OmahaError::Doctype {
                 line: line_column(xml, at).0,
             }),
             Event::Start(e) => {
                 self.element(xml, at, e)?;
-                self.open.push(name(e));
+                self.open.push(e.name().into_inner());
                 if self.open.len() > MAX_DEPTH {
                     return Err(OmahaError::TooDeep {
                         line: line_column(xml, at).0,
@@ -84,11 +141,14 @@ impl Walk {
                 }
                 Ok(())
             }
-            Event::Empty(e) => self.element(xml, at, e),
+            Event::Empty(e) => {
+                self.element(xml, at, e)?;
+                self.close()
+            }
             Event::End(_) => {
                 // The reader already checked that the end name matches the open element.
                 self.open.pop();
-                Ok(())
+                self.close()
             }
             Event::GeneralRef(r) => {
                 let text = String::from(&**r);
@@ -137,25 +197,46 @@ impl Walk {
             }
             self.root = Some(name(e));
         }
+        self.sink.open(e.name().into_inner());
         for attribute in e.attributes() {
             let attribute = attribute.map_err(|err| malformed(xml, at, err.to_string()))?;
             let key = attribute.key.into_inner();
+            // The raw text passed the document's character check; only a character
+            // reference can bring in another character.
+            let has_reference = attribute.value.contains('&');
             let value = attribute
                 .normalized_value(XmlVersion::Implicit1_0)
                 .map_err(|err| malformed(xml, at, format!("attribute {key}: {err}")))?;
-            if let Some(c) = value.chars().find(|&c| !is_xml_char(c)) {
+            if let Some(c) = value
+                .chars()
+                .find(|&c| has_reference && !is_xml_char(c))
+            {
                 let message = format!(
                     "attribute {key} refers to U+{:04X}, not allowed in XML",
                     u32::from(c)
                 );
                 return Err(malformed(xml, at, message));
             }
+            self.sink
+                .attribute(key, value)
+                .map_err(|message| self.shape(message))?;
         }
         Ok(())
     }
 
+    fn close(&mut self) -> Result<(), OmahaError> {
+        self.sink.close().map_err(|message| self.shape(message))
+    }
+
+    fn shape(&self, message: String) -> OmahaError {
+        OmahaError::Shape {
+            root: self.expected_root,
+            source: quick_xml::DeError::Custom(message),
+        }
+    }
+
     fn finish(self, xml: &str, expected_root: &'static str) -> Result<(), OmahaError> {
-        if let Some(open) = self.open.last() {
+        if let Some(open) = self.open.innermost() {
             return Err(malformed(
                 xml,
                 xml.len(),
@@ -171,6 +252,61 @@ impl Walk {
             Some(_) => Ok(()),
         }
     }
+}
+
+/// A stack of element names in one buffer: a document's walk allocates it once, not once per
+/// element.
+#[derive(Default)]
+struct OpenNames {
+    names: String,
+    /// Where each name ends in `names`.
+    ends: Vec<usize>,
+}
+
+impl OpenNames {
+    fn push(&mut self, name: &str) {
+        self.names.push_str(name);
+        self.ends.push(self.names.len());
+    }
+
+    fn pop(&mut self) {
+        self.ends.pop();
+        self.names.truncate(self.ends.last().copied().unwrap_or(0));
+    }
+
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    fn innermost(&self) -> Option<&str> {
+        let end = *self.ends.last()?;
+        let start = self.ends.len().checked_sub(2).map_or(0, |i| self.ends[i]);
+        Some(&self.names[start..end])
+    }
+}
+
+/// The first character of `xml` that XML does not allow, with its offset. ASCII, nearly all of
+/// an Omaha document, is checked a byte at a time without decoding.
+fn first_non_xml_char(xml: &str) -> Option<(usize, char)> {
+    let bytes = xml.as_bytes();
+    let mut at = 0;
+    while at < bytes.len() {
+        match bytes[at] {
+            b'\t' | b'\n' | b'\r' | 0x20..=0x7f => at += 1,
+            _ => {
+                let c = xml[at..].chars().next()?;
+                if !is_xml_char(c) {
+                    return Some((at, c));
+                }
+                at += c.len_utf8();
+            }
+        }
+    }
+    None
 }
 
 /// XML 1.0's `Char` production. Control characters other than tab, line feed and carriage return
@@ -208,4 +344,26 @@ fn line_column(xml: &str, at: usize) -> (usize, usize) {
             .map_or(0, |i| i + 1)
         + 1;
     (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_byte_scan_finds_what_the_char_scan_finds() {
+        let texts = [
+            "plain <a b=\"c\"/>\t\r\n\u{7f}",
+            "é and ü, then \u{1}",
+            "\u{fffe} first",
+            "ok \u{10000} \u{d7ff} \u{e000} \u{fffd}",
+            "tail \u{0}",
+            "mixed ä\u{b}",
+            "",
+        ];
+        for text in texts {
+            let by_char = text.char_indices().find(|&(_, c)| !is_xml_char(c));
+            assert_eq!(first_non_xml_char(text), by_char, "{text:?}");
+        }
+    }
 }

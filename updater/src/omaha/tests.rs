@@ -511,6 +511,13 @@ fn hostile_and_broken_documents_are_refused() {
         Request::parse(attribute_entity),
         Err(OmahaError::Malformed { .. })
     ));
+    let unclosed = r#"<request protocol="3.0"><app appid="a"><ping>"#;
+    match Request::parse(unclosed) {
+        Err(e @ OmahaError::Malformed { .. }) => {
+            assert!(e.to_string().contains("ends inside <ping>"), "{e}")
+        }
+        other => panic!("expected a malformed document, got {other:?}"),
+    }
     let predefined = r#"<request protocol="3.0"><app appid="a&amp;b&#x41;"/></request>"#;
     assert_eq!(Request::parse(predefined).unwrap().apps[0].appid, "a&bA");
 
@@ -632,6 +639,7 @@ fn mutated_fixtures_never_panic() {
                 }
             }
             let text = String::from_utf8_lossy(&bytes);
+            same_request_as_serde(&text);
             if let Ok(request) = Request::parse(&text) {
                 let xml = request.to_xml();
                 assert_eq!(Request::parse(&xml).unwrap(), request, "{text}");
@@ -660,6 +668,52 @@ fn mutated_fixtures_never_panic() {
         written.len()
     );
     xmllint_well_formed(&written);
+}
+
+/// The server's one-pass request reader and the serde derive of [`Request`] (after the same
+/// checks) agree: the same request, or both an error.
+fn same_request_as_serde(text: &str) {
+    let ours = Request::parse(text);
+    let serde = safety::parse_document::<Request>(text, "request")
+        .and_then(|r| check_protocol("request", &r.protocol).map(|()| r));
+    match (&ours, &serde) {
+        (Ok(a), Ok(b)) => assert_eq!(a, b, "{text}"),
+        (Err(_), Err(_)) => {}
+        _ => panic!("one-pass reader: {ours:?}\nserde: {serde:?}\ndocument: {text}"),
+    }
+}
+
+#[test]
+fn the_one_pass_request_reader_reads_what_serde_reads() {
+    let documents = [
+        fixture("flatcar-request.xml"),
+        fixture("update-engine-request.xml"),
+        // Attributes in any order, escapes, unknown elements (with known names inside),
+        // unknown attributes, text, an empty ping, two apps.
+        r#"<?xml version="1.0"?><request ismachine="1" protocol="3.0" x="y"><!-- c --><os arch="x86_64" platform="Kiln" sp="1_x"/><extra><app appid="nope"/></extra><app machineid="m" appid="{A}" version="1&amp;2" track="be&#116;a"><ping/><updatecheck targetversionprefix="2."></updatecheck><event eventresult="0" eventtype="3" errorcode="-2147483648"/>text<event eventtype="99" eventresult="7" previousversion="0.9"><unknown/></event></app><app appid="b"><event eventtype="3" eventresult="2"/></app></request>"#.to_owned(),
+        r#"<request protocol="3.1"/>"#.to_owned(),
+        // Errors on both sides: no protocol, no appid, a missing event number, a bad number,
+        // a second os, ping or updatecheck, protocol 2.0.
+        r#"<request><app appid="a"/></request>"#.to_owned(),
+        r#"<request protocol="3.0"><app version="1"/></request>"#.to_owned(),
+        r#"<request protocol="3.0"><app appid="a"><event eventtype="3"/></app></request>"#.to_owned(),
+        r#"<request protocol="3.0"><app appid="a"><event eventtype="3" eventresult="x"/></app></request>"#.to_owned(),
+        r#"<request protocol="3.0"><os/><os/></request>"#.to_owned(),
+        r#"<request protocol="3.0"><app appid="a"><ping/><ping a="1"/></app></request>"#.to_owned(),
+        r#"<request protocol="3.0"><app appid="a"><updatecheck/><updatecheck/></app></request>"#.to_owned(),
+        r#"<request protocol="2.0"/>"#.to_owned(),
+    ];
+    for document in &documents {
+        same_request_as_serde(document);
+    }
+    let read = Request::parse(&documents[2]).unwrap();
+    assert_eq!(read.apps.len(), 2);
+    assert_eq!(read.apps[0].version.as_deref(), Some("1&2"));
+    assert_eq!(read.apps[0].events[0].errorcode, Some(-2_147_483_648));
+    assert_eq!(read.apps[0].events[1].eventtype, EventType::Other(99));
+    for document in &documents[4..] {
+        assert!(Request::parse(document).is_err(), "{document}");
+    }
 }
 
 /// Writes each document to a file of its own and runs libxml2's `xmllint` once over all of them,

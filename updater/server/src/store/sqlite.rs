@@ -47,8 +47,11 @@ impl SqliteStore {
         };
         store
             .conn
+            // The writer thread inserts a row per event into two indexes: a 64 MiB page cache
+            // and reads through mmap keep it from re-reading pages through the kernel.
             .execute_batch(
-                "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;",
+                "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON; \
+                 PRAGMA cache_size=-65536; PRAGMA mmap_size=268435456;",
             )
             .map_err(|e| store.query("setting pragmas", e))?;
         store.migrate()?;
@@ -536,6 +539,22 @@ mod tests {
         let got = store.events("app", "m1", 10).unwrap();
         assert_eq!(got.iter().map(|e| e.at).collect::<Vec<_>>(), vec![2, 1]);
         assert_eq!(store.recent_errors("app", 10).unwrap().len(), 1);
+        // Recent errors come from the errors-only index, not a scan of every event.
+        let plan: Vec<String> = store
+            .conn
+            .prepare(
+                "EXPLAIN QUERY PLAN SELECT seq FROM instance_events \
+                 WHERE app_id = 'app' AND event_result = 0 ORDER BY seq DESC LIMIT 5",
+            )
+            .unwrap()
+            .query_map([], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            plan.iter().any(|step| step.contains("instance_events_errors")),
+            "{plan:?}"
+        );
         store
             .apply(&[Write::DeleteInstance {
                 app_id: "app".into(),
@@ -544,6 +563,24 @@ mod tests {
             .unwrap();
         assert!(store.events("app", "m1", 10).unwrap().is_empty());
         assert!(!store.has_instance("app", "m1").unwrap());
+    }
+
+    #[test]
+    fn a_database_of_schema_1_is_migrated_with_its_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kiln.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.execute_batch(
+                "INSERT INTO instance_events VALUES ('app', 'm1', 1, 1, 3, 0, 7, 'e', '1', NULL); \
+                 PRAGMA user_version = 1;",
+            )
+            .unwrap();
+        }
+        let mut store = SqliteStore::open(&path).unwrap();
+        assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len() as i64);
+        assert_eq!(store.recent_errors("app", 10).unwrap()[0].error_code, Some(7));
     }
 
     #[test]
