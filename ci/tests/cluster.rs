@@ -549,7 +549,11 @@ fn three_nodes_form_an_etcd_cluster_find_each_others_services_and_update_one_at_
     }
     eprintln!(
         "update began at {} s since the epoch",
-        watch.started_at.duration_since(UNIX_EPOCH).unwrap().as_secs()
+        watch
+            .started_at
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
     );
     assert!(
         outage <= MAX_WRITE_OUTAGE,

@@ -578,8 +578,7 @@ impl AppState {
         });
         if due {
             writer.send(Write::Instance(instance.clone()));
-            self.persisted
-                .insert(machine.to_owned(), instance.clone());
+            self.persisted.insert(machine.to_owned(), instance.clone());
         }
     }
 

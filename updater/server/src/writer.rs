@@ -139,7 +139,10 @@ fn run(store: &Mutex<Box<dyn Store>>, jobs: &Receiver<Job>) {
         };
         if let Err(err) = &result {
             // There is no caller to hand a failed check-in batch to; the log says what was lost.
-            eprintln!("kiln-server: {} writes not stored: {err}", batch.writes.len());
+            eprintln!(
+                "kiln-server: {} writes not stored: {err}",
+                batch.writes.len()
+            );
         }
         batch.clear();
         for done in waiting.drain(..) {

@@ -386,16 +386,28 @@ fn an_instance_reaches_the_store_when_it_changes_and_its_check_in_time_once_a_mi
     assert_eq!(stored(), Some((Status::Granted, 10_000)));
     clock.advance(30);
     check(&engine, plain());
-    assert_eq!(stored(), Some((Status::Granted, 10_000)), "only the time changed");
+    assert_eq!(
+        stored(),
+        Some((Status::Granted, 10_000)),
+        "only the time changed"
+    );
     clock.advance(10);
     check(&engine, with_events(plain(), vec![Event::installed()]));
-    assert_eq!(stored(), Some((Status::Installed, 10_040)), "a change goes at once");
+    assert_eq!(
+        stored(),
+        Some((Status::Installed, 10_040)),
+        "a change goes at once"
+    );
     clock.advance(59);
     check(&engine, plain());
     assert_eq!(stored(), Some((Status::Installed, 10_040)));
     clock.advance(1);
     check(&engine, plain());
-    assert_eq!(stored(), Some((Status::Installed, 10_100)), "a minute on, the time too");
+    assert_eq!(
+        stored(),
+        Some((Status::Installed, 10_100)),
+        "a minute on, the time too"
+    );
     // The engine itself always answers with the latest.
     assert_eq!(engine.instance(APP, "m1", 1).unwrap().0.last_check, 10_100);
 }

@@ -184,7 +184,10 @@ impl Sink for RequestSink {
                 }
             }
             Place::UpdateCheck => {
-                let check = self.app().updatecheck.get_or_insert_with(UpdateCheck::default);
+                let check = self
+                    .app()
+                    .updatecheck
+                    .get_or_insert_with(UpdateCheck::default);
                 match key {
                     "targetversionprefix" => &mut check.targetversionprefix,
                     _ => return Ok(()),
@@ -224,7 +227,9 @@ impl Sink for RequestSink {
                 if std::mem::replace(&mut self.seen_check, true) {
                     return duplicate("updatecheck");
                 }
-                self.app().updatecheck.get_or_insert_with(UpdateCheck::default);
+                self.app()
+                    .updatecheck
+                    .get_or_insert_with(UpdateCheck::default);
             }
             Some(Place::Event) => {
                 let e = std::mem::take(&mut self.event);

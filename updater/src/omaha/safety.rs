@@ -207,10 +207,7 @@ impl Walk<'_> {
             let value = attribute
                 .normalized_value(XmlVersion::Implicit1_0)
                 .map_err(|err| malformed(xml, at, format!("attribute {key}: {err}")))?;
-            if let Some(c) = value
-                .chars()
-                .find(|&c| has_reference && !is_xml_char(c))
-            {
+            if let Some(c) = value.chars().find(|&c| has_reference && !is_xml_char(c)) {
                 let message = format!(
                     "attribute {key} refers to U+{:04X}, not allowed in XML",
                     u32::from(c)

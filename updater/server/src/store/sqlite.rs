@@ -552,7 +552,8 @@ mod tests {
             .collect::<Result<_, _>>()
             .unwrap();
         assert!(
-            plan.iter().any(|step| step.contains("instance_events_errors")),
+            plan.iter()
+                .any(|step| step.contains("instance_events_errors")),
             "{plan:?}"
         );
         store
@@ -580,7 +581,10 @@ mod tests {
         }
         let mut store = SqliteStore::open(&path).unwrap();
         assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len() as i64);
-        assert_eq!(store.recent_errors("app", 10).unwrap()[0].error_code, Some(7));
+        assert_eq!(
+            store.recent_errors("app", 10).unwrap()[0].error_code,
+            Some(7)
+        );
     }
 
     #[test]
