@@ -327,16 +327,7 @@ fn state_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("kiln.db");
     let clock = kiln_server::clock::ManualClock::new(5000);
-    let open = || {
-        kiln_server::Engine::open(
-            Box::new(kiln_server::store::SqliteStore::open(&db).unwrap()),
-            std::sync::Arc::new(clock.clone()),
-            kiln_server::EngineConfig {
-                public_url: "http://h/".into(),
-            },
-        )
-        .unwrap()
-    };
+    let open = || engine_on_file(&db, &clock);
     {
         let engine = open();
         engine.publish(package("1.1.0"), Some("stable")).unwrap();
@@ -362,14 +353,7 @@ fn an_instance_reaches_the_store_when_it_changes_and_its_check_in_time_once_a_mi
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("kiln.db");
     let clock = kiln_server::clock::ManualClock::new(10_000);
-    let engine = kiln_server::Engine::open(
-        Box::new(kiln_server::store::SqliteStore::open(&db).unwrap()),
-        std::sync::Arc::new(clock.clone()),
-        kiln_server::EngineConfig {
-            public_url: "http://h/".into(),
-        },
-    )
-    .unwrap();
+    let engine = engine_on_file(&db, &clock);
     engine.publish(package("1.1.0"), Some("stable")).unwrap();
     // (status, last check-in) of m1 as the store has it.
     let stored = || {

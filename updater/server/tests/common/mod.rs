@@ -28,6 +28,18 @@ pub fn engine() -> (Engine, ManualClock) {
     (engine, clock)
 }
 
+/// An engine on a SQLite file, to reopen it (a restart) or read its store beside it.
+pub fn engine_on_file(db: &std::path::Path, clock: &ManualClock) -> Engine {
+    Engine::open(
+        Box::new(SqliteStore::open(db).expect("SQLite file")),
+        Arc::new(clock.clone()),
+        EngineConfig {
+            public_url: "http://h/".into(),
+        },
+    )
+    .expect("engine")
+}
+
 pub fn package(version: &str) -> PackageRecord {
     PackageRecord {
         app_id: APP.into(),
