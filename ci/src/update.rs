@@ -122,6 +122,8 @@ impl UpdateServer {
         let db = dir.join("server.db");
         let cfg = ServeConfig {
             db: db.clone(),
+            postgres: None,
+            peer_url: None,
             data_dir: dir.join("server-data"),
             listen: "127.0.0.1:0".parse().expect("an address"),
             token: Some(TOKEN.to_owned()),

@@ -4,11 +4,12 @@
 //! User networking (restricted) carries ssh and etcd's client port from the host, and the
 //! update agents' requests to the update server on the host.
 //!
-//! Then a rolling update of the cluster, reboot strategy `etcd-lock`: all three reach v2, one
-//! machine down at a time (from the lock's history in etcd, and from each machine's boot time
-//! against the host's probes of its etcd member), while a
-//! writer on the host keeps writing to the cluster. Last, a machine is lost for good and the
-//! other two keep a quorum.
+//! Then a rolling update of the cluster, reboot strategy `etcd-lock` with `lock_install` (one
+//! machine at a time installs or reboots): all three reach v2, one machine down at a time (from
+//! the lock's history in etcd, and from each machine's boot time against the host's probes of
+//! its etcd member), while a writer on the host keeps writing to the cluster and never goes
+//! more than 5 s without a write going through. Last, a machine is lost for good and the other
+//! two keep a quorum.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
@@ -26,13 +27,12 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(900);
 const CLUSTER_TIMEOUT: Duration = Duration::from_secs(600);
 /// Three downloads and writes under TCG, then three reboots one after another.
 const ROLLING_TIMEOUT: Duration = Duration::from_secs(2400);
-/// The longest the host's writer may go without a successful write. The goal is 5 s and the
-/// test prints the figure against it. The line it holds is a backstop that catches a lost
-/// quorum: under TCG on this 2-core host, while one member reboots and the other two still
-/// write their new slot, their commits stall (measured 6.5 s, 22.2 s and 32.8 s, with no
-/// election in the window); the fix is in the agent, not here (see issue #7's note).
-const MAX_WRITE_OUTAGE: Duration = Duration::from_secs(120);
-/// The issue's goal for the writer's longest outage.
+/// The longest the host's writer may go without a successful write (the issue's goal). Each
+/// round of the writer sends one put to every member at once, with a 2 s timeout, every half
+/// second: one failed round is a 2.5 s outage, two in a row pass the line. Measured with the
+/// agents' `lock_install` and the agent's idle CPU weight: 2.5 s (one failed round in 837);
+/// before them, while one member rebooted and the other two wrote their slots, 5.1 s, and
+/// 32.8 s with the old one-member-after-another writer.
 const WRITE_OUTAGE_GOAL: Duration = Duration::from_secs(5);
 /// QEMU's user network gives every guest this address; etcd listens there too, so the host
 /// reaches each member through a `hostfwd`.
@@ -145,7 +145,9 @@ write_files:
         mac = mac_text(&node.mac),
         update = update_conf_write_file(
             "etcd-lock",
-            "health_units = [\"etcd.service\"]\nlock_retry = \"20s\"\n",
+            // One member at a time installs or reboots: the two that are the quorum while
+            // the third reboots are not also writing 600 MB under TCG.
+            "health_units = [\"etcd.service\"]\nlock_retry = \"20s\"\nlock_install = true\n",
         ),
     )
 }
@@ -218,7 +220,7 @@ struct Watch {
     /// When watching began, on the monotonic and on the wall clock.
     started: Instant,
     started_at: SystemTime,
-    /// (when, ok) of each write, through whichever member answered.
+    /// (when, ok) of each round of writes: ok when at least one member answered 200.
     writes: Vec<(Instant, bool)>,
     /// (when, which members answered a read) of each probe round.
     probes: Vec<(Instant, Vec<bool>)>,
@@ -238,7 +240,6 @@ fn watch_cluster(members: Vec<SocketAddr>, stop: Arc<AtomicBool>) -> Arc<Mutex<W
     let writes = Arc::clone(&watch);
     std::thread::spawn(move || {
         let mut n = 0u64;
-        let mut preferred = 0usize;
         while !writer_stop.load(Ordering::SeqCst) {
             n += 1;
             // base64 of "/kiln-ci/writer" and of the counter.
@@ -247,12 +248,20 @@ fn watch_cluster(members: Vec<SocketAddr>, stop: Arc<AtomicBool>) -> Arc<Mutex<W
                 base64::engine::general_purpose::STANDARD.encode(n.to_string())
             );
             let at = Instant::now();
-            // Like a client with several endpoints: stay with the member that answered last.
-            let ok = (0..writer_members.len())
-                .map(|k| (preferred + k) % writer_members.len())
-                .find(|&i| etcd_post(writer_members[i], "/v3/kv/put", &body))
-                .map(|i| preferred = i)
-                .is_some();
+            // The same put to every member at once: the round fails only when no member got
+            // it committed within the 2 s timeout, so an outage is the cluster's and not the
+            // time spent trying one member after another.
+            let ok = std::thread::scope(|s| {
+                let tries: Vec<_> = writer_members
+                    .iter()
+                    .map(|m| s.spawn(|| etcd_post(*m, "/v3/kv/put", &body)))
+                    .collect();
+                tries
+                    .into_iter()
+                    .map(|t| t.join().unwrap())
+                    .collect::<Vec<bool>>()
+                    .contains(&true)
+            });
             writes.lock().unwrap().writes.push((at, ok));
             std::thread::sleep(Duration::from_millis(500));
         }
@@ -532,15 +541,10 @@ fn three_nodes_form_an_etcd_cluster_find_each_others_services_and_update_one_at_
         .unwrap_or_default();
     let failed = watch.writes.iter().filter(|(_, ok)| !ok).count();
     eprintln!(
-        "writer: {} writes, {failed} failed, longest outage {:.1} s (goal {} s: {}); outages (s into the update): {:?}",
+        "writer: {} writes, {failed} failed, longest outage {:.1} s (at most {} s); outages (s into the update): {:?}",
         watch.writes.len(),
         outage.as_secs_f64(),
         WRITE_OUTAGE_GOAL.as_secs(),
-        if outage <= WRITE_OUTAGE_GOAL {
-            "met"
-        } else {
-            "NOT met"
-        },
         outages
             .iter()
             .map(|(a, b)| format!("{:.1}..{:.1}", (*a - t).as_secs_f64(), (*b - t).as_secs_f64()))
@@ -555,6 +559,14 @@ fn three_nodes_form_an_etcd_cluster_find_each_others_services_and_update_one_at_
             "sudo journalctl -u etcd --no-pager -o short-iso-precise | grep -E 'elected leader|lost leader|became candidate|became pre-candidate' | tail -n 20 || true",
         );
         eprintln!("{} etcd elections:\n{elections}", vm.name());
+        // etcd's own words on why a commit was slow: a slow disk (WAL sync), or a starved
+        // process (heartbeats late, requests that took too long).
+        let slow = guest(
+            vm,
+            &key,
+            "sudo journalctl -u etcd --no-pager -o short-iso-precise | grep -E 'sync duration|slow fdatasync|heartbeat on time|took too long|overloaded' > /tmp/slow; echo \"$(wc -l < /tmp/slow) lines\"; tail -n 12 /tmp/slow",
+        );
+        eprintln!("{} etcd slowness:\n{slow}", vm.name());
     }
     eprintln!(
         "update began at {} s since the epoch",
@@ -565,8 +577,8 @@ fn three_nodes_form_an_etcd_cluster_find_each_others_services_and_update_one_at_
             .as_secs()
     );
     assert!(
-        outage <= MAX_WRITE_OUTAGE,
-        "writes failed for {outage:?} in a row (at most {MAX_WRITE_OUTAGE:?})"
+        outage <= WRITE_OUTAGE_GOAL,
+        "writes failed for {outage:?} in a row (at most {WRITE_OUTAGE_GOAL:?})"
     );
     drop(watch);
     server.wait_instance(

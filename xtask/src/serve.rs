@@ -46,6 +46,9 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     }
     serve::run(&ServeConfig {
         db,
+        // Several servers on PostgreSQL: `kiln-server serve --postgres …`.
+        postgres: None,
+        peer_url: None,
         data_dir: root.join(&args.data_dir),
         listen: args.listen,
         token: args.token.clone(),

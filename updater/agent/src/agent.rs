@@ -233,6 +233,13 @@ impl<'a> Agent<'a> {
             self.set(State::Downloading { offer })?;
             return Ok(Next::Now);
         }
+        // With `lock_install`, one machine of the cluster at a time is busy with an update,
+        // writing or rebooting: the others keep their full speed for the quorum.
+        if self.config.lock_install {
+            if let Some(wait) = self.take_lock("the lock before installing")? {
+                return Ok(wait);
+            }
+        }
         self.set(State::Writing {
             offer: offer.clone(),
         })?;
@@ -305,16 +312,8 @@ impl<'a> Agent<'a> {
                 return Ok(Next::Wait(Duration::from_secs(wait).min(BACKOFF_MAX)));
             }
         }
-        if let Some(lock) = &self.strategy.lock {
-            match lock.acquire() {
-                Ok(true) => self.status.lock_held = true,
-                Ok(false) => return Ok(Next::Wait(self.jittered(self.config.lock_retry))),
-                Err(e) => {
-                    self.status.last_error = Some(format!("taking the reboot lock: {e}"));
-                    self.save()?;
-                    return Ok(Next::Wait(self.jittered(self.config.lock_retry)));
-                }
-            }
+        if let Some(wait) = self.take_lock("the reboot lock")? {
+            return Ok(wait);
         }
         pending.boot_id = self.host.boot_id();
         self.set(State::Rebooting { pending })?;
@@ -449,6 +448,26 @@ impl<'a> Agent<'a> {
         let mut first = [0u8; 8];
         first.copy_from_slice(&digest[..8]);
         u64::from_le_bytes(first) % 1000
+    }
+
+    /// Takes the strategy's lock, if it has one: `None` when held now, else how long to wait
+    /// before asking again (another machine holds it, or the lock could not be reached).
+    fn take_lock(&mut self, what: &str) -> Result<Option<Next>, StateError> {
+        let Some(lock) = &self.strategy.lock else {
+            return Ok(None);
+        };
+        match lock.acquire() {
+            Ok(true) => {
+                self.status.lock_held = true;
+                Ok(None)
+            }
+            Ok(false) => Ok(Some(Next::Wait(self.jittered(self.config.lock_retry)))),
+            Err(e) => {
+                self.status.last_error = Some(format!("taking {what}: {e}"));
+                self.save()?;
+                Ok(Some(Next::Wait(self.jittered(self.config.lock_retry))))
+            }
+        }
     }
 
     fn release_lock(&mut self) {

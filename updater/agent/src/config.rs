@@ -67,6 +67,9 @@ pub struct Config {
     pub etcd_lock_ttl: Duration,
     /// How long a machine waits before asking again for a reboot lock another machine holds.
     pub lock_retry: Duration,
+    /// Take the lock before writing the new slot, not only before rebooting: one machine of
+    /// the cluster at a time installs or reboots.
+    pub lock_install: bool,
     /// Base URL of the FleetLock server for `fleetlock`.
     pub fleetlock_url: Option<String>,
     /// The FleetLock group this machine belongs to.
@@ -93,6 +96,7 @@ impl Default for Config {
             etcd_lock_key: "/kiln/reboot-lock".to_owned(),
             etcd_lock_ttl: Duration::from_secs(3600),
             lock_retry: Duration::from_secs(300),
+            lock_install: false,
             fleetlock_url: None,
             fleetlock_group: "default".to_owned(),
             health_units: Vec::new(),
@@ -179,6 +183,7 @@ impl Config {
             "health_units" => self.health_units = f.list()?,
             "health_timeout" => self.health_timeout = f.duration()?,
             "lock_retry" => self.lock_retry = f.duration()?,
+            "lock_install" => self.lock_install = f.boolean()?,
             // Read together by `window_from`, since either alone means nothing.
             "window_start" | "window_length" => {}
             _ => self.warnings.push(format!(
@@ -258,6 +263,12 @@ impl Field<'_> {
             .as_str()
             .map(str::to_owned)
             .ok_or_else(|| self.invalid("expected a string in double quotes"))
+    }
+
+    fn boolean(&self) -> Result<bool, ConfigError> {
+        self.value
+            .as_bool()
+            .ok_or_else(|| self.invalid("expected true or false, without quotes"))
     }
 
     /// A Go-style duration string (`1h`, `90m`, `1h30m`, `45s`) or a number of seconds.

@@ -214,6 +214,13 @@ impl Engine {
         response
     }
 
+    /// Whether the store still answers, after committing what is queued.
+    pub fn ping(&self) -> Result<(), EngineError> {
+        self.writer
+            .read(|store| store.ping())
+            .map_err(EngineError::Store)
+    }
+
     /// Waits until every change so far is in the store.
     pub fn flush(&self) -> Result<(), EngineError> {
         self.writer.flush().map_err(EngineError::Store)

@@ -1,7 +1,7 @@
 //! The Kiln update server: an Omaha v3 endpoint for update_engine and the Kiln agent, apps with
 //! channels and a staged rollout policy, instance tracking, payload serving with Range, and a
 //! JSON admin API behind a bearer token. State is decided in memory and persisted through a
-//! [`store::Store`] (SQLite by default).
+//! [`store::Store`] (SQLite by default; PostgreSQL for several servers, one of which leads: `shared`).
 
 pub mod client;
 pub mod clock;
@@ -14,6 +14,7 @@ pub mod model;
 mod range;
 pub mod rollout;
 pub mod serve;
+pub mod shared;
 pub mod store;
 pub mod verify;
 mod writer;

@@ -3,14 +3,17 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use axum::Router;
 
 use crate::clock::SystemClock;
 use crate::http::{router, ServerContext};
-use crate::store::SqliteStore;
+use crate::shared::{self, Shared};
+use crate::store::{SqliteStore, Store};
 use crate::verify::{KeyVerifier, PayloadVerifier};
 use crate::{Engine, EngineConfig};
 
@@ -23,6 +26,15 @@ pub struct ServeConfig {
     /// The SQLite database (created if missing).
     #[arg(long, default_value = "kiln-server.db")]
     pub db: PathBuf,
+    /// A PostgreSQL database instead of `--db` (`host=… user=… dbname=…` or a `postgresql://`
+    /// URL). Servers given the same one share it: one leads and decides, the others forward
+    /// to it and take over when it goes.
+    #[arg(long, env = "KILN_SERVER_POSTGRES", hide_env_values = true)]
+    pub postgres: Option<String>,
+    /// With `--postgres`: the URL the other servers reach this one at (default:
+    /// http://<listen>/, which must then be a specific address).
+    #[arg(long)]
+    pub peer_url: Option<String>,
     /// Where published payloads are stored.
     #[arg(long, default_value = "kiln-server-data")]
     pub data_dir: PathBuf,
@@ -46,16 +58,14 @@ pub struct ServeConfig {
 
 /// Serves until Ctrl-C.
 pub fn run(cfg: &ServeConfig) -> Result<()> {
-    let ctx = context(cfg)?;
-    let engine = Arc::clone(&ctx.engine);
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    let result = runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(cfg.listen)
-            .await
-            .with_context(|| format!("listening on {}", cfg.listen))?;
-        serve(ctx, cfg, listener, stop_signal()).await
-    });
-    engine.shutdown();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(cfg.listen))
+        .with_context(|| format!("listening on {}", cfg.listen))?;
+    let addr = listener.local_addr().context("the listening address")?;
+    let mut front = Front::start(cfg, addr)?;
+    let result = runtime.block_on(serve(&front, cfg, listener, stop_signal()));
+    front.stop();
     result
 }
 
@@ -88,23 +98,23 @@ async fn stop_signal() {
 pub struct Background {
     /// Where it listens (the port is the one the OS chose when `listen` said 0).
     pub addr: SocketAddr,
-    pub engine: Arc<Engine>,
+    front: Front,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<Result<()>>>,
 }
 
 /// Starts the server of `cfg` in the background; returns once it listens.
 pub fn spawn(cfg: &ServeConfig) -> Result<Background> {
-    let ctx = context(cfg)?;
-    let engine = Arc::clone(&ctx.engine);
     let listener = std::net::TcpListener::bind(cfg.listen)
         .with_context(|| format!("listening on {}", cfg.listen))?;
     let addr = listener.local_addr().context("the listening address")?;
     listener
         .set_nonblocking(true)
         .context("making the listener non-blocking")?;
+    let front = Front::start(cfg, addr)?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let cfg = cfg.clone();
+    let serving = front.clone_for_serving();
     let thread = std::thread::Builder::new()
         .name("kiln-server".into())
         .spawn(move || {
@@ -112,7 +122,7 @@ pub fn spawn(cfg: &ServeConfig) -> Result<Background> {
             runtime.block_on(async {
                 let listener = tokio::net::TcpListener::from_std(listener)
                     .context("handing the listener to the runtime")?;
-                serve(ctx, &cfg, listener, async {
+                serve(&serving, &cfg, listener, async {
                     let _ = stopped.await;
                 })
                 .await
@@ -121,10 +131,22 @@ pub fn spawn(cfg: &ServeConfig) -> Result<Background> {
         .context("starting the server thread")?;
     Ok(Background {
         addr,
-        engine,
+        front,
         stop: Some(stop),
         thread: Some(thread),
     })
+}
+
+impl Background {
+    /// The engine, while this server decides (always, unless it shares a database and follows).
+    pub fn engine(&self) -> Option<Arc<Engine>> {
+        self.front.engine()
+    }
+
+    /// Whether this server leads the servers sharing its database (or is alone).
+    pub fn leads(&self) -> bool {
+        self.engine().is_some()
+    }
 }
 
 impl Drop for Background {
@@ -137,70 +159,192 @@ impl Drop for Background {
                 eprintln!("kiln-server: {e:#}");
             }
         }
-        self.engine.shutdown();
+        self.front.stop();
     }
 }
 
-/// The store, key and engine of `cfg`, checked.
-fn context(cfg: &ServeConfig) -> Result<Arc<ServerContext>> {
-    let token = match cfg.token.as_deref() {
-        Some(t) if t.len() >= 16 => t.to_owned(),
-        Some(_) => bail!("the admin token is shorter than 16 characters; choose a longer one"),
-        None => bail!("no admin token: pass --token or set KILN_SERVER_TOKEN"),
-    };
-    let verifier: Option<Arc<dyn PayloadVerifier>> = match &cfg.public_key {
-        Some(path) => Some(Arc::new(
-            KeyVerifier::load(path).map_err(anyhow::Error::msg)?,
-        )),
-        None => {
-            eprintln!("kiln-server: no --public-key given: publishing is refused until restarted with one");
-            None
+/// What answers the requests: one server with its own database, or one of several sharing a
+/// PostgreSQL database (see `shared`).
+enum Front {
+    Alone(Arc<ServerContext>),
+    Shared {
+        shared: Arc<Shared>,
+        stop: Arc<AtomicBool>,
+        election: Option<std::thread::JoinHandle<()>>,
+    },
+}
+
+impl Front {
+    fn start(cfg: &ServeConfig, addr: SocketAddr) -> Result<Self> {
+        let parts = Parts::checked(cfg, addr)?;
+        let Some(params) = cfg.postgres.clone() else {
+            let store = SqliteStore::open(&cfg.db)?;
+            return Ok(Front::Alone(parts.context(Box::new(store))?));
+        };
+        let peer_url = match &cfg.peer_url {
+            Some(url) => url.clone(),
+            None if addr.ip().is_unspecified() => bail!(
+                "--listen {addr} is every address of this machine: pass --peer-url with the URL \
+                 the other servers sharing the database reach this one at"
+            ),
+            None => format!("http://{addr}/"),
+        };
+        if !peer_url.starts_with("http://") {
+            bail!(
+                "--peer-url {peer_url:?}: the servers talk plain http://host:port/ to each other"
+            );
         }
-    };
-    let store = SqliteStore::open(&cfg.db)?;
-    let public_url = cfg
-        .public_url
-        .clone()
-        .unwrap_or_else(|| format!("http://{}/", cfg.listen));
-    let engine = Arc::new(Engine::open(
-        Box::new(store),
-        Arc::new(SystemClock),
-        EngineConfig { public_url },
-    )?);
-    std::fs::create_dir_all(&cfg.data_dir)
-        .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
-    // Stored payload paths must not depend on the directory the server is started from.
-    let data_dir = cfg
-        .data_dir
-        .canonicalize()
-        .with_context(|| format!("resolving {}", cfg.data_dir.display()))?;
-    Ok(Arc::new(ServerContext {
-        engine: Arc::clone(&engine),
-        token,
-        data_dir,
-        verifier,
-    }))
+        let shared = Arc::new(Shared::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let election = {
+            let (shared, stop) = (Arc::clone(&shared), Arc::clone(&stop));
+            std::thread::Builder::new()
+                .name("kiln-server-election".into())
+                .spawn(move || {
+                    shared::elect(
+                        &shared,
+                        &params,
+                        &peer_url,
+                        &|store| parts.context(store),
+                        &|ctx| router(ctx),
+                        &stop,
+                    );
+                })
+                .context("starting the election thread")?
+        };
+        Ok(Front::Shared {
+            shared,
+            stop,
+            election: Some(election),
+        })
+    }
+
+    /// The same front for the serving thread (it shares the role and the engine).
+    fn clone_for_serving(&self) -> Front {
+        match self {
+            Front::Alone(ctx) => Front::Alone(Arc::clone(ctx)),
+            Front::Shared { shared, stop, .. } => Front::Shared {
+                shared: Arc::clone(shared),
+                stop: Arc::clone(stop),
+                election: None,
+            },
+        }
+    }
+
+    fn router(&self) -> Router {
+        match self {
+            Front::Alone(ctx) => router(Arc::clone(ctx)),
+            Front::Shared { shared, .. } => shared::router(Arc::clone(shared)),
+        }
+    }
+
+    fn engine(&self) -> Option<Arc<Engine>> {
+        match self {
+            Front::Alone(ctx) => Some(Arc::clone(&ctx.engine)),
+            Front::Shared { shared, .. } => shared.engine(),
+        }
+    }
+
+    /// Commits what is queued; a leader then gives up the lock.
+    fn stop(&mut self) {
+        match self {
+            Front::Alone(ctx) => ctx.engine.shutdown(),
+            Front::Shared { stop, election, .. } => {
+                stop.store(true, Ordering::SeqCst);
+                if let Some(election) = election.take() {
+                    let _ = election.join();
+                }
+            }
+        }
+    }
+}
+
+/// The checked settings a server's context is made of, whichever store it gets.
+struct Parts {
+    token: String,
+    verifier: Option<Arc<dyn PayloadVerifier>>,
+    data_dir: PathBuf,
+    public_url: String,
+}
+
+impl Parts {
+    fn checked(cfg: &ServeConfig, addr: SocketAddr) -> Result<Self> {
+        let token = match cfg.token.as_deref() {
+            Some(t) if t.len() >= 16 => t.to_owned(),
+            Some(_) => bail!("the admin token is shorter than 16 characters; choose a longer one"),
+            None => bail!("no admin token: pass --token or set KILN_SERVER_TOKEN"),
+        };
+        let verifier: Option<Arc<dyn PayloadVerifier>> = match &cfg.public_key {
+            Some(path) => Some(Arc::new(
+                KeyVerifier::load(path).map_err(anyhow::Error::msg)?,
+            )),
+            None => {
+                eprintln!("kiln-server: no --public-key given: publishing is refused until restarted with one");
+                None
+            }
+        };
+        std::fs::create_dir_all(&cfg.data_dir)
+            .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+        // Stored payload paths must not depend on the directory the server is started from.
+        let data_dir = cfg
+            .data_dir
+            .canonicalize()
+            .with_context(|| format!("resolving {}", cfg.data_dir.display()))?;
+        let public_url = cfg
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{addr}/"));
+        Ok(Self {
+            token,
+            verifier,
+            data_dir,
+            public_url,
+        })
+    }
+
+    /// The engine on `store`, loaded, and what the handlers share.
+    fn context(&self, store: Box<dyn Store>) -> Result<Arc<ServerContext>> {
+        let engine = Arc::new(Engine::open(
+            store,
+            Arc::new(SystemClock),
+            EngineConfig {
+                public_url: self.public_url.clone(),
+            },
+        )?);
+        Ok(Arc::new(ServerContext {
+            engine,
+            token: self.token.clone(),
+            data_dir: self.data_dir.clone(),
+            verifier: self.verifier.clone(),
+        }))
+    }
 }
 
 async fn serve(
-    ctx: Arc<ServerContext>,
+    front: &Front,
     cfg: &ServeConfig,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let addr = listener.local_addr().context("the listening address")?;
+    let database = match &cfg.postgres {
+        Some(_) => "PostgreSQL, shared".to_owned(),
+        None => cfg.db.display().to_string(),
+    };
     eprintln!(
-        "kiln-server: Omaha endpoint http://{addr}/v1/update/, admin API under /admin/v1/, database {}",
-        cfg.db.display()
+        "kiln-server: Omaha endpoint http://{addr}/v1/update/, admin API under /admin/v1/, database {database}"
     );
     if cfg.stale_after_days > 0 {
-        let engine = Arc::clone(&ctx.engine);
+        let front = front.clone_for_serving();
         let max_age = cfg.stale_after_days * 86_400;
         tokio::spawn(async move {
             let mut every = tokio::time::interval(Duration::from_secs(3600));
             loop {
                 every.tick().await;
-                let engine = Arc::clone(&engine);
+                // A follower has nothing to expire: the leader does it.
+                let Some(engine) = front.engine() else {
+                    continue;
+                };
                 match tokio::task::spawn_blocking(move || engine.expire(max_age)).await {
                     Ok(Ok(0)) => {}
                     Ok(Ok(n)) => eprintln!("kiln-server: forgot {n} stale instances"),
@@ -210,7 +354,7 @@ async fn serve(
             }
         });
     }
-    axum::serve(listener, router(ctx))
+    axum::serve(listener, front.router())
         .with_graceful_shutdown(shutdown)
         .await
         .context("serving HTTP")

@@ -1,6 +1,7 @@
 //! The PostgreSQL store against a real server: Debian's PostgreSQL, started by the test on
 //! 127.0.0.1 in a temporary directory as the unprivileged `postgres` user (installed with
-//! apt-get when missing and root). The same update flow as on SQLite, then a restart.
+//! apt-get when missing and root). The same update flow as on SQLite, then a restart; then
+//! two servers sharing the database, one leading, the other taking over.
 
 mod common;
 
@@ -14,7 +15,7 @@ use kiln_server::clock::ManualClock;
 use kiln_server::model::{Policy, Status};
 use kiln_server::store::{PostgresStore, Store, MIGRATIONS};
 use kiln_server::{Engine, EngineConfig};
-use kiln_updater::omaha::Event;
+use kiln_updater::omaha::{App, Event, Response, ResponseApp};
 
 /// A PostgreSQL server for one test, stopped and deleted on drop.
 struct Postgres {
@@ -210,4 +211,131 @@ fn update_flow_rollout_and_restart_on_postgresql() {
     let mut store = PostgresStore::connect(&params).unwrap();
     assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len() as i64);
     assert!(store.load().unwrap().instances.is_empty());
+}
+
+/// A server of several sharing `params`, on a port of its own.
+fn shared_server(params: &str, dir: &Path) -> kiln_server::serve::Background {
+    kiln_server::serve::spawn(&kiln_server::serve::ServeConfig {
+        db: dir.join("unused.db"),
+        postgres: Some(params.to_owned()),
+        peer_url: None,
+        data_dir: dir.join("data"),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        token: Some(TOKEN.to_owned()),
+        public_key: None,
+        public_url: Some("http://updates.invalid/".into()),
+        stale_after_days: 0,
+    })
+    .unwrap()
+}
+
+const TOKEN: &str = "a-token-of-sixteen-or-more";
+
+/// One app's check sent to a server over HTTP, and its answer.
+fn check_at(server: &kiln_server::serve::Background, app: App) -> ResponseApp {
+    let xml = ureq::post(&format!("http://{}/v1/update/", server.addr))
+        .send_string(&request(vec![app]).to_xml())
+        .unwrap_or_else(|e| panic!("update check at {}: {e}", server.addr))
+        .into_string()
+        .unwrap();
+    let response = Response::parse(&xml).expect("the answer parses");
+    response.apps.into_iter().next().expect("one app answered")
+}
+
+fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: not within 30 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn servers_sharing_a_database_follow_one_leader_and_take_over_when_it_stops() {
+    let pg = start_postgres();
+    let params = pg.params("postgres");
+    let dir = tempfile::tempdir().unwrap();
+    let a = shared_server(&params, &dir.path().join("a"));
+    wait_until("the first server leads", || a.leads());
+    let b = shared_server(&params, &dir.path().join("b"));
+    // B has had time to ask for the lock, and must not have got it.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(a.leads() && !b.leads(), "one leader");
+
+    // Set up through the leader's engine, the policy through the follower's admin API: one
+    // update per hour across the fleet, whichever server a machine reaches.
+    let leader = a.engine().unwrap();
+    leader.publish(package("1.1.0"), Some("stable")).unwrap();
+    let admin_b = kiln_server::client::AdminClient::new(&format!("http://{}/", b.addr), TOKEN);
+    admin_b
+        .set_policy(
+            APP,
+            "stable",
+            &Policy {
+                max_updates_per_period: 1,
+                period_secs: 3600,
+                ..Policy::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        leader.app(APP).unwrap().channels[0]
+            .record
+            .policy
+            .max_updates_per_period,
+        1,
+        "the follower forwarded the policy to the leader"
+    );
+    assert!(offered(&check_at(&b, app("m1", "1.0.0", "stable"))));
+    assert!(!offered(&check_at(&a, app("m2", "1.0.0", "stable"))));
+    assert!(
+        !offered(&check_at(&b, app("m3", "1.0.0", "stable"))),
+        "the limit holds on the follower too"
+    );
+    for event in [Event::download_started(), Event::download_finished()] {
+        check_at(&b, with_events(app("m1", "1.0.0", "stable"), vec![event]));
+    }
+    // A forwarded request reaching a server that does not lead is not forwarded again.
+    let looped = ureq::post(&format!("http://{}/v1/update/", b.addr))
+        .set(kiln_server::shared::FORWARDED, "1")
+        .send_string(&request(vec![app("m4", "1.0.0", "stable")]).to_xml());
+    assert!(
+        matches!(looped, Err(ureq::Error::Status(503, _))),
+        "{looped:?}"
+    );
+
+    // The leader stops (committing what it has, and releasing the lock): B takes over with
+    // the state from the database, the grant and its hour included.
+    drop(leader);
+    drop(a);
+    wait_until("the follower takes over", || b.leads());
+    assert!(
+        !offered(&check_at(&b, app("m4", "1.0.0", "stable"))),
+        "the new leader still counts the old leader's grant"
+    );
+    check_at(
+        &b,
+        with_events(app("m1", "1.0.0", "stable"), vec![Event::installed()]),
+    );
+    let mut after = app("m1", "1.1.0", "stable");
+    after.events = vec![Event::updated_after_reboot("1.0.0")];
+    check_at(&b, after);
+    let engine = b.engine().unwrap();
+    let (m1, events) = engine.instance(APP, "m1", 10).unwrap();
+    assert_eq!(m1.status, Status::Complete);
+    let descriptions: Vec<&str> = events
+        .iter()
+        .rev()
+        .map(|e| e.description.as_str())
+        .collect();
+    assert_eq!(
+        descriptions,
+        [
+            "DownloadStarted",
+            "DownloadFinished",
+            "Installed",
+            "UpdatedAfterReboot"
+        ],
+        "the events both leaders stored, in order"
+    );
 }

@@ -177,6 +177,55 @@ fn etcd_lock_is_held_across_the_reboot_until_healthy() {
     assert_eq!(etcd_holder(&etcd.url), None);
 }
 
+/// `lock_install`: the lock is taken before the slot is written, so that a machine does not
+/// install while another reboots; a failed install gives it back at once.
+#[test]
+fn etcd_lock_taken_before_installing_when_asked() {
+    let etcd = start_etcd();
+    let mut env = Env::new();
+    env.config.reboot_strategy = StrategyKind::EtcdLock;
+    env.config.etcd_endpoints = vec![etcd.url.clone()];
+    env.config.lock_install = true;
+    let other = etcd_lock(&etcd.url, "another-machine");
+    assert!(other.acquire().unwrap());
+    let (mut installer, mut host) = (FakeInstaller::new(Slot::A), FakeHost::new());
+    installer.fail = Some(crate::installer::InstallFailure {
+        code: crate::installer::codes::INSTALL_DEVICE,
+        message: "the inactive partition is gone".into(),
+    });
+    {
+        let mut agent = env.agent(&mut installer, &mut host);
+        step_until(&mut agent, "writing", 5);
+        // Downloaded, but another machine is busy: no write yet.
+        let next = agent.step().unwrap();
+        assert!(
+            matches!(next, Next::Wait(d) if d <= Duration::from_secs(330)),
+            "{next:?}"
+        );
+        assert_eq!(state_name(agent.status()), "writing");
+        assert!(!agent.status().lock_held);
+        other.release().unwrap();
+        // Taken, then the write fails: the machine is idle and the lock free again.
+        agent.step().unwrap();
+        step_until(&mut agent, "idle", 2);
+        assert!(!agent.status().lock_held);
+    }
+    assert_eq!(installer.payloads.len(), 1, "one attempt, after the lock");
+    assert_eq!(etcd_holder(&etcd.url), None, "given back after the failure");
+
+    installer.fail = None;
+    std::fs::create_dir_all(&env.paths.run_dir).unwrap();
+    std::fs::write(env.paths.check_trigger(), "").unwrap();
+    {
+        let mut agent = env.agent(&mut installer, &mut host);
+        step_until(&mut agent, "reboot-needed", 6);
+        assert!(agent.status().lock_held, "held from the install on");
+        assert_eq!(etcd_holder(&etcd.url).as_deref(), Some(MACHINE_ID));
+        step_until(&mut agent, "rebooting", 1);
+    }
+    assert_eq!(installer.payloads.len(), 2);
+}
+
 #[test]
 fn fleetlock_asks_before_rebooting_and_reports_steady_state() {
     let busy = Arc::new(AtomicUsize::new(1));

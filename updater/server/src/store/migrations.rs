@@ -73,4 +73,13 @@ CREATE INDEX instance_events_errors ON instance_events (app_id, event_result, se
 DROP INDEX instance_events_errors;
 CREATE INDEX instance_events_errors ON instance_events (app_id, seq) WHERE event_result = 0;
 "#,
+    // 3: where the leading server of several sharing one database is reached (PostgreSQL;
+    // a SQLite database has one server and leaves it empty).
+    r#"
+CREATE TABLE leader (
+    id BIGINT PRIMARY KEY,
+    url TEXT NOT NULL,
+    since BIGINT NOT NULL
+);
+"#,
 ];

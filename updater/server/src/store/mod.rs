@@ -95,6 +95,10 @@ pub trait Store: Send {
     /// The newest `limit` error events of an app, newest first (for the operator's "recent errors").
     fn recent_errors(&mut self, app_id: &str, limit: u32)
         -> Result<Vec<InstanceEvent>, StoreError>;
+    /// Whether the database still answers (a leader that lost it must stop deciding).
+    fn ping(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// When the last write happened; for diagnostics.
     fn describe(&self) -> String;
 }

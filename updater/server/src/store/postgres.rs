@@ -1,7 +1,7 @@
 //! The PostgreSQL store, for a fleet that outgrows one machine: the same schema through the
 //! same migrations as SQLite (recorded in a `schema_version` table instead of SQLite's
-//! `user_version`). Several servers may share one database for reads and durability; rollout
-//! decisions are still made from each server's own memory (see ARCHITECTURE notes in `engine`).
+//! `user_version`). Several servers may share one database: one of them leads (it holds an
+//! advisory lock and decides, see `shared`), the others forward to it and wait to take over.
 
 use postgres::{Client, NoTls, Row, Transaction};
 
@@ -17,6 +17,11 @@ pub struct PostgresStore {
     name: String,
     next_seq: i64,
 }
+
+/// The advisory lock the leading server holds (an arbitrary key: "kiln" in ASCII, then 1).
+const LEADER_LOCK: i64 = 0x6b69_6c6e_0000_0001;
+/// The advisory lock a server holds while it migrates the schema.
+const MIGRATION_LOCK: i64 = 0x6b69_6c6e_0000_0002;
 
 /// Why PostgreSQL failed; carried as text in [`StoreError::Backend`].
 fn backend(name: &str, what: &'static str, err: postgres::Error) -> StoreError {
@@ -39,12 +44,7 @@ impl PostgresStore {
             next_seq: 0,
         };
         store.migrate()?;
-        let next: i64 = store
-            .client
-            .query_one("SELECT COALESCE(MAX(seq), 0) + 1 FROM instance_events", &[])
-            .map_err(|e| backend(&store.name, "reading the event sequence", e))?
-            .get(0);
-        store.next_seq = next;
+        store.next_seq = store.read_next_seq()?;
         Ok(store)
     }
 
@@ -60,7 +60,72 @@ impl PostgresStore {
         Ok(row.and_then(|r| r.get::<_, Option<i64>>(0)).unwrap_or(0))
     }
 
+    /// Takes the leadership of the servers sharing this database if no other server holds it:
+    /// a session-level advisory lock, held as long as this connection lives (a server that dies
+    /// or loses the database gives it up with its connection, and cannot write without it). On
+    /// success the leader row names `url` and the event sequence is read afresh, since the
+    /// previous leader went on writing after this connection was opened.
+    pub fn try_lead(&mut self, url: &str, now: i64) -> Result<bool, StoreError> {
+        let got: bool = self
+            .client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&LEADER_LOCK])
+            .map_err(|e| backend(&self.name, "asking for the leader lock", e))?
+            .get(0);
+        if !got {
+            return Ok(false);
+        }
+        self.client
+            .execute(
+                "INSERT INTO leader (id, url, since) VALUES (1, $1, $2) \
+                 ON CONFLICT (id) DO UPDATE SET url = EXCLUDED.url, since = EXCLUDED.since",
+                &[&url, &now],
+            )
+            .map_err(|e| backend(&self.name, "recording the leader", e))?;
+        // A leader cut off from the database by the network (not closed) would otherwise keep
+        // its session, and the lock, for as long as the kernel's keepalive default (hours):
+        // the database drops it after about 11 s of silence instead.
+        self.client
+            .batch_execute(
+                "SET tcp_keepalives_idle = 5; SET tcp_keepalives_interval = 2; \
+                 SET tcp_keepalives_count = 3",
+            )
+            .map_err(|e| backend(&self.name, "setting the leader's keepalives", e))?;
+        self.next_seq = self.read_next_seq()?;
+        Ok(true)
+    }
+
+    /// The URL of the server that leads, as it recorded it when it took the lock.
+    pub fn leader_url(&mut self) -> Result<Option<String>, StoreError> {
+        let row = self
+            .client
+            .query_opt("SELECT url FROM leader WHERE id = 1", &[])
+            .map_err(|e| backend(&self.name, "reading the leader", e))?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    fn read_next_seq(&mut self) -> Result<i64, StoreError> {
+        Ok(self
+            .client
+            .query_one("SELECT COALESCE(MAX(seq), 0) + 1 FROM instance_events", &[])
+            .map_err(|e| backend(&self.name, "reading the event sequence", e))?
+            .get(0))
+    }
+
     fn migrate(&mut self) -> Result<(), StoreError> {
+        // Servers starting together migrate one after the other.
+        self.client
+            .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+            .map_err(|e| backend(&self.name, "waiting for the migration lock", e))?;
+        let result = self.migrate_locked();
+        let unlocked = self
+            .client
+            .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]);
+        result?;
+        unlocked.map_err(|e| backend(&self.name, "releasing the migration lock", e))?;
+        Ok(())
+    }
+
+    fn migrate_locked(&mut self) -> Result<(), StoreError> {
         let known = MIGRATIONS.len() as i64;
         let found = self.schema_version()?;
         if found > known {
@@ -252,6 +317,12 @@ impl Store for PostgresStore {
             .query(&sql, &[&app_id, &i64::from(limit)])
             .map_err(|e| backend(&self.name, "reading recent errors", e))?;
         Ok(rows.iter().map(event_from_row).collect())
+    }
+
+    fn ping(&mut self) -> Result<(), StoreError> {
+        self.client
+            .is_valid(std::time::Duration::from_secs(2))
+            .map_err(|e| backend(&self.name, "checking the connection", e))
     }
 
     fn describe(&self) -> String {
