@@ -132,27 +132,38 @@ fn etcd_lock_has_one_holder_at_a_time() {
     assert_eq!(etcd_holder(&etcd.url).as_deref(), Some("machine-b"));
 }
 
-/// Through the state machine: the lock is taken before the reboot and released only once the
-/// rebooted machine is healthy.
-#[test]
-fn etcd_lock_is_held_across_the_reboot_until_healthy() {
-    let etcd = start_etcd();
+/// An agent environment with `etcd-lock` on `etcd`, whose lock another machine holds.
+fn env_with_lock_held_elsewhere(etcd: &Etcd) -> (Env, EtcdLock) {
     let mut env = Env::new();
     env.config.reboot_strategy = StrategyKind::EtcdLock;
     env.config.etcd_endpoints = vec![etcd.url.clone()];
     let other = etcd_lock(&etcd.url, "another-machine");
     assert!(other.acquire().unwrap());
+    (env, other)
+}
+
+/// One step while another machine holds the lock: a bounded wait, still in `state`.
+fn waits_for_the_lock(agent: &mut Agent, state: &str) {
+    let next = agent.step().unwrap();
+    assert!(
+        matches!(next, Next::Wait(d) if d <= Duration::from_secs(330)),
+        "{next:?}"
+    );
+    assert_eq!(state_name(agent.status()), state);
+}
+
+/// Through the state machine: the lock is taken before the reboot and released only once the
+/// rebooted machine is healthy.
+#[test]
+fn etcd_lock_is_held_across_the_reboot_until_healthy() {
+    let etcd = start_etcd();
+    let (env, other) = env_with_lock_held_elsewhere(&etcd);
     let (mut installer, mut host) = (FakeInstaller::new(Slot::A), FakeHost::new());
     {
         let mut agent = env.agent(&mut installer, &mut host);
         step_until(&mut agent, "reboot-needed", 5);
         // Another machine holds the lock: wait (bounded), no reboot.
-        let next = agent.step().unwrap();
-        assert!(
-            matches!(next, Next::Wait(d) if d <= Duration::from_secs(330)),
-            "{next:?}"
-        );
-        assert_eq!(state_name(agent.status()), "reboot-needed");
+        waits_for_the_lock(&mut agent, "reboot-needed");
         other.release().unwrap();
         step_until(&mut agent, "rebooting", 1);
         assert!(agent.status().lock_held);
@@ -182,12 +193,8 @@ fn etcd_lock_is_held_across_the_reboot_until_healthy() {
 #[test]
 fn etcd_lock_taken_before_installing_when_asked() {
     let etcd = start_etcd();
-    let mut env = Env::new();
-    env.config.reboot_strategy = StrategyKind::EtcdLock;
-    env.config.etcd_endpoints = vec![etcd.url.clone()];
+    let (mut env, other) = env_with_lock_held_elsewhere(&etcd);
     env.config.lock_install = true;
-    let other = etcd_lock(&etcd.url, "another-machine");
-    assert!(other.acquire().unwrap());
     let (mut installer, mut host) = (FakeInstaller::new(Slot::A), FakeHost::new());
     installer.fail = Some(crate::installer::InstallFailure {
         code: crate::installer::codes::INSTALL_DEVICE,
@@ -197,12 +204,7 @@ fn etcd_lock_taken_before_installing_when_asked() {
         let mut agent = env.agent(&mut installer, &mut host);
         step_until(&mut agent, "writing", 5);
         // Downloaded, but another machine is busy: no write yet.
-        let next = agent.step().unwrap();
-        assert!(
-            matches!(next, Next::Wait(d) if d <= Duration::from_secs(330)),
-            "{next:?}"
-        );
-        assert_eq!(state_name(agent.status()), "writing");
+        waits_for_the_lock(&mut agent, "writing");
         assert!(!agent.status().lock_held);
         other.release().unwrap();
         // Taken, then the write fails: the machine is idle and the lock free again.
