@@ -260,6 +260,9 @@ pub fn start_machine(
     Vm::start(&cfg).unwrap_or_else(|e| panic!("starting {name}: {e}"))
 }
 
+/// How much of each log a failed scenario prints.
+const EVIDENCE_TAIL_LINES: usize = 40;
+
 /// Leaves a failed scenario's evidence where the test output names it: each machine's agent
 /// state and journals (fetched over ssh while it still answers), its serial log, and the update
 /// server's database. Does nothing when the scenario passes. It keeps no borrow of the VMs, so
@@ -306,7 +309,13 @@ impl Drop for Evidence {
                    sudo journalctl -b -1 -u kiln-update-agent --no-pager; \
                    sudo journalctl -b -u kiln-update-agent --no-pager";
         for m in &self.machines {
-            eprintln!("  {} serial log: {}", m.name, m.serial_log.display());
+            // CI keeps only the test's output: the last of each log goes there too.
+            eprintln!(
+                "  {} serial log: {}; its end:\n{}",
+                m.name,
+                m.serial_log.display(),
+                indent(&kiln_qemu::log_tail(&m.serial_log, EVIDENCE_TAIL_LINES))
+            );
             let Some(port) = m.ssh_port else { continue };
             let out = self.dir.join(format!("{}-agent.txt", m.name));
             let fetched =
@@ -317,11 +326,23 @@ impl Drop for Evidence {
                 Some(o) => {
                     let mut text = o.stdout;
                     text.extend_from_slice(&o.stderr);
-                    let _ = std::fs::write(&out, text);
-                    eprintln!("  {} agent state and journal: {}", m.name, out.display());
+                    let _ = std::fs::write(&out, &text);
+                    eprintln!(
+                        "  {} agent state and journal: {}; its end:\n{}",
+                        m.name,
+                        out.display(),
+                        indent(&kiln_qemu::log_tail(&out, EVIDENCE_TAIL_LINES))
+                    );
                 }
                 None => eprintln!("  {}: the agent's journal could not be fetched", m.name),
             }
         }
     }
+}
+
+fn indent(text: &str) -> String {
+    text.lines()
+        .map(|l| format!("    | {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }

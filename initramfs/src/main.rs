@@ -2,7 +2,7 @@
 //! modules the machine needs, finds the Kiln disk, opens the slot's `/usr` through dm-verity
 //! with the root hash from the kernel command line, mounts ROOT and `/usr`, prepares ROOT on
 //! first boot, and hands over to systemd. Any failure ends in an emergency shell on the
-//! console, never in a kernel panic.
+//! console, never in a kernel panic; on a slot's trial boot, in a reboot instead (see `trial`).
 //!
 //! Built static, so that the initramfs needs no libraries:
 //! `RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -p kiln-initramfs
@@ -19,6 +19,7 @@ mod log;
 mod modload;
 mod switchroot;
 mod sys;
+mod trial;
 
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
@@ -32,6 +33,8 @@ use disk::BootDisk;
 /// How long to wait for the boot disk to appear (USB disks and slow controllers take seconds).
 const DISK_TIMEOUT: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(200);
+/// How long a failed trial boot shows its failure before it reboots.
+const TRIAL_REBOOT_DELAY: Duration = Duration::from_secs(10);
 /// Where ROOT is mounted before switch_root.
 const SYSROOT: &str = "/sysroot";
 /// The device-mapper name of the verified `/usr`.
@@ -260,12 +263,14 @@ fn mount_usr(
     }
 }
 
-/// Reports the failure and runs the emergency shell for ever (PID 1 must not exit).
+/// Reports the failure; reboots when the slot is on trial, else runs the emergency shell for
+/// ever (PID 1 must not exit).
 fn emergency(failure: &str) -> ! {
     log::say("EMERGENCY: the boot stopped.");
     for line in failure.lines() {
         log::say(&format!("  {line}"));
     }
+    reboot_if_on_trial();
     let shell = Path::new("/bin/sh");
     loop {
         if shell.exists() {
@@ -280,6 +285,38 @@ fn emergency(failure: &str) -> ! {
             }
         }
         std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// Reboots when the failed slot's boot entry still counts tries, so that the boot loader counts
+/// this failure and, after the last try, starts the other slot. Returns, saying why, otherwise.
+fn reboot_if_on_trial() {
+    let Ok(text) = std::fs::read_to_string("/proc/cmdline") else {
+        return;
+    };
+    let cmdline = Cmdline::parse(&text);
+    if cmdline.emergency {
+        return;
+    }
+    let Some(slot) = cmdline.slot else {
+        return;
+    };
+    match trial::slot_entry(slot) {
+        Ok(trial::Entry::OnTrial(entry)) => {
+            log::say(&format!(
+                "slot {slot} is on trial (boot entry {entry}): rebooting in {} s, so that the boot \
+                 loader counts this failed try and, after the last, starts the other slot",
+                TRIAL_REBOOT_DELAY.as_secs()
+            ));
+            std::thread::sleep(TRIAL_REBOOT_DELAY);
+            sys::sync();
+            let e = sys::reboot();
+            log::say(&format!("rebooting failed: {e}"));
+        }
+        Ok(trial::Entry::Settled(why)) => log::say(&format!("not rebooting: {why}")),
+        Err(e) => log::say(&format!(
+            "not rebooting: whether slot {slot} is on trial cannot be told: {e:#}"
+        )),
     }
 }
 

@@ -150,6 +150,13 @@ pub fn dup_to_stdio(fd: libc::c_int) -> io::Result<()> {
     Ok(())
 }
 
+/// Restarts the machine at once: call [`sync`] first. Returns only on failure.
+pub fn reboot() -> io::Error {
+    // SAFETY: reboot(2) with a valid command; as PID 1 we may call it.
+    unsafe { libc::reboot(libc::RB_AUTOBOOT) };
+    io::Error::last_os_error()
+}
+
 /// Flushes filesystem buffers (before a partition table change the kernel must see).
 pub fn sync() {
     // SAFETY: sync cannot fail.

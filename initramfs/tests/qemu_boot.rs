@@ -2,7 +2,8 @@
 //! the init, busybox as `/bin/sh` and the module subset; the init finds a GPT disk made with
 //! host tools, opens `/usr` through dm-verity, mounts ROOT, grows it, and execs a fake systemd
 //! (a busybox script) that prints what it sees. A second boot with one byte of USR-A flipped
-//! must stop in the emergency shell with the verity error, not in a kernel panic.
+//! must stop in the emergency shell with the verity error, not in a kernel panic, while slot A's
+//! boot entry is blessed; while it is on trial (still counting tries), the init must reboot.
 
 use std::fs;
 use std::io::{Read, Write};
@@ -24,6 +25,9 @@ const DISK_PARTITIONED: u64 = 80 * MIB;
 const DISK_GROWN: u64 = 160 * MIB;
 const USR_FS_BYTES: u64 = 16 * MIB;
 const ROOT_PART: u32 = 5;
+/// The ESP: partition 1, from sector 2048, 2 MiB (see [`build_disk`]).
+const ESP_START: u64 = 2048 * 512;
+const ESP_BYTES: u64 = 2 * MIB;
 const QEMU_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The fake systemd: proves it runs from the verified /usr, shows the mounts and ROOT's size,
@@ -232,6 +236,37 @@ fn build_disk(work: &Path, usr: &Path) -> (PathBuf, u64) {
     (disk, usr_start)
 }
 
+/// Formats the ESP with `mkfs.fat` and puts boot entries with these names (long names, as
+/// systemd-boot and the update agent use) in `/loader/entries` with mtools.
+fn write_esp(work: &Path, disk: &Path, entries: &[&str]) {
+    let esp = work.join("esp.img");
+    let _ = fs::remove_file(&esp);
+    let mkfs = require_tool("mkfs.fat", "dosfstools");
+    run(Command::new(mkfs)
+        .args(["-C", "-n", "ESP"])
+        .arg(&esp)
+        .arg((ESP_BYTES / 1024).to_string()));
+    let mmd = require_tool("mmd", "mtools");
+    run(Command::new(mmd)
+        .arg("-i")
+        .arg(&esp)
+        .args(["::/loader", "::/loader/entries"]));
+    let entry = work.join("entry.conf");
+    fs::write(&entry, "title Kiln\nlinux /kiln/a/vmlinuz\n").unwrap();
+    let mcopy = require_tool("mcopy", "mtools");
+    for name in entries {
+        run(Command::new(&mcopy)
+            .arg("-i")
+            .arg(&esp)
+            .arg(&entry)
+            .arg(format!("::/loader/entries/{name}")));
+    }
+    let mut out = fs::OpenOptions::new().write(true).open(disk).unwrap();
+    use std::io::Seek;
+    out.seek(std::io::SeekFrom::Start(ESP_START)).unwrap();
+    out.write_all(&fs::read(&esp).unwrap()).unwrap();
+}
+
 /// What a boot waits for, and what it types on the serial console.
 struct Script<'a> {
     /// The boot is over when this holds for the serial log.
@@ -418,6 +453,8 @@ fn boots_to_systemd_from_verified_usr_and_stops_on_corruption() {
     f.seek(SeekFrom::Start(at)).unwrap();
     f.write_all(&[b[0] ^ 0x01]).unwrap();
     drop(f);
+    // Slot A's entry is blessed: the boot stops for an operator.
+    write_esp(work, &disk, &["kiln-a.conf", "kiln-b+3.conf"]);
     // The emergency shell answers on the console.
     let answered = |l: &str| l.contains("SHELL-ANSWERS-42");
     let script = Script {
@@ -435,6 +472,10 @@ fn boots_to_systemd_from_verified_usr_and_stops_on_corruption() {
     assert!(
         log.contains("SHELL-ANSWERS-42"),
         "the emergency shell did not answer:\n{log}"
+    );
+    assert!(
+        log.contains("not rebooting: kiln-a.conf is blessed"),
+        "{log}"
     );
     // The kernel's own words are part of the message.
     let emergency = &log[log.find("EMERGENCY").unwrap()..];
@@ -464,4 +505,25 @@ fn boots_to_systemd_from_verified_usr_and_stops_on_corruption() {
         "{log}"
     );
     assert!(!log.contains("boot disk"), "{log}");
+
+    // Slot A on trial: the same failure reboots (QEMU runs with -no-reboot, so it exits), and
+    // the boot loader can count the try and fall back.
+    write_esp(work, &disk, &["kiln-a+2-1.conf", "kiln-b.conf"]);
+    let never = |_: &str| false;
+    let script = Script {
+        done: &never,
+        input: None,
+    };
+    let log = boot(work, "trial", &vmlinuz, &initrd, &disk, &append, script);
+    assert!(!log.contains("Kernel panic"), "{log}");
+    assert!(
+        log.contains("dm-verity: /usr data does not match kiln.usrhash="),
+        "{log}"
+    );
+    assert!(
+        log.contains("slot a is on trial (boot entry kiln-a+2-1.conf): rebooting in 10 s"),
+        "{log}"
+    );
+    assert!(!log.contains("starting the emergency shell"), "{log}");
+    assert!(log.contains("reboot: Restarting system"), "{log}");
 }

@@ -248,10 +248,7 @@ impl Vm {
 
     /// The last lines of the serial log, escape sequences removed, for error messages.
     pub fn serial_tail(&self) -> String {
-        match read_from(self.serial_log(), 0) {
-            Ok(bytes) => tail_lines(&bytes, TAIL_LINES),
-            Err(e) => format!("(serial log unreadable: {e})"),
-        }
+        log_tail(self.serial_log(), TAIL_LINES)
     }
 
     fn ensure_running(&self) -> Result<(), QemuError> {
@@ -407,6 +404,15 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
         return Some(0);
     }
     haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The last `n` non-empty lines of a console log (a VM's serial log, say) as readable text, for
+/// a failure's message; also usable once the VM is gone.
+pub fn log_tail(path: &Path, n: usize) -> String {
+    match read_from(path, 0) {
+        Ok(bytes) => tail_lines(&bytes, n),
+        Err(e) => format!("({} unreadable: {e})", path.display()),
+    }
 }
 
 /// The last `n` lines of a console log as readable text: terminal escape sequences (which firmware

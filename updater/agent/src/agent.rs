@@ -29,6 +29,8 @@ const REBOOT_WAIT: Duration = Duration::from_secs(300);
 const HEALTH_POLL: Duration = Duration::from_secs(5);
 /// Save download progress at most this often (bytes).
 const PROGRESS_SAVE_STEP: u64 = 32 << 20;
+/// At most this many events wait for the server; the oldest go first when more come.
+const MAX_UNSENT_EVENTS: usize = 16;
 
 /// What the caller should do before the next step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,6 +158,8 @@ impl<'a> Agent<'a> {
     fn check(&mut self) -> Result<Next, StateError> {
         self.status.last_check = Some(self.host.now());
         self.status.checks += 1;
+        // The server hears what happened before it is asked what is next.
+        self.send_events();
         let on_demand = std::mem::take(&mut self.on_demand);
         match self.client.check(on_demand) {
             Ok(None) => self.idle_after(None),
@@ -482,14 +486,35 @@ impl<'a> Agent<'a> {
         }
     }
 
-    /// Sends an event; a failure is logged, not fatal (the update itself went on).
+    /// Queues an event and sends the queue. What the server cannot take now stays queued (saved
+    /// with the state at the caller's next transition) and goes out before the next check; the
+    /// update itself goes on either way.
     fn report(&mut self, event: Event) {
-        if let Err(e) = self.client.report(event.clone()) {
+        if self.status.unsent_events.len() >= MAX_UNSENT_EVENTS {
+            let dropped = self.status.unsent_events.remove(0);
             eprintln!(
-                "reporting event {}/{}: {e}",
-                u32::from(event.eventtype),
-                u32::from(event.eventresult)
+                "dropping the oldest unsent event {}: {MAX_UNSENT_EVENTS} are waiting for the server",
+                event_label(&dropped)
             );
+        }
+        self.status.unsent_events.push(event);
+        self.send_events();
+    }
+
+    /// Sends the queued events, oldest first, until the server cannot be reached. An event the
+    /// server refuses (not a transient failure) would be refused again: it is dropped.
+    fn send_events(&mut self) {
+        while let Some(event) = self.status.unsent_events.first() {
+            let label = event_label(event);
+            match self.client.report(event.clone()) {
+                Ok(()) => {}
+                Err(e) if e.is_transient() => {
+                    eprintln!("reporting event {label}: {e}; sent again before the next check");
+                    return;
+                }
+                Err(e) => eprintln!("reporting event {label}: {e}; the server refused it, dropped"),
+            }
+            self.status.unsent_events.remove(0);
         }
     }
 
@@ -533,4 +558,13 @@ impl<'a> Agent<'a> {
             self.host.sleep(Duration::from_secs(1));
         }
     }
+}
+
+/// `type/result` of an event, as logs and the server's tables show it.
+fn event_label(event: &Event) -> String {
+    format!(
+        "{}/{}",
+        u32::from(event.eventtype),
+        u32::from(event.eventresult)
+    )
 }

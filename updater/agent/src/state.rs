@@ -1,5 +1,6 @@
 //! The agent's persisted state: where the update stands (one variant per state of the machine),
-//! progress, versions known to be bad, and whether a reboot lock is held. Saved as JSON atomically
+//! progress, versions known to be bad, whether a reboot lock is held, and the events the server
+//! has not taken yet. Saved as JSON atomically
 //! (temp file, fsync, rename, fsync the directory) after every transition, so a restart resumes.
 
 use std::collections::BTreeSet;
@@ -7,7 +8,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use kiln_image::boot::Slot;
-use kiln_updater::omaha::OfferedUpdate;
+use kiln_updater::omaha::{Event, OfferedUpdate};
 use serde::{Deserialize, Serialize};
 
 /// An update the server offered, as the agent keeps it.
@@ -149,6 +150,11 @@ pub struct Status {
     /// Set while this machine holds the cluster's reboot lock.
     #[serde(default)]
     pub lock_held: bool,
+    /// Events the server could not be reached for, oldest first: sent again, in order, before
+    /// the next check. The 3/0 of a fallback is sent first thing on the boot that finds it,
+    /// when the network may still be coming up; it must reach the server all the same.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unsent_events: Vec<Event>,
 }
 
 impl Default for Status {
@@ -163,6 +169,7 @@ impl Default for Status {
             failures: 0,
             bad_versions: BTreeSet::new(),
             lock_held: false,
+            unsent_events: Vec::new(),
         }
     }
 }

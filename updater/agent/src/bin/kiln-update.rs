@@ -102,6 +102,12 @@ fn status(paths: &Paths, json: bool) -> anyhow::Result<()> {
     if s.lock_held {
         println!("reboot lock:  held by this machine");
     }
+    if !s.unsent_events.is_empty() {
+        println!(
+            "unsent:       {} event(s), sent before the next check",
+            s.unsent_events.len()
+        );
+    }
     match installer(paths) {
         Ok(i) => {
             println!(

@@ -195,6 +195,74 @@ fn fallback_reports_and_marks_the_version_bad() {
     assert_eq!(installer.blessed, 0);
 }
 
+/// The server cannot be reached when the fallback is found (the network is still coming up):
+/// the 3/0 stays queued, survives a restart of the agent, and reaches the server before the
+/// next check.
+#[test]
+fn fallback_event_waits_for_the_server_and_goes_before_the_next_check() {
+    let env = Env::new();
+    let (mut installer, mut host) = (FakeInstaller::new(Slot::A), FakeHost::new());
+    write_state(
+        &env,
+        State::Rebooting {
+            pending: pending(Slot::B, BOOT_1),
+        },
+    );
+    host.boot_id = BOOT_2.into();
+    env.script().omaha_failures.push_back(503);
+    let mut agent = env.agent(&mut installer, &mut host);
+    agent.step().unwrap();
+    let status = agent.status().clone();
+    drop(agent);
+    assert!(is_idle(&status.state));
+    assert_eq!(env.saved().unsent_events.len(), 1, "{status:?}");
+    let refused = env.server.seen().len();
+
+    // The agent restarts; at its next check the event goes first, then the check.
+    host.now = status.next_check;
+    let mut agent = env.agent(&mut installer, &mut host);
+    step_until(&mut agent, "checking", 1);
+    agent.step().unwrap();
+    drop(agent);
+    assert!(env.saved().unsent_events.is_empty());
+    let fallback = format!("3/0 code={}", codes::BOOT_FALLBACK);
+    // Once refused with 503, once taken.
+    assert_eq!(env.events(), [fallback.clone(), fallback]);
+    let after: Vec<String> = env.server.seen()[refused..]
+        .iter()
+        .filter_map(|s| Request::parse(&s.body).ok())
+        .map(|r| {
+            let app = &r.apps[0];
+            match (&app.updatecheck, app.events.first()) {
+                (Some(_), _) => "check".to_owned(),
+                (None, Some(_)) => "event".to_owned(),
+                (None, None) => "other".to_owned(),
+            }
+        })
+        .collect();
+    assert_eq!(after, ["event", "check"]);
+}
+
+/// The server refuses an event for good (a 4xx): it is dropped, not sent for ever.
+#[test]
+fn refused_event_is_dropped() {
+    let env = Env::new();
+    let (mut installer, mut host) = (FakeInstaller::new(Slot::A), FakeHost::new());
+    write_state(
+        &env,
+        State::Rebooting {
+            pending: pending(Slot::B, BOOT_1),
+        },
+    );
+    host.boot_id = BOOT_2.into();
+    env.script().omaha_failures.push_back(400);
+    let mut agent = env.agent(&mut installer, &mut host);
+    agent.step().unwrap();
+    drop(agent);
+    assert_eq!(env.events(), [format!("3/0 code={}", codes::BOOT_FALLBACK)]);
+    assert!(env.saved().unsent_events.is_empty());
+}
+
 /// The payload's SHA-256 is not the response's: 3/0 code 10, file deleted, nothing installed.
 #[test]
 fn payload_hash_mismatch_is_refused() {
