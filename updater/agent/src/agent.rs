@@ -31,6 +31,8 @@ const HEALTH_POLL: Duration = Duration::from_secs(5);
 const PROGRESS_SAVE_STEP: u64 = 32 << 20;
 /// At most this many events wait for the server; the oldest go first when more come.
 const MAX_UNSENT_EVENTS: usize = 16;
+/// How soon an idle agent tries unsent events again (checks may be an hour apart).
+const EVENT_RETRY: Duration = Duration::from_secs(60);
 
 /// What the caller should do before the next step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +66,8 @@ pub struct Agent<'a> {
     status: Status,
     /// The current check was asked for by an operator (`installsource="ondemandupdate"`).
     on_demand: bool,
+    /// Unix time before which an idle agent does not try unsent events again.
+    events_retry_at: u64,
 }
 
 impl<'a> Agent<'a> {
@@ -82,6 +86,7 @@ impl<'a> Agent<'a> {
             host: parts.host,
             status,
             on_demand: false,
+            events_retry_at: 0,
         };
         let resumed = match agent.status.state.clone() {
             State::Checking => State::Idle,
@@ -145,13 +150,22 @@ impl<'a> Agent<'a> {
             return Ok(Next::Wait(self.config.check_interval));
         }
         let now = self.host.now();
+        let unsent = self.status.unsent_events.len();
+        if unsent > 0 && now >= self.events_retry_at {
+            self.send_events();
+            if self.status.unsent_events.len() != unsent {
+                self.save()?;
+            }
+        }
         if self.take_trigger() || now >= self.status.next_check {
             self.set(State::Checking)?;
             return Ok(Next::Now);
         }
-        Ok(Next::Wait(Duration::from_secs(
-            self.status.next_check - now,
-        )))
+        let mut wait = self.status.next_check - now;
+        if !self.status.unsent_events.is_empty() {
+            wait = wait.min(self.events_retry_at.saturating_sub(now).max(1));
+        }
+        Ok(Next::Wait(Duration::from_secs(wait)))
     }
 
     /// checking → idle (no update, or a refusal) | downloading | backoff.
@@ -487,8 +501,8 @@ impl<'a> Agent<'a> {
     }
 
     /// Queues an event and sends the queue. What the server cannot take now stays queued (saved
-    /// with the state at the caller's next transition) and goes out before the next check; the
-    /// update itself goes on either way.
+    /// with the state at the caller's next transition) and goes out later (see
+    /// [`Agent::send_events`]); the update itself goes on either way.
     fn report(&mut self, event: Event) {
         if self.status.unsent_events.len() >= MAX_UNSENT_EVENTS {
             let dropped = self.status.unsent_events.remove(0);
@@ -501,7 +515,8 @@ impl<'a> Agent<'a> {
         self.send_events();
     }
 
-    /// Sends the queued events, oldest first, until the server cannot be reached. An event the
+    /// Sends the queued events, oldest first, until the server cannot be reached (then an idle
+    /// agent tries again in [`EVENT_RETRY`], and any check sends them first). An event the
     /// server refuses (not a transient failure) would be refused again: it is dropped.
     fn send_events(&mut self) {
         while let Some(event) = self.status.unsent_events.first() {
@@ -509,7 +524,11 @@ impl<'a> Agent<'a> {
             match self.client.report(event.clone()) {
                 Ok(()) => {}
                 Err(e) if e.is_transient() => {
-                    eprintln!("reporting event {label}: {e}; sent again before the next check");
+                    eprintln!(
+                        "reporting event {label}: {e}; sent again within {} s",
+                        EVENT_RETRY.as_secs()
+                    );
+                    self.events_retry_at = self.host.now() + EVENT_RETRY.as_secs();
                     return;
                 }
                 Err(e) => eprintln!("reporting event {label}: {e}; the server refused it, dropped"),

@@ -243,6 +243,41 @@ fn fallback_event_waits_for_the_server_and_goes_before_the_next_check() {
     assert_eq!(after, ["event", "check"]);
 }
 
+/// An idle agent does not wait for its next check (an hour by default) to send what the server
+/// missed: it tries again a minute later.
+#[test]
+fn idle_agent_sends_unsent_events_within_a_minute() {
+    let env = Env::new();
+    let (mut installer, mut host) = (FakeInstaller::new(Slot::A), FakeHost::new());
+    write_state(
+        &env,
+        State::Rebooting {
+            pending: pending(Slot::B, BOOT_1),
+        },
+    );
+    host.boot_id = BOOT_2.into();
+    env.script().omaha_failures.push_back(503);
+    let mut agent = env.agent(&mut installer, &mut host);
+    agent.step().unwrap();
+    // Straight after the failure, idle does not hammer the server: it waits a minute.
+    assert_eq!(agent.step().unwrap(), Next::Wait(Duration::from_secs(60)));
+    assert_eq!(agent.status().unsent_events.len(), 1);
+    host_advance(&mut agent, 60);
+    agent.step().unwrap();
+    assert!(is_idle(&agent.status().state));
+    drop(agent);
+    assert!(env.saved().unsent_events.is_empty());
+    let fallback = format!("3/0 code={}", codes::BOOT_FALLBACK);
+    assert_eq!(env.events(), [fallback.clone(), fallback]);
+    // No check was made for it.
+    assert!(env
+        .server
+        .seen()
+        .iter()
+        .filter_map(|s| Request::parse(&s.body).ok())
+        .all(|r| r.apps[0].updatecheck.is_none()));
+}
+
 /// The server refuses an event for good (a 4xx): it is dropped, not sent for ever.
 #[test]
 fn refused_event_is_dropped() {
