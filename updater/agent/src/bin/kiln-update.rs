@@ -47,6 +47,10 @@ enum Command {
 }
 
 fn main() {
+    // Like any other command, `kiln-update status | head` ends quietly when the reader goes away
+    // (Rust ignores SIGPIPE, and println! would panic on the closed pipe).
+    // SAFETY: setting a signal's disposition at the start of main, before any thread starts.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let args = Args::parse();
     let paths = Paths::system();
     let result = match args.command {

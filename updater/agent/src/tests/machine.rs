@@ -163,14 +163,7 @@ fn degraded_is_not_blessed_and_does_not_wait_out_the_timeout() {
 #[test]
 fn fallback_reports_and_marks_the_version_bad() {
     let env = Env::new();
-    let (mut installer, mut host) = (FakeInstaller::new(Slot::A), FakeHost::new());
-    write_state(
-        &env,
-        State::Rebooting {
-            pending: pending(Slot::B, BOOT_1),
-        },
-    );
-    host.boot_id = BOOT_2.into();
+    let (mut installer, mut host) = fell_back(&env, &[]);
     let mut agent = env.agent(&mut installer, &mut host);
     assert_eq!(state_name(agent.status()), "confirming");
     agent.step().unwrap();
@@ -201,15 +194,7 @@ fn fallback_reports_and_marks_the_version_bad() {
 #[test]
 fn fallback_event_waits_for_the_server_and_goes_before_the_next_check() {
     let env = Env::new();
-    let (mut installer, mut host) = (FakeInstaller::new(Slot::A), FakeHost::new());
-    write_state(
-        &env,
-        State::Rebooting {
-            pending: pending(Slot::B, BOOT_1),
-        },
-    );
-    host.boot_id = BOOT_2.into();
-    env.script().omaha_failures.push_back(503);
+    let (mut installer, mut host) = fell_back(&env, &[503]);
     let mut agent = env.agent(&mut installer, &mut host);
     agent.step().unwrap();
     let status = agent.status().clone();
@@ -248,15 +233,7 @@ fn fallback_event_waits_for_the_server_and_goes_before_the_next_check() {
 #[test]
 fn idle_agent_sends_unsent_events_within_a_minute() {
     let env = Env::new();
-    let (mut installer, mut host) = (FakeInstaller::new(Slot::A), FakeHost::new());
-    write_state(
-        &env,
-        State::Rebooting {
-            pending: pending(Slot::B, BOOT_1),
-        },
-    );
-    host.boot_id = BOOT_2.into();
-    env.script().omaha_failures.push_back(503);
+    let (mut installer, mut host) = fell_back(&env, &[503]);
     let mut agent = env.agent(&mut installer, &mut host);
     agent.step().unwrap();
     // Straight after the failure, idle does not hammer the server: it waits a minute.
@@ -282,15 +259,7 @@ fn idle_agent_sends_unsent_events_within_a_minute() {
 #[test]
 fn refused_event_is_dropped() {
     let env = Env::new();
-    let (mut installer, mut host) = (FakeInstaller::new(Slot::A), FakeHost::new());
-    write_state(
-        &env,
-        State::Rebooting {
-            pending: pending(Slot::B, BOOT_1),
-        },
-    );
-    host.boot_id = BOOT_2.into();
-    env.script().omaha_failures.push_back(400);
+    let (mut installer, mut host) = fell_back(&env, &[400]);
     let mut agent = env.agent(&mut installer, &mut host);
     agent.step().unwrap();
     drop(agent);
@@ -566,6 +535,21 @@ fn check_trigger_wakes_the_idle_agent() {
         .map(|r| r.installsource.unwrap_or_default())
         .collect();
     assert_eq!(sources, ["scheduler", "ondemandupdate"]);
+}
+
+/// A machine rebooted (boot 1 → boot 2) while slot B was on trial and came back on slot A; the
+/// server answers its next Omaha requests with `failures` (HTTP statuses) first.
+fn fell_back(env: &Env, failures: &[u16]) -> (FakeInstaller, FakeHost) {
+    write_state(
+        env,
+        State::Rebooting {
+            pending: pending(Slot::B, BOOT_1),
+        },
+    );
+    env.script().omaha_failures.extend(failures);
+    let mut host = FakeHost::new();
+    host.boot_id = BOOT_2.into();
+    (FakeInstaller::new(Slot::A), host)
 }
 
 fn pending(slot: Slot, boot_id: &str) -> crate::state::Pending {
