@@ -2,6 +2,7 @@
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::Accel;
 
@@ -38,6 +39,10 @@ pub struct VmConfig {
     pub serial: Serial,
     /// Make a guest reboot end QEMU instead of restarting the machine.
     pub no_reboot: bool,
+    /// A UEFI VM whose console stays silent this long after the kernel's `reboot: machine
+    /// restart` is power-cycled: QEMU 7.2's TCG now and then spins at 100 % CPU in the reset,
+    /// with nothing from the firmware. The firmware prints within seconds of a reset that works.
+    pub reset_hang: Duration,
 }
 
 impl VmConfig {
@@ -61,6 +66,7 @@ impl VmConfig {
             socket_nics: Vec::new(),
             serial: Serial::LogFile(work_dir.join(format!("{name}.serial.log"))),
             no_reboot: false,
+            reset_hang: Duration::from_secs(120),
         }
     }
 

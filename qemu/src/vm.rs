@@ -5,7 +5,8 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 use std::process::{ExitStatus, Output, Stdio};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -22,16 +23,21 @@ use crate::{find_ovmf, find_qemu, find_qemu_img, free_port, resolve_accel, Accel
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How many lines of the serial log an error shows.
 const TAIL_LINES: usize = 30;
+/// The kernel's last line before the machine resets; the firmware prints within seconds after.
+const KERNEL_LAST_WORDS: &str = "reboot: machine restart";
 
 /// A running VM. Dropping it kills QEMU (the files in the work directory stay).
 #[derive(Debug)]
 pub struct Vm {
     plan: Plan,
     command_line: String,
-    child: Mutex<ChildGuard>,
-    qmp: Mutex<Option<Qmp>>,
+    child: Arc<Mutex<ChildGuard>>,
+    qmp: Arc<Mutex<Option<Qmp>>>,
     /// Where the next `wait_for_serial` starts looking: just past the previous match.
     serial_cursor: Mutex<u64>,
+    /// Set to stop the reset watchdog (UEFI VMs that reboot).
+    watchdog_stop: Arc<AtomicBool>,
+    watchdog: Option<thread::JoinHandle<()>>,
 }
 
 impl Vm {
@@ -53,25 +59,80 @@ impl Vm {
         prepare_files(&plan)?;
         let command_line = command_line(&plan.command()?);
         let child = spawn(&plan, &command_line)?;
-        let vm = Vm {
+        let mut vm = Vm {
             plan,
             command_line,
-            child: Mutex::new(child),
-            qmp: Mutex::new(None),
+            child: Arc::new(Mutex::new(child)),
+            qmp: Arc::new(Mutex::new(None)),
             serial_cursor: Mutex::new(0),
+            watchdog_stop: Arc::new(AtomicBool::new(false)),
+            watchdog: None,
         };
         vm.connect_monitor()?;
+        let reboots_itself = vm.plan.uefi.is_some() && !vm.plan.cfg.no_reboot;
+        if reboots_itself && matches!(vm.plan.cfg.serial, Serial::LogFile(_)) {
+            vm.watchdog = Some(vm.start_reset_watchdog());
+        }
         Ok(vm)
     }
 
     /// Starts QEMU again with the same disks and firmware variables (no fresh overlay), after
     /// killing it if it still runs: a power cycle. The serial log continues in the same file.
     pub fn restart(&mut self) -> Result<(), QemuError> {
-        self.kill();
-        *lock(&self.qmp) = None;
-        remove_if_present(&self.plan.qmp_socket)?;
-        *lock(&self.child) = spawn(&self.plan, &self.command_line)?;
-        self.connect_monitor()
+        power_cycle(&self.plan, &self.command_line, &self.child, &self.qmp)
+    }
+
+    /// Watches for a reset QEMU does not carry out (`reset_hang`) and power-cycles the VM
+    /// then, as one would press the reset button of a hung machine: the guest had finished its
+    /// shutdown, so what the scenario checks (the boot loader's choice, the disk) is unchanged.
+    /// It says so on stderr and in the serial log.
+    fn start_reset_watchdog(&self) -> thread::JoinHandle<()> {
+        let (plan, command_line) = (self.plan.clone(), self.command_line.clone());
+        let (child, qmp, stop) = (
+            Arc::clone(&self.child),
+            Arc::clone(&self.qmp),
+            Arc::clone(&self.watchdog_stop),
+        );
+        thread::spawn(move || {
+            let mut seen = (0u64, Instant::now());
+            let poll = (plan.cfg.reset_hang / 4).min(Duration::from_secs(2));
+            while !stop.load(Ordering::SeqCst) {
+                thread::sleep(poll);
+                let len = std::fs::metadata(&plan.serial_log).map_or(0, |m| m.len());
+                if len != seen.0 {
+                    seen = (len, Instant::now());
+                    continue;
+                }
+                if seen.1.elapsed() < plan.cfg.reset_hang || lock(&child).try_status().is_some() {
+                    continue;
+                }
+                let tail = read_from(&plan.serial_log, len.saturating_sub(200)).unwrap_or_default();
+                if !String::from_utf8_lossy(&tail)
+                    .trim_end()
+                    .ends_with(KERNEL_LAST_WORDS)
+                {
+                    continue;
+                }
+                let note = format!(
+                    "kiln-qemu: VM `{}` did not come back from its reboot: nothing on its console \
+                     for {} s after the kernel's `{KERNEL_LAST_WORDS}` (QEMU's TCG hung in the \
+                     reset); power-cycling it",
+                    plan.cfg.name,
+                    plan.cfg.reset_hang.as_secs()
+                );
+                eprintln!("{note}");
+                let _ = OpenOptions::new()
+                    .append(true)
+                    .open(&plan.serial_log)
+                    .and_then(|mut f| {
+                        std::io::Write::write_all(&mut f, format!("\r\n{note}\r\n").as_bytes())
+                    });
+                if let Err(e) = power_cycle(&plan, &command_line, &child, &qmp) {
+                    eprintln!("kiln-qemu: power-cycling VM `{}`: {e}", plan.cfg.name);
+                    return;
+                }
+            }
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -272,44 +333,75 @@ impl Vm {
 
     /// Waits until QEMU accepts a monitor connection, failing early when it exits instead.
     fn connect_monitor(&self) -> Result<(), QemuError> {
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Some(status) = lock(&self.child).try_status() {
-                return Err(self.start_failed(status.to_string()));
-            }
-            if self.plan.qmp_socket.exists() {
-                if let Ok(qmp) = Qmp::connect(&self.plan.qmp_socket) {
-                    *lock(&self.qmp) = Some(qmp);
-                    return Ok(());
-                }
-            }
-            if Instant::now() >= deadline {
-                self.kill();
-                return Err(QemuError::StartTimeout {
-                    command: self.command_line.clone(),
-                    timeout: START_TIMEOUT,
-                    stderr_log: self.plan.qemu_log.clone(),
-                });
-            }
-            thread::sleep(POLL);
-        }
+        connect_monitor(&self.plan, &self.command_line, &self.child, &self.qmp)
     }
+}
 
-    fn start_failed(&self, status: String) -> QemuError {
-        let stderr_tail = read_from(&self.plan.qemu_log, 0)
-            .map(|b| tail_lines(&b, TAIL_LINES))
-            .unwrap_or_default();
-        QemuError::StartFailed {
-            command: self.command_line.clone(),
-            status,
-            stderr_log: self.plan.qemu_log.clone(),
-            stderr_tail,
+/// Kills QEMU if it still runs and starts it again with the same files. The process is swapped
+/// under its lock, so no one sees the VM stopped in between (`wait_for_serial` would fail).
+fn power_cycle(
+    plan: &Plan,
+    command_line: &str,
+    child: &Mutex<ChildGuard>,
+    qmp: &Mutex<Option<Qmp>>,
+) -> Result<(), QemuError> {
+    let mut process = lock(child);
+    process.kill();
+    *lock(qmp) = None;
+    remove_if_present(&plan.qmp_socket)?;
+    *process = spawn(plan, command_line)?;
+    drop(process);
+    connect_monitor(plan, command_line, child, qmp)
+}
+
+/// Waits until QEMU accepts a monitor connection, failing early when it exits instead.
+fn connect_monitor(
+    plan: &Plan,
+    command_line: &str,
+    child: &Mutex<ChildGuard>,
+    qmp: &Mutex<Option<Qmp>>,
+) -> Result<(), QemuError> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if let Some(status) = lock(child).try_status() {
+            return Err(start_failed(plan, command_line, status.to_string()));
         }
+        if plan.qmp_socket.exists() {
+            if let Ok(conn) = Qmp::connect(&plan.qmp_socket) {
+                *lock(qmp) = Some(conn);
+                return Ok(());
+            }
+        }
+        if Instant::now() >= deadline {
+            lock(child).kill();
+            return Err(QemuError::StartTimeout {
+                command: command_line.to_owned(),
+                timeout: START_TIMEOUT,
+                stderr_log: plan.qemu_log.clone(),
+            });
+        }
+        thread::sleep(POLL);
+    }
+}
+
+fn start_failed(plan: &Plan, command_line: &str, status: String) -> QemuError {
+    let stderr_tail = read_from(&plan.qemu_log, 0)
+        .map(|b| tail_lines(&b, TAIL_LINES))
+        .unwrap_or_default();
+    QemuError::StartFailed {
+        command: command_line.to_owned(),
+        status,
+        stderr_log: plan.qemu_log.clone(),
+        stderr_tail,
     }
 }
 
 impl Drop for Vm {
     fn drop(&mut self) {
+        self.watchdog_stop.store(true, Ordering::SeqCst);
+        if let Some(watchdog) = self.watchdog.take() {
+            let _ = watchdog.join();
+        }
         if self.plan.cfg.serial == Serial::Terminal && self.is_running() {
             // QEMU put the terminal in raw mode; only a clean exit gives it back.
             if self.qmp("quit").is_ok() {

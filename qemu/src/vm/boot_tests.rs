@@ -312,13 +312,8 @@ fn start_failure_reports_the_command_line_and_qemu_message() {
 
 #[test]
 fn uefi_firmware_starts_and_a_restart_continues_the_serial_log() {
-    kiln_image::testutil::require_tool(crate::QEMU_SYSTEM, "qemu-system-x86");
-    require_ovmf();
     let work = ScratchDir::new("qemu-uefi").expect("work dir");
-    let mut cfg = VmConfig::new("uefi", work.path());
-    cfg.accel = Accel::Tcg;
-    cfg.cpus = 1;
-    cfg.memory_mib = 256;
+    let cfg = small_uefi_vm(work.path(), "uefi");
     let start = Instant::now();
     let mut vm = Vm::start(&cfg).expect("starting the VM");
     // With no disk, OVMF's boot manager tries the network and reports it on the serial console.
@@ -342,6 +337,45 @@ fn uefi_firmware_starts_and_a_restart_continues_the_serial_log() {
         log.matches("BdsDxe").count() > first_run,
         "restart appended to the log"
     );
+}
+
+/// A reset that QEMU does not carry out (nothing on the console after the kernel's last line) is
+/// ended by a power cycle: the guest is paused, the kernel's last line written to its log, and
+/// the watchdog restarts QEMU, which boots the firmware again.
+#[test]
+fn a_hung_reset_is_power_cycled() {
+    let work = ScratchDir::new("qemu-reset-hang").expect("work dir");
+    let mut cfg = small_uefi_vm(work.path(), "hang");
+    cfg.reset_hang = Duration::from_secs(5);
+    let vm = Vm::start(&cfg).expect("starting the VM");
+    vm.wait_for_serial("BdsDxe", BOOT_TIMEOUT)
+        .expect("firmware output");
+    let first_pid = vm.pid();
+    // Paused, the firmware prints nothing more: what a reset spinning in QEMU looks like.
+    vm.qmp("stop").expect("pausing the VM");
+    std::thread::sleep(Duration::from_secs(1));
+    let mut log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(vm.serial_log())
+        .expect("serial log");
+    std::io::Write::write_all(&mut log, b"\r\n[   89.891719] reboot: machine restart\r\n")
+        .expect("writing the serial log");
+    vm.wait_for_serial("power-cycling it", Duration::from_secs(60))
+        .expect("the watchdog's note");
+    vm.wait_for_serial("BdsDxe", BOOT_TIMEOUT)
+        .expect("firmware output after the power cycle");
+    assert_ne!(vm.pid(), first_pid, "QEMU was started again");
+}
+
+/// A small UEFI VM without a disk under TCG: OVMF's boot manager says `BdsDxe` on the console.
+fn small_uefi_vm(work: &Path, name: &str) -> VmConfig {
+    kiln_image::testutil::require_tool(crate::QEMU_SYSTEM, "qemu-system-x86");
+    require_ovmf();
+    let mut cfg = VmConfig::new(name, work);
+    cfg.accel = Accel::Tcg;
+    cfg.cpus = 1;
+    cfg.memory_mib = 256;
+    cfg
 }
 
 /// Installs Debian's `ovmf` when its firmware is missing, the way `require_tool` installs tools.
