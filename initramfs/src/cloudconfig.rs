@@ -4,13 +4,10 @@
 //! console and to the report file, and the machine comes up for an operator to log in.
 //! (`kiln.config.url=` needs the network, so it is left to the booted system.)
 
-use std::fs::File;
 use std::path::Path;
 
 use kiln_config::ApplyOptions;
 use kiln_image::fat;
-use kiln_image::gpt::Gpt;
-use kiln_image::region::Region;
 
 use crate::disk::BootDisk;
 use crate::log;
@@ -117,14 +114,12 @@ fn read_oem(disk: &BootDisk) -> Result<Option<Vec<u8>>, String> {
 
 /// Reads a file from the OEM partition's FAT directly (no vfat module, no mount).
 fn read_oem_file(disk: &BootDisk, file: &str) -> Result<Option<Vec<u8>>, String> {
-    let mut dev = File::open(&disk.disk.node)
-        .map_err(|e| format!("opening {}: {e}", disk.disk.node.display()))?;
-    let gpt = Gpt::read(&mut dev, disk.disk_bytes).map_err(|e| e.to_string())?;
-    let Some((_, part)) = gpt.find_by_name(OEM_PARTITION) else {
+    let Some(mut region) = disk
+        .partition(OEM_PARTITION)
+        .map_err(|e| format!("{e:#}"))?
+    else {
         return Ok(None);
     };
-    let mut region =
-        Region::new(dev, part.start_bytes(), part.size_bytes()).map_err(|e| e.to_string())?;
     match fat::read_file(&mut region, file) {
         Ok(bytes) => Ok(Some(bytes)),
         Err(fat::FatError::NotFound { .. }) => Ok(None),

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use kiln_image::gpt::Gpt;
+use kiln_image::region::Region;
 
 use crate::log;
 use crate::sys;
@@ -46,6 +47,24 @@ pub struct BootDisk {
     pub root: BlockDev,
     /// GPT number of ROOT (the partition grown at first boot).
     pub root_number: u32,
+}
+
+impl BootDisk {
+    /// The partition named `name` as a window on the disk, for our own FAT reader (no vfat
+    /// module, no mount); `None` when the GPT has no such partition.
+    pub fn partition(&self, name: &str) -> Result<Option<Region<File>>> {
+        let node = &self.disk.node;
+        let mut dev = File::open(node).with_context(|| format!("opening {}", node.display()))?;
+        let gpt = Gpt::read(&mut dev, self.disk_bytes)
+            .with_context(|| format!("reading the GPT of {}", node.display()))?;
+        let Some((_, part)) = gpt.find_by_name(name) else {
+            return Ok(None);
+        };
+        let (start, len) = (part.start_bytes(), part.size_bytes());
+        let region = Region::new(dev, start, len)
+            .with_context(|| format!("the {name} partition of {}", node.display()))?;
+        Ok(Some(region))
+    }
 }
 
 /// Parses a sysfs `dev` file (`254:0`).

@@ -7,13 +7,10 @@
 //! Read from the ESP's entries, the same files systemd-boot and the agent read, with our own
 //! FAT reader: no vfat module, no mount.
 
-use std::fs::File;
 use std::path::Path;
 
 use anyhow::{Context, Result};
 use kiln_image::boot::{parse_entry_name, Counter, Slot};
-use kiln_image::gpt::Gpt;
-use kiln_image::region::Region;
 
 use crate::disk;
 
@@ -36,16 +33,10 @@ pub fn slot_entry(slot: Slot) -> Result<Entry> {
     let sys_block = Path::new("/sys/class/block");
     let boot = disk::find_boot_disk(sys_block, slot.partition_name())?
         .context("the boot disk was not found")?;
-    let node = &boot.disk.node;
-    let mut file = File::open(node).with_context(|| format!("opening {}", node.display()))?;
-    let gpt = Gpt::read(&mut file, boot.disk_bytes)
-        .with_context(|| format!("reading the GPT of {}", node.display()))?;
-    let (_, esp) = gpt
-        .find_by_name(ESP_NAME)
-        .with_context(|| format!("{} has no {ESP_NAME} partition", node.display()))?;
-    let mut region = Region::new(&file, esp.start_bytes(), esp.size_bytes())
-        .with_context(|| format!("the {ESP_NAME} partition of {}", node.display()))?;
-    let names: Vec<String> = kiln_image::fat::list_dir(&mut region, ENTRIES_DIR)
+    let mut esp = boot
+        .partition(ESP_NAME)?
+        .with_context(|| format!("{} has no {ESP_NAME} partition", boot.disk.node.display()))?;
+    let names: Vec<String> = kiln_image::fat::list_dir(&mut esp, ENTRIES_DIR)
         .with_context(|| format!("listing {ENTRIES_DIR} on {ESP_NAME}"))?
         .into_iter()
         .filter(|e| !e.is_dir)
