@@ -231,8 +231,8 @@ pub fn split_kernel_cmdline(text: &str) -> Vec<String> {
     words
 }
 
-/// `/loader/loader.conf`: no `default` line, so the entries' versions decide; a short menu
-/// timeout on the console for an operator who wants the other slot by hand.
+/// `/loader/loader.conf`: no `default` line, so the entries' versions decide; the menu shows for
+/// `timeout_seconds` (0: hidden, unless a key is held while systemd-boot starts).
 pub fn loader_conf(timeout_seconds: u32) -> String {
     format!("timeout {timeout_seconds}\nconsole-mode keep\neditor no\n")
 }

@@ -464,27 +464,34 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Writes an archive into `tree` at `usr/share/kiln/images/<name>.tar`.
+/// Writes an archive into `tree` at `usr/share/kiln/images/<name>.tar`, and its tag beside it in
+/// `<name>.tags` (one a line), which the loader checks docker still has.
 pub fn install_archive(
     tree: &mut Tree,
     spec: &ContainerImageSpec,
     archive: Vec<u8>,
     epoch: i64,
 ) -> Result<(), ContainerError> {
-    let path = format!("{IMAGES_DIR}/{}.tar", spec.name);
-    tree.insert_with_parents(
-        &path,
-        Entry::new(
-            Kind::File(Content::bytes(archive)),
-            Meta::root(0o644, epoch),
+    let files = [
+        (format!("{IMAGES_DIR}/{}.tar", spec.name), archive),
+        (
+            format!("{IMAGES_DIR}/{}.tags", spec.name),
+            format!("{}\n", spec.tag).into_bytes(),
         ),
-        &Meta::root(0o755, epoch),
-    )
-    .map_err(|e| ContainerError::Link {
-        image: spec.name.clone(),
-        path,
-        problem: e.to_string(),
-    })
+    ];
+    for (path, data) in files {
+        tree.insert_with_parents(
+            &path,
+            Entry::new(Kind::File(Content::bytes(data)), Meta::root(0o644, epoch)),
+            &Meta::root(0o755, epoch),
+        )
+        .map_err(|e| ContainerError::Link {
+            image: spec.name.clone(),
+            path,
+            problem: e.to_string(),
+        })?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -77,6 +77,9 @@ pub(crate) struct Plan {
     pub serial_log: PathBuf,
     pub qemu_log: PathBuf,
     pub qmp_socket: PathBuf,
+    /// A second monitor the reboot supervisor reads QEMU's events from, for a VM whose guest
+    /// reboots end QEMU so that the harness starts it again (see `Plan::restarts_on_reboot`).
+    pub events_socket: Option<PathBuf>,
 }
 
 impl Plan {
@@ -120,6 +123,7 @@ impl Plan {
             Serial::Terminal => cfg.work_file("serial.log"),
         };
         let qmp_socket = cfg.work_file("qmp");
+        let events_socket = restarts_on_reboot(&cfg).then(|| cfg.work_file("events"));
         if qmp_socket.as_os_str().len() > MAX_SOCKET_PATH {
             let reason = format!(
                 "the monitor socket path {} is too long; use a shorter work_dir",
@@ -146,8 +150,17 @@ impl Plan {
             serial_log,
             qemu_log: cfg.work_file("qemu.log"),
             qmp_socket,
+            events_socket,
             cfg,
         })
+    }
+
+    /// Whether a guest reboot ends QEMU and the harness starts a new QEMU on the same disk and
+    /// UEFI variables, instead of QEMU resetting the machine itself: for UEFI VMs with a log-file
+    /// console that reboot by themselves. QEMU 7.2's TCG now and then spins for ever in the reset
+    /// of a machine (the firmware never prints again); a fresh process has no reset to hang in.
+    pub fn restarts_on_reboot(&self) -> bool {
+        self.events_socket.is_some()
     }
 
     /// QEMU's full argument list (without the program).
@@ -188,6 +201,9 @@ impl Plan {
         ])
         .arg(&backing.file)
         .arg(&disk.file);
+        if let Some(size) = self.cfg.overlay_size {
+            cmd.arg(size.to_string());
+        }
         Some(cmd)
     }
 
@@ -220,7 +236,7 @@ impl Plan {
         a.push(["-nodefaults", "-display", "none"]);
         // Guest entropy from the host, so first-boot key generation does not stall under emulation.
         a.push(["-device", "virtio-rng-pci"]);
-        if self.cfg.no_reboot {
+        if self.cfg.no_reboot || self.restarts_on_reboot() {
             a.push(["-no-reboot"]);
         }
         Ok(())
@@ -334,8 +350,21 @@ impl Plan {
             &format!("socket,id=qmp0,path={qmp},server=on,wait=off"),
         ]);
         a.push(["-mon", "chardev=qmp0,mode=control"]);
+        if let Some(events) = &self.events_socket {
+            let events = a.opt_path(events)?;
+            a.push([
+                "-chardev",
+                &format!("socket,id=qmp1,path={events},server=on,wait=off"),
+            ]);
+            a.push(["-mon", "chardev=qmp1,mode=control"]);
+        }
         Ok(())
     }
+}
+
+/// See [`Plan::restarts_on_reboot`].
+fn restarts_on_reboot(cfg: &VmConfig) -> bool {
+    cfg.firmware == Firmware::Uefi && !cfg.no_reboot && matches!(cfg.serial, Serial::LogFile(_))
 }
 
 /// Argument list under construction, with the VM name at hand for path errors.
@@ -374,6 +403,24 @@ impl Args {
 
 fn boot_disk_plan(cfg: &VmConfig, disk: &Path) -> Result<DiskPlan, QemuError> {
     let format = DiskFormat::detect(disk)?;
+    if let Some(size) = cfg.overlay_size {
+        if cfg.persist {
+            return Err(invalid(
+                cfg,
+                "a disk size is for the overlay, and a persistent VM writes to its disk itself",
+            ));
+        }
+        let own = virtual_size(disk, format)?;
+        if size < own {
+            return Err(invalid(
+                cfg,
+                &format!(
+                    "the disk size {size} bytes is smaller than {} ({own} bytes)",
+                    disk.display()
+                ),
+            ));
+        }
+    }
     if cfg.persist {
         return Ok(DiskPlan {
             file: disk.to_path_buf(),
@@ -390,6 +437,24 @@ fn boot_disk_plan(cfg: &VmConfig, disk: &Path) -> Result<DiskPlan, QemuError> {
         format: DiskFormat::Qcow2,
         overlay: Some(backing),
     })
+}
+
+/// The size of the disk a guest sees in `disk`: a raw file's length, or a qcow2 header's size
+/// field (big-endian, at byte 24).
+fn virtual_size(disk: &Path, format: DiskFormat) -> Result<u64, QemuError> {
+    let io = |e| QemuError::io("reading disk image", disk, e);
+    match format {
+        DiskFormat::Raw => Ok(std::fs::metadata(disk).map_err(io)?.len()),
+        DiskFormat::Qcow2 => {
+            let mut header = [0u8; 32];
+            File::open(disk)
+                .and_then(|mut f| f.read_exact(&mut header))
+                .map_err(io)?;
+            Ok(u64::from_be_bytes(
+                header[24..32].try_into().expect("8 bytes"),
+            ))
+        }
+    }
 }
 
 /// An absolute, symlink-free path for an existing file or directory.
@@ -525,7 +590,20 @@ mod tests {
         assert_eq!(values(&args, "-accel"), ["tcg"]);
         assert!(args.contains(&"-nodefaults".to_string()));
         assert_eq!(values(&args, "-display"), ["none"]);
+        // A UEFI VM logging its console restarts on reboot: QEMU exits at the guest's reset, and
+        // the harness hears why on a second monitor.
+        assert!(args.contains(&"-no-reboot".to_string()));
+        assert_eq!(values(&args, "-mon").len(), 2);
+        // On a terminal QEMU resets the machine itself.
+        let mut cfg = VmConfig::new("t", dir.path());
+        cfg.serial = Serial::Terminal;
+        let args = plan(&cfg, None).args().expect("args");
         assert!(!args.contains(&"-no-reboot".to_string()));
+        assert_eq!(
+            values(&args, "-mon").len(),
+            2,
+            "the terminal's monitor and QMP"
+        );
     }
 
     #[test]
@@ -651,11 +729,16 @@ mod tests {
         let args = plan(&cfg, None).args().expect("args");
         let log = work.join("s.serial.log");
         let qmp = work.join("s.qmp");
+        let events = work.join("s.events");
         assert_eq!(
             values(&args, "-chardev"),
             [
                 format!("file,id=serial0,path={},append=on", log.display()),
                 format!("socket,id=qmp0,path={},server=on,wait=off", qmp.display()),
+                format!(
+                    "socket,id=qmp1,path={},server=on,wait=off",
+                    events.display()
+                ),
             ]
         );
         assert_eq!(values(&args, "-serial"), ["chardev:serial0"]);

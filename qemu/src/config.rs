@@ -19,6 +19,9 @@ pub struct VmConfig {
     /// `false`: the VM writes to a qcow2 overlay in `work_dir`, made fresh at each start, and `disk`
     /// stays pristine. `true`: the VM writes to `disk` itself.
     pub persist: bool,
+    /// The size in bytes of the overlay's virtual disk (at least `disk`'s size): the guest sees a
+    /// disk this large, as on a real machine's bigger disk. `None`: `disk`'s own size.
+    pub overlay_size: Option<u64>,
     /// More disks, attached writable as they are (e.g. a blank target for `flash`), in order after
     /// `disk`; the guest sees them with serial numbers `kiln-extra-0`, `kiln-extra-1`, ...
     pub extra_disks: Vec<PathBuf>,
@@ -54,6 +57,7 @@ impl VmConfig {
             work_dir: work_dir.to_path_buf(),
             disk: None,
             persist: false,
+            overlay_size: None,
             extra_disks: Vec::new(),
             memory_mib: 2048,
             cpus: 2,

@@ -1,5 +1,5 @@
-//! A minimal client for QEMU's machine protocol (QMP) on a Unix socket: enough to know QEMU is up
-//! and to press the virtual power and reset buttons.
+//! A minimal client for QEMU's machine protocol (QMP) on a Unix socket: enough to know QEMU is up,
+//! to press the virtual power and reset buttons, and to hear that a machine asked to be reset.
 //!
 //! QMP sends one JSON object per line. Replies to commands begin with `{"return"` or `{"error"`;
 //! everything else (the greeting, events, which begin with `{"timestamp"`) is skipped. That prefix
@@ -66,5 +66,78 @@ impl Qmp {
             Ok(_) => Ok(line.trim_end().to_string()),
             Err(e) => Err(format!("reading the reply: {e}")),
         }
+    }
+}
+
+/// How long one read of the events monitor waits, so its reader can notice it should stop.
+const EVENT_POLL: Duration = Duration::from_secs(1);
+
+/// QEMU's events, read from a monitor of their own (commands go through [`Qmp`]).
+#[derive(Debug)]
+pub(crate) struct Events {
+    reader: BufReader<UnixStream>,
+    /// A line read in part when a poll ran out.
+    partial: String,
+}
+
+impl Events {
+    pub(crate) fn connect(socket: &Path) -> Result<Events, String> {
+        let qmp = Qmp::connect(socket)?;
+        qmp.writer
+            .set_read_timeout(Some(EVENT_POLL))
+            .map_err(|e| e.to_string())?;
+        Ok(Events {
+            reader: qmp.reader,
+            partial: String::new(),
+        })
+    }
+
+    /// The next event line; `Ok(None)` when none came within a poll; an error once QEMU closed
+    /// the monitor (it is exiting).
+    pub(crate) fn next(&mut self) -> Result<Option<String>, String> {
+        match self.reader.read_line(&mut self.partial) {
+            Ok(0) => Err("QEMU closed the monitor connection".to_string()),
+            Ok(_) if self.partial.ends_with('\n') => {
+                let line = self.partial.trim_end().to_string();
+                self.partial.clear();
+                Ok(Some(line))
+            }
+            Ok(_) => Ok(None),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(format!("reading an event: {e}")),
+        }
+    }
+}
+
+/// Whether an event line says the machine was asked to reset: with `-no-reboot`, QEMU turns a
+/// reset (by the guest, or by `system_reset`) into a SHUTDOWN event with that reason, and exits.
+pub(crate) fn is_reset(event: &str) -> bool {
+    event.contains("\"SHUTDOWN\"")
+        && (event.contains("\"guest-reset\"") || event.contains("\"host-qmp-system-reset\""))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reset_events_are_told_from_power_offs() {
+        let event = |reason: &str| {
+            format!(
+                r#"{{"timestamp": {{"seconds": 1, "microseconds": 2}}, "event": "SHUTDOWN", "data": {{"guest": true, "reason": "{reason}"}}}}"#
+            )
+        };
+        assert!(super::is_reset(&event("guest-reset")));
+        assert!(super::is_reset(&event("host-qmp-system-reset")));
+        assert!(!super::is_reset(&event("guest-shutdown")));
+        assert!(!super::is_reset(&event("host-signal")));
+        assert!(!super::is_reset(
+            r#"{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "RESET", "data": {"guest": true, "reason": "guest-reset"}}"#
+        ));
     }
 }

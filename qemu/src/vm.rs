@@ -15,7 +15,7 @@ use crate::config::{Firmware, Serial, VmConfig};
 use crate::process::{
     command_line, deadline_after, run_checked, run_with_timeout, ChildGuard, POLL,
 };
-use crate::qmp::Qmp;
+use crate::qmp::{self, Events, Qmp};
 use crate::ssh::ssh_command;
 use crate::{find_ovmf, find_qemu, find_qemu_img, free_port, resolve_accel, Accel, QemuError};
 
@@ -25,6 +25,11 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 const TAIL_LINES: usize = 30;
 /// The kernel's last line before the machine resets; the firmware prints within seconds after.
 const KERNEL_LAST_WORDS: &str = "reboot: machine restart";
+/// What the harness writes into a VM's serial log when the reset watchdog power-cycles it; the
+/// test command counts these lines.
+pub const WATCHDOG_NOTE: &str = "kiln-qemu: reset watchdog:";
+/// What the harness writes into a VM's serial log when it starts QEMU again after a guest reboot.
+pub const RESTART_NOTE: &str = "kiln-qemu: the guest rebooted; QEMU started again";
 
 /// A running VM. Dropping it kills QEMU (the files in the work directory stay).
 #[derive(Debug)]
@@ -35,9 +40,13 @@ pub struct Vm {
     qmp: Arc<Mutex<Option<Qmp>>>,
     /// Where the next `wait_for_serial` starts looking: just past the previous match.
     serial_cursor: Mutex<u64>,
-    /// Set to stop the reset watchdog (UEFI VMs that reboot).
+    /// Set to stop the helper threads (reboot supervisor, reset watchdog).
     watchdog_stop: Arc<AtomicBool>,
     watchdog: Option<thread::JoinHandle<()>>,
+    supervisor: Option<thread::JoinHandle<()>>,
+    /// For a VM that restarts on reboot: how QEMU ended for good, once it has (a reboot is not
+    /// an end). Only the supervisor, which reads QEMU's events, can tell the two apart.
+    ended: Arc<Mutex<Option<ExitStatus>>>,
 }
 
 impl Vm {
@@ -67,10 +76,12 @@ impl Vm {
             serial_cursor: Mutex::new(0),
             watchdog_stop: Arc::new(AtomicBool::new(false)),
             watchdog: None,
+            supervisor: None,
+            ended: Arc::new(Mutex::new(None)),
         };
         vm.connect_monitor()?;
-        let reboots_itself = vm.plan.uefi.is_some() && !vm.plan.cfg.no_reboot;
-        if reboots_itself && matches!(vm.plan.cfg.serial, Serial::LogFile(_)) {
+        if vm.plan.restarts_on_reboot() {
+            vm.supervisor = Some(vm.start_supervisor());
             vm.watchdog = Some(vm.start_reset_watchdog());
         }
         Ok(vm)
@@ -79,7 +90,73 @@ impl Vm {
     /// Starts QEMU again with the same disks and firmware variables (no fresh overlay), after
     /// killing it if it still runs: a power cycle. The serial log continues in the same file.
     pub fn restart(&mut self) -> Result<(), QemuError> {
-        power_cycle(&self.plan, &self.command_line, &self.child, &self.qmp)
+        power_cycle(&self.plan, &self.command_line, &self.child, &self.qmp)?;
+        *lock(&self.ended) = None;
+        Ok(())
+    }
+
+    /// Starts QEMU again whenever the guest reboots (see `Plan::restarts_on_reboot`): reads
+    /// QEMU's events, and when QEMU exits after a reset event, spawns it anew on the same files,
+    /// under the process lock, so no wait sees the VM stopped in between. Any other end (a
+    /// power-off, a kill) is recorded in `ended`.
+    fn start_supervisor(&self) -> thread::JoinHandle<()> {
+        let (plan, command_line) = (self.plan.clone(), self.command_line.clone());
+        let (child, qmp, stop, ended) = (
+            Arc::clone(&self.child),
+            Arc::clone(&self.qmp),
+            Arc::clone(&self.watchdog_stop),
+            Arc::clone(&self.ended),
+        );
+        thread::spawn(move || {
+            let events_socket = plan
+                .events_socket
+                .clone()
+                .expect("a supervised VM has events");
+            while !stop.load(Ordering::SeqCst) {
+                let pid = lock(&child).id();
+                let mut reset = false;
+                if let Some(mut events) = connect_events(&events_socket, &child, pid, &stop) {
+                    loop {
+                        match events.next() {
+                            Ok(Some(event)) => reset |= qmp::is_reset(&event),
+                            Ok(None) if stop.load(Ordering::SeqCst) => return,
+                            Ok(None) => {}
+                            Err(_) => break,
+                        }
+                    }
+                }
+                // QEMU closed its monitor: it is exiting, was killed, or was power-cycled.
+                let mut process = lock(&child);
+                if process.id() != pid {
+                    continue;
+                }
+                let status = process.wait_timeout(Duration::from_secs(30));
+                if reset && !stop.load(Ordering::SeqCst) {
+                    note(&plan, RESTART_NOTE);
+                    *lock(&qmp) = None;
+                    let started = remove_sockets(&plan).and_then(|()| spawn(&plan, &command_line));
+                    match started {
+                        Ok(new) => *process = new,
+                        Err(e) => {
+                            eprintln!("kiln-qemu: starting VM `{}` again: {e}", plan.cfg.name);
+                            *lock(&ended) = status;
+                            return;
+                        }
+                    }
+                    drop(process);
+                    if let Err(e) = connect_monitor(&plan, &command_line, &child, &qmp) {
+                        eprintln!("kiln-qemu: VM `{}` after its reboot: {e}", plan.cfg.name);
+                    }
+                    continue;
+                }
+                *lock(&ended) = status.or_else(|| process.kill());
+                drop(process);
+                // Ended; a `restart` (a power cycle) brings it back with a new process.
+                while !stop.load(Ordering::SeqCst) && lock(&child).id() == pid {
+                    thread::sleep(POLL);
+                }
+            }
+        })
     }
 
     /// Watches for a reset QEMU does not carry out (`reset_hang`) and power-cycles the VM
@@ -113,20 +190,16 @@ impl Vm {
                 {
                     continue;
                 }
-                let note = format!(
-                    "kiln-qemu: VM `{}` did not come back from its reboot: nothing on its console \
-                     for {} s after the kernel's `{KERNEL_LAST_WORDS}` (QEMU's TCG hung in the \
-                     reset); power-cycling it",
-                    plan.cfg.name,
-                    plan.cfg.reset_hang.as_secs()
+                note(
+                    &plan,
+                    &format!(
+                        "{WATCHDOG_NOTE} VM `{}` did not come back from its reboot: nothing on \
+                         its console for {} s after the kernel's `{KERNEL_LAST_WORDS}` (QEMU \
+                         hung in the reset or the exit); power-cycling it",
+                        plan.cfg.name,
+                        plan.cfg.reset_hang.as_secs()
+                    ),
                 );
-                eprintln!("{note}");
-                let _ = OpenOptions::new()
-                    .append(true)
-                    .open(&plan.serial_log)
-                    .and_then(|mut f| {
-                        std::io::Write::write_all(&mut f, format!("\r\n{note}\r\n").as_bytes())
-                    });
                 if let Err(e) = power_cycle(&plan, &command_line, &child, &qmp) {
                     eprintln!("kiln-qemu: power-cycling VM `{}`: {e}", plan.cfg.name);
                     return;
@@ -172,9 +245,18 @@ impl Vm {
         lock(&self.child).id()
     }
 
-    /// Whether QEMU still runs.
+    /// Whether QEMU still runs (a VM that restarts on reboot runs through its reboots).
     pub fn is_running(&self) -> bool {
-        lock(&self.child).try_status().is_none()
+        self.exit_status().is_none()
+    }
+
+    /// How QEMU ended, if it has: for a VM that restarts on reboot, as its supervisor saw it.
+    fn exit_status(&self) -> Option<ExitStatus> {
+        if self.plan.restarts_on_reboot() {
+            *lock(&self.ended)
+        } else {
+            lock(&self.child).try_status()
+        }
     }
 
     /// Everything the serial console printed so far (invalid UTF-8 replaced).
@@ -190,7 +272,7 @@ impl Vm {
         let mut cursor = lock(&self.serial_cursor);
         loop {
             // Check for exit before reading, so output written just before QEMU exited is still seen.
-            let exited = lock(&self.child).try_status();
+            let exited = self.exit_status();
             let text = read_from(self.serial_log(), *cursor)?;
             if let Some(at) = find(&text, pattern.as_bytes()) {
                 *cursor += (at + pattern.len()) as u64;
@@ -273,18 +355,30 @@ impl Vm {
 
     /// Waits for QEMU to exit by itself (guest power-off, or a reboot with `no_reboot`).
     pub fn wait_exit(&self, timeout: Duration) -> Result<ExitStatus, QemuError> {
-        lock(&self.child)
-            .wait_timeout(timeout)
-            .ok_or_else(|| QemuError::ExitTimeout {
-                vm: self.name().into(),
-                timeout,
-                log: self.serial_log().into(),
-            })
+        let deadline = deadline_after(timeout);
+        loop {
+            if let Some(status) = self.exit_status() {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                return Err(QemuError::ExitTimeout {
+                    vm: self.name().into(),
+                    timeout,
+                    log: self.serial_log().into(),
+                });
+            }
+            thread::sleep(POLL);
+        }
     }
 
     /// Ends QEMU at once, like pulling the power cord. Disk writes the guest had not flushed may be lost.
     pub fn kill(&self) {
-        lock(&self.child).kill();
+        let mut process = lock(&self.child);
+        let status = process.kill();
+        if self.plan.restarts_on_reboot() {
+            // Ended now, not when the supervisor hears of it: the caller may look at once.
+            *lock(&self.ended) = status;
+        }
     }
 
     /// Presses the virtual power button (ACPI); the guest decides how to shut down.
@@ -313,7 +407,7 @@ impl Vm {
     }
 
     fn ensure_running(&self) -> Result<(), QemuError> {
-        match lock(&self.child).try_status() {
+        match self.exit_status() {
             None => Ok(()),
             Some(status) => Err(QemuError::NotRunning {
                 vm: self.name().into(),
@@ -348,7 +442,7 @@ fn power_cycle(
     let mut process = lock(child);
     process.kill();
     *lock(qmp) = None;
-    remove_if_present(&plan.qmp_socket)?;
+    remove_sockets(plan)?;
     *process = spawn(plan, command_line)?;
     drop(process);
     connect_monitor(plan, command_line, child, qmp)
@@ -399,8 +493,11 @@ fn start_failed(plan: &Plan, command_line: &str, status: String) -> QemuError {
 impl Drop for Vm {
     fn drop(&mut self) {
         self.watchdog_stop.store(true, Ordering::SeqCst);
-        if let Some(watchdog) = self.watchdog.take() {
-            let _ = watchdog.join();
+        for helper in [self.watchdog.take(), self.supervisor.take()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = helper.join();
         }
         if self.plan.cfg.serial == Serial::Terminal && self.is_running() {
             // QEMU put the terminal in raw mode; only a clean exit gives it back.
@@ -422,6 +519,40 @@ impl Drop for Vm {
     }
 }
 
+/// Connects to the events monitor of QEMU process `pid`, retrying while it starts; `None` when
+/// that process is gone (exited, or replaced by a power cycle) or the VM is being dropped.
+fn connect_events(
+    socket: &Path,
+    child: &Mutex<ChildGuard>,
+    pid: u32,
+    stop: &AtomicBool,
+) -> Option<Events> {
+    loop {
+        if let Ok(events) = Events::connect(socket) {
+            return Some(events);
+        }
+        {
+            let mut process = lock(child);
+            if process.id() != pid || process.try_status().is_some() {
+                return None;
+            }
+        }
+        if stop.load(Ordering::SeqCst) {
+            return None;
+        }
+        thread::sleep(POLL);
+    }
+}
+
+/// Says `text` on stderr and in the VM's serial log, on a line of its own.
+fn note(plan: &Plan, text: &str) {
+    eprintln!("{text}");
+    let _ = OpenOptions::new()
+        .append(true)
+        .open(&plan.serial_log)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, format!("\r\n{text}\r\n").as_bytes()));
+}
+
 /// Makes the files QEMU opens: a fresh overlay, this VM's UEFI variable store, and an empty log.
 fn prepare_files(plan: &Plan) -> Result<(), QemuError> {
     if let Some(mut cmd) = plan.overlay_command(&find_qemu_img()?) {
@@ -438,7 +569,16 @@ fn prepare_files(plan: &Plan) -> Result<(), QemuError> {
         }
     }
     remove_if_present(&plan.serial_log)?;
-    remove_if_present(&plan.qmp_socket)
+    remove_sockets(plan)
+}
+
+/// Removes the monitor sockets a previous QEMU left, so a wait for them sees the new ones.
+fn remove_sockets(plan: &Plan) -> Result<(), QemuError> {
+    remove_if_present(&plan.qmp_socket)?;
+    match &plan.events_socket {
+        Some(events) => remove_if_present(events),
+        None => Ok(()),
+    }
 }
 
 /// Spawns QEMU with its messages going to the work directory's `qemu.log`.

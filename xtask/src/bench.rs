@@ -27,6 +27,9 @@ pub enum BenchCommand {
     Update(crate::bench_update::UpdateConfig),
     /// The update server: checks/s and p50/p99 with 64 clients on loopback, vs a fixed answer.
     Server(crate::bench_server::ServerBenchConfig),
+    /// First and later boot to an ssh login under TCG, per phase, vs the same kernel booted
+    /// straight into an initramfs that powers off.
+    Boot(crate::bench_boot::BootBenchConfig),
 }
 
 #[derive(clap::Args)]
@@ -53,6 +56,7 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
         BenchCommand::Flash(cfg) => crate::bench_flash::run(cfg),
         BenchCommand::Update(cfg) => crate::bench_update::update(cfg),
         BenchCommand::Server(cfg) => crate::bench_server::server(cfg),
+        BenchCommand::Boot(cfg) => crate::bench_boot::boot(cfg),
     }
 }
 

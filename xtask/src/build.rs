@@ -50,7 +50,15 @@ pub struct BuildConfig {
     /// keep their modes; its symlinks stay symlinks.
     #[arg(long = "usr-overlay", value_name = "DIR")]
     pub usr_overlays: Vec<PathBuf>,
+    /// How long systemd-boot shows its menu (seconds) before it boots the newest slot with tries
+    /// left. 0 (the default): no menu and no wait; an operator at the console holds a key (space)
+    /// while the machine starts to get it, and pick the other slot by hand.
+    #[arg(long, default_value_t = DEFAULT_BOOT_MENU_TIMEOUT)]
+    pub boot_menu_timeout: u32,
 }
+
+/// `--boot-menu-timeout` when not given: no menu shown.
+pub const DEFAULT_BOOT_MENU_TIMEOUT: u32 = 0;
 
 #[derive(clap::Args)]
 pub struct LockConfig {
@@ -127,6 +135,8 @@ pub struct Build {
     pub debug_ssh_keys: Option<Vec<u8>>,
     /// `--usr-overlay` directories, after `overlays/usr`.
     pub usr_overlays: Vec<PathBuf>,
+    /// `--boot-menu-timeout`, into loader.conf.
+    pub boot_menu_timeout: u32,
     /// Where [`STATIC_BINARIES`] were built, once per build.
     static_dir: Option<PathBuf>,
     /// `build/<version>/`
@@ -193,6 +203,7 @@ impl Build {
                     }
                 })
                 .collect::<Result<_>>()?,
+            boot_menu_timeout: cfg.boot_menu_timeout,
             out_dir,
             work_dir,
             epoch: source_date_epoch(&root)?,
@@ -513,7 +524,7 @@ impl Build {
         esp.insert_with_parents("EFI/BOOT/BOOTX64.EFI", sdboot.clone(), &dir)?;
         esp.insert_with_parents(
             "loader/loader.conf",
-            file(Content::bytes(boot::loader_conf(3))),
+            file(Content::bytes(boot::loader_conf(self.boot_menu_timeout))),
             &dir,
         )?;
         esp.insert_with_parents(

@@ -2,6 +2,7 @@
 //! command lives in its own module.
 
 mod bench;
+mod bench_boot;
 mod bench_flash;
 mod bench_server;
 mod bench_update;

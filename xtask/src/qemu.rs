@@ -39,10 +39,43 @@ pub struct QemuConfig {
     /// Write to the disk itself instead of a fresh overlay (changes survive the next boot).
     #[arg(long)]
     pub persist: bool,
+    /// The size of the disk the VM sees (a sparse overlay; `16G`, `500M`, `20GiB` or bytes):
+    /// ROOT grows into it at first boot, as on a real machine's disk. Not with --persist.
+    #[arg(long, value_parser = parse_size)]
+    pub disk_size: Option<u64>,
     /// Stop the VM after this many seconds (default: run until the guest powers off or you
     /// quit with Ctrl-a x).
     #[arg(long)]
     pub timeout: Option<u64>,
+}
+
+/// What `--disk-size` is when not given: room for real container images on ROOT.
+const DEFAULT_DISK_SIZE: u64 = 16 << 30;
+
+/// A size as `qemu-img` and users write it: bytes, or a number with K, M, G or T (powers of
+/// 1024; `G`, `GB`, `GiB` all mean GiB).
+fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(digits);
+    let number: u64 = number.parse().map_err(|_| {
+        format!("`{text}` is not a size: write e.g. 16G, 500M or a number of bytes")
+    })?;
+    let shift = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        _ => {
+            return Err(format!(
+                "`{text}`: unknown unit `{unit}` (use K, M, G or T)"
+            ))
+        }
+    };
+    number
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("`{text}` is too large"))
 }
 
 pub fn run(cfg: &QemuConfig) -> Result<()> {
@@ -61,27 +94,17 @@ pub fn run(cfg: &QemuConfig) -> Result<()> {
             disk.display()
         );
     }
-    host::ensure_packages(
-        &[
-            host::HostPackage {
-                package: "qemu-system-x86",
-                provides: "qemu-system-x86_64",
-            },
-            host::HostPackage {
-                package: "ovmf",
-                provides: "/usr/share/OVMF/OVMF_CODE_4M.fd",
-            },
-            host::HostPackage {
-                package: "qemu-utils",
-                provides: "qemu-img",
-            },
-        ],
-        "booting an image",
-    )?;
+    host::ensure_packages(host::QEMU_PACKAGES, "booting an image")?;
     let work_dir = disk.parent().context("disk has no directory")?.join("vm");
     let mut vm_cfg = VmConfig::new("kiln", &work_dir);
     vm_cfg.disk = Some(disk.clone());
     vm_cfg.persist = cfg.persist;
+    vm_cfg.overlay_size = match (cfg.disk_size, cfg.persist) {
+        (Some(_), true) => bail!("--disk-size sizes the overlay; --persist boots the disk itself"),
+        (Some(size), false) => Some(size),
+        (None, true) => None,
+        (None, false) => Some(DEFAULT_DISK_SIZE),
+    };
     vm_cfg.memory_mib = cfg.memory;
     vm_cfg.cpus = cfg.cpus;
     vm_cfg.accel = match cfg.accel {
@@ -113,5 +136,23 @@ pub fn run(cfg: &QemuConfig) -> Result<()> {
             vm.kill();
             Err(e).context("the VM did not stop in time; it was killed")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_read_as_qemu_img_writes_them() {
+        assert_eq!(parse_size("16G"), Ok(16 << 30));
+        assert_eq!(parse_size("20GiB"), Ok(20 << 30));
+        assert_eq!(parse_size("500M"), Ok(500 << 20));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("sixteen").unwrap_err().contains("not a size"));
+        assert!(parse_size("16X").unwrap_err().contains("unknown unit"));
+        assert!(parse_size("99999999999T")
+            .unwrap_err()
+            .contains("too large"));
     }
 }

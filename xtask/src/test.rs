@@ -6,8 +6,9 @@
 //!    for the update scenarios (a good one and a bad one);
 //! 4. the checks of the built image and the VM scenarios in `ci/`, one at a time.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
@@ -24,7 +25,9 @@ pub struct TestConfig {
     pub runner_args: Vec<String>,
 }
 
-/// The reference tools that define our formats, and what boots images.
+/// The reference tools that define our formats, and the servers and browser the agent's and
+/// server's tests run against. What boots images is `host::QEMU_PACKAGES`: both go in one apt
+/// transaction.
 pub const TEST_PACKAGES: &[HostPackage] = &[
     HostPackage {
         package: "e2fsprogs",
@@ -63,33 +66,55 @@ pub const TEST_PACKAGES: &[HostPackage] = &[
         provides: "/bin/busybox",
     },
     HostPackage {
-        package: "qemu-system-x86",
-        provides: "qemu-system-x86_64",
-    },
-    HostPackage {
-        package: "qemu-utils",
-        provides: "qemu-img",
-    },
-    HostPackage {
-        package: "ovmf",
-        provides: "/usr/share/OVMF/OVMF_CODE_4M.fd",
-    },
-    HostPackage {
         package: "openssh-client",
         provides: "ssh",
+    },
+    HostPackage {
+        package: "libxml2-utils",
+        provides: "xmllint",
+    },
+    HostPackage {
+        package: "etcd-server",
+        provides: "etcd",
+    },
+    HostPackage {
+        package: "postgresql",
+        provides: "pg_ctlcluster",
+    },
+    HostPackage {
+        package: "chromium",
+        provides: "chromium",
     },
 ];
 
 pub fn run(cfg: &TestConfig) -> Result<()> {
-    host::ensure_packages(TEST_PACKAGES, "checking images against the reference tools")?;
-    runner(
-        &["--workspace", "--exclude", "kiln-ci"],
-        &cfg.runner_args,
-        &[],
-    )?;
-    if cfg.unit_only {
-        return Ok(());
+    let mut times = Timings::new();
+    let packages: Vec<HostPackage> = TEST_PACKAGES
+        .iter()
+        .chain(host::QEMU_PACKAGES)
+        .copied()
+        .collect();
+    times.phase("host packages", || {
+        host::ensure_packages(&packages, "checking images against the reference tools")
+    })?;
+    let crates = times.phase("crate tests (compiling included)", || {
+        runner(
+            &["--workspace", "--exclude", "kiln-ci"],
+            &cfg.runner_args,
+            &[],
+        )
+    });
+    if cfg.unit_only || crates.is_err() {
+        times.print();
+        return crates;
     }
+    let result = images_and_scenarios(cfg, &mut times);
+    times.print();
+    result
+}
+
+/// The image, its two update versions, and the scenarios that boot them.
+fn images_and_scenarios(cfg: &TestConfig, times: &mut Timings) -> Result<()> {
     let build_cfg = BuildConfig {
         version: None,
         mirror: None,
@@ -98,28 +123,153 @@ pub fn run(cfg: &TestConfig) -> Result<()> {
         debug_ssh_key: None,
         signing_key: None,
         usr_overlays: Vec::new(),
+        boot_menu_timeout: build::DEFAULT_BOOT_MENU_TIMEOUT,
     };
     let mut build = build::Build::new(&build_cfg)?;
-    let artifacts = build.run()?;
+    let artifacts = times.phase("image build", || build.run())?;
     let disk = artifacts.disk.to_string_lossy().into_owned();
     // The update scenarios need two more versions of the same commit: a good one, and a bad one
     // whose /usr carries a service that always fails (so it is never blessed and rolls back).
-    let v2 = update_version(&build_cfg, &format!("{}.2", build.version), &[])?;
-    let v3 = update_version(
-        &build_cfg,
-        &format!("{}.3", build.version),
-        &[PathBuf::from("ci/fixtures/broken-usr")],
-    )?;
-    runner(
-        &["-p", "kiln-ci"],
-        &cfg.runner_args,
-        &[
-            ("KILN_CI_DISK", &disk),
-            ("KILN_CI_VERSION", &build.version),
-            ("KILN_CI_V2", &v2),
-            ("KILN_CI_V3_BROKEN", &v3),
-        ],
-    )
+    let v2 = times.phase("image build (v2)", || {
+        update_version(&build_cfg, &format!("{}.2", build.version), &[])
+    })?;
+    let v3 = times.phase("image build (broken v3)", || {
+        update_version(
+            &build_cfg,
+            &format!("{}.3", build.version),
+            &[PathBuf::from("ci/fixtures/broken-usr")],
+        )
+    })?;
+    let junit = junit_path();
+    let _ = std::fs::remove_file(&junit);
+    let scenarios = times.phase("scenarios", || {
+        runner(
+            &["-p", "kiln-ci"],
+            &cfg.runner_args,
+            &[
+                ("KILN_CI_DISK", &disk),
+                ("KILN_CI_VERSION", &build.version),
+                ("KILN_CI_V2", &v2),
+                ("KILN_CI_V3_BROKEN", &v3),
+            ],
+        )
+    });
+    times.scenarios = std::fs::read_to_string(&junit)
+        .map(|xml| junit_cases(&xml))
+        .unwrap_or_default();
+    times.vm_notes = count_vm_notes(&host::workspace_root().join("build/ci"));
+    scenarios
+}
+
+/// Where nextest writes its JUnit report (`.config/nextest.toml`).
+fn junit_path() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| host::workspace_root().join("target"));
+    target.join("nextest/default/junit.xml")
+}
+
+/// The wall time of each phase of the test command and of each scenario, printed at its end so
+/// a slow one shows in CI's output.
+struct Timings {
+    started: Instant,
+    phases: Vec<(String, Duration, bool)>,
+    /// (test binary and name, seconds, passed) from nextest's JUnit report.
+    scenarios: Vec<(String, f64, bool)>,
+    /// How often the harness started QEMU again after a guest reboot, and how often its reset
+    /// watchdog had to power-cycle a VM.
+    vm_notes: (usize, usize),
+}
+
+impl Timings {
+    fn new() -> Self {
+        Timings {
+            started: Instant::now(),
+            phases: Vec::new(),
+            scenarios: Vec::new(),
+            vm_notes: (0, 0),
+        }
+    }
+
+    fn phase<T>(&mut self, name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let start = Instant::now();
+        let result = f();
+        self.phases
+            .push((name.to_owned(), start.elapsed(), result.is_ok()));
+        result
+    }
+
+    fn print(&self) {
+        let mark = |ok: bool| if ok { "" } else { "  FAILED" };
+        eprintln!("\n== cargo xtask test: wall time ==");
+        for (name, took, ok) in &self.phases {
+            eprintln!("{:>8.1} s  {name}{}", took.as_secs_f64(), mark(*ok));
+        }
+        for (name, secs, ok) in &self.scenarios {
+            eprintln!("{secs:>8.1} s    {name}{}", mark(*ok));
+        }
+        let (restarts, watchdog) = self.vm_notes;
+        if !self.scenarios.is_empty() {
+            eprintln!(
+                "           QEMU started again after a guest reboot: {restarts} times; reset \
+                 watchdog fired: {watchdog} times"
+            );
+        }
+        eprintln!("{:>8.1} s  total", self.started.elapsed().as_secs_f64());
+    }
+}
+
+/// `(classname::name, seconds, passed)` of every `<testcase>` in a JUnit report.
+fn junit_cases(xml: &str) -> Vec<(String, f64, bool)> {
+    let attr = |tag: &str, key: &str| -> Option<String> {
+        let at = tag.find(&format!(" {key}=\""))? + key.len() + 3;
+        Some(tag[at..].split('"').next()?.to_owned())
+    };
+    let mut cases = Vec::new();
+    let mut rest = xml;
+    while let Some(at) = rest.find("<testcase ") {
+        rest = &rest[at..];
+        let end = rest.find('>').unwrap_or(rest.len());
+        let tag = &rest[..end];
+        let self_closing = tag.ends_with('/');
+        let body_end = if self_closing {
+            end
+        } else {
+            rest.find("</testcase>").unwrap_or(end)
+        };
+        let body = &rest[end..body_end];
+        let passed = !body.contains("<failure") && !body.contains("<error");
+        if let (Some(class), Some(name), Some(time)) =
+            (attr(tag, "classname"), attr(tag, "name"), attr(tag, "time"))
+        {
+            let secs = time.parse().unwrap_or(0.0);
+            cases.push((format!("{class}::{name}"), secs, passed));
+        }
+        rest = &rest[end..];
+    }
+    cases
+}
+
+/// (QEMU restarts after a guest reboot, reset-watchdog power cycles) noted in the serial logs
+/// under `dir`.
+fn count_vm_notes(dir: &Path) -> (usize, usize) {
+    let mut counts = (0, 0);
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return counts;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            let (r, w) = count_vm_notes(&path);
+            counts = (counts.0 + r, counts.1 + w);
+        } else if path.to_string_lossy().ends_with(".serial.log") {
+            let text =
+                String::from_utf8_lossy(&std::fs::read(&path).unwrap_or_default()).into_owned();
+            counts.0 += text.matches(kiln_qemu::RESTART_NOTE).count();
+            counts.1 += text.matches(kiln_qemu::WATCHDOG_NOTE).count();
+        }
+    }
+    counts
 }
 
 /// Builds `version` of this commit under `build/ci/versions/` for the update scenarios; returns
@@ -165,6 +315,24 @@ fn nextest_available() -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn junit_cases_give_each_tests_time_and_outcome() {
+        let xml = r#"<testsuites><testsuite name="kiln-ci::boot" tests="2">
+<testcase name="boots" classname="kiln-ci::boot" timestamp="2026-12-04T10:00:00Z" time="146.25">
+<system-out>ok</system-out></testcase>
+<testcase name="verity" classname="kiln-ci::boot" time="22.5"><failure type="test failure">x</failure></testcase>
+<testcase name="quick" classname="kiln-ci::image" time="3"/>
+</testsuite></testsuites>"#;
+        assert_eq!(
+            super::junit_cases(xml),
+            vec![
+                ("kiln-ci::boot::boots".to_owned(), 146.25, true),
+                ("kiln-ci::boot::verity".to_owned(), 22.5, false),
+                ("kiln-ci::image::quick".to_owned(), 3.0, true),
+            ]
+        );
+    }
+
     /// The README opens with two commands; CI must run the second one, as written.
     #[test]
     fn ci_runs_the_readme_test_command() {

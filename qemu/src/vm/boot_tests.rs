@@ -367,6 +367,29 @@ fn a_hung_reset_is_power_cycled() {
     assert_ne!(vm.pid(), first_pid, "QEMU was started again");
 }
 
+/// A reset of a UEFI VM that reboots by itself ends its QEMU and the harness starts a new one on
+/// the same files (no reset inside QEMU to hang in): the firmware boots again, and no wait sees
+/// the VM stopped. A power-off, by contrast, ends it.
+#[test]
+fn a_reset_starts_a_new_qemu_and_a_power_off_ends_the_vm() {
+    let work = ScratchDir::new("qemu-restart").expect("work dir");
+    let vm = Vm::start(&small_uefi_vm(work.path(), "restart")).expect("starting the VM");
+    vm.wait_for_serial("BdsDxe", BOOT_TIMEOUT)
+        .expect("firmware output");
+    let first_pid = vm.pid();
+    vm.reset().expect("pressing reset");
+    vm.wait_for_serial(crate::RESTART_NOTE, Duration::from_secs(60))
+        .expect("the harness's note of the restart");
+    vm.wait_for_serial("BdsDxe", BOOT_TIMEOUT)
+        .expect("firmware output after the restart");
+    assert_ne!(vm.pid(), first_pid, "a new QEMU runs the VM");
+    assert!(vm.is_running());
+    vm.qmp("quit").expect("quitting");
+    vm.wait_exit(Duration::from_secs(30))
+        .expect("a quit QEMU ends the VM");
+    assert!(!vm.is_running());
+}
+
 /// A small UEFI VM without a disk under TCG: OVMF's boot manager says `BdsDxe` on the console.
 fn small_uefi_vm(work: &Path, name: &str) -> VmConfig {
     kiln_image::testutil::require_tool(crate::QEMU_SYSTEM, "qemu-system-x86");
