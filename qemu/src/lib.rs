@@ -28,4 +28,4 @@ pub use host::{find_ovmf, find_qemu, find_qemu_img, find_tool, free_port, OvmfPa
 pub use process::command_line;
 pub use scratch::ScratchDir;
 pub use ssh::{ssh_command, ssh_keygen};
-pub use vm::{log_tail, Vm, RESTART_NOTE, WATCHDOG_NOTE};
+pub use vm::{log_tail, read_from as read_log_from, Vm, RESTART_NOTE, WATCHDOG_NOTE};

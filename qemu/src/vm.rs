@@ -617,8 +617,9 @@ fn remove_if_present(path: &Path) -> Result<(), QemuError> {
     }
 }
 
-/// The bytes of `path` from `offset` on; a file QEMU has not created yet reads as empty.
-fn read_from(path: &Path, offset: u64) -> Result<Vec<u8>, QemuError> {
+/// The bytes of `path` (a VM's serial log, say) from `offset` on; a file QEMU has not created
+/// yet reads as empty.
+pub fn read_from(path: &Path, offset: u64) -> Result<Vec<u8>, QemuError> {
     let mut file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),

@@ -266,14 +266,7 @@ fn wait_for_line(vm: &Vm, offset: u64, pattern: &str) -> Result<(Instant, u64)> 
 }
 
 fn read_from(path: &Path, offset: u64) -> Vec<u8> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut bytes = Vec::new();
-    if let Ok(mut f) = std::fs::File::open(path) {
-        let _ = f
-            .seek(SeekFrom::Start(offset))
-            .and_then(|_| f.read_to_end(&mut bytes));
-    }
-    bytes
+    kiln_qemu::read_log_from(path, offset).unwrap_or_default()
 }
 
 /// The `[   1.234567]` timestamp a kernel line starts with, in seconds.

@@ -137,6 +137,10 @@ pub struct Build {
     pub usr_overlays: Vec<PathBuf>,
     /// `--boot-menu-timeout`, into loader.conf.
     pub boot_menu_timeout: u32,
+    /// Whether to write `disk.qcow2` and the release files (`disk.raw.zst`, `SHA256SUMS`, ...):
+    /// what a user flashes or boots. The test command's update versions need only their
+    /// payload and skip them.
+    pub release_files: bool,
     /// Where [`STATIC_BINARIES`] were built, once per build.
     static_dir: Option<PathBuf>,
     /// `build/<version>/`
@@ -204,6 +208,7 @@ impl Build {
                 })
                 .collect::<Result<_>>()?,
             boot_menu_timeout: cfg.boot_menu_timeout,
+            release_files: true,
             out_dir,
             work_dir,
             epoch: source_date_epoch(&root)?,
@@ -271,7 +276,11 @@ impl Build {
         let payload = self.stage("payload", |b| {
             b.payload(&usr_image, &kernel_path, &initrd, &usr)
         })?;
-        let qcow2 = self.stage("qcow2", |b| b.qcow2(&disk))?;
+        let qcow2 = if self.release_files {
+            self.stage("qcow2", |b| b.qcow2(&disk))?
+        } else {
+            None
+        };
         let artifacts = Artifacts {
             disk,
             qcow2,
@@ -281,7 +290,9 @@ impl Build {
             usr_hash: usr.root_hash_hex(),
             payload,
         };
-        self.stage("release files", Build::release_files)?;
+        if self.release_files {
+            self.stage("release files", Build::release_files)?;
+        }
         self.stage("report", |b| b.report(&artifacts, &tree))?;
         Ok(artifacts)
     }

@@ -282,6 +282,8 @@ fn update_version(base: &BuildConfig, version: &str, usr_overlays: &[PathBuf]) -
         ..base.clone()
     };
     let mut build = build::Build::new(&cfg)?;
+    // Only its update.payload is used: no qcow2, no compressed release files.
+    build.release_files = false;
     build.run()?;
     Ok(build.out_dir.to_string_lossy().into_owned())
 }

@@ -33,6 +33,11 @@ const PROGRESS_SAVE_STEP: u64 = 32 << 20;
 const MAX_UNSENT_EVENTS: usize = 16;
 /// How soon an idle agent tries unsent events again (checks may be an hour apart).
 const EVENT_RETRY: Duration = Duration::from_secs(60);
+/// For this long after the agent starts (at boot, its network may still be coming up: the agent
+/// does not hold the boot for `network-online.target`), a server it cannot connect to at all is
+/// tried again after [`STARTUP_RETRY`], not after a backoff or [`EVENT_RETRY`].
+const STARTUP_WINDOW: Duration = Duration::from_secs(120);
+const STARTUP_RETRY: Duration = Duration::from_secs(5);
 
 /// What the caller should do before the next step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +73,8 @@ pub struct Agent<'a> {
     on_demand: bool,
     /// Unix time before which an idle agent does not try unsent events again.
     events_retry_at: u64,
+    /// Unix time the agent started, for [`STARTUP_WINDOW`].
+    started: u64,
 }
 
 impl<'a> Agent<'a> {
@@ -87,7 +94,9 @@ impl<'a> Agent<'a> {
             status,
             on_demand: false,
             events_retry_at: 0,
+            started: 0,
         };
+        agent.started = agent.host.now();
         let resumed = match agent.status.state.clone() {
             State::Checking => State::Idle,
             State::Writing { offer } | State::Verifying { offer } | State::Finalizing { offer } => {
@@ -199,6 +208,18 @@ impl<'a> Agent<'a> {
     }
 
     fn check_failed(&mut self, e: &ClientError) -> Result<Next, StateError> {
+        if e.is_unreachable() && self.starting() {
+            // Not a failure of the server's: the network is not up yet. No backoff step.
+            let retry_at = self.host.now() + STARTUP_RETRY.as_secs();
+            self.status.last_error = Some(e.to_string());
+            self.set(State::Backoff {
+                attempt: self.status.failures,
+                retry_at,
+                reason: e.to_string(),
+                offer: None,
+            })?;
+            return Ok(Next::Wait(STARTUP_RETRY));
+        }
         if e.is_transient() {
             self.enter_backoff(e.to_string(), None)
         } else {
@@ -439,6 +460,11 @@ impl<'a> Agent<'a> {
         Ok(Next::Now)
     }
 
+    /// Whether the agent started within [`STARTUP_WINDOW`].
+    fn starting(&self) -> bool {
+        self.host.now() < self.started + STARTUP_WINDOW.as_secs()
+    }
+
     /// `BACKOFF_BASE · 2^attempt`, at most `BACKOFF_MAX`, plus up to a quarter of jitter.
     pub fn backoff_delay(&self, attempt: u32) -> Duration {
         let base = BACKOFF_BASE
@@ -524,11 +550,16 @@ impl<'a> Agent<'a> {
             match self.client.report(event.clone()) {
                 Ok(()) => {}
                 Err(e) if e.is_transient() => {
+                    let retry = if e.is_unreachable() && self.starting() {
+                        STARTUP_RETRY
+                    } else {
+                        EVENT_RETRY
+                    };
                     eprintln!(
                         "reporting event {label}: {e}; sent again within {} s",
-                        EVENT_RETRY.as_secs()
+                        retry.as_secs()
                     );
-                    self.events_retry_at = self.host.now() + EVENT_RETRY.as_secs();
+                    self.events_retry_at = self.host.now() + retry.as_secs();
                     return;
                 }
                 Err(e) => eprintln!("reporting event {label}: {e}; the server refused it, dropped"),

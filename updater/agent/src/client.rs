@@ -36,6 +36,11 @@ impl ClientError {
     pub fn is_transient(&self) -> bool {
         matches!(self, ClientError::Http(e) if e.is_transient())
     }
+
+    /// Whether the server could not be reached at all (no network yet, say).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, ClientError::Http(e) if e.is_unreachable())
+    }
 }
 
 /// Talks to one Omaha endpoint on behalf of one machine.

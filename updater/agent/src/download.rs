@@ -163,6 +163,7 @@ fn copy_body(
             method: "GET",
             url: offer.url.clone(),
             reason: format!("the body ended after {done} of {} bytes", offer.size),
+            unreachable: false,
         }));
     }
     Ok(())

@@ -29,6 +29,9 @@ pub enum HttpError {
         method: &'static str,
         url: String,
         reason: String,
+        /// No connection was made at all (no route, refused, the name not resolved): what a
+        /// machine sees before its network is up.
+        unreachable: bool,
     },
 }
 
@@ -41,6 +44,17 @@ impl HttpError {
         }
     }
 
+    /// Whether no connection could be made at all (see `Transport::unreachable`).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            HttpError::Transport {
+                unreachable: true,
+                ..
+            }
+        )
+    }
+
     pub fn from_ureq(method: &'static str, url: &str, e: ureq::Error) -> HttpError {
         match e {
             ureq::Error::Status(status, _) => HttpError::Status {
@@ -51,6 +65,10 @@ impl HttpError {
             ureq::Error::Transport(t) => HttpError::Transport {
                 method,
                 url: url.to_owned(),
+                unreachable: matches!(
+                    t.kind(),
+                    ureq::ErrorKind::Dns | ureq::ErrorKind::ConnectionFailed
+                ),
                 reason: t.to_string(),
             },
         }
@@ -61,6 +79,7 @@ impl HttpError {
             method,
             url: url.to_owned(),
             reason: format!("reading the answer: {e}"),
+            unreachable: false,
         }
     }
 }

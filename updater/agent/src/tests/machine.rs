@@ -571,3 +571,41 @@ fn write_state(env: &Env, state: State) {
 fn host_advance(agent: &mut Agent, secs: u64) {
     agent.wait(Duration::from_secs(secs));
 }
+
+/// At boot the network may not be up yet (the agent does not hold the boot for
+/// network-online.target): a server it cannot connect to at all is asked again within seconds
+/// while the agent is starting, without a backoff step; later, the same failure backs off.
+#[test]
+fn an_unreachable_server_right_after_start_is_tried_again_within_seconds() {
+    let mut env = Env::new();
+    // A port nothing listens on: the connection is refused.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    env.config.server = Some(format!("http://127.0.0.1:{port}/v1/update/"));
+    let (mut installer, mut host) = (FakeInstaller::new(Slot::A), FakeHost::new());
+    let mut agent = env.agent(&mut installer, &mut host);
+    let mut soon = Vec::new();
+    for _ in 0..2 {
+        step_until(&mut agent, "checking", 2);
+        let Next::Wait(wait) = agent.step().unwrap() else {
+            panic!("a failed check waits")
+        };
+        assert_eq!(state_name(agent.status()), "backoff");
+        soon.push(wait.as_secs());
+        host_advance(&mut agent, wait.as_secs());
+    }
+    assert_eq!(soon, [5, 5]);
+    assert_eq!(
+        agent.status().failures,
+        0,
+        "not counted as the server's failures"
+    );
+    // Past the start-up window it is an ordinary transient failure.
+    host_advance(&mut agent, 200);
+    step_until(&mut agent, "checking", 2);
+    let Next::Wait(later) = agent.step().unwrap() else {
+        panic!("a failed check waits")
+    };
+    assert!((30..=38).contains(&later.as_secs()), "{later:?}");
+}
