@@ -1,6 +1,8 @@
 //! The host's OpenSSH client, used to reach a VM through its forwarded port: key generation and
 //! the one way every harness command connects (no prompts, no host-key bookkeeping for throwaway VMs).
 
+use std::io::Read;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -14,6 +16,24 @@ const SSH_PACKAGE: &str = "openssh-client";
 
 /// The longest a single connection attempt waits for the TCP and SSH handshakes.
 const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Whether an SSH server answers on 127.0.0.1:`port` with its banner within `wait`.
+///
+/// QEMU's user network accepts a forwarded connection on the host at once, whatever the guest
+/// does; its own connection into the guest then retries on a backoff of seconds, so an `ssh`
+/// started before the guest's network and sshd are up can sit for many seconds after both are.
+/// A probe that gives up after `wait` and is tried again costs a fresh connection each time and
+/// sees the server within about `wait` of it answering.
+pub fn ssh_banner(port: u16, wait: Duration) -> bool {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, wait) else {
+        return false;
+    };
+    let mut banner = [0u8; 4];
+    stream.set_read_timeout(Some(wait)).is_ok()
+        && stream.read_exact(&mut banner).is_ok()
+        && &banner == b"SSH-"
+}
 
 /// Makes a fresh ed25519 key pair without a passphrase at `dir/id_ed25519` (replacing an old one);
 /// returns the private key's path and the public key line for `authorized_keys` or a cloud-config.

@@ -16,11 +16,16 @@ use crate::process::{
     command_line, deadline_after, run_checked, run_with_timeout, ChildGuard, POLL,
 };
 use crate::qmp::{self, Events, Qmp};
-use crate::ssh::ssh_command;
+use crate::ssh::{ssh_banner, ssh_command};
 use crate::{find_ovmf, find_qemu, find_qemu_img, free_port, resolve_accel, Accel, QemuError};
 
 /// How long QEMU may take to open its monitor after being spawned.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one probe in [`Vm::wait_for_ssh`] waits for the server's banner, and the pause
+/// between probes.
+const SSH_PROBE_WAIT: Duration = Duration::from_secs(3);
+const SSH_PROBE_PAUSE: Duration = Duration::from_millis(250);
+const SSH_PROBES_PER_TRY: u32 = 5;
 /// How many lines of the serial log an error shows.
 const TAIL_LINES: usize = 30;
 /// The kernel's last line before the machine resets; the firmware prints within seconds after.
@@ -307,8 +312,21 @@ impl Vm {
         })?;
         let deadline = deadline_after(timeout);
         let mut last_error;
+        let mut probes = 0u32;
         loop {
             self.ensure_running()?;
+            // ssh once the server shows its banner (see `ssh_banner`): under TCG an ssh begun
+            // too early got in seconds late. Every few probes ssh is tried anyway, in case a
+            // loaded guest is slower with its banner than a probe waits.
+            probes += 1;
+            if !probes.is_multiple_of(SSH_PROBES_PER_TRY) && !ssh_banner(port, SSH_PROBE_WAIT) {
+                last_error = "no SSH banner yet".into();
+                if Instant::now() + SSH_PROBE_WAIT >= deadline {
+                    return Err(self.ssh_timeout(user, port, timeout, last_error));
+                }
+                thread::sleep(SSH_PROBE_PAUSE);
+                continue;
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             match self.ssh(key, user, "true", left.min(Duration::from_secs(30))) {
                 Ok(out) if out.status.success() => return Ok(()),
@@ -322,16 +340,20 @@ impl Vm {
                 Err(e) => last_error = e.to_string(),
             }
             if Instant::now() + Duration::from_secs(1) >= deadline {
-                return Err(QemuError::SshTimeout {
-                    vm: self.name().into(),
-                    user: user.into(),
-                    port,
-                    timeout,
-                    last_error,
-                    log: self.serial_log().into(),
-                });
+                return Err(self.ssh_timeout(user, port, timeout, last_error));
             }
             thread::sleep(Duration::from_secs(1));
+        }
+    }
+
+    fn ssh_timeout(&self, user: &str, port: u16, timeout: Duration, last: String) -> QemuError {
+        QemuError::SshTimeout {
+            vm: self.name().into(),
+            user: user.into(),
+            port,
+            timeout,
+            last_error: last,
+            log: self.serial_log().into(),
         }
     }
 
