@@ -112,6 +112,51 @@ impl EtcdLock {
         })
     }
 
+    /// With the lock held, this machine is about to install or reboot. If the etcd member the
+    /// agent talks to (the first endpoint that answers: the machine's own member by default)
+    /// leads the cluster, it hands the leadership to another voting member first, as an operator
+    /// would with `etcdctl move-leader`: a leader starved by its machine's install, or gone with
+    /// its reboot, costs the cluster an election and its writes meanwhile. Best effort: the
+    /// update goes on without it, and says why.
+    fn hand_off_leadership(&self) {
+        match self.move_leader() {
+            // In hex, as etcdctl shows member ids (the gateway writes them in decimal).
+            Ok(Some(to)) => eprintln!(
+                "etcd: this machine's member led the cluster; leadership handed to member {} before the update",
+                to.parse::<u64>().map_or(to.clone(), |id| format!("{id:x}"))
+            ),
+            Ok(None) => {}
+            Err(e) => eprintln!("etcd: could not hand this machine's leadership on ({e}); the update goes on"),
+        }
+    }
+
+    /// Moves the leadership away from the answering member if it leads; the new leader's id.
+    fn move_leader(&self) -> Result<Option<String>, LockError> {
+        let status = self.call("/v3/maintenance/status", &json!({}))?;
+        let me = status.get("header").and_then(|h| int_field(h, "member_id"));
+        if me.is_none() || me != int_field(&status, "leader") {
+            return Ok(None);
+        }
+        let members = self.call("/v3/cluster/member/list", &json!({}))?;
+        let target = members
+            .get("members")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            // The gateway leaves out false booleans: `isLearner` is there only when true.
+            .filter(|m| m.get("isLearner").and_then(Value::as_bool) != Some(true))
+            .filter_map(|m| int_field(m, "ID"))
+            .find(|id| Some(id) != me.as_ref());
+        let Some(target) = target else {
+            return Ok(None);
+        };
+        self.call(
+            "/v3/maintenance/transfer-leadership",
+            &json!({ "targetID": target }),
+        )?;
+        Ok(Some(target))
+    }
+
     /// The current holder of the key, if any (from a range response).
     fn holder_in(answer: &Value) -> Option<String> {
         let responses = answer.get("responses")?.as_array()?;
@@ -141,12 +186,15 @@ impl RebootLock for EtcdLock {
         });
         let answer = self.call("/v3/kv/txn", &txn)?;
         // The gateway leaves out false booleans: no `succeeded` means the key exists.
-        if answer.get("succeeded").and_then(Value::as_bool) == Some(true) {
-            return Ok(true);
+        let held = answer.get("succeeded").and_then(Value::as_bool) == Some(true) || {
+            // Best effort: the unused lease expires by itself anyway.
+            let _ = self.call("/v3/lease/revoke", &json!({ "ID": lease }));
+            Self::holder_in(&answer).as_deref() == Some(self.holder.as_str())
+        };
+        if held {
+            self.hand_off_leadership();
         }
-        // Best effort: the unused lease expires by itself anyway.
-        let _ = self.call("/v3/lease/revoke", &json!({ "ID": lease }));
-        Ok(Self::holder_in(&answer).as_deref() == Some(self.holder.as_str()))
+        Ok(held)
     }
 
     fn release(&self) -> Result<(), LockError> {

@@ -34,46 +34,65 @@ fn free_port() -> u16 {
 }
 
 fn start_etcd() -> Etcd {
+    start_etcd_cluster(1).pop().expect("one member")
+}
+
+/// `size` etcd members on 127.0.0.1 forming one cluster, each healthy.
+fn start_etcd_cluster(size: usize) -> Vec<Etcd> {
     let etcd = require_tool("etcd", "etcd-server");
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (client, peer) = (free_port(), free_port());
-    let url = format!("http://127.0.0.1:{client}");
-    let peer_url = format!("http://127.0.0.1:{peer}");
-    let child = Command::new(etcd)
-        .arg("--name=kiln-test")
-        .arg(format!("--data-dir={}", dir.path().join("data").display()))
-        .arg(format!("--listen-client-urls={url}"))
-        .arg(format!("--advertise-client-urls={url}"))
-        .arg(format!("--listen-peer-urls={peer_url}"))
-        .arg(format!("--initial-advertise-peer-urls={peer_url}"))
-        .arg(format!("--initial-cluster=kiln-test={peer_url}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting etcd");
-    let etcd = Etcd {
-        child,
-        url,
-        _dir: dir,
-    };
+    let ports: Vec<(u16, u16)> = (0..size).map(|_| (free_port(), free_port())).collect();
+    let initial: Vec<String> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+        .collect();
+    let members: Vec<Etcd> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (client, peer))| {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let url = format!("http://127.0.0.1:{client}");
+            let peer_url = format!("http://127.0.0.1:{peer}");
+            let child = Command::new(&etcd)
+                .arg(format!("--name=m{i}"))
+                .arg(format!("--data-dir={}", dir.path().join("data").display()))
+                .arg(format!("--listen-client-urls={url}"))
+                .arg(format!("--advertise-client-urls={url}"))
+                .arg(format!("--listen-peer-urls={peer_url}"))
+                .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+                .arg(format!("--initial-cluster={}", initial.join(",")))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("starting etcd");
+            Etcd {
+                child,
+                url,
+                _dir: dir,
+            }
+        })
+        .collect();
     let http = crate::http::agent(Duration::from_secs(2));
     let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let healthy = http
-            .get(&format!("{}/health", etcd.url))
-            .call()
-            .ok()
-            .and_then(|r| r.into_string().ok())
-            .is_some_and(|b| b.contains("true"));
-        if healthy {
-            return etcd;
+    for member in &members {
+        loop {
+            let healthy = http
+                .get(&format!("{}/health", member.url))
+                .call()
+                .ok()
+                .and_then(|r| r.into_string().ok())
+                .is_some_and(|b| b.contains("true"));
+            if healthy {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "etcd did not become healthy within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(200));
         }
-        assert!(
-            Instant::now() < deadline,
-            "etcd did not become healthy within 30 s"
-        );
-        std::thread::sleep(Duration::from_millis(200));
     }
+    members
 }
 
 fn etcd_lock(url: &str, holder: &str) -> EtcdLock {
@@ -85,6 +104,19 @@ fn etcd_lock(url: &str, holder: &str) -> EtcdLock {
         ttl: Duration::from_secs(600),
         holder: holder.into(),
     }
+}
+
+/// (this member's id, the leader's id) from etcd's own status of the member at `url`.
+fn member_status(url: &str) -> (String, String) {
+    let text = crate::http::agent(Duration::from_secs(5))
+        .post(&format!("{url}/v3/maintenance/status"))
+        .send_string("{}")
+        .expect("status")
+        .into_string()
+        .expect("status answer");
+    let answer: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let id = |v: &serde_json::Value| v.as_str().expect("an id string").to_owned();
+    (id(&answer["header"]["member_id"]), id(&answer["leader"]))
 }
 
 /// The key's value as etcd itself reports it (`None` when absent).
@@ -291,4 +323,40 @@ fn fleetlock_server_down_is_an_error_not_a_reboot() {
     };
     let e = lock.acquire().unwrap_err();
     assert!(e.to_string().contains("/v1/pre-reboot"), "{e}");
+}
+
+/// A machine whose etcd member leads hands the leadership to another member when it takes the
+/// lock (it is about to install or reboot); a follower's lock leaves the leader alone. Three
+/// real members on 127.0.0.1.
+#[test]
+fn taking_the_etcd_lock_moves_the_leadership_off_this_machines_member() {
+    let members = start_etcd_cluster(3);
+    let leader_url = |members: &[Etcd]| {
+        members
+            .iter()
+            .find(|m| {
+                let (me, leader) = member_status(&m.url);
+                me == leader
+            })
+            .map(|m| m.url.clone())
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let before = loop {
+        if let Some(url) = leader_url(&members) {
+            break url;
+        }
+        assert!(Instant::now() < deadline, "no leader within 30 s");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let follower = members.iter().find(|m| m.url != before).unwrap();
+    let lock = etcd_lock(&follower.url, "a-follower");
+    assert!(lock.acquire().unwrap());
+    assert_eq!(leader_url(&members).as_deref(), Some(before.as_str()));
+    lock.release().unwrap();
+
+    let lock = etcd_lock(&before, "the-leader");
+    assert!(lock.acquire().unwrap());
+    let (me, leader) = member_status(&before);
+    assert_ne!(me, leader, "the member at {before} still leads");
+    lock.release().unwrap();
 }
