@@ -210,15 +210,7 @@ impl<'a> Agent<'a> {
     fn check_failed(&mut self, e: &ClientError) -> Result<Next, StateError> {
         if e.is_unreachable() && self.starting() {
             // Not a failure of the server's: the network is not up yet. No backoff step.
-            let retry_at = self.host.now() + STARTUP_RETRY.as_secs();
-            self.status.last_error = Some(e.to_string());
-            self.set(State::Backoff {
-                attempt: self.status.failures,
-                retry_at,
-                reason: e.to_string(),
-                offer: None,
-            })?;
-            return Ok(Next::Wait(STARTUP_RETRY));
+            return self.wait_in_backoff(self.status.failures, STARTUP_RETRY, e.to_string(), None);
         }
         if e.is_transient() {
             self.enter_backoff(e.to_string(), None)
@@ -432,6 +424,17 @@ impl<'a> Agent<'a> {
         let attempt = self.status.failures;
         self.status.failures = attempt.saturating_add(1);
         let delay = self.backoff_delay(attempt);
+        self.wait_in_backoff(attempt, delay, reason, offer)
+    }
+
+    /// The backoff state: `reason` recorded, the next try `delay` from now.
+    fn wait_in_backoff(
+        &mut self,
+        attempt: u32,
+        delay: Duration,
+        reason: String,
+        offer: Option<Offer>,
+    ) -> Result<Next, StateError> {
         self.status.last_error = Some(reason.clone());
         let retry_at = self.host.now() + delay.as_secs();
         self.set(State::Backoff {
