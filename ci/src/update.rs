@@ -92,11 +92,7 @@ pub fn sha256_prefix(path: &Path, len: u64) -> String {
         "{} is shorter than {len} bytes",
         path.display()
     );
-    hex(&hasher.finalize())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    kiln_contract::hex::encode(&hasher.finalize())
 }
 
 /// The Omaha app id every version carries (image.toml's `app_id`).

@@ -5,7 +5,7 @@ use std::fs::File;
 use std::process::Command;
 
 use kiln_ci::{check, disk_under_test, extract_partition, partition, run, work_dir};
-use kiln_image::boot::BootEntry;
+use kiln_contract::boot::BootEntry;
 use kiln_image::region::Region;
 use kiln_image::testutil::require_tool;
 

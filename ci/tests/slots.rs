@@ -12,7 +12,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use kiln_ci::{check, disk_under_test, extract_partition, partition, work_dir};
-use kiln_image::boot::{BootEntry, Slot};
+use kiln_contract::boot::{BootEntry, Slot};
 use kiln_image::region::Region;
 use kiln_image::testutil::require_tool;
 use kiln_updater::install::{self, boot_entries, Phase, Target};
@@ -100,7 +100,7 @@ fn partition_sha(disk: &Path, name: &str, len: Option<u64>) -> String {
         h.update(&buf[..n]);
         left -= n as u64;
     }
-    payload::hex(&h.finalize())
+    kiln_contract::hex::encode(&h.finalize())
 }
 
 fn entry_names(disk: &Path) -> Vec<String> {
@@ -210,7 +210,10 @@ fn an_update_writes_usr_b_only_and_its_entry_follows_boot_counting() {
     // The initramfs is binary: compare it through our reader's hash.
     let initrd =
         kiln_image::fat::read_file(&mut region(&disk, "EFI-SYSTEM"), "/kiln/b/initrd").unwrap();
-    assert_eq!(payload::hex(&Sha256::digest(&initrd)), m.initrd_sha256);
+    assert_eq!(
+        kiln_contract::hex::encode(&Sha256::digest(&initrd)),
+        m.initrd_sha256
+    );
 
     // Booted into B: bless, then roll back to A by hand.
     let on_b = Target {
@@ -301,7 +304,8 @@ fn a_payload_with_one_byte_flipped_is_rejected_and_changes_nothing() {
 /// slot installed is refused without touching the entries.
 #[test]
 fn the_agents_installer_reads_entries_and_refuses_a_rollback_to_an_empty_slot() {
-    use kiln_agent::installer::{codes, Installer};
+    use kiln_agent::installer::Installer;
+    use kiln_contract::errorcode;
     let disk = copy_disk("agent-seam");
     let key_pem = SigningKey::generate()
         .unwrap()
@@ -323,7 +327,7 @@ fn the_agents_installer_reads_entries_and_refuses_a_rollback_to_an_empty_slot() 
         "the factory entry is already blessed"
     );
     let e = real.rollback().unwrap_err();
-    assert_eq!(e.code, codes::GENERIC);
+    assert_eq!(e.code, errorcode::GENERIC);
     assert!(
         e.message.contains("roll back") || e.message.contains("slot b"),
         "{}",

@@ -10,9 +10,9 @@ use crate::systemd::{self, UnitDir};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-pub const APPLIED_COPY: &str = "/var/lib/kiln/cloud-config.applied";
-pub const REPORT_FILE: &str = "/var/lib/kiln/cloud-config.report";
-pub const UPDATE_CONF: &str = "/etc/kiln/update.conf";
+pub const APPLIED_COPY: &str = kiln_contract::paths::CLOUD_CONFIG_APPLIED;
+pub const REPORT_FILE: &str = kiln_contract::paths::CLOUD_CONFIG_REPORT;
+pub const UPDATE_CONF: &str = kiln_contract::paths::UPDATE_CONF;
 
 /// The outcome the report file's first line records (`status: …`), for the booted system's
 /// `kiln-cloud-config.service` to read.
@@ -198,11 +198,7 @@ pub fn apply(
         Some(etcd) => systemd::apply_etcd(&fs, etcd, notes),
         None => Ok(()),
     });
-    report.run(
-        "update",
-        kiln.update.is_some() || kiln.locksmith.is_some(),
-        |_| update(cfg, &fs),
-    );
+    report.run("update", kiln.update_agent.is_some(), |_| update(cfg, &fs));
     // Always run: a start list left by an earlier document must go.
     report.run("units", true, |notes| units(cfg, &fs, &run, notes));
     report.run("network", !kiln.network.is_empty(), |_| network(cfg, &fs));
@@ -363,54 +359,18 @@ fn owner_ids(db: &Accounts, f: &WriteFile) -> Result<(u32, u32), String> {
     Ok((uid, gid))
 }
 
+/// `/etc/kiln/update.conf`, with only the keys the document sets.
 fn update(cfg: &CloudConfig, fs: &Root) -> Result<(), String> {
+    let Some(given) = &cfg.kiln.update_agent else {
+        return Ok(());
+    };
     fs.write(
         UPDATE_CONF,
-        update_conf(cfg).as_bytes(),
+        given.render().as_bytes(),
         Meta::ROOT_FILE,
         LastLink::Follow,
     )
     .map(|_| ())
-}
-
-/// `/etc/kiln/update.conf` for the update agent; only keys the document sets.
-pub(crate) fn update_conf(cfg: &CloudConfig) -> String {
-    let mut s =
-        String::from("# Written by kiln-config from the cloud-config; read by the update agent.\n");
-    let mut key = |k: &str, v: &str| s.push_str(&format!("{k} = {}\n", toml_string(v)));
-    if let Some(u) = &cfg.kiln.update {
-        if let Some(v) = &u.server {
-            key("server", v);
-        }
-        if let Some(v) = &u.channel {
-            key("channel", v);
-        }
-        if let Some(v) = u.reboot_strategy {
-            key("reboot_strategy", v.as_str());
-        }
-    }
-    if let Some(w) = cfg.kiln.locksmith.as_ref().and_then(|l| l.window.as_ref()) {
-        key("window_start", &w.start_text());
-        key("window_length", &w.length_text);
-    }
-    s
-}
-
-/// A TOML basic string.
-fn toml_string(v: &str) -> String {
-    let mut out = String::from("\"");
-    for c in v.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 || c == '\u{7f}' => {
-                out.push_str(&format!("\\u{:04X}", c as u32))
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 fn units(cfg: &CloudConfig, fs: &Root, run: &Root, notes: &mut Vec<String>) -> Result<(), String> {

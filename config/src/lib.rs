@@ -7,6 +7,7 @@
 //! validate-config` / `flash --config` (host side: [`parse`] only).
 
 mod accounts;
+mod agent;
 mod apply;
 pub mod fetch;
 mod fsroot;

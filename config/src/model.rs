@@ -90,8 +90,8 @@ impl fmt::Display for IdRef {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct KilnSection {
     pub etcd: Option<Etcd>,
-    pub update: Option<Update>,
-    pub locksmith: Option<Locksmith>,
+    /// The update agent's settings from `update:` and `locksmith:`; `None` when neither is given.
+    pub update_agent: Option<kiln_contract::update_conf::Given>,
     pub units: Vec<Unit>,
     pub network: Vec<NetworkInterface>,
 }
@@ -105,89 +105,6 @@ pub struct Etcd {
 impl Etcd {
     pub fn get(&self, key: &str) -> Option<&str> {
         self.settings.get(key).map(String::as_str)
-    }
-}
-
-/// The `update:` section.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Update {
-    pub server: Option<String>,
-    /// Kiln's channel; CoreOS called it `group`.
-    pub channel: Option<String>,
-    pub reboot_strategy: Option<RebootStrategy>,
-}
-
-/// How the update agent reboots into a new version.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RebootStrategy {
-    Immediate,
-    EtcdLock,
-    FleetLock,
-    Off,
-}
-
-impl RebootStrategy {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RebootStrategy::Immediate => "immediate",
-            RebootStrategy::EtcdLock => "etcd-lock",
-            RebootStrategy::FleetLock => "fleetlock",
-            RebootStrategy::Off => "off",
-        }
-    }
-}
-
-/// The `locksmith:` section: when reboots may happen.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Locksmith {
-    pub window: Option<RebootWindow>,
-}
-
-/// A reboot window, e.g. `Thu 04:00` for `1h`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RebootWindow {
-    /// `None` means every day.
-    pub weekday: Option<Weekday>,
-    pub hour: u8,
-    pub minute: u8,
-    /// Length in seconds.
-    pub length_secs: u64,
-    /// The length as written, e.g. `1h30m`.
-    pub length_text: String,
-}
-
-impl RebootWindow {
-    /// The start in the canonical form `Thu 04:00` (or `04:00` for every day).
-    pub fn start_text(&self) -> String {
-        match self.weekday {
-            Some(d) => format!("{} {:02}:{:02}", d.as_str(), self.hour, self.minute),
-            None => format!("{:02}:{:02}", self.hour, self.minute),
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Weekday {
-    Mon,
-    Tue,
-    Wed,
-    Thu,
-    Fri,
-    Sat,
-    Sun,
-}
-
-impl Weekday {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Weekday::Mon => "Mon",
-            Weekday::Tue => "Tue",
-            Weekday::Wed => "Wed",
-            Weekday::Thu => "Thu",
-            Weekday::Fri => "Fri",
-            Weekday::Sat => "Sat",
-            Weekday::Sun => "Sun",
-        }
     }
 }
 

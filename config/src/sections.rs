@@ -1,10 +1,7 @@
-//! Reading the `kiln:` section (also accepted as `coreos:`): etcd, update, locksmith, units and
-//! network.
+//! Reading the `kiln:` section (also accepted as `coreos:`): etcd, units and network here;
+//! `update:` and `locksmith:` in `agent.rs`.
 
-use crate::model::{
-    DropIn, Etcd, KilnSection, Locksmith, NetworkInterface, RebootStrategy, RebootWindow, Unit,
-    UnitCommand, Update, Weekday,
-};
+use crate::model::{DropIn, Etcd, KilnSection, NetworkInterface, Unit, UnitCommand};
 use crate::parse::{boolean, list, opt_string, string, string_list, ConfigError, Ctx, Fields};
 use crate::tree::Node;
 use std::net::IpAddr;
@@ -81,14 +78,11 @@ pub(crate) fn kiln_section(
     };
     let mut f = Fields::new(node, name, ctx)?;
     let etcd = etcd_section(&mut f, ctx)?;
-    let update = match f.take_some("update") {
-        Some(n) => Some(update(n, &f.path_of("update"), etcd.is_some(), ctx)?),
-        None => None,
-    };
-    let locksmith = match f.take_some("locksmith") {
-        Some(n) => Some(locksmith(n, &f.path_of("locksmith"), ctx)?),
-        None => None,
-    };
+    let update = f.take_some("update").map(|n| (n, f.path_of("update")));
+    let locksmith = f
+        .take_some("locksmith")
+        .map(|n| (n, f.path_of("locksmith")));
+    let update_agent = crate::agent::agent_settings(update, locksmith, etcd.is_some(), ctx)?;
     let mut units = Vec::new();
     let units_path = f.path_of("units");
     for (i, n) in list(f.take("units"), &units_path)?.iter().enumerate() {
@@ -102,8 +96,7 @@ pub(crate) fn kiln_section(
     f.finish(ctx);
     Ok(KilnSection {
         etcd,
-        update,
-        locksmith,
+        update_agent,
         units,
         network,
     })
@@ -160,216 +153,6 @@ fn etcd(node: &Node, path: &str, ctx: &mut Ctx) -> Result<Etcd, ConfigError> {
     }
     f.finish(ctx);
     Ok(etcd)
-}
-
-fn update(node: &Node, path: &str, has_etcd: bool, ctx: &mut Ctx) -> Result<Update, ConfigError> {
-    let mut f = Fields::new(node, path, ctx)?;
-    let server = opt_string(f.take("server"), &f.path_of("server"))?;
-    if let (Some(s), Some(n)) = (&server, f.take("server")) {
-        if !(s.starts_with("http://") || s.starts_with("https://"))
-            || s.contains(char::is_whitespace)
-        {
-            return Err(ConfigError::invalid(
-                n,
-                &f.path_of("server"),
-                format!("{s:?} is not an http:// or https:// URL"),
-            ));
-        }
-    }
-    let group = opt_string(f.take("group"), &f.path_of("group"))?;
-    let channel = opt_string(f.take("channel"), &f.path_of("channel"))?;
-    if let (Some(_), Some(_), Some(pos)) = (&group, &channel, f.key_pos("group")) {
-        ctx.warn(
-            pos,
-            &f.path_of("group"),
-            "both `group` and `channel` are given; `channel` is used",
-        );
-    }
-    let channel = channel.or(group);
-    if let Some(c) = &channel {
-        if c.is_empty()
-            || !c
-                .chars()
-                .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
-        {
-            let n = f.take("channel").or(f.take("group")).unwrap_or(node);
-            return Err(ConfigError::invalid(
-                n,
-                &f.path_of("channel"),
-                format!("{c:?} is not a channel name (letters, digits, `-`, `_`, `.`)"),
-            ));
-        }
-    }
-    let reboot_strategy = match f.take_some("reboot_strategy") {
-        Some(n) => Some(reboot_strategy(
-            n,
-            &f.path_of("reboot-strategy"),
-            has_etcd,
-            ctx,
-        )?),
-        None => None,
-    };
-    f.finish(ctx);
-    Ok(Update {
-        server,
-        channel,
-        reboot_strategy,
-    })
-}
-
-fn reboot_strategy(
-    node: &Node,
-    path: &str,
-    has_etcd: bool,
-    ctx: &mut Ctx,
-) -> Result<RebootStrategy, ConfigError> {
-    let s = string(node, path)?;
-    Ok(match s.as_str() {
-        "immediate" => RebootStrategy::Immediate,
-        "etcd-lock" => RebootStrategy::EtcdLock,
-        "fleetlock" => RebootStrategy::FleetLock,
-        "off" => RebootStrategy::Off,
-        "reboot" => {
-            ctx.warn(
-                node.pos,
-                path,
-                "`reboot` is the old name of `immediate`; using `immediate`",
-            );
-            RebootStrategy::Immediate
-        }
-        "best-effort" => {
-            // CoreOS: etcd-lock when etcd runs here, otherwise reboot at once.
-            let chosen = if has_etcd {
-                RebootStrategy::EtcdLock
-            } else {
-                RebootStrategy::Immediate
-            };
-            ctx.warn(node.pos, path, format!("`best-effort` is an old CoreOS strategy; using `{}` because etcd is {}configured", chosen.as_str(), if has_etcd { "" } else { "not " }));
-            chosen
-        }
-        _ => {
-            return Err(ConfigError::invalid(
-                node,
-                path,
-                format!(
-                    "unknown reboot strategy {s:?}; use immediate, etcd-lock, fleetlock or off"
-                ),
-            ))
-        }
-    })
-}
-
-fn locksmith(node: &Node, path: &str, ctx: &mut Ctx) -> Result<Locksmith, ConfigError> {
-    let mut f = Fields::new(node, path, ctx)?;
-    let start = f.take_some("window_start");
-    let length = f.take_some("window_length");
-    let window = match (start, length) {
-        (None, None) => None,
-        (Some(s), Some(l)) => {
-            let (weekday, hour, minute) = window_start(s, &f.path_of("window-start"))?;
-            let lpath = f.path_of("window-length");
-            let length_text = string(l, &lpath)?;
-            let length_secs = duration_secs(&length_text).ok_or_else(|| {
-                ConfigError::invalid(
-                    l,
-                    &lpath,
-                    format!("{length_text:?} is not a duration like 1h, 30m or 1h30m"),
-                )
-            })?;
-            if length_secs == 0 || length_secs > 7 * 24 * 3600 {
-                return Err(ConfigError::invalid(
-                    l,
-                    &lpath,
-                    format!("{length_text:?} must be longer than 0 and at most a week"),
-                ));
-            }
-            Some(RebootWindow {
-                weekday,
-                hour,
-                minute,
-                length_secs,
-                length_text,
-            })
-        }
-        (Some(n), None) | (None, Some(n)) => {
-            return Err(ConfigError::invalid(
-                n,
-                path,
-                "a reboot window needs both `window-start` and `window-length`",
-            ))
-        }
-    };
-    f.finish(ctx);
-    Ok(Locksmith { window })
-}
-
-/// `Thu 04:00`, `thursday 4:00` or `04:00` (every day).
-fn window_start(node: &Node, path: &str) -> Result<(Option<Weekday>, u8, u8), ConfigError> {
-    let text = string(node, path)?;
-    let bad = || {
-        ConfigError::invalid(
-            node,
-            path,
-            format!("{text:?} is not a window start like \"Thu 04:00\" or \"04:00\""),
-        )
-    };
-    let parts: Vec<&str> = text.split_whitespace().collect();
-    let (day, time) = match parts.as_slice() {
-        [time] => (None, *time),
-        [day, time] => (Some(weekday(day).ok_or_else(bad)?), *time),
-        _ => return Err(bad()),
-    };
-    let (h, m) = time.split_once(':').ok_or_else(bad)?;
-    let hour: u8 = h.parse().map_err(|_| bad())?;
-    let minute: u8 = m.parse().map_err(|_| bad())?;
-    if hour > 23 || minute > 59 || m.len() != 2 {
-        return Err(bad());
-    }
-    Ok((day, hour, minute))
-}
-
-fn weekday(s: &str) -> Option<Weekday> {
-    let l = s.to_ascii_lowercase();
-    let days = [
-        ("sunday", Weekday::Sun),
-        ("monday", Weekday::Mon),
-        ("tuesday", Weekday::Tue),
-        ("wednesday", Weekday::Wed),
-        ("thursday", Weekday::Thu),
-        ("friday", Weekday::Fri),
-        ("saturday", Weekday::Sat),
-    ];
-    days.iter()
-        .find(|(full, _)| l == *full || (l.len() == 3 && full.starts_with(&l)))
-        .map(|(_, d)| *d)
-}
-
-/// A Go-style duration (`1h`, `90m`, `1h30m`, `45s`) in seconds, as locksmith read it.
-pub(crate) fn duration_secs(text: &str) -> Option<u64> {
-    let mut total: u64 = 0;
-    let mut rest = text.trim();
-    if rest.is_empty() {
-        return None;
-    }
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        if digits == 0 {
-            return None;
-        }
-        let n: u64 = rest[..digits].parse().ok()?;
-        rest = &rest[digits..];
-        let (unit, len) = match rest.chars().next()? {
-            'h' => (3600, 1),
-            'm' => (60, 1),
-            's' => (1, 1),
-            _ => return None,
-        };
-        total = total.checked_add(n.checked_mul(unit)?)?;
-        rest = &rest[len..];
-    }
-    Some(total)
 }
 
 const UNIT_SUFFIXES: &[&str] = &[
@@ -591,31 +374,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations() {
-        assert_eq!(duration_secs("1h"), Some(3600));
-        assert_eq!(duration_secs("1h30m"), Some(5400));
-        assert_eq!(duration_secs("90m"), Some(5400));
-        assert_eq!(duration_secs("45s"), Some(45));
-        assert_eq!(duration_secs("1 h"), None);
-        assert_eq!(duration_secs("h"), None);
-        assert_eq!(duration_secs("1d"), None);
-        assert_eq!(duration_secs(""), None);
-    }
-
-    #[test]
     fn cidrs() {
         assert!(cidr_ok("192.0.2.10/24"));
         assert!(cidr_ok("2001:db8::1/64"));
         assert!(!cidr_ok("192.0.2.10"));
         assert!(!cidr_ok("192.0.2.10/33"));
         assert!(!cidr_ok("host/24"));
-    }
-
-    #[test]
-    fn weekdays() {
-        assert_eq!(weekday("Thu"), Some(Weekday::Thu));
-        assert_eq!(weekday("thursday"), Some(Weekday::Thu));
-        assert_eq!(weekday("Th"), None);
     }
 
     #[test]

@@ -22,7 +22,7 @@ pub fn read_fw_cfg(sysfs: &Path) -> Option<Vec<u8>> {
 /// kernel's own parameters). Double quotes group a value with spaces, as the kernel allows.
 pub fn config_url(cmdline: &str) -> Option<String> {
     let mut found = None;
-    for param in kiln_image::boot::split_kernel_cmdline(cmdline) {
+    for param in kiln_contract::boot::split_kernel_cmdline(cmdline) {
         if let Some(value) = param
             .strip_prefix(URL_PARAM)
             .and_then(|r| r.strip_prefix('='))

@@ -7,7 +7,7 @@ use crate::fsroot::{LastLink, Meta, Root};
 use crate::model::{Etcd, NetworkInterface, Unit};
 
 /// Where `systemctl start` requests are left for the small unit that runs them after boot.
-pub const UNITS_TO_START: &str = "/var/lib/kiln/units-to-start";
+pub const UNITS_TO_START: &str = kiln_contract::paths::UNITS_TO_START;
 /// Debian's etcd.service reads `EnvironmentFile=-/etc/default/%p`.
 pub const ETCD_ENV_FILE: &str = "/etc/default/etcd";
 pub const ETCD_DEFAULT_DATA_DIR: &str = "/var/lib/etcd/default";

@@ -3,6 +3,7 @@
 //! reference tools (`pwck`, `grpck`, `systemctl --root`, `gzip`, Python's `tomllib`).
 
 use crate::*;
+use kiln_contract::update_conf::{RebootStrategy, Weekday};
 use kiln_image::testutil::require_tool;
 use std::collections::BTreeMap;
 use std::fs;
@@ -149,13 +150,13 @@ fn coreos_document_parses_unchanged() {
         Some("http://0.0.0.0:2379,http://0.0.0.0:4001")
     );
     assert_eq!(etcd.settings.len(), 6);
-    let up = c.kiln.update.as_ref().unwrap();
+    let up = &c.kiln.update_agent.as_ref().unwrap().settings;
     assert_eq!(up.channel.as_deref(), Some("stable"));
-    assert_eq!(up.reboot_strategy, Some(RebootStrategy::EtcdLock));
-    let w = c.kiln.locksmith.as_ref().unwrap().window.as_ref().unwrap();
+    assert_eq!(up.reboot_strategy, RebootStrategy::EtcdLock);
+    let w = up.window.unwrap();
     assert_eq!(
-        (w.weekday, w.hour, w.minute, w.length_secs),
-        (Some(Weekday::Thu), 4, 0, 3600)
+        (w.weekday, w.start_secs, w.length_secs),
+        (Some(Weekday::Thu), 4 * 3600, 3600)
     );
 
     let units = &c.kiln.units;
@@ -243,7 +244,7 @@ fn bad_documents_point_at_the_offending_node() {
         ("#cloud-config\nwrite_files:\n- path: /a\n  owner: 'a b:c'\n", 4, 10, "is not `user:group`"),
         ("#cloud-config\nkiln:\n  update:\n    reboot-strategy: sometimes\n", 4, 22, "unknown reboot strategy \"sometimes\""),
         ("#cloud-config\nkiln:\n  locksmith:\n    window-start: Thu 25:00\n    window-length: 1h\n", 4, 19, "not a window start"),
-        ("#cloud-config\nkiln:\n  locksmith:\n    window-start: Thu 04:00\n    window-length: forever\n", 5, 20, "not a duration"),
+        ("#cloud-config\nkiln:\n  locksmith:\n    window-start: Thu 04:00\n    window-length: forever\n", 5, 20, "not a window length like 1h"),
         ("#cloud-config\nkiln:\n  locksmith:\n    window-start: Thu 04:00\n", 4, 19, "needs both"),
         ("#cloud-config\nkiln:\n  units:\n    - name: foo\n", 4, 13, "not a unit name"),
         ("#cloud-config\nkiln:\n  units:\n    - name: a.service\n      command: explode\n", 5, 16, "unknown command"),
@@ -315,13 +316,13 @@ fn unknown_keys_and_old_names_are_warnings() {
     );
     // best-effort with etcd configured means etcd-lock, as on CoreOS.
     assert_eq!(
-        p.config.kiln.update.unwrap().reboot_strategy,
-        Some(RebootStrategy::EtcdLock)
+        p.config.kiln.update_agent.unwrap().settings.reboot_strategy,
+        RebootStrategy::EtcdLock
     );
     let p = parsed("#cloud-config\nkiln:\n  update:\n    reboot-strategy: reboot\n");
     assert_eq!(
-        p.config.kiln.update.unwrap().reboot_strategy,
-        Some(RebootStrategy::Immediate)
+        p.config.kiln.update_agent.unwrap().settings.reboot_strategy,
+        RebootStrategy::Immediate
     );
     assert_eq!(p.warnings.len(), 1);
 }
@@ -793,4 +794,72 @@ fn apply_needs_a_root_directory() {
     )
     .unwrap_err();
     assert!(e.to_string().contains("/nonexistent/kiln-root"));
+}
+
+/// Every `update:` and `locksmith:` key, under the names users write: the document renders an
+/// `update.conf` that the agent's reader (`Settings::load`, over the image's defaults) reads back
+/// to exactly these values.
+#[test]
+fn every_agent_setting_goes_from_the_cloud_config_to_the_agent() {
+    use kiln_contract::update_conf::{defaults_file, Settings, Window, KEYS};
+    use std::time::Duration;
+    let doc =
+        "#cloud-config\ncoreos:\n  update:\n    server: http://10.0.0.1:8000/v1/update/\n    \
+        app-id: 0d1a2b3c-0000-4000-8000-000000000001\n    group: beta\n    \
+        reboot-strategy: fleet-lock\n    check-interval: 20m\n    http-timeout: 45\n    \
+        health-units: [etcd.service, docker.service]\n    health-timeout: 5m\n  \
+        locksmith:\n    endpoint: http://10.0.0.1:2379,http://10.0.0.2:2379\n    \
+        group: web\n    window-start: Sun 03:30\n    window-length: 2h\n    \
+        etcd-lock-key: /site/reboot\n    etcd-lock-ttl: 30m\n    lock-retry: 10s\n    \
+        lock-install: yes\n    fleetlock-url: http://10.0.0.9:8080\n";
+    let p = parsed(doc);
+    assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+    let given = p.config.kiln.update_agent.as_ref().unwrap();
+    let missing: Vec<&str> = KEYS
+        .iter()
+        .filter(|k| !given.keys.contains(k.name))
+        .map(|k| k.name)
+        .collect();
+    assert!(missing.is_empty(), "the document leaves out {missing:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let r = dir.path();
+    apply(&p.config, r, &ApplyOptions::default()).unwrap();
+    let usr = r.join("defaults.conf");
+    fs::write(&usr, defaults_file()).unwrap();
+    let (read_back, warnings) = Settings::load(&[&usr, &r.join("etc/kiln/update.conf")]).unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let expected = Settings {
+        server: Some("http://10.0.0.1:8000/v1/update/".into()),
+        channel: Some("beta".into()),
+        app_id: Some("0d1a2b3c-0000-4000-8000-000000000001".into()),
+        reboot_strategy: RebootStrategy::FleetLock,
+        window: Some(Window::parse("Sun 03:30", "2h").unwrap()),
+        check_interval: Duration::from_secs(20 * 60),
+        http_timeout: Duration::from_secs(45),
+        etcd_endpoints: vec!["http://10.0.0.1:2379".into(), "http://10.0.0.2:2379".into()],
+        etcd_lock_key: "/site/reboot".into(),
+        etcd_lock_ttl: Duration::from_secs(30 * 60),
+        lock_retry: Duration::from_secs(10),
+        lock_install: true,
+        lock_group: "web".into(),
+        fleetlock_url: Some("http://10.0.0.9:8080".into()),
+        health_units: vec!["etcd.service".into(), "docker.service".into()],
+        health_timeout: Duration::from_secs(5 * 60),
+    };
+    assert_eq!(read_back, expected);
+    assert_eq!(read_back, given.settings);
+}
+
+/// locksmith's TLS keys are known, and said to be unsupported rather than unknown.
+#[test]
+fn locksmith_tls_keys_are_named_as_unsupported() {
+    let p = parsed("#cloud-config\ncoreos:\n  locksmith:\n    endpoint: http://e:2379\n    etcd_cafile: /etc/ssl/ca.pem\n");
+    let w: Vec<String> = p.warnings.iter().map(|w| w.to_string()).collect();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].contains("coreos.locksmith.etcd_cafile") && w[0].contains("not supported yet"),
+        "{w:?}"
+    );
+    assert!(!w[0].contains("unknown key"), "{w:?}");
 }

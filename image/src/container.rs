@@ -370,7 +370,7 @@ pub fn docker_archive(
         source,
     };
     let layer = layer_tar(rootfs, epoch).map_err(io)?;
-    let layer_digest = hex(&Sha256::digest(&layer));
+    let layer_digest = kiln_contract::hex::encode(&Sha256::digest(&layer));
     let created = crate::civil::rfc3339(epoch);
     let config = serde_json::json!({
         "architecture": "amd64",
@@ -384,7 +384,10 @@ pub fn docker_archive(
         "history": [{ "created": created, "created_by": "kiln build-image (from the image's own packages)" }],
     });
     let config = serde_json::to_vec(&config).expect("JSON of plain values");
-    let config_name = format!("{}.json", hex(&Sha256::digest(&config)));
+    let config_name = format!(
+        "{}.json",
+        kiln_contract::hex::encode(&Sha256::digest(&config))
+    );
     let layer_name = format!("{layer_digest}/layer.tar");
     let manifest = serde_json::to_vec(&serde_json::json!([{
         "Config": config_name,
@@ -458,10 +461,6 @@ fn append_file(
     let mut h = header(tar::EntryType::Regular, mode, epoch);
     h.set_size(data.len() as u64);
     b.append_data(&mut h, name, data)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Writes an archive into `tree` at `usr/share/kiln/images/<name>.tar`, and its tag beside it in

@@ -1,5 +1,5 @@
-//! The Kiln disk: its partition layout (DESIGN.md's table, as data) and the assembly of partition
-//! images into one sparse `disk.raw` under a GPT.
+//! Assembling partition images into one sparse `disk.raw` under a GPT, in the partition layout of
+//! `kiln_contract::disk`.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -7,21 +7,12 @@ use std::path::{Path, PathBuf};
 
 use crate::gpt::{Gpt, Guid};
 
-pub const MIB: u64 = 1024 * 1024;
-
-pub const ESP_TYPE: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
-/// The Discoverable Partitions Specification's "/usr partition (x86-64)".
-pub const USR_X86_64_TYPE: &str = "8484680C-9521-48C6-9C11-B0720656F69E";
-pub const LINUX_DATA_TYPE: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
-/// "Root partition (x86-64)".
-pub const ROOT_X86_64_TYPE: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";
-
-/// Partition numbers, fixed for the life of deployed machines.
-pub const ESP_NUMBER: u32 = 1;
-pub const USR_A_NUMBER: u32 = 2;
-pub const USR_B_NUMBER: u32 = 3;
-pub const OEM_NUMBER: u32 = 4;
-pub const ROOT_NUMBER: u32 = 5;
+// The layout itself (names, numbers, type GUIDs, sizes) is a contract with the init and the
+// agent; this file assembles it.
+pub use kiln_contract::disk::{
+    disk_bytes, layout, PartitionSpec, ESP_NUMBER, MIB, OEM_NUMBER, ROOT_NUMBER, USR_A_NUMBER,
+    USR_B_NUMBER,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiskError {
@@ -42,41 +33,6 @@ pub enum DiskError {
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> DiskError {
     let what = what.into();
     move |source| DiskError::Io { what, source }
-}
-
-/// One partition of the layout.
-#[derive(Clone, Debug)]
-pub struct PartitionSpec {
-    pub number: u32,
-    pub name: &'static str,
-    /// The image.toml key its size comes from.
-    pub key: &'static str,
-    pub type_guid: &'static str,
-    pub size_bytes: u64,
-}
-
-/// The five partitions of DESIGN.md, sized in MiB.
-pub fn layout(esp_mib: u64, usr_mib: u64, oem_mib: u64, root_mib: u64) -> Vec<PartitionSpec> {
-    let spec = |number, name, key, type_guid, mib: u64| PartitionSpec {
-        number,
-        name,
-        key,
-        type_guid,
-        size_bytes: mib * MIB,
-    };
-    vec![
-        spec(ESP_NUMBER, "EFI-SYSTEM", "esp", ESP_TYPE, esp_mib),
-        spec(USR_A_NUMBER, "USR-A", "usr", USR_X86_64_TYPE, usr_mib),
-        spec(USR_B_NUMBER, "USR-B", "usr", USR_X86_64_TYPE, usr_mib),
-        spec(OEM_NUMBER, "OEM", "oem", LINUX_DATA_TYPE, oem_mib),
-        spec(ROOT_NUMBER, "ROOT", "root", ROOT_X86_64_TYPE, root_mib),
-    ]
-}
-
-/// The disk size for a layout: 1 MiB in front (protective MBR, GPT, alignment), the partitions,
-/// and 1 MiB behind for the backup GPT.
-pub fn disk_bytes(layout: &[PartitionSpec]) -> u64 {
-    2 * MIB + layout.iter().map(|p| p.size_bytes).sum::<u64>()
 }
 
 /// What goes into one partition: an image file, or nothing (left zero, like USR-B).

@@ -77,7 +77,7 @@ pub struct VerityInfo {
 
 impl VerityInfo {
     pub fn root_hash_hex(&self) -> String {
-        hex(&self.root_hash)
+        kiln_contract::hex::encode(&self.root_hash)
     }
 
     /// The device-mapper table line for `dmsetup create`, with the hash tree on the same
@@ -110,7 +110,7 @@ pub fn dm_target(
     let salt = if salt.is_empty() {
         "-".to_string()
     } else {
-        hex(salt)
+        kiln_contract::hex::encode(salt)
     };
     let params = format!(
         "1 {data_dev} {hash_dev} {BLOCK_SIZE} {BLOCK_SIZE} {data_blocks} {start} sha256 {root_hash_hex} {salt}",
@@ -489,10 +489,6 @@ fn is_zero(block: &[u8]) -> bool {
         .all(|c| c.iter().fold(0u8, |acc, &b| acc | b) == 0)
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -562,7 +558,7 @@ mod tests {
             t,
             t,
             &format!("--hash-offset={data_bytes}"),
-            &format!("--salt={}", hex(&params().salt)),
+            &format!("--salt={}", kiln_contract::hex::encode(&params().salt)),
             &format!("--uuid={UUID_TEXT}"),
             "--data-block-size=4096",
             "--hash-block-size=4096",

@@ -13,11 +13,11 @@ use crate::disk::BootDisk;
 use crate::log;
 
 /// The OEM partition's name and the file on it.
-const OEM_PARTITION: &str = "OEM";
-const OEM_FILE: &str = "/cloud-config.yml";
+const OEM_PARTITION: &str = kiln_contract::disk::OEM;
+const OEM_FILE: &str = kiln_contract::disk::OEM_CLOUD_CONFIG;
 /// Development keys on the OEM partition, and where sshd finds them.
 const DEBUG_KEYS_FILE: &str = "/debug-ssh-keys";
-const DEBUG_KEYS_DEST: &str = "/var/lib/kiln/debug-ssh-keys/core";
+const DEBUG_KEYS_DEST: &str = kiln_contract::paths::DEBUG_SSH_KEYS;
 
 /// Finds, parses and applies the document; every outcome is said on the console.
 pub fn apply_first_boot(sysroot: &Path, disk: &BootDisk) {

@@ -1,7 +1,7 @@
 //! The kernel command line: which `/usr` slot to boot, the root hash it must match, and the
 //! switches that change what the init does (`kiln.debug`, `kiln.emergency`, `init=`).
 
-pub use kiln_image::boot::Slot;
+pub use kiln_contract::boot::Slot;
 
 /// What the init takes from `/proc/cmdline`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -26,7 +26,7 @@ pub const DEFAULT_INIT: &str = "/usr/lib/systemd/systemd";
 impl Cmdline {
     pub fn parse(text: &str) -> Cmdline {
         let mut c = Cmdline::default();
-        for word in kiln_image::boot::split_kernel_cmdline(text) {
+        for word in kiln_contract::boot::split_kernel_cmdline(text) {
             let (key, value) = match word.split_once('=') {
                 Some((k, v)) => (k, Some(v)),
                 None => (word.as_str(), None),

@@ -13,9 +13,9 @@ use kiln_image::region::Region;
 use crate::log;
 use crate::sys;
 
-/// Partition names that mark a Kiln disk (DESIGN.md's layout).
-pub const ROOT_NAME: &str = "ROOT";
-pub const USR_NAMES: [&str; 2] = ["USR-A", "USR-B"];
+/// Partition names that mark a Kiln disk.
+pub const ROOT_NAME: &str = kiln_contract::disk::ROOT;
+pub const USR_NAMES: [&str; 2] = [kiln_contract::disk::USR_A, kiln_contract::disk::USR_B];
 
 /// Whole-disk names that never hold the boot disk: RAM disks, loop devices, device-mapper
 /// devices (our own `usr` among them), zram swap.

@@ -12,15 +12,17 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use kiln_image::gpt::Gpt;
 
+use kiln_contract::paths::under;
+
 use crate::disk::BootDisk;
 use crate::ext4;
 use crate::log;
 use crate::sys;
 
-/// Written last on first boot, relative to the root of ROOT.
-pub const MARKER: &str = "var/lib/kiln/first-boot-done";
+/// Written last on first boot.
+pub const MARKER: &str = kiln_contract::paths::FIRST_BOOT_DONE;
 /// The default `/etc` inside `/usr`.
-pub const DEFAULT_ETC: &str = "usr/share/kiln/etc";
+pub const DEFAULT_ETC: &str = kiln_contract::paths::FACTORY_ETC;
 
 /// Top-level directories of ROOT and their modes, made on every boot when missing (the mount
 /// points among them are needed before switch_root).
@@ -49,7 +51,7 @@ pub const TOP_LINKS: &[(&str, &str)] = &[
 ];
 
 pub fn is_first_boot(sysroot: &Path) -> bool {
-    sysroot.join(MARKER).symlink_metadata().is_err()
+    sysroot.join(under(MARKER)).symlink_metadata().is_err()
 }
 
 /// Creates the [`TOP_DIRS`] that are missing, with their modes (existing ones are left alone:
@@ -84,12 +86,12 @@ pub fn run(sysroot: &Path, disk: &BootDisk) -> Result<()> {
         ));
     }
     ensure_top_dirs(sysroot)?;
-    let copied = copy_defaults(&sysroot.join(DEFAULT_ETC), &sysroot.join("etc"))
+    let copied = copy_defaults(&sysroot.join(under(DEFAULT_ETC)), &sysroot.join("etc"))
         .context("laying down /etc from /usr/share/kiln/etc")?;
     log::say(&format!("first boot: {copied} entries of /etc laid down"));
     write_if_missing(&sysroot.join("etc/machine-id"), b"", 0o444)?;
     crate::cloudconfig::apply_first_boot(sysroot, disk);
-    let marker = sysroot.join(MARKER);
+    let marker = sysroot.join(under(MARKER));
     write_if_missing(&marker, b"", 0o644)?;
     sys::sync();
     Ok(())
@@ -350,7 +352,7 @@ mod tests {
         // Every boot: present links and dirs are left as they are.
         ensure_top_dirs(dir.path()).unwrap();
         assert!(is_first_boot(dir.path()));
-        write_if_missing(&dir.path().join(MARKER), b"", 0o644).unwrap();
+        write_if_missing(&dir.path().join(under(MARKER)), b"", 0o644).unwrap();
         assert!(!is_first_boot(dir.path()));
     }
 }

@@ -10,12 +10,11 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use kiln_image::boot::{parse_entry_name, Counter, Slot};
+use kiln_contract::boot::{parse_entry_name, Counter, Slot};
 
 use crate::disk;
 
-/// The ESP's partition name (DESIGN.md's layout).
-const ESP_NAME: &str = "EFI-SYSTEM";
+const ESP_NAME: &str = kiln_contract::disk::ESP;
 const ENTRIES_DIR: &str = "/loader/entries";
 
 /// What the boot entry of the slot that failed says.

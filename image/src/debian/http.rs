@@ -83,10 +83,6 @@ pub(crate) fn get_bytes(url: &str, not_found_hint: &str) -> Result<Vec<u8>> {
 }
 
 /// Lower-case hex of bytes.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Downloads `url` to `dest` unless `dest` is already there, checking size and SHA-256 before
 /// the file takes its name: a half-written or corrupt download never sits in the cache. The
 /// running byte count goes to `progress`. `what` names the file in errors (`package foo`).
@@ -172,7 +168,7 @@ fn copy_hashing(
     }
     file.sync_all()
         .map_err(io_err(format!("writing {}", tmp.display())))?;
-    Ok((total, hex(&hasher.finalize())))
+    Ok((total, kiln_contract::hex::encode(&hasher.finalize())))
 }
 
 /// The size and SHA-256 of a file already on disk.
@@ -181,5 +177,5 @@ pub(crate) fn hash_file(path: &Path) -> Result<(u64, String)> {
     let mut hasher = Sha256::new();
     let n =
         io::copy(&mut file, &mut hasher).map_err(io_err(format!("reading {}", path.display())))?;
-    Ok((n, hex(&hasher.finalize())))
+    Ok((n, kiln_contract::hex::encode(&hasher.finalize())))
 }

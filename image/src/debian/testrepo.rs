@@ -4,9 +4,6 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use sha2::{Digest, Sha256};
-
-use super::http::hex;
 use super::sources::Mirror;
 use crate::testutil::require_tool;
 
@@ -119,9 +116,10 @@ pub fn put(root: &Path, path: &str, content: &[u8]) {
     std::fs::write(p, content).unwrap();
 }
 
-pub fn sha256_file(path: &Path) -> (u64, String) {
-    let data = std::fs::read(path).unwrap();
-    (data.len() as u64, hex(&Sha256::digest(&data)))
+/// Size and hex SHA-256 of a file, as a Packages index lists them.
+fn size_and_sha256(path: &Path) -> (u64, String) {
+    let (digest, size) = kiln_contract::digest::sha256_file(path).unwrap();
+    (size, kiln_contract::hex::encode(&digest))
 }
 
 /// A local mirror below a temp dir, reached with `file://` URLs, signed by its own key.
@@ -155,7 +153,7 @@ impl TestRepo {
             std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
             std::fs::copy(deb, &dest).unwrap();
             let control = run(Command::new("dpkg-deb").arg("-f").arg(deb));
-            let (size, sha) = sha256_file(deb);
+            let (size, sha) = size_and_sha256(deb);
             packages.push_str(&String::from_utf8(control).unwrap());
             packages.push_str(&format!(
                 "Filename: {filename}\nSize: {size}\nSHA256: {sha}\n\n"
@@ -166,7 +164,7 @@ impl TestRepo {
         std::fs::create_dir_all(index.parent().unwrap()).unwrap();
         std::fs::write(&index, packages).unwrap();
         run(Command::new(xz).arg("-k").arg("-f").arg(&index));
-        let (size, sha) = sha256_file(&index.with_extension("xz"));
+        let (size, sha) = size_and_sha256(&index.with_extension("xz"));
         // A copy by hash too, as Debian's mirrors keep them.
         let by_hash = index.parent().unwrap().join("by-hash/SHA256");
         std::fs::create_dir_all(&by_hash).unwrap();

@@ -11,13 +11,14 @@ use kiln_updater::omaha::Event;
 use sha2::{Digest, Sha256};
 
 use crate::client::{ClientError, OmahaClient};
-use crate::config::{Config, StrategyKind};
 use crate::download::{self, DownloadError};
 use crate::host::{self, Host};
 use crate::identity::Paths;
-use crate::installer::{codes, Installer, Phase};
+use crate::installer::{Installer, Phase};
 use crate::state::{Offer, Pending, Progress, State, StateError, Status};
 use crate::strategy::Strategy;
+use kiln_contract::errorcode;
+use kiln_contract::update_conf::{RebootStrategy, Settings};
 
 /// First retry after a transient failure; doubles per failure.
 const BACKOFF_BASE: Duration = Duration::from_secs(30);
@@ -50,7 +51,7 @@ pub enum Next {
 
 /// Everything the agent is built from.
 pub struct Parts<'a> {
-    pub config: Config,
+    pub config: Settings,
     pub paths: Paths,
     pub client: OmahaClient,
     pub http: ureq::Agent,
@@ -61,7 +62,7 @@ pub struct Parts<'a> {
 
 /// The update agent.
 pub struct Agent<'a> {
-    config: Config,
+    config: Settings,
     paths: Paths,
     client: OmahaClient,
     http: ureq::Agent,
@@ -247,9 +248,9 @@ impl<'a> Agent<'a> {
             Err(e) if e.is_transient() => self.enter_backoff(e.to_string(), Some(offer)),
             Err(e) => {
                 let code = match e {
-                    DownloadError::HashMismatch { .. } => codes::PAYLOAD_HASH_MISMATCH,
-                    DownloadError::TooLarge { .. } => codes::PAYLOAD_SIZE_MISMATCH,
-                    _ => codes::DOWNLOAD_TRANSFER,
+                    DownloadError::HashMismatch { .. } => errorcode::PAYLOAD_HASH_MISMATCH,
+                    DownloadError::TooLarge { .. } => errorcode::PAYLOAD_SIZE_MISMATCH,
+                    _ => errorcode::DOWNLOAD_TRANSFER,
                 };
                 self.fail(code, e.to_string())
             }
@@ -334,7 +335,7 @@ impl<'a> Agent<'a> {
 
     /// reboot-needed → rebooting once the strategy, window and lock allow it.
     fn reboot_needed(&mut self, mut pending: Pending) -> Result<Next, StateError> {
-        if self.strategy.kind == StrategyKind::Off {
+        if self.strategy.kind == RebootStrategy::Off {
             return Ok(Next::Wait(self.config.check_interval));
         }
         if let Some(window) = &self.strategy.window {
@@ -368,7 +369,7 @@ impl<'a> Agent<'a> {
     fn confirm(&mut self, pending: Pending) -> Result<Next, StateError> {
         if self.installer.running_slot() != Some(pending.slot) {
             self.status.bad_versions.insert(pending.version.clone());
-            self.report(Event::error(codes::BOOT_FALLBACK));
+            self.report(Event::error(errorcode::BOOT_FALLBACK));
             let why = format!(
                 "version {} did not boot (the boot loader fell back to slot {}); marked bad",
                 pending.version,
@@ -398,7 +399,7 @@ impl<'a> Agent<'a> {
             "version {} on slot {} not blessed: {why}",
             pending.version, pending.slot
         ));
-        if self.strategy.kind == StrategyKind::Off {
+        if self.strategy.kind == RebootStrategy::Off {
             self.save()?;
             return Ok(Next::Wait(self.config.check_interval));
         }

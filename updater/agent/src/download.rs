@@ -185,7 +185,7 @@ fn check_hash(offer: &Offer, file: &mut File, path: &Path) -> Result<(), Downloa
     file.seek(SeekFrom::Start(0)).map_err(local)?;
     let mut hasher = Sha256::new();
     std::io::copy(file, &mut hasher).map_err(local)?;
-    let actual = crate::state::hex(&hasher.finalize());
+    let actual = kiln_contract::hex::encode(&hasher.finalize());
     if actual == offer.sha256 {
         return Ok(());
     }

@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::config::Config;
+use kiln_contract::paths::{self, under};
+use kiln_contract::update_conf::Settings;
 
 /// The files the agent reads and writes.
 #[derive(Debug, Clone)]
@@ -33,16 +34,16 @@ impl Paths {
     pub fn under(root: &Path) -> Paths {
         Paths {
             config_files: vec![
-                root.join("usr/lib/kiln/update.conf"),
-                root.join("etc/kiln/update.conf"),
+                root.join(under(paths::UPDATE_CONF_DEFAULTS)),
+                root.join(under(paths::UPDATE_CONF)),
             ],
             os_release: root.join("usr/lib/os-release"),
             machine_id: root.join("etc/machine-id"),
             boot_id: root.join("proc/sys/kernel/random/boot_id"),
             cmdline: root.join("proc/cmdline"),
-            state_dir: root.join("var/lib/kiln/update"),
-            run_dir: root.join("run/kiln/update-agent"),
-            update_key: root.join("usr/share/kiln/update-key.pem"),
+            state_dir: root.join(under(paths::UPDATE_STATE_DIR)),
+            run_dir: root.join(under(paths::UPDATE_RUN_DIR)),
+            update_key: root.join(under(paths::UPDATE_KEY)),
         }
     }
 
@@ -94,7 +95,7 @@ pub enum IdentityError {
 
 impl Identity {
     /// Reads os-release, the machine id and the boot id; the config's app id and channel win.
-    pub fn read(paths: &Paths, config: &Config) -> Result<Identity, IdentityError> {
+    pub fn read(paths: &Paths, config: &Settings) -> Result<Identity, IdentityError> {
         let os = os_release(&read(&paths.os_release)?);
         let need = |key: &'static str, config_key: &'static str| {
             os.get(key).cloned().ok_or(IdentityError::Missing {
@@ -176,15 +177,15 @@ mod tests {
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
             std::fs::write(p, text).unwrap();
         }
-        let id = Identity::read(&paths, &Config::default()).unwrap();
+        let id = Identity::read(&paths, &Settings::default()).unwrap();
         assert_eq!(id.app_id, "{d57468fa-057a-43ea-97b0-0ed17b82a948}");
         assert_eq!(id.version, "0.1.0");
         assert_eq!(id.channel, "stable");
         assert_eq!(id.machine_id, "abce671d61774703ac7be60715220bfe");
         assert_eq!(id.boot_id, "{965fb4c5-ad3e-4eb7-a4c2-ca0c0e31ec84}");
-        let config = Config {
+        let config = Settings {
             channel: Some("beta".into()),
-            ..Config::default()
+            ..Settings::default()
         };
         assert_eq!(Identity::read(&paths, &config).unwrap().channel, "beta");
         std::fs::write(&paths.machine_id, "\n").unwrap();

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use kiln_image::boot::Slot;
+use kiln_contract::boot::Slot;
 
 /// The step of an installation, for progress and for the persisted state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,28 +42,6 @@ pub struct Installed {
 pub struct InstallFailure {
     pub code: i64,
     pub message: String,
-}
-
-/// The Omaha `errorcode`s the agent sends. Where update_engine has a code for the same failure,
-/// its number is used so a server's dashboards read the same.
-pub mod codes {
-    /// update_engine `kActionCodeError`: anything not named below.
-    pub const GENERIC: i64 = 1;
-    /// `kActionCodeInstallDeviceOpenError`: the inactive partition cannot be opened or written.
-    pub const INSTALL_DEVICE: i64 = 7;
-    /// `kActionCodeDownloadTransferError`.
-    pub const DOWNLOAD_TRANSFER: i64 = 9;
-    /// `kActionCodePayloadHashMismatchError`: the payload's SHA-256 is not the response's.
-    pub const PAYLOAD_HASH_MISMATCH: i64 = 10;
-    /// `kActionCodePayloadSizeMismatchError`.
-    pub const PAYLOAD_SIZE_MISMATCH: i64 = 11;
-    /// `kActionCodeDownloadPayloadVerificationError`: the payload is damaged or not a payload.
-    pub const PAYLOAD_VERIFICATION: i64 = 12;
-    /// `kActionCodeNewRootfsVerificationError`: read-back or dm-verity root hash mismatch.
-    pub const ROOTFS_VERIFICATION: i64 = 15;
-    /// `kActionCodeDownloadPayloadPubKeyVerificationError`: the manifest signature is bad.
-    pub const SIGNATURE: i64 = 18;
-    pub use kiln_updater::omaha::kiln_codes::{BOOT_FALLBACK, UNHEALTHY};
 }
 
 /// What the state machine needs from the write path. The real one wraps

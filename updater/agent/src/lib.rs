@@ -4,7 +4,6 @@
 
 pub mod agent;
 pub mod client;
-pub mod config;
 pub mod download;
 pub mod host;
 pub mod http;
@@ -13,7 +12,6 @@ pub mod installer;
 pub mod real;
 pub mod state;
 pub mod strategy;
-pub mod window;
 
 #[cfg(test)]
 mod tests;

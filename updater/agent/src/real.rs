@@ -3,13 +3,14 @@
 
 use std::path::{Path, PathBuf};
 
-use kiln_image::boot::Slot;
+use kiln_contract::boot::Slot;
 use kiln_updater::install::{self, InstallError, Target};
 use kiln_updater::keys::VerifyingKey;
 use kiln_updater::payload::PayloadError;
 
 use crate::identity::Paths;
-use crate::installer::{codes, InstallFailure, Installed, Installer, Phase};
+use crate::installer::{InstallFailure, Installed, Installer, Phase};
+use kiln_contract::errorcode;
 
 /// Why the real installer could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -146,20 +147,24 @@ fn phase(p: install::Phase) -> Phase {
 /// The Omaha error code of an install error.
 pub fn error_code(e: &InstallError) -> i64 {
     match e {
-        InstallError::Payload(PayloadError::BadSignature { .. }) => codes::SIGNATURE,
-        InstallError::Payload(PayloadError::PartMismatch { .. }) => codes::PAYLOAD_HASH_MISMATCH,
+        InstallError::Payload(PayloadError::BadSignature { .. }) => errorcode::SIGNATURE,
+        InstallError::Payload(PayloadError::PartMismatch { .. }) => {
+            errorcode::PAYLOAD_HASH_MISMATCH
+        }
         InstallError::Payload(
             PayloadError::BadMagic { .. }
             | PayloadError::UnsupportedVersion { .. }
             | PayloadError::Malformed { .. },
         )
-        | InstallError::Decompress { .. } => codes::PAYLOAD_VERIFICATION,
-        InstallError::Mismatch { .. } | InstallError::Verity { .. } => codes::ROOTFS_VERIFICATION,
+        | InstallError::Decompress { .. } => errorcode::PAYLOAD_VERIFICATION,
+        InstallError::Mismatch { .. } | InstallError::Verity { .. } => {
+            errorcode::ROOTFS_VERIFICATION
+        }
         InstallError::InUse { .. }
         | InstallError::NoPartition { .. }
         | InstallError::TooLarge { .. }
-        | InstallError::Io { .. } => codes::INSTALL_DEVICE,
-        _ => codes::GENERIC,
+        | InstallError::Io { .. } => errorcode::INSTALL_DEVICE,
+        _ => errorcode::GENERIC,
     }
 }
 
@@ -257,12 +262,12 @@ mod tests {
     #[test]
     fn install_errors_map_to_omaha_codes() {
         let sig = InstallError::Payload(PayloadError::BadSignature { path: "p".into() });
-        assert_eq!(error_code(&sig), codes::SIGNATURE);
+        assert_eq!(error_code(&sig), errorcode::SIGNATURE);
         let busy = InstallError::InUse {
             path: "/dev/vda".into(),
             partition: "partition 2".into(),
             reason: "mounted".into(),
         };
-        assert_eq!(error_code(&busy), codes::INSTALL_DEVICE);
+        assert_eq!(error_code(&busy), errorcode::INSTALL_DEVICE);
     }
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use kiln_image::boot::Slot;
+use kiln_contract::boot::Slot;
 use kiln_updater::omaha::{Event, OfferedUpdate};
 use serde::{Deserialize, Serialize};
 
@@ -27,7 +27,7 @@ impl From<&OfferedUpdate> for Offer {
             version: o.version.clone(),
             url: o.url.clone(),
             size: o.size,
-            sha256: hex(&o.sha256),
+            sha256: kiln_contract::hex::encode(&o.sha256),
         }
     }
 }
@@ -243,13 +243,9 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Slots as `"a"` / `"b"` in the JSON, as on the kernel command line.
 mod slot_letter {
-    use kiln_image::boot::Slot;
+    use kiln_contract::boot::Slot;
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(slot: &Slot, s: S) -> Result<S::Ok, S::Error> {

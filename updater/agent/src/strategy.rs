@@ -9,9 +9,9 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use serde_json::{json, Value};
 
-use crate::config::{Config, StrategyKind};
 use crate::http::HttpError;
-use crate::window::Window;
+use kiln_contract::update_conf::Window;
+use kiln_contract::update_conf::{RebootStrategy, Settings};
 
 /// Why a lock could not be taken or given back.
 #[derive(Debug, thiserror::Error)]
@@ -36,7 +36,7 @@ pub trait RebootLock {
 
 /// The configured strategy: whether to reboot at all, when, and under which lock.
 pub struct Strategy {
-    pub kind: StrategyKind,
+    pub kind: RebootStrategy,
     pub window: Option<Window>,
     pub lock: Option<Box<dyn RebootLock>>,
 }
@@ -44,32 +44,32 @@ pub struct Strategy {
 impl Strategy {
     /// Builds the strategy of the config for machine `id`.
     pub fn from_config(
-        config: &Config,
+        config: &Settings,
         http: &ureq::Agent,
         id: &str,
     ) -> Result<Strategy, LockError> {
         let lock: Option<Box<dyn RebootLock>> = match config.reboot_strategy {
-            StrategyKind::Immediate | StrategyKind::Off => None,
-            StrategyKind::EtcdLock => Some(Box::new(EtcdLock {
+            RebootStrategy::Immediate | RebootStrategy::Off => None,
+            RebootStrategy::EtcdLock => Some(Box::new(EtcdLock {
                 http: http.clone(),
                 endpoints: config.etcd_endpoints.clone(),
-                key: config.etcd_lock_key.clone(),
+                key: config.etcd_semaphore_key(),
                 ttl: config.etcd_lock_ttl,
                 holder: id.to_owned(),
             })),
-            StrategyKind::FleetLock => Some(Box::new(FleetLock {
+            RebootStrategy::FleetLock => Some(Box::new(FleetLock {
                 http: http.clone(),
                 base: config
                     .fleetlock_url
                     .clone()
                     .ok_or(LockError::NotConfigured("fleetlock", "fleetlock_url"))?,
-                group: config.fleetlock_group.clone(),
+                group: config.lock_group.clone(),
                 id: id.to_owned(),
             })),
         };
         Ok(Strategy {
             kind: config.reboot_strategy,
-            window: config.window.clone(),
+            window: config.window,
             lock,
         })
     }

@@ -5,13 +5,14 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
-use kiln_image::boot::{BootEntry, Slot};
+use kiln_contract::boot::{BootEntry, Slot};
 use kiln_image::fat::{self, FatError};
 use kiln_image::region::Region;
 use sha2::{Digest, Sha256};
 
 use super::{io_err, InstallError, Phase};
-use crate::payload::{hex, Manifest, Part};
+use crate::payload::{Manifest, Part};
+use kiln_contract::hex;
 
 const ENTRIES_DIR: &str = "/loader/entries";
 
@@ -169,7 +170,7 @@ impl<'d> Esp<'d> {
         data: &[u8],
         sha: &str,
     ) -> Result<(), InstallError> {
-        let actual = hex(&Sha256::digest(data));
+        let actual = hex::encode(&Sha256::digest(data));
         if actual == sha {
             return Ok(());
         }

@@ -22,7 +22,7 @@ use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use kiln_image::boot::{split_kernel_cmdline, BootEntry, BootError, Counter, Slot};
+use kiln_contract::boot::{split_kernel_cmdline, BootEntry, BootError, Counter, Slot};
 use kiln_image::disk::read_full;
 use kiln_image::fat::FatError;
 use kiln_image::gpt::GptError;
@@ -30,7 +30,9 @@ use kiln_image::region::Region;
 use kiln_image::verity::VerityError;
 
 use crate::keys::VerifyingKey;
-use crate::payload::{self, HashingReader, Manifest, PayloadError, BOARD};
+use crate::payload::{self, Manifest, PayloadError, BOARD};
+use kiln_contract::digest::Hashing;
+use kiln_contract::hex;
 
 pub use device::SysPaths;
 use esp::Esp;
@@ -364,13 +366,13 @@ fn read_back(
             info.root_hash_hex(),
         ));
     }
-    if payload::hex(&info.salt) != m.verity_salt {
+    if hex::encode(&info.salt) != m.verity_salt {
         return Err(mismatch(
             disk,
             partition,
             "the verity salt",
             &m.verity_salt,
-            payload::hex(&info.salt),
+            hex::encode(&info.salt),
         ));
     }
     Ok(())
@@ -384,7 +386,7 @@ fn read_back_sha256(
     partition: &'static str,
     progress: &mut dyn FnMut(Phase, u64, u64),
 ) -> Result<(u64, String), InstallError> {
-    let mut reader = HashingReader::new(region.take(total));
+    let mut reader = Hashing::new(region.take(total));
     let mut buf = vec![0u8; READ_BACK_CHUNK];
     progress(Phase::ReadingBack, 0, total);
     loop {
@@ -393,9 +395,9 @@ fn read_back_sha256(
         if n == 0 {
             break;
         }
-        progress(Phase::ReadingBack, reader.count, total);
+        progress(Phase::ReadingBack, reader.count(), total);
     }
-    Ok((reader.count, reader.hex_digest()))
+    Ok((reader.count(), hex::encode(&reader.digest())))
 }
 
 fn mismatch(
@@ -530,7 +532,7 @@ impl Disk {
     }
 
     fn esp(&self) -> Result<Esp<'_>, InstallError> {
-        let (_, p) = self.partition("EFI-SYSTEM")?;
+        let (_, p) = self.partition(kiln_contract::disk::ESP)?;
         let region = Region::new(&self.file, p.start_bytes(), p.size_bytes())
             .map_err(io_err("opening the ESP window of", &self.path))?;
         Ok(Esp::new(region, &self.path))

@@ -6,8 +6,9 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use kiln_image::boot::{BootEntry, Counter, Slot};
-use kiln_image::disk::{self, PartitionContent, MIB};
+use kiln_contract::boot::{BootEntry, Counter, Slot};
+use kiln_contract::disk::{self, MIB};
+use kiln_image::disk::{assemble, PartitionContent};
 use kiln_image::gpt::Guid;
 use kiln_image::testutil::require_tool;
 use kiln_image::tree::{Content, Entry, Kind, Meta, Tree};
@@ -59,7 +60,7 @@ fn make_disk(dir: &Path) -> PathBuf {
     let opts = kiln_image::fat::FatOptions {
         size_bytes: 8 * MIB,
         volume_id: 1,
-        label: "EFI-SYSTEM".into(),
+        label: disk::ESP.into(),
         timestamp: T,
     };
     kiln_image::fat::format(&esp, &opts, &mut File::create(&esp_img).unwrap()).unwrap();
@@ -75,7 +76,7 @@ fn make_disk(dir: &Path) -> PathBuf {
             image: Some(&usr_a.usr),
         },
     ];
-    disk::assemble(&path, &layout, &contents, |n| Guid::from_hash(n.as_bytes())).unwrap();
+    assemble(&path, &layout, &contents, |n| Guid::from_hash(n.as_bytes())).unwrap();
     path
 }
 
@@ -91,7 +92,7 @@ fn partition_bytes(disk: &Path, name: &str) -> Vec<u8> {
 }
 
 fn sha(bytes: &[u8]) -> String {
-    crate::payload::hex(&Sha256::digest(bytes))
+    kiln_contract::hex::encode(&Sha256::digest(bytes))
 }
 
 fn entry_names(t: &Target) -> Vec<String> {
@@ -105,7 +106,7 @@ fn entry_names(t: &Target) -> Vec<String> {
 /// `fsck.fat -n` finds nothing to fix in the disk's ESP.
 fn assert_esp_clean(disk: &Path, dir: &Path) {
     let img = dir.join("esp-check.img");
-    std::fs::write(&img, partition_bytes(disk, "EFI-SYSTEM")).unwrap();
+    std::fs::write(&img, partition_bytes(disk, disk::ESP)).unwrap();
     let fsck = require_tool("fsck.fat", "dosfstools");
     let out = Command::new(fsck).arg("-n").arg(&img).output().unwrap();
     let text =
@@ -132,7 +133,7 @@ fn install_writes_the_other_slot_then_its_entry_and_bless_and_rollback_rename() 
         disk: disk.clone(),
         running: Slot::A,
     };
-    let usr_a = sha(&partition_bytes(&disk, "USR-A"));
+    let usr_a = sha(&partition_bytes(&disk, disk::USR_A));
     assert_eq!(entry_names(&t), ["kiln-a.conf"]);
 
     let mut phases = Vec::new();
@@ -146,8 +147,8 @@ fn install_writes_the_other_slot_then_its_entry_and_bless_and_rollback_rename() 
     assert_eq!(done.manifest, m);
     use Phase::*;
     assert_eq!(phases, [Verifying, Writing, ReadingBack, Esp, Entry]);
-    assert_eq!(sha(&partition_bytes(&disk, "USR-A")), usr_a);
-    let usr_b = partition_bytes(&disk, "USR-B");
+    assert_eq!(sha(&partition_bytes(&disk, disk::USR_A)), usr_a);
+    let usr_b = partition_bytes(&disk, disk::USR_B);
     assert_eq!(sha(&usr_b[..m.usr_size as usize]), m.usr_sha256);
     assert_esp_clean(&disk, dir.path());
 

@@ -4,6 +4,8 @@
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 
+use kiln_contract::hex;
+
 use super::{Manifest, OmahaError, Package, ResponseApp};
 
 /// An update the server offers, reduced to what the agent needs to download and check it.
@@ -93,8 +95,8 @@ impl ResponseApp {
         match (from_action, from_package) {
             (Some(a), Some(p)) if a != p => Err(OmahaError::HashMismatch {
                 appid: self.appid.clone(),
-                action: to_hex(&a),
-                package: to_hex(&p),
+                action: hex::encode(&a),
+                package: hex::encode(&p),
             }),
             (Some(digest), _) | (None, Some(digest)) => Ok(digest),
             (None, None) => {
@@ -114,7 +116,7 @@ impl ResponseApp {
     }
 
     fn decode_hex(&self, value: &str) -> Result<[u8; 32], OmahaError> {
-        from_hex(value.trim()).ok_or_else(|| {
+        hex::decode_digest(value.trim()).ok_or_else(|| {
             self.bad_hash(
                 "package hash_sha256",
                 value,
@@ -155,29 +157,4 @@ pub(super) fn with_trailing_slash(codebase: &str) -> String {
     } else {
         format!("{codebase}/")
     }
-}
-
-pub(super) fn to_hex(bytes: &[u8]) -> String {
-    // One allocation: the server writes a digest into every offer it answers.
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
-    }
-    out
-}
-
-fn from_hex(text: &str) -> Option<[u8; 32]> {
-    let digits = text.as_bytes();
-    if digits.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (byte, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
-        let high = char::from(pair[0]).to_digit(16)?;
-        let low = char::from(pair[1]).to_digit(16)?;
-        *byte = u8::try_from(high * 16 + low).ok()?;
-    }
-    Some(out)
 }

@@ -21,14 +21,8 @@ pub use error::OmahaError;
 pub use safety::{MAX_DEPTH, MAX_DOCUMENT_BYTES};
 pub use server::SERVER_NAME;
 
-/// Kiln's own `errorcode`s, above update_engine's range (which ends below 100) and below the
-/// HTTP-status range (2000 and up). The agent sends them and the server decodes them.
-pub mod kiln_codes {
-    /// The new slot used up its boot tries and the boot loader brought the old slot back.
-    pub const BOOT_FALLBACK: i64 = 1000;
-    /// The new slot booted but was not healthy in time, so it was not blessed.
-    pub const UNHEALTHY: i64 = 1001;
-}
+// Until the server's engine names `kiln_contract::errorcode` directly.
+pub use kiln_contract::errorcode as kiln_codes;
 
 /// The protocol version Kiln writes; documents claiming any 3.x version are read.
 pub const PROTOCOL_VERSION: &str = "3.0";

@@ -3,11 +3,12 @@
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 
-use super::client::{to_hex, with_trailing_slash};
+use super::client::with_trailing_slash;
 use super::{
     Ack, Action, App, Manifest, Package, Response, ResponseApp, UpdateCheckResponse, Url,
     PROTOCOL_VERSION,
 };
+use kiln_contract::hex;
 
 /// The `server` attribute Kiln writes on its responses.
 pub const SERVER_NAME: &str = "kiln";
@@ -66,7 +67,7 @@ impl ResponseApp {
         let package = Package {
             name: package_name.to_owned(),
             hash: None,
-            hash_sha256: Some(to_hex(sha256)),
+            hash_sha256: Some(hex::encode(sha256)),
             size,
             required: true,
         };

@@ -23,10 +23,6 @@ fn fixture(name: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
 }
 
-fn hex(digest: &[u8]) -> String {
-    digest.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn first_app(response: &Response) -> &ResponseApp {
     response.apps.first().expect("the response has an app")
 }
@@ -163,7 +159,7 @@ fn nebraska_response_offers_the_first_package() {
     assert_eq!(offered.size, 382137917);
     // Decoded from the action's base64 with Python's base64 module.
     assert_eq!(
-        hex(&offered.sha256),
+        kiln_contract::hex::encode(&offered.sha256),
         "b2d2c6dd4fe8e00afc4cc1c5c13fd1581d2236469638ee90b4baeaebe00705b0"
     );
 }
@@ -193,7 +189,7 @@ fn update_engine_response_with_extra_action_attributes() {
     assert_eq!(offered.url, "http://kam:8080/static/update.gz");
     assert_eq!(offered.size, 67546213);
     assert_eq!(
-        hex(&offered.sha256),
+        kiln_contract::hex::encode(&offered.sha256),
         "d15025416dd113df521ad481e51e26d3c6a7b401cef170e804c283cb1413fcc8"
     );
 }
@@ -209,14 +205,20 @@ fn hex_and_base64_sha256_are_cross_checked() {
         &format!(r#"{first}hash_sha256="{}" "#, digest.to_uppercase()),
     );
     let app = first_app(&Response::parse(&agreeing).unwrap()).clone();
-    assert_eq!(hex(&app.update().unwrap().unwrap().sha256), digest);
+    assert_eq!(
+        kiln_contract::hex::encode(&app.update().unwrap().unwrap().sha256),
+        digest
+    );
 
     let without_action = agreeing.replace(
         r#"sha256="stLG3U/o4Ar8TMHFwT/RWB0iNkaWOO6QtLrq6+AHBbA=""#,
         "",
     );
     let app = first_app(&Response::parse(&without_action).unwrap()).clone();
-    assert_eq!(hex(&app.update().unwrap().unwrap().sha256), digest);
+    assert_eq!(
+        kiln_contract::hex::encode(&app.update().unwrap().unwrap().sha256),
+        digest
+    );
 
     let other = "3aed3129de50b959a97e4913ba485bd60e72d2bb6aa377d5ed404103f0680043";
     let disagreeing = text.replace(first, &format!(r#"{first}hash_sha256="{other}" "#));
@@ -299,7 +301,10 @@ fn update_ok_parses_back_to_the_same_offer() {
         "{xml}"
     );
     assert!(
-        xml.contains(&format!(r#"hash_sha256="{}""#, hex(&sha256))),
+        xml.contains(&format!(
+            r#"hash_sha256="{}""#,
+            kiln_contract::hex::encode(&sha256)
+        )),
         "{xml}"
     );
     assert!(!xml.contains(" hash="), "no SHA-1 is invented: {xml}");

@@ -25,11 +25,10 @@ mod write;
 #[cfg(test)]
 pub(crate) mod tests;
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 pub use read::{check_parts, read_verified_manifest};
 #[cfg(test)]
@@ -169,81 +168,4 @@ pub(crate) fn io_err(
 ) -> impl FnOnce(io::Error) -> PayloadError {
     let path = path.to_owned();
     move |source| PayloadError::Io { op, path, source }
-}
-
-/// Lower-case hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The bytes of lower-case or upper-case hex text; `None` if it is not hex.
-pub fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
-/// A reader that hashes and counts what passes through it.
-pub(crate) struct HashingReader<R> {
-    pub inner: R,
-    pub hasher: Sha256,
-    pub count: u64,
-}
-
-impl<R> HashingReader<R> {
-    pub fn new(inner: R) -> Self {
-        HashingReader {
-            inner,
-            hasher: Sha256::new(),
-            count: 0,
-        }
-    }
-
-    /// The hex SHA-256 of everything read so far.
-    pub fn hex_digest(&self) -> String {
-        hex(&self.hasher.clone().finalize())
-    }
-}
-
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.count += n as u64;
-        Ok(n)
-    }
-}
-
-/// A writer that hashes and counts what passes through it.
-pub(crate) struct HashingWriter<W> {
-    pub inner: W,
-    pub hasher: Sha256,
-    pub count: u64,
-}
-
-impl<W> HashingWriter<W> {
-    pub fn new(inner: W) -> Self {
-        HashingWriter {
-            inner,
-            hasher: Sha256::new(),
-            count: 0,
-        }
-    }
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.count += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
 }

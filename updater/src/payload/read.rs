@@ -6,9 +6,12 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
+use kiln_contract::digest::Hashing;
+use kiln_contract::hex;
+
 use super::{
-    io_err, unhex, HashingReader, Manifest, PayloadError, FORMAT_VERSION, HEADER_LEN, MAGIC,
-    MAX_MANIFEST_LEN, PARTS_OFFSET,
+    io_err, Manifest, PayloadError, FORMAT_VERSION, HEADER_LEN, MAGIC, MAX_MANIFEST_LEN,
+    PARTS_OFFSET,
 };
 use crate::keys::{VerifyingKey, SIGNATURE_LEN};
 
@@ -93,7 +96,7 @@ pub fn check_parts(
     for (name, part) in manifest.parts() {
         file.seek(SeekFrom::Start(part.offset))
             .map_err(io_err("seeking in", path))?;
-        let mut reader = HashingReader::new((&mut file).take(part.length));
+        let mut reader = Hashing::new((&mut file).take(part.length));
         loop {
             let n = reader.read(&mut buf).map_err(io_err("reading", path))?;
             if n == 0 {
@@ -102,13 +105,13 @@ pub fn check_parts(
             done += n as u64;
             progress(done, total);
         }
-        if reader.count != part.length {
+        if reader.count() != part.length {
             return Err(PayloadError::Malformed {
                 path: path.to_owned(),
                 problem: format!("part `{name}` is cut short"),
             });
         }
-        let actual = reader.hex_digest();
+        let actual = hex::encode(&reader.digest());
         if actual != part.sha256 {
             return Err(PayloadError::PartMismatch {
                 path: path.to_owned(),
@@ -143,7 +146,7 @@ fn read_exact_or(
 /// The signed manifest's own consistency: hex fields, the verity offset inside the image, and
 /// parts back to back from [`PARTS_OFFSET`] to the end of the file.
 fn check_manifest(m: &Manifest, file_len: u64) -> Result<(), String> {
-    let sha = |name: &str, value: &str| match unhex(value) {
+    let sha = |name: &str, value: &str| match hex::decode(value) {
         Some(b) if b.len() == 32 => Ok(()),
         _ => Err(format!("{name} {value:?} is not a hex SHA-256")),
     };
@@ -151,7 +154,7 @@ fn check_manifest(m: &Manifest, file_len: u64) -> Result<(), String> {
     sha("verity_root_hash", &m.verity_root_hash)?;
     sha("kernel_sha256", &m.kernel_sha256)?;
     sha("initrd_sha256", &m.initrd_sha256)?;
-    if unhex(&m.verity_salt).is_none_or(|s| s.len() > kiln_image::verity::MAX_SALT_LEN) {
+    if hex::decode(&m.verity_salt).is_none_or(|s| s.len() > kiln_image::verity::MAX_SALT_LEN) {
         return Err(format!(
             "verity_salt {:?} is not hex of at most 256 bytes",
             m.verity_salt

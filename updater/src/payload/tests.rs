@@ -9,6 +9,7 @@ use kiln_image::verity;
 
 use super::*;
 use crate::keys::{SigningKey, VerifyingKey};
+use kiln_contract::hex;
 
 /// Bytes that differ everywhere but compress (a filesystem is not random either).
 pub(crate) fn pattern(len: usize, seed: u32) -> Vec<u8> {
@@ -67,7 +68,7 @@ pub(crate) fn make(dir: &Path, name: &str, version: &str, key: &SigningKey) -> (
 }
 
 fn sha_hex(path: &Path) -> String {
-    hex(&Sha256::digest(std::fs::read(path).unwrap()))
+    hex::encode(&kiln_contract::digest::sha256_file(path).unwrap().0)
 }
 
 #[test]
@@ -86,7 +87,7 @@ fn payloads_round_trip_and_zstd_reads_the_usr_part() {
     assert_eq!(m.usr_size, std::fs::metadata(&inp.usr).unwrap().len());
     assert_eq!(m.usr_sha256, sha_hex(&inp.usr));
     assert_eq!(m.verity_root_hash, inp.verity.root_hash_hex());
-    assert_eq!(m.verity_salt, hex(&inp.verity.salt));
+    assert_eq!(m.verity_salt, hex::encode(&inp.verity.salt));
     assert_eq!(m.verity_hash_offset, 1 << 20);
     assert_eq!(m.kernel_sha256, sha_hex(&inp.kernel));
     assert_eq!(m.initrd_sha256, sha_hex(&inp.initrd));

@@ -8,9 +8,12 @@ use sha2::{Digest, Sha256};
 
 use kiln_image::disk::read_full;
 
+use kiln_contract::digest::Hashing;
+use kiln_contract::hex;
+
 use super::{
-    hex, io_err, HashingReader, HashingWriter, Manifest, ManifestInput, Part, Parts, PayloadError,
-    FORMAT_VERSION, HEADER_LEN, MAGIC, MAX_MANIFEST_LEN, PARTS_OFFSET,
+    io_err, Manifest, ManifestInput, Part, Parts, PayloadError, FORMAT_VERSION, HEADER_LEN, MAGIC,
+    MAX_MANIFEST_LEN, PARTS_OFFSET,
 };
 use crate::keys::SigningKey;
 
@@ -128,7 +131,7 @@ fn write_into(
         usr_size,
         usr_sha256: usr_sha,
         verity_root_hash: verity.root_hash_hex(),
-        verity_salt: hex(&verity.salt),
+        verity_salt: hex::encode(&verity.salt),
         verity_hash_offset: verity.hash_offset,
         kernel_sha256: kernel_part.sha256.clone(),
         initrd_sha256: initrd_part.sha256.clone(),
@@ -175,7 +178,7 @@ fn compress_part(
     offset: u64,
 ) -> Result<(Part, String), PayloadError> {
     let mut input = File::open(src).map_err(io_err("opening", src))?;
-    let mut out = HashingWriter::new(BufWriter::with_capacity(1 << 20, &mut *file));
+    let mut out = Hashing::new(BufWriter::with_capacity(1 << 20, &mut *file));
     let mut usr_hash = Sha256::new();
     let mut compressors = (0..COMPRESS_THREADS)
         .map(|_| frame_compressor())
@@ -202,12 +205,13 @@ fn compress_part(
         }
     }
     out.flush().map_err(io_err("writing", tmp))?;
+    let (digest, length) = out.finish();
     let part = Part {
         offset,
-        length: out.count,
-        sha256: hex(&out.hasher.finalize()),
+        length,
+        sha256: hex::encode(&digest),
     };
-    Ok((part, hex(&usr_hash.finalize())))
+    Ok((part, hex::encode(&usr_hash.finalize())))
 }
 
 /// Compresses `inputs[i][..lens[i]]` each on its own thread; returns the frames in order.
@@ -242,13 +246,13 @@ pub(crate) fn frame_compressor() -> io::Result<zstd::bulk::Compressor<'static>> 
 /// Copies `src` into `file` at its position `offset`.
 fn copy_part(file: &mut File, tmp: &Path, src: &Path, offset: u64) -> Result<Part, PayloadError> {
     let input = File::open(src).map_err(io_err("opening", src))?;
-    let mut reader = HashingReader::new(input);
+    let mut reader = Hashing::new(input);
     let mut out = BufWriter::with_capacity(1 << 20, &mut *file);
     io::copy(&mut reader, &mut out).map_err(io_err("copying into the payload", src))?;
     out.flush().map_err(io_err("writing", tmp))?;
     Ok(Part {
         offset,
-        length: reader.count,
-        sha256: reader.hex_digest(),
+        length: reader.count(),
+        sha256: hex::encode(&reader.digest()),
     })
 }

@@ -7,11 +7,11 @@ use anyhow::Context;
 use clap::Parser;
 use kiln_agent::agent::{Agent, Parts};
 use kiln_agent::client::OmahaClient;
-use kiln_agent::config::Config;
 use kiln_agent::host::SystemHost;
 use kiln_agent::identity::{Identity, Paths};
 use kiln_agent::real::RealInstaller;
 use kiln_agent::strategy::Strategy;
+use kiln_contract::update_conf::Settings;
 
 /// Checks the Omaha server, installs updates into the inactive slot, reboots by the configured
 /// strategy and blesses the new slot once healthy. Configured by /usr/lib/kiln/update.conf and
@@ -31,8 +31,8 @@ fn main() {
 fn run() -> anyhow::Result<()> {
     let paths = Paths::system();
     let files: Vec<&Path> = paths.config_files.iter().map(|p| p.as_path()).collect();
-    let config = Config::load(&files).context("reading the update configuration")?;
-    for warning in &config.warnings {
+    let (config, warnings) = Settings::load(&files).context("reading the update configuration")?;
+    for warning in &warnings {
         eprintln!("warning: {warning}");
     }
     let identity = Identity::read(&paths, &config).context("reading the machine's identity")?;

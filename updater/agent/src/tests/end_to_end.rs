@@ -6,8 +6,9 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use kiln_image::boot::{BootEntry, Counter, Slot};
-use kiln_image::disk::{self, PartitionContent, MIB};
+use kiln_contract::boot::{BootEntry, Counter, Slot};
+use kiln_contract::disk::{self, MIB};
+use kiln_image::disk::{assemble, PartitionContent};
 use kiln_image::gpt::Guid;
 use kiln_image::tree::{Content, Entry, Kind, Meta, Tree};
 use kiln_updater::install::Target;
@@ -16,8 +17,8 @@ use kiln_updater::payload::{write_payload, ManifestInput};
 use sha2::{Digest, Sha256};
 
 use super::*;
-use crate::installer::codes;
 use crate::real::RealInstaller;
+use kiln_contract::errorcode;
 
 const T: i64 = 1_700_000_000;
 
@@ -77,7 +78,7 @@ fn make_disk(dir: &Path) -> PathBuf {
     let opts = kiln_image::fat::FatOptions {
         size_bytes: 8 * MIB,
         volume_id: 1,
-        label: "EFI-SYSTEM".into(),
+        label: disk::ESP.into(),
         timestamp: T,
     };
     kiln_image::fat::format(&esp, &opts, &mut File::create(&esp_img).unwrap()).unwrap();
@@ -92,7 +93,7 @@ fn make_disk(dir: &Path) -> PathBuf {
             image: Some(&usr),
         },
     ];
-    disk::assemble(&path, &disk::layout(8, 4, 1, 1), &contents, |n| {
+    assemble(&path, &disk::layout(8, 4, 1, 1), &contents, |n| {
         Guid::from_hash(n.as_bytes())
     })
     .unwrap();
@@ -106,7 +107,7 @@ fn partition_prefix_sha(disk: &Path, name: &str, len: usize) -> String {
         kiln_image::gpt::Gpt::read(&mut std::io::Cursor::new(&bytes), bytes.len() as u64).unwrap();
     let (_, part) = gpt.find_by_name(name).unwrap();
     let start = part.start_bytes() as usize;
-    crate::state::hex(&Sha256::digest(&bytes[start..start + len]))
+    kiln_contract::hex::encode(&Sha256::digest(&bytes[start..start + len]))
 }
 
 /// SHA-256 of the partition named `name`, located through the disk's own GPT.
@@ -117,7 +118,7 @@ fn partition_sha(disk: &Path, name: &str) -> String {
     let (_, part) = gpt.find_by_name(name).unwrap();
     let start = part.start_bytes() as usize;
     let end = start + part.size_bytes() as usize;
-    crate::state::hex(&Sha256::digest(&bytes[start..end]))
+    kiln_contract::hex::encode(&Sha256::digest(&bytes[start..end]))
 }
 
 #[test]
@@ -132,7 +133,7 @@ fn real_install_through_the_agent_then_bless() {
 
     let env = Env::new();
     env.script().payload = std::fs::read(&payload).unwrap();
-    let usr_a_before = partition_sha(&disk, "USR-A");
+    let usr_a_before = partition_sha(&disk, disk::USR_A);
     let mut real = RealInstaller {
         target: Target {
             disk: disk.clone(),
@@ -148,14 +149,14 @@ fn real_install_through_the_agent_then_bless() {
     }
     assert_eq!(env.events(), ["13/1", "14/1", "3/1"]);
     assert_eq!(
-        partition_sha(&disk, "USR-A"),
+        partition_sha(&disk, disk::USR_A),
         usr_a_before,
         "the running slot is untouched"
     );
     let image = std::fs::read(&usr).unwrap();
     assert_eq!(
-        partition_prefix_sha(&disk, "USR-B", image.len()),
-        crate::state::hex(&Sha256::digest(&image)),
+        partition_prefix_sha(&disk, disk::USR_B, image.len()),
+        kiln_contract::hex::encode(&Sha256::digest(&image)),
         "USR-B holds the payload's USR image with its verity tree"
     );
     let entries = real.boot_entries().unwrap();
@@ -202,12 +203,12 @@ fn a_flipped_byte_in_a_signed_payload_changes_no_entry() {
         freeze_file: None,
     };
     let before = real.boot_entries().unwrap();
-    let usr_a_before = partition_sha(&disk, "USR-A");
+    let usr_a_before = partition_sha(&disk, disk::USR_A);
     let allowed = [
-        codes::SIGNATURE,
-        codes::PAYLOAD_HASH_MISMATCH,
-        codes::PAYLOAD_VERIFICATION,
-        codes::ROOTFS_VERIFICATION,
+        errorcode::SIGNATURE,
+        errorcode::PAYLOAD_HASH_MISMATCH,
+        errorcode::PAYLOAD_VERIFICATION,
+        errorcode::ROOTFS_VERIFICATION,
     ]
     .map(|c| format!("3/0 code={c}"));
     for offset in [0, 200, good.len() / 2, good.len() - 100] {
@@ -231,7 +232,7 @@ fn a_flipped_byte_in_a_signed_payload_changes_no_entry() {
         );
         assert_eq!(real.boot_entries().unwrap(), before, "offset {offset}");
         assert_eq!(
-            partition_sha(&disk, "USR-A"),
+            partition_sha(&disk, disk::USR_A),
             usr_a_before,
             "offset {offset}"
         );

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kiln_image::boot::Slot;
+use kiln_contract::boot::Slot;
 use kiln_image::testutil::require_tool;
 
 use super::mock::{MockServer, Reply};
@@ -167,7 +167,7 @@ fn etcd_lock_has_one_holder_at_a_time() {
 /// An agent environment with `etcd-lock` on `etcd`, whose lock another machine holds.
 fn env_with_lock_held_elsewhere(etcd: &Etcd) -> (Env, EtcdLock) {
     let mut env = Env::new();
-    env.config.reboot_strategy = StrategyKind::EtcdLock;
+    env.config.reboot_strategy = RebootStrategy::EtcdLock;
     env.config.etcd_endpoints = vec![etcd.url.clone()];
     let other = etcd_lock(&etcd.url, "another-machine");
     assert!(other.acquire().unwrap());
@@ -229,7 +229,7 @@ fn etcd_lock_taken_before_installing_when_asked() {
     env.config.lock_install = true;
     let (mut installer, mut host) = (FakeInstaller::new(Slot::A), FakeHost::new());
     installer.fail = Some(crate::installer::InstallFailure {
-        code: crate::installer::codes::INSTALL_DEVICE,
+        code: kiln_contract::errorcode::INSTALL_DEVICE,
         message: "the inactive partition is gone".into(),
     });
     {
@@ -280,9 +280,9 @@ fn fleetlock_asks_before_rebooting_and_reports_steady_state() {
         })
     };
     let mut env = Env::new();
-    env.config.reboot_strategy = StrategyKind::FleetLock;
+    env.config.reboot_strategy = RebootStrategy::FleetLock;
     env.config.fleetlock_url = Some(format!("{}/", lock_server.url));
-    env.config.fleetlock_group = "workers".into();
+    env.config.lock_group = "workers".into();
     let (mut installer, mut host) = (FakeInstaller::new(Slot::A), FakeHost::new());
     {
         let mut agent = env.agent(&mut installer, &mut host);

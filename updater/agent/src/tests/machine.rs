@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
-use kiln_image::boot::Slot;
+use kiln_contract::boot::Slot;
 
 use super::*;
-use crate::installer::codes;
+use kiln_contract::errorcode;
 
 /// Idle → checking → idle: nothing offered, nothing downloaded, next check about an interval away.
 #[test]
@@ -115,7 +115,7 @@ fn update_installs_reboots_and_is_blessed() {
 fn inactive_unit_is_not_blessed() {
     let mut env = Env::new();
     env.config.health_units = vec!["etcd.service".into()];
-    env.config.reboot_strategy = StrategyKind::Off;
+    env.config.reboot_strategy = RebootStrategy::Off;
     let (mut installer, mut host) = (FakeInstaller::new(Slot::B), FakeHost::new());
     write_state(
         &env,
@@ -183,7 +183,10 @@ fn fallback_reports_and_marks_the_version_bad() {
         .last_error
         .unwrap()
         .contains("not installing it again"));
-    assert_eq!(env.events(), [format!("3/0 code={}", codes::BOOT_FALLBACK)]);
+    assert_eq!(
+        env.events(),
+        [format!("3/0 code={}", errorcode::BOOT_FALLBACK)]
+    );
     assert!(env.payload_gets().is_empty());
     assert_eq!(installer.blessed, 0);
 }
@@ -210,7 +213,7 @@ fn fallback_event_waits_for_the_server_and_goes_before_the_next_check() {
     agent.step().unwrap();
     drop(agent);
     assert!(env.saved().unsent_events.is_empty());
-    let fallback = format!("3/0 code={}", codes::BOOT_FALLBACK);
+    let fallback = format!("3/0 code={}", errorcode::BOOT_FALLBACK);
     // Once refused with 503, once taken.
     assert_eq!(env.events(), [fallback.clone(), fallback]);
     let after: Vec<String> = env.server.seen()[refused..]
@@ -244,7 +247,7 @@ fn idle_agent_sends_unsent_events_within_a_minute() {
     assert!(is_idle(&agent.status().state));
     drop(agent);
     assert!(env.saved().unsent_events.is_empty());
-    let fallback = format!("3/0 code={}", codes::BOOT_FALLBACK);
+    let fallback = format!("3/0 code={}", errorcode::BOOT_FALLBACK);
     assert_eq!(env.events(), [fallback.clone(), fallback]);
     // No check was made for it.
     assert!(env
@@ -263,7 +266,10 @@ fn refused_event_is_dropped() {
     let mut agent = env.agent(&mut installer, &mut host);
     agent.step().unwrap();
     drop(agent);
-    assert_eq!(env.events(), [format!("3/0 code={}", codes::BOOT_FALLBACK)]);
+    assert_eq!(
+        env.events(),
+        [format!("3/0 code={}", errorcode::BOOT_FALLBACK)]
+    );
     assert!(env.saved().unsent_events.is_empty());
 }
 
@@ -284,7 +290,7 @@ fn payload_hash_mismatch_is_refused() {
         env.events(),
         [
             "13/1",
-            format!("3/0 code={}", codes::PAYLOAD_HASH_MISMATCH).as_str()
+            format!("3/0 code={}", errorcode::PAYLOAD_HASH_MISMATCH).as_str()
         ]
     );
     assert!(installer.payloads.is_empty());
@@ -397,7 +403,7 @@ fn install_failure_reports_its_code() {
     let env = Env::new();
     let (mut installer, mut host) = (FakeInstaller::new(Slot::A), FakeHost::new());
     installer.fail = Some(InstallFailure {
-        code: codes::SIGNATURE,
+        code: errorcode::SIGNATURE,
         message: "manifest signature does not verify".into(),
     });
     let mut agent = env.agent(&mut installer, &mut host);
@@ -458,7 +464,7 @@ fn restart_resumes_checking_and_rebooting() {
 #[test]
 fn strategy_off_and_window_hold_the_reboot() {
     let mut env = Env::new();
-    env.config.reboot_strategy = StrategyKind::Off;
+    env.config.reboot_strategy = RebootStrategy::Off;
     let (mut installer, mut host) = (FakeInstaller::new(Slot::A), FakeHost::new());
     write_state(
         &env,
@@ -471,8 +477,8 @@ fn strategy_off_and_window_hold_the_reboot() {
         assert_eq!(agent.step().unwrap(), Next::Wait(env.config.check_interval));
         assert_eq!(state_name(agent.status()), "reboot-needed");
     }
-    env.config.reboot_strategy = StrategyKind::Immediate;
-    env.config.window = Some(crate::window::Window::parse("Thu 04:00", "1h").unwrap());
+    env.config.reboot_strategy = RebootStrategy::Immediate;
+    env.config.window = Some(kiln_contract::update_conf::Window::parse("Thu 04:00", "1h").unwrap());
     {
         let mut agent = env.agent(&mut installer, &mut host);
         // T0 is Thursday 00:00: four hours to wait, in bounded steps.
@@ -492,7 +498,7 @@ fn strategy_off_and_window_hold_the_reboot() {
 #[test]
 fn manual_reboot_with_strategy_off_is_confirmed() {
     let mut env = Env::new();
-    env.config.reboot_strategy = StrategyKind::Off;
+    env.config.reboot_strategy = RebootStrategy::Off;
     let (mut installer, mut host) = (FakeInstaller::new(Slot::A), FakeHost::new());
     {
         let mut agent = env.agent(&mut installer, &mut host);

@@ -12,18 +12,18 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kiln_image::boot::Slot;
+use kiln_contract::boot::Slot;
 use kiln_updater::omaha::{Request, Response, ResponseApp};
 use sha2::{Digest, Sha256};
 
 use crate::agent::{Agent, Next, Parts};
 use crate::client::OmahaClient;
-use crate::config::{Config, StrategyKind};
 use crate::host::Host;
 use crate::identity::{Identity, Paths};
 use crate::installer::{InstallFailure, Installed, Installer, Phase};
 use crate::state::{State, Status};
 use crate::strategy::Strategy;
+use kiln_contract::update_conf::{RebootStrategy, Settings};
 use mock::{MockServer, Reply, Seen};
 
 pub const APP_ID: &str = "{d57468fa-057a-43ea-97b0-0ed17b82a948}";
@@ -167,7 +167,7 @@ pub struct Env {
     /// Holds the temp root alive for the test's length.
     pub _dir: tempfile::TempDir,
     pub paths: Paths,
-    pub config: Config,
+    pub config: Settings,
     pub server: MockServer,
     pub script: Arc<Mutex<Script>>,
 }
@@ -189,12 +189,12 @@ impl Env {
         };
         let dir = tempfile::tempdir().expect("temp dir");
         let paths = Paths::under(dir.path());
-        let config = Config {
+        let config = Settings {
             server: Some(format!("{}/v1/update/", server.url)),
             http_timeout: Duration::from_secs(1),
             check_interval: Duration::from_secs(3600),
             health_timeout: Duration::from_secs(60),
-            ..Config::default()
+            ..Settings::default()
         };
         Env {
             _dir: dir,

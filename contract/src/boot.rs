@@ -18,8 +18,8 @@ impl Slot {
     /// The GPT partition name of the slot's `/usr`.
     pub fn partition_name(self) -> &'static str {
         match self {
-            Slot::A => "USR-A",
-            Slot::B => "USR-B",
+            Slot::A => crate::disk::USR_A,
+            Slot::B => crate::disk::USR_B,
         }
     }
 

@@ -1,0 +1,37 @@
+//! Well-known paths on a Kiln machine, as absolute paths. The build writes them into the image,
+//! the init and `kiln-config` write them at first boot, the agent reads them. Where a path is
+//! joined onto a root (the build's tree, a mounted ROOT, a test's directory), use [`under`].
+
+/// The public key update payloads must be signed with (the build puts it in `/usr`).
+pub const UPDATE_KEY: &str = "/usr/share/kiln/update-key.pem";
+/// The update agent's defaults (the image's own; rendered from `update_conf::KEYS`).
+pub const UPDATE_CONF_DEFAULTS: &str = "/usr/lib/kiln/update.conf";
+/// The machine's own agent settings, key by key over the defaults (the cloud-config writes it).
+pub const UPDATE_CONF: &str = "/etc/kiln/update.conf";
+/// The agent's persisted state (`state.json`, the download being resumed).
+pub const UPDATE_STATE_DIR: &str = "/var/lib/kiln/update";
+/// The agent's per-boot files (the fault-injection hook of the power-cut scenarios).
+pub const UPDATE_RUN_DIR: &str = "/run/kiln/update-agent";
+
+/// What the packages put in `/etc`, shipped in `/usr` and laid onto ROOT by the init.
+pub const FACTORY_ETC: &str = "/usr/share/kiln/etc";
+/// Built-in container images (`docker load` archives).
+pub const CONTAINER_IMAGES: &str = "/usr/share/kiln/images";
+
+/// Kiln's state on ROOT.
+pub const STATE_DIR: &str = "/var/lib/kiln";
+/// Present once the init finished a first boot.
+pub const FIRST_BOOT_DONE: &str = "/var/lib/kiln/first-boot-done";
+/// The cloud-config as given, kept by the init.
+pub const CLOUD_CONFIG_APPLIED: &str = "/var/lib/kiln/cloud-config.applied";
+/// What applying the cloud-config did; first line `status: ok|failed|rejected`.
+pub const CLOUD_CONFIG_REPORT: &str = "/var/lib/kiln/cloud-config.report";
+/// Units the cloud-config asked to start once systemd runs (`kiln-config boot`).
+pub const UNITS_TO_START: &str = "/var/lib/kiln/units-to-start";
+/// A development image's ssh keys for `core`, kept apart from what the cloud-config writes.
+pub const DEBUG_SSH_KEYS: &str = "/var/lib/kiln/debug-ssh-keys/core";
+
+/// `path` without its leading `/`, to join onto a root directory or name a tree entry.
+pub fn under(path: &str) -> &str {
+    path.trim_start_matches('/')
+}
