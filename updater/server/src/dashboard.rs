@@ -19,7 +19,8 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
-use crate::engine::{Engine, EngineError};
+use crate::engine::error::EngineError;
+use crate::engine::Engine;
 use crate::http::ServerContext;
 
 pub use auth::{Session, Sessions, SESSION_COOKIE};
@@ -111,7 +112,7 @@ async fn app_page(State(dash): Dash, Path(app): Path<String>, headers: HeaderMap
 
 /// Everything an app page shows, read from the engine at one moment.
 pub struct AppData {
-    pub view: crate::engine::AppView,
+    pub view: crate::engine::view::AppView,
     pub instances: Vec<crate::model::Instance>,
     pub errors: Vec<crate::model::InstanceEvent>,
     pub chart: Chart,

@@ -20,7 +20,8 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio_util::io::ReaderStream;
 
-use crate::engine::{checked_name, Engine, EngineError};
+use crate::engine::error::{checked_name, EngineError};
+use crate::engine::Engine;
 use crate::model::{PackageRecord, Policy, Status};
 use crate::range::{self, Span};
 use crate::verify::PayloadVerifier;

@@ -19,4 +19,5 @@ pub mod store;
 pub mod verify;
 mod writer;
 
-pub use engine::{Engine, EngineConfig, EngineError};
+pub use engine::error::EngineError;
+pub use engine::{Engine, EngineConfig};

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use kiln_updater::omaha::{EventResult, Request, Response};
 
-use crate::engine::AppView;
+use crate::engine::view::AppView;
 
 /// Counters of the Omaha endpoint since the server started.
 #[derive(Debug, Default)]

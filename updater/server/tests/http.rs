@@ -134,7 +134,7 @@ fn flatcar_request_gets_everything_update_engine_needs_and_payload_resumes() {
     assert_eq!(action.event, "postinstall");
     assert_eq!(
         action.sha256.as_deref(),
-        Some(kiln_server::engine::sha256_base64(&digest).as_str())
+        Some(kiln_server::engine::offer::sha256_base64(&digest).as_str())
     );
     // The raw XML too: attribute names exactly as update_engine looks them up.
     for needle in [

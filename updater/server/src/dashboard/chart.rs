@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 
 use crate::clock::Timestamp;
-use crate::engine::{Engine, EngineError};
+use crate::engine::error::EngineError;
+use crate::engine::Engine;
 use crate::model::{Instance, InstanceEvent};
 use crate::rollout::compare_versions;
 

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use kiln_updater::omaha::normalize_id;
 
 use crate::clock::Timestamp;
-use crate::engine::{AppView, ChannelView};
+use crate::engine::view::{AppView, ChannelView};
 use crate::model::{Instance, InstanceEvent, Policy, Status};
 use crate::rollout::compare_versions;
 
