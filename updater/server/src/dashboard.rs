@@ -9,6 +9,7 @@ mod auth;
 mod chart;
 mod form;
 mod render;
+mod text;
 
 use std::sync::Arc;
 
@@ -19,13 +20,13 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
+use crate::context::ServerContext;
 use crate::engine::error::EngineError;
 use crate::engine::Engine;
-use crate::http::ServerContext;
 
 pub use auth::{Session, Sessions, SESSION_COOKIE};
 pub use chart::{Chart, Series};
-pub use render::escape;
+pub use text::escape;
 
 /// Where the dashboard lives; the session cookie is limited to this path.
 pub const BASE: &str = "/dashboard";

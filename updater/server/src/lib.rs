@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod clock;
+pub mod context;
 pub mod dashboard;
 pub mod engine;
 pub mod errorcode;

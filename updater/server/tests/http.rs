@@ -11,7 +11,8 @@ use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
 
-use kiln_server::http::{RunningServer, ServerContext};
+use kiln_server::context::ServerContext;
+use kiln_server::http::RunningServer;
 use kiln_server::verify::{PayloadVerifier, VerifiedPayload};
 use kiln_updater::omaha::Response;
 use sha2::{Digest, Sha256};
