@@ -4,15 +4,17 @@
 //!
 //! The engine's files, from the facade down: this one holds [`Engine`], the entry points of the
 //! Omaha endpoint and the admin API; `instances` tracks machines as they check in, `events`
-//! applies what they report, `grants` decides the rollout, `view` shows an app to the operator;
-//! `state` is one app's state and its loading and persisting, `offer` the answer offering a
-//! version, `stats` a version's progress, `error` the refusals and name checks.
+//! applies what they report, `grants` decides the rollout, `view` shows an app to the operator
+//! and `counters` count what the Omaha endpoint answered; `state` is one app's state, loaded and
+//! persisted, `offer` the answer offering a version, `stats` a version's progress, and `error`
+//! the refusals and name checks.
 
 mod events;
 mod grants;
 mod state;
 mod stats;
 
+pub mod counters;
 pub mod error;
 pub mod instances;
 pub mod offer;
@@ -24,7 +26,6 @@ use std::sync::{Arc, Mutex};
 use kiln_updater::omaha::{self, normalize_id, Response, ResponseApp};
 
 use crate::clock::{Clock, Timestamp};
-use crate::metrics::Counters;
 use crate::model::{
     AppRecord, ChannelRecord, Instance, InstanceEvent, PackageRecord, Policy, Status,
 };
@@ -32,6 +33,7 @@ use crate::rollout;
 use crate::store::{Store, Write};
 use crate::writer::{lock, Writer};
 
+use counters::Counters;
 use error::{checked_app_id, checked_name, EngineError};
 use offer::offer_for;
 use state::{build_state, AppState};
