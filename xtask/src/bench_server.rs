@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use kiln_server::clock::SystemClock;
-use kiln_server::http::{RunningServer, ServerContext};
+use kiln_server::context::ServerContext;
+use kiln_server::http::RunningServer;
 use kiln_server::model::PackageRecord;
 use kiln_server::store::SqliteStore;
 use kiln_server::{Engine, EngineConfig};

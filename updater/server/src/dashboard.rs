@@ -9,6 +9,7 @@ mod auth;
 mod chart;
 mod form;
 mod render;
+mod text;
 
 use std::sync::Arc;
 
@@ -19,12 +20,13 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
-use crate::engine::{Engine, EngineError};
-use crate::http::ServerContext;
+use crate::context::ServerContext;
+use crate::engine::error::EngineError;
+use crate::engine::Engine;
 
 pub use auth::{Session, Sessions, SESSION_COOKIE};
 pub use chart::{Chart, Series};
-pub use render::escape;
+pub use text::escape;
 
 /// Where the dashboard lives; the session cookie is limited to this path.
 pub const BASE: &str = "/dashboard";
@@ -111,7 +113,7 @@ async fn app_page(State(dash): Dash, Path(app): Path<String>, headers: HeaderMap
 
 /// Everything an app page shows, read from the engine at one moment.
 pub struct AppData {
-    pub view: crate::engine::AppView,
+    pub view: crate::engine::view::AppView,
     pub instances: Vec<crate::model::Instance>,
     pub errors: Vec<crate::model::InstanceEvent>,
     pub chart: Chart,

@@ -20,24 +20,15 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio_util::io::ReaderStream;
 
-use crate::engine::{checked_name, Engine, EngineError};
+use crate::context::ServerContext;
+use crate::engine::error::{checked_name, EngineError};
+use crate::engine::Engine;
 use crate::model::{PackageRecord, Policy, Status};
 use crate::range::{self, Span};
 use crate::verify::PayloadVerifier;
 
 /// The file name payloads published to this server are stored and served under.
 pub const PAYLOAD_FILE_NAME: &str = "update.payload";
-
-/// Everything the handlers share.
-pub struct ServerContext {
-    pub engine: Arc<Engine>,
-    /// The admin API's bearer token.
-    pub token: String,
-    /// Where published payloads are kept (`payloads/<app>/<version>/update.payload`).
-    pub data_dir: PathBuf,
-    /// Checks published payloads; `None` refuses publishing (no public key given).
-    pub verifier: Option<Arc<dyn PayloadVerifier>>,
-}
 
 type Ctx = State<Arc<ServerContext>>;
 

@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod clock;
+pub mod context;
 pub mod dashboard;
 pub mod engine;
 pub mod errorcode;
@@ -19,4 +20,5 @@ pub mod store;
 pub mod verify;
 mod writer;
 
-pub use engine::{Engine, EngineConfig, EngineError};
+pub use engine::error::EngineError;
+pub use engine::{Engine, EngineConfig};

@@ -11,7 +11,8 @@ use anyhow::{bail, Context, Result};
 use axum::Router;
 
 use crate::clock::SystemClock;
-use crate::http::{router, ServerContext};
+use crate::context::ServerContext;
+use crate::http::router;
 use crate::shared::{self, Shared};
 use crate::store::{SqliteStore, Store};
 use crate::verify::{KeyVerifier, PayloadVerifier};

@@ -24,7 +24,7 @@ use hyper_util::rt::TokioIo;
 use tower::ServiceExt as _;
 
 use crate::clock::{Clock, SystemClock};
-use crate::http::ServerContext;
+use crate::context::ServerContext;
 use crate::store::{PostgresStore, Store};
 use crate::Engine;
 

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use common::{package, with_events, APP};
 use kiln_server::clock::ManualClock;
-use kiln_server::http::{RunningServer, ServerContext};
+use kiln_server::context::ServerContext;
+use kiln_server::http::RunningServer;
 use kiln_server::store::SqliteStore;
 use kiln_server::{Engine, EngineConfig};
 use kiln_updater::omaha::Event;

@@ -11,7 +11,8 @@ use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
 
-use kiln_server::http::{RunningServer, ServerContext};
+use kiln_server::context::ServerContext;
+use kiln_server::http::RunningServer;
 use kiln_server::verify::{PayloadVerifier, VerifiedPayload};
 use kiln_updater::omaha::Response;
 use sha2::{Digest, Sha256};
@@ -134,7 +135,7 @@ fn flatcar_request_gets_everything_update_engine_needs_and_payload_resumes() {
     assert_eq!(action.event, "postinstall");
     assert_eq!(
         action.sha256.as_deref(),
-        Some(kiln_server::engine::sha256_base64(&digest).as_str())
+        Some(kiln_server::engine::offer::sha256_base64(&digest).as_str())
     );
     // The raw XML too: attribute names exactly as update_engine looks them up.
     for needle in [

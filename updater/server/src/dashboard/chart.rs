@@ -5,11 +5,12 @@
 use std::collections::BTreeMap;
 
 use crate::clock::Timestamp;
-use crate::engine::{Engine, EngineError};
+use crate::engine::error::EngineError;
+use crate::engine::Engine;
 use crate::model::{Instance, InstanceEvent};
 use crate::rollout::compare_versions;
 
-use super::render::{datetime, escape};
+use super::text::{datetime, escape};
 
 /// The most machines whose history is read for the chart (by machine id); the history is one
 /// store query per machine, so a huge fleet's chart shows this sample and says so.

@@ -1,5 +1,5 @@
 //! The dashboard's HTML, written out as strings: every value from the database or a request goes
-//! through [`escape`], lists come sorted, and times are printed from the engine's clock, so the
+//! through [`escape`](super::text::escape), lists come sorted, and times are printed from the engine's clock, so the
 //! same state always renders the same page.
 
 use std::collections::BTreeMap;
@@ -8,31 +8,16 @@ use std::fmt::Write as _;
 use kiln_updater::omaha::normalize_id;
 
 use crate::clock::Timestamp;
-use crate::engine::{AppView, ChannelView};
+use crate::engine::view::{AppView, ChannelView};
 use crate::model::{Instance, InstanceEvent, Policy, Status};
 use crate::rollout::compare_versions;
 
 use super::chart::color;
+use super::text::{datetime, escape};
 use super::{AppData, Session};
 
 /// The most machines an app page lists; the rest are counted.
 pub const MACHINES_SHOWN: usize = 500;
-
-/// Escapes text for HTML element content and quoted attribute values.
-pub fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
 
 /// The app page's path. App ids are normalized to letters, digits and `.-_+` by the engine, but
 /// anything else is percent-encoded so the path is always a valid `Location`.
@@ -46,32 +31,6 @@ pub fn app_href(app: &str) -> String {
         }
     }
     out
-}
-
-/// `2026-11-22 10:05` (UTC) from Unix seconds.
-pub fn datetime(at: Timestamp) -> String {
-    let days = (at / 86_400) as i64;
-    let secs = at % 86_400;
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}",
-        secs / 3600,
-        secs % 3600 / 60
-    )
-}
-
-/// The calendar date of a day count since 1970-01-01 (Howard Hinnant's `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
 }
 
 /// `3 min ago`, for check-in times.
@@ -504,23 +463,6 @@ fn machines_table(instances: &[Instance], now: Timestamp) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn escapes_markup_and_quotes() {
-        assert_eq!(
-            escape("<script>alert('x') & \"y\"</script>"),
-            "&lt;script&gt;alert(&#39;x&#39;) &amp; &quot;y&quot;&lt;/script&gt;"
-        );
-    }
-
-    #[test]
-    fn prints_utc_dates() {
-        assert_eq!(datetime(0), "1970-01-01 00:00");
-        // 2000-02-29 12:34:56 UTC.
-        assert_eq!(datetime(951_827_696), "2000-02-29 12:34");
-        // 2026-11-22 00:00 UTC.
-        assert_eq!(datetime(1_795_305_600), "2026-11-22 00:00");
-    }
 
     #[test]
     fn app_links_are_always_valid_paths() {

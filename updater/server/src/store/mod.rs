@@ -5,6 +5,7 @@
 mod migrations;
 mod postgres;
 mod sqlite;
+mod tables;
 
 pub use migrations::MIGRATIONS;
 pub use postgres::PostgresStore;

@@ -3,8 +3,10 @@
 //! `user_version`). Several servers may share one database: one of them leads (it holds an
 //! advisory lock and decides, see `shared`), the others forward to it and wait to take over.
 
-use postgres::{Client, NoTls, Row, Transaction};
+use postgres::types::ToSql;
+use postgres::{Client, NoTls, Row};
 
+use super::tables::{Statements, Value, APPS, CHANNELS, EVENTS, INSTANCES, PACKAGES};
 use super::{Snapshot, Store, StoreError, Write, MIGRATIONS};
 use crate::model::{
     AppRecord, ChannelRecord, Instance, InstanceEvent, PackageRecord, Policy, Status,
@@ -16,6 +18,7 @@ pub struct PostgresStore {
     /// The connection string without its password, for messages.
     name: String,
     next_seq: i64,
+    statements: Statements,
 }
 
 /// The advisory lock the leading server holds (an arbitrary key: "kiln" in ASCII, then 1).
@@ -42,6 +45,7 @@ impl PostgresStore {
             client,
             name,
             next_seq: 0,
+            statements: Statements::new(|n| format!("${n}")),
         };
         store.migrate()?;
         store.next_seq = store.read_next_seq()?;
@@ -184,7 +188,7 @@ impl Store for PostgresStore {
     fn load(&mut self) -> Result<Snapshot, StoreError> {
         let apps = self.select(
             "reading apps",
-            "SELECT id, name FROM apps ORDER BY id",
+            &format!("{} ORDER BY id", APPS.select()),
             |r| AppRecord {
                 id: r.get(0),
                 name: r.get(1),
@@ -192,8 +196,7 @@ impl Store for PostgresStore {
         )?;
         let packages = self.select(
             "reading packages",
-            "SELECT app_id, version, file_name, path, url, size, sha256, min_from_version, manifest, \
-             created_at FROM packages ORDER BY app_id, created_at",
+            &format!("{} ORDER BY app_id, created_at", PACKAGES.select()),
             |r| PackageRecord {
                 app_id: r.get(0),
                 version: r.get(1),
@@ -209,9 +212,7 @@ impl Store for PostgresStore {
         )?;
         let channels = self.select(
             "reading channels",
-            "SELECT app_id, name, version, paused, halted, max_updates_per_period, period_secs, \
-             percent, update_timeout_secs, safe_mode, halt_error_rate, halt_min_errors, updated_at \
-             FROM channels ORDER BY app_id, name",
+            &format!("{} ORDER BY app_id, name", CHANNELS.select()),
             |r| ChannelRecord {
                 app_id: r.get(0),
                 name: r.get(1),
@@ -232,8 +233,7 @@ impl Store for PostgresStore {
         )?;
         let rows = self.select(
             "reading instances",
-            "SELECT app_id, machine_id, version, channel, status, target_version, granted_at, \
-             last_check, last_error, boot_id FROM instances ORDER BY app_id, machine_id",
+            &format!("{} ORDER BY app_id, machine_id", INSTANCES.select()),
             |r| {
                 let instance = Instance {
                     app_id: r.get(0),
@@ -277,7 +277,11 @@ impl Store for PostgresStore {
             .map_err(|e| backend(&name, "starting a transaction", e))?;
         let mut seq = self.next_seq;
         for write in writes {
-            apply_one(&mut tx, write, &mut seq)
+            self.statements
+                .run(write, &mut seq, |sql, values| {
+                    let params: Vec<&(dyn ToSql + Sync)> = values.iter().map(bind).collect();
+                    tx.execute(sql, &params).map(drop)
+                })
                 .map_err(|e| backend(&name, "writing a batch", e))?;
         }
         tx.commit()
@@ -293,8 +297,8 @@ impl Store for PostgresStore {
         limit: u32,
     ) -> Result<Vec<InstanceEvent>, StoreError> {
         let sql = format!(
-            "SELECT {EVENT_COLUMNS} FROM instance_events WHERE app_id = $1 AND machine_id = $2 \
-             ORDER BY seq DESC LIMIT $3"
+            "{} WHERE app_id = $1 AND machine_id = $2 ORDER BY seq DESC LIMIT $3",
+            EVENTS.select()
         );
         let rows = self
             .client
@@ -309,8 +313,8 @@ impl Store for PostgresStore {
         limit: u32,
     ) -> Result<Vec<InstanceEvent>, StoreError> {
         let sql = format!(
-            "SELECT {EVENT_COLUMNS} FROM instance_events WHERE app_id = $1 AND event_result = 0 \
-             ORDER BY seq DESC LIMIT $2"
+            "{} WHERE app_id = $1 AND event_result = 0 ORDER BY seq DESC LIMIT $2",
+            EVENTS.select()
         );
         let rows = self
             .client
@@ -330,142 +334,18 @@ impl Store for PostgresStore {
     }
 }
 
-const EVENT_COLUMNS: &str = "app_id, machine_id, at, event_type, event_result, error_code, \
-                             description, version, previous_version";
-
 /// PostgreSQL has no unsigned integers; the schema stores them as BIGINT.
-fn signed(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
 fn unsigned(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
-fn apply_one(
-    tx: &mut Transaction<'_>,
-    write: &Write,
-    seq: &mut i64,
-) -> Result<(), postgres::Error> {
-    match write {
-        Write::App(app) => {
-            tx.execute(
-                "INSERT INTO apps (id, name) VALUES ($1, $2) \
-                 ON CONFLICT (id) DO UPDATE SET name = excluded.name",
-                &[&app.id, &app.name],
-            )?;
-        }
-        Write::Package(p) => {
-            tx.execute(
-                "INSERT INTO packages (app_id, version, file_name, path, url, size, sha256, \
-                 min_from_version, manifest, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
-                 ON CONFLICT (app_id, version) DO UPDATE SET file_name = excluded.file_name, \
-                 path = excluded.path, url = excluded.url, size = excluded.size, \
-                 sha256 = excluded.sha256, min_from_version = excluded.min_from_version, \
-                 manifest = excluded.manifest, created_at = excluded.created_at",
-                &[
-                    &p.app_id,
-                    &p.version,
-                    &p.file_name,
-                    &p.path,
-                    &p.url,
-                    &signed(p.size),
-                    &p.sha256,
-                    &p.min_from_version,
-                    &p.manifest,
-                    &signed(p.created_at),
-                ],
-            )?;
-        }
-        Write::Channel(c) => {
-            let p = &c.policy;
-            tx.execute(
-                "INSERT INTO channels (app_id, name, version, paused, halted, max_updates_per_period, \
-                 period_secs, percent, update_timeout_secs, safe_mode, halt_error_rate, \
-                 halt_min_errors, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
-                 ON CONFLICT (app_id, name) DO UPDATE SET version = excluded.version, \
-                 paused = excluded.paused, halted = excluded.halted, \
-                 max_updates_per_period = excluded.max_updates_per_period, \
-                 period_secs = excluded.period_secs, percent = excluded.percent, \
-                 update_timeout_secs = excluded.update_timeout_secs, safe_mode = excluded.safe_mode, \
-                 halt_error_rate = excluded.halt_error_rate, halt_min_errors = excluded.halt_min_errors, \
-                 updated_at = excluded.updated_at",
-                &[
-                    &c.app_id,
-                    &c.name,
-                    &c.version,
-                    &i64::from(c.paused),
-                    &c.halted,
-                    &i64::from(p.max_updates_per_period),
-                    &signed(p.period_secs),
-                    &i64::from(p.percent),
-                    &signed(p.update_timeout_secs),
-                    &i64::from(p.safe_mode),
-                    &p.halt_error_rate,
-                    &i64::from(p.halt_min_errors),
-                    &signed(c.updated_at),
-                ],
-            )?;
-        }
-        Write::Instance(i) => {
-            tx.execute(
-                "INSERT INTO instances (app_id, machine_id, version, channel, status, target_version, \
-                 granted_at, last_check, last_error, boot_id) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
-                 ON CONFLICT (app_id, machine_id) DO UPDATE SET version = excluded.version, \
-                 channel = excluded.channel, status = excluded.status, \
-                 target_version = excluded.target_version, granted_at = excluded.granted_at, \
-                 last_check = excluded.last_check, last_error = excluded.last_error, \
-                 boot_id = excluded.boot_id",
-                &[
-                    &i.app_id,
-                    &i.machine_id,
-                    &i.version,
-                    &i.channel,
-                    &i.status.as_str(),
-                    &i.target_version,
-                    &i.granted_at.map(signed),
-                    &signed(i.last_check),
-                    &i.last_error,
-                    &i.boot_id,
-                ],
-            )?;
-        }
-        Write::Event(e) => {
-            let sql = format!(
-                "INSERT INTO instance_events ({EVENT_COLUMNS}, seq) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
-            );
-            tx.execute(
-                &sql,
-                &[
-                    &e.app_id,
-                    &e.machine_id,
-                    &signed(e.at),
-                    &i64::from(e.event_type),
-                    &i64::from(e.event_result),
-                    &e.error_code,
-                    &e.description,
-                    &e.version,
-                    &e.previous_version,
-                    &*seq,
-                ],
-            )?;
-            *seq += 1;
-        }
-        Write::DeleteInstance { app_id, machine_id } => {
-            tx.execute(
-                "DELETE FROM instance_events WHERE app_id = $1 AND machine_id = $2",
-                &[app_id, machine_id],
-            )?;
-            tx.execute(
-                "DELETE FROM instances WHERE app_id = $1 AND machine_id = $2",
-                &[app_id, machine_id],
-            )?;
-        }
+/// A value as PostgreSQL binds it.
+fn bind<'a>(value: &'a Value<'_>) -> &'a (dyn ToSql + Sync) {
+    match value {
+        Value::Text(text) => text,
+        Value::Int(int) => int,
+        Value::Real(real) => real,
     }
-    Ok(())
 }
 
 fn event_from_row(r: &Row) -> InstanceEvent {

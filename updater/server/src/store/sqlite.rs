@@ -4,8 +4,9 @@
 
 use std::path::Path;
 
-use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row, ToSql};
 
+use super::tables::{Statements, Value, APPS, CHANNELS, EVENTS, INSTANCES, PACKAGES};
 use super::{Snapshot, Store, StoreError, Write, MIGRATIONS};
 use crate::model::{
     AppRecord, ChannelRecord, Instance, InstanceEvent, PackageRecord, Policy, Status,
@@ -17,6 +18,7 @@ pub struct SqliteStore {
     path: String,
     /// The next `instance_events.seq`; kept here so that inserts need no read.
     next_seq: i64,
+    statements: Statements,
 }
 
 impl SqliteStore {
@@ -44,6 +46,7 @@ impl SqliteStore {
             conn,
             path,
             next_seq: 0,
+            statements: Statements::new(|n| format!("?{n}")),
         };
         store
             .conn
@@ -122,7 +125,7 @@ impl Store for SqliteStore {
     fn load(&mut self) -> Result<Snapshot, StoreError> {
         let apps = self.select(
             "reading apps",
-            "SELECT id, name FROM apps ORDER BY id",
+            &format!("{} ORDER BY id", APPS.select()),
             |r| {
                 Ok(AppRecord {
                     id: r.get(0)?,
@@ -132,21 +135,17 @@ impl Store for SqliteStore {
         )?;
         let packages = self.select(
             "reading packages",
-            "SELECT app_id, version, file_name, path, url, size, sha256, min_from_version, manifest, \
-             created_at FROM packages ORDER BY app_id, created_at",
+            &format!("{} ORDER BY app_id, created_at", PACKAGES.select()),
             package_from_row,
         )?;
         let channels = self.select(
             "reading channels",
-            "SELECT app_id, name, version, paused, halted, max_updates_per_period, period_secs, \
-             percent, update_timeout_secs, safe_mode, halt_error_rate, halt_min_errors, updated_at \
-             FROM channels ORDER BY app_id, name",
+            &format!("{} ORDER BY app_id, name", CHANNELS.select()),
             channel_from_row,
         )?;
         let rows = self.select(
             "reading instances",
-            "SELECT app_id, machine_id, version, channel, status, target_version, granted_at, \
-             last_check, last_error, boot_id FROM instances ORDER BY app_id, machine_id",
+            &format!("{} ORDER BY app_id, machine_id", INSTANCES.select()),
             instance_from_row,
         )?;
         let instances = rows
@@ -172,7 +171,13 @@ impl Store for SqliteStore {
             .map_err(|e| query(&path, "starting a transaction", e))?;
         let mut seq = self.next_seq;
         for write in writes {
-            apply_one(&tx, write, &mut seq).map_err(|e| query(&path, "writing a batch", e))?;
+            self.statements
+                .run(write, &mut seq, |sql, values| {
+                    tx.prepare_cached(sql)?
+                        .execute(params_from_iter(values.iter().map(bind)))
+                        .map(drop)
+                })
+                .map_err(|e| query(&path, "writing a batch", e))?;
         }
         tx.commit()
             .map_err(|e| query(&path, "committing a batch", e))?;
@@ -189,8 +194,8 @@ impl Store for SqliteStore {
         let mut stmt = self
             .conn
             .prepare_cached(&format!(
-                "SELECT {EVENT_COLUMNS} FROM instance_events WHERE app_id = ?1 AND machine_id = ?2 \
-                 ORDER BY seq DESC LIMIT ?3"
+                "{} WHERE app_id = ?1 AND machine_id = ?2 ORDER BY seq DESC LIMIT ?3",
+                EVENTS.select()
             ))
             .map_err(|e| query(&self.path, "reading events", e))?;
         let rows = stmt
@@ -208,8 +213,8 @@ impl Store for SqliteStore {
         let mut stmt = self
             .conn
             .prepare_cached(&format!(
-                "SELECT {EVENT_COLUMNS} FROM instance_events WHERE app_id = ?1 AND event_result = 0 \
-                 ORDER BY seq DESC LIMIT ?2"
+                "{} WHERE app_id = ?1 AND event_result = 0 ORDER BY seq DESC LIMIT ?2",
+                EVENTS.select()
             ))
             .map_err(|e| query(&self.path, "reading recent errors", e))?;
         let rows = stmt
@@ -253,128 +258,13 @@ impl SqliteStore {
     }
 }
 
-const EVENT_COLUMNS: &str = "app_id, machine_id, at, event_type, event_result, error_code, \
-                             description, version, previous_version";
-
-fn apply_one(tx: &Transaction<'_>, write: &Write, seq: &mut i64) -> rusqlite::Result<()> {
-    match write {
-        Write::App(app) => {
-            tx.prepare_cached(
-                "INSERT INTO apps (id, name) VALUES (?1, ?2) \
-                 ON CONFLICT (id) DO UPDATE SET name = excluded.name",
-            )?
-            .execute(params![app.id, app.name])?;
-        }
-        Write::Package(p) => {
-            tx.prepare_cached(
-                "INSERT INTO packages (app_id, version, file_name, path, url, size, sha256, \
-                 min_from_version, manifest, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
-                 ON CONFLICT (app_id, version) DO UPDATE SET file_name = excluded.file_name, \
-                 path = excluded.path, url = excluded.url, size = excluded.size, \
-                 sha256 = excluded.sha256, min_from_version = excluded.min_from_version, \
-                 manifest = excluded.manifest, created_at = excluded.created_at",
-            )?
-            .execute(params![
-                p.app_id,
-                p.version,
-                p.file_name,
-                p.path,
-                p.url,
-                sql_u64(p.size),
-                p.sha256,
-                p.min_from_version,
-                p.manifest,
-                sql_u64(p.created_at)
-            ])?;
-        }
-        Write::Channel(c) => {
-            let p = &c.policy;
-            tx.prepare_cached(
-                "INSERT INTO channels (app_id, name, version, paused, halted, max_updates_per_period, \
-                 period_secs, percent, update_timeout_secs, safe_mode, halt_error_rate, \
-                 halt_min_errors, updated_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) \
-                 ON CONFLICT (app_id, name) DO UPDATE SET version = excluded.version, \
-                 paused = excluded.paused, halted = excluded.halted, \
-                 max_updates_per_period = excluded.max_updates_per_period, \
-                 period_secs = excluded.period_secs, percent = excluded.percent, \
-                 update_timeout_secs = excluded.update_timeout_secs, safe_mode = excluded.safe_mode, \
-                 halt_error_rate = excluded.halt_error_rate, halt_min_errors = excluded.halt_min_errors, \
-                 updated_at = excluded.updated_at",
-            )?
-            .execute(params![
-                c.app_id,
-                c.name,
-                c.version,
-                c.paused,
-                c.halted,
-                p.max_updates_per_period,
-                sql_u64(p.period_secs),
-                p.percent,
-                sql_u64(p.update_timeout_secs),
-                p.safe_mode,
-                p.halt_error_rate,
-                p.halt_min_errors,
-                sql_u64(c.updated_at)
-            ])?;
-        }
-        Write::Instance(i) => {
-            tx.prepare_cached(
-                "INSERT INTO instances (app_id, machine_id, version, channel, status, target_version, \
-                 granted_at, last_check, last_error, boot_id) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
-                 ON CONFLICT (app_id, machine_id) DO UPDATE SET version = excluded.version, \
-                 channel = excluded.channel, status = excluded.status, \
-                 target_version = excluded.target_version, granted_at = excluded.granted_at, \
-                 last_check = excluded.last_check, last_error = excluded.last_error, \
-                 boot_id = excluded.boot_id",
-            )?
-            .execute(params![
-                i.app_id,
-                i.machine_id,
-                i.version,
-                i.channel,
-                i.status.as_str(),
-                i.target_version,
-                i.granted_at.map(sql_u64),
-                sql_u64(i.last_check),
-                i.last_error,
-                i.boot_id
-            ])?;
-        }
-        Write::Event(e) => {
-            tx.prepare_cached(&format!(
-                "INSERT INTO instance_events ({EVENT_COLUMNS}, seq) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
-            ))?
-            .execute(params![
-                e.app_id,
-                e.machine_id,
-                sql_u64(e.at),
-                e.event_type,
-                e.event_result,
-                e.error_code,
-                e.description,
-                e.version,
-                e.previous_version,
-                *seq
-            ])?;
-            *seq += 1;
-        }
-        Write::DeleteInstance { app_id, machine_id } => {
-            tx.prepare_cached("DELETE FROM instance_events WHERE app_id = ?1 AND machine_id = ?2")?
-                .execute(params![app_id, machine_id])?;
-            tx.prepare_cached("DELETE FROM instances WHERE app_id = ?1 AND machine_id = ?2")?
-                .execute(params![app_id, machine_id])?;
-        }
+/// A value as SQLite binds it.
+fn bind<'a>(value: &'a Value<'_>) -> &'a dyn ToSql {
+    match value {
+        Value::Text(text) => text,
+        Value::Int(int) => int,
+        Value::Real(real) => real,
     }
-    Ok(())
-}
-
-/// SQLite integers are signed 64-bit; sizes and timestamps beyond `i64::MAX` do not occur, and
-/// clamping keeps a hostile value from failing a whole batch.
-fn sql_u64(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 fn get_u64(r: &Row<'_>, i: usize) -> rusqlite::Result<u64> {

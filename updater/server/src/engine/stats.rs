@@ -1,0 +1,47 @@
+//! Progress of one version across the fleet: the machines granted it and not finished (in grant
+//! order, so timeouts are found without a scan), and how many completed or failed. Safe mode,
+//! halting and the operator's view read it.
+
+use std::collections::{BTreeSet, HashMap};
+
+use crate::clock::Timestamp;
+
+/// Progress of one version across the fleet, for safe mode and halting.
+#[derive(Debug, Default)]
+pub(super) struct VersionStats {
+    /// Machines granted this version and not finished, with the grant time.
+    pub(super) in_flight: HashMap<String, Timestamp>,
+    /// The same, ordered by grant time, so timeouts are found without a scan.
+    pub(super) by_grant: BTreeSet<(Timestamp, String)>,
+    pub(super) completes: u64,
+    pub(super) errors: u64,
+}
+
+impl VersionStats {
+    pub(super) fn start(&mut self, machine: &str, at: Timestamp) {
+        if let Some(old) = self.in_flight.insert(machine.to_owned(), at) {
+            self.by_grant.remove(&(old, machine.to_owned()));
+        }
+        self.by_grant.insert((at, machine.to_owned()));
+    }
+
+    /// Ends a machine's update; whether it was in flight (so that it is counted once).
+    pub(super) fn finish(&mut self, machine: &str) -> bool {
+        match self.in_flight.remove(machine) {
+            Some(at) => {
+                self.by_grant.remove(&(at, machine.to_owned()));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Machines granted at or before `deadline`.
+    pub(super) fn expired(&self, deadline: Timestamp) -> Vec<String> {
+        self.by_grant
+            .iter()
+            .take_while(|(at, _)| *at <= deadline)
+            .map(|(_, m)| m.clone())
+            .collect()
+    }
+}
