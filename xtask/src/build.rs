@@ -705,7 +705,7 @@ impl Build {
     /// over disk.raw, the chunk list, disk.raw.zst and update.payload, and `SHA256SUMS.sig` by
     /// the update signing key (checked with the `update-key.pub.pem` beside it).
     fn release_files(&mut self) -> Result<()> {
-        use crate::flash::{chunks::ChunkList, release};
+        use crate::release::{self, chunks::ChunkList, signature};
         let disk = self.out_dir.join(release::DISK_FILE);
         let zst = self.out_dir.join(release::ZST_FILE);
         let (disk_hash, zst_hash) = release::compress(&disk, &zst)?;
@@ -716,7 +716,7 @@ impl Build {
             (release::ZST_FILE, zst_hash),
         ];
         let sums = release::write_sums(&self.out_dir, &known)?;
-        let sig = crate::flash::sign(&sums, self.signing_key());
+        let sig = signature::sign(&sums, self.signing_key());
         release::write_atomic(&self.out_dir.join(release::SIG_FILE), sig.as_bytes())?;
         eprintln!(
             "    {} MiB compressed, {}, {}, {}",

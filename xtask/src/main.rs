@@ -12,6 +12,7 @@ mod host;
 mod keygen;
 mod publish;
 mod qemu;
+mod release;
 mod serve;
 mod test;
 mod validate;
