@@ -35,7 +35,7 @@ enum Command {
     /// Build the image: build/<version>/disk.raw (+ disk.qcow2) and a report.
     BuildImage(build::BuildConfig),
     /// Resolve image.toml's packages against the mirror and write image/packages.lock.
-    Lock(build::LockConfig),
+    Lock(build::packages::LockConfig),
     /// Benchmarks against the reference tools, as ratios measured in one run.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -59,7 +59,7 @@ fn main() {
     let cli = Cli::parse();
     let result: Result<()> = match cli.command {
         Command::BuildImage(cfg) => build::build_image(&cfg).map(drop),
-        Command::Lock(cfg) => build::lock(&cfg),
+        Command::Lock(cfg) => build::packages::lock(&cfg),
         Command::Bench(cmd) => bench::run(&cmd),
         Command::Flash(cfg) => flash::run(&cfg),
         Command::Keygen(cfg) => keygen::run(&cfg),
