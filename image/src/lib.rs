@@ -17,7 +17,6 @@ pub mod fat;
 pub mod gpt;
 pub mod hostdir;
 pub mod kmod;
-pub mod kmod_index;
 pub mod region;
 pub mod rootfs;
 pub mod tree;

@@ -219,7 +219,7 @@ fn prepare_tree(dir: &Path) -> Result<PathBuf> {
         .find(|p| p.name.starts_with("linux-image-") && p.name != "linux-image-amd64")
         .context("packages.lock has no linux-image package")?;
     let def = kiln_image::definition::Definition::load(&root.join("image/image.toml"))?;
-    let mirrors = crate::build::mirrors(&def, None)?;
+    let mirrors = crate::build::packages::mirrors(&def, None)?;
     let one = Lock {
         suites: lock.suites.clone(),
         packages: vec![kernel.clone()],

@@ -8,23 +8,20 @@
 //! zeros without being read, all-zero chunks are compared with the hash of zeros, and only
 //! the chunks with data are hashed, on two threads. That is as strong as one SHA-256 of the
 //! whole file (the list is signed and fixes the size and every chunk), and took the checks of
-//! the 4.8 GiB image from 5.7 s to well under a second (see [`chunks`]). A `disk.raw` without
+//! the 4.8 GiB image from 5.7 s to well under a second (see [`crate::release::chunks`]). A `disk.raw` without
 //! its list (an older build, or the list not copied along) and a `disk.raw.zst` are hashed
 //! whole, as before. The chunk hashes (or, without a list, per-chunk hashes taken in the same
 //! pass) then check every block again as it is written and as it is read back.
 
-mod blockmap;
-pub mod chunks;
 mod image;
-pub mod release;
-mod signature;
 mod target;
 mod write;
 
 #[cfg(test)]
 mod tests;
+// The release formats' tests use its scratch directories too.
 #[cfg(test)]
-mod testutil;
+pub(crate) mod testutil;
 
 use std::io::{BufRead, IsTerminal};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -33,12 +30,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 pub use image::{Image, Trust};
-pub use release::hex;
-pub use signature::sign;
 pub use target::{human, Device};
 pub use write::{Outcome, OEM_CONFIG};
 
 use crate::host;
+use crate::release::{self, hex};
 use write::{OemConfig, Sink};
 
 #[derive(clap::Args, Clone, Debug, Default)]

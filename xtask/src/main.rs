@@ -12,6 +12,7 @@ mod host;
 mod keygen;
 mod publish;
 mod qemu;
+mod release;
 mod serve;
 mod test;
 mod validate;
@@ -34,7 +35,7 @@ enum Command {
     /// Build the image: build/<version>/disk.raw (+ disk.qcow2) and a report.
     BuildImage(build::BuildConfig),
     /// Resolve image.toml's packages against the mirror and write image/packages.lock.
-    Lock(build::LockConfig),
+    Lock(build::packages::LockConfig),
     /// Benchmarks against the reference tools, as ratios measured in one run.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -58,7 +59,7 @@ fn main() {
     let cli = Cli::parse();
     let result: Result<()> = match cli.command {
         Command::BuildImage(cfg) => build::build_image(&cfg).map(drop),
-        Command::Lock(cfg) => build::lock(&cfg),
+        Command::Lock(cfg) => build::packages::lock(&cfg),
         Command::Bench(cmd) => bench::run(&cmd),
         Command::Flash(cfg) => flash::run(&cfg),
         Command::Keygen(cfg) => keygen::run(&cfg),

@@ -1,7 +1,7 @@
-//! The 32-byte short directory entry, and FAT's local-time timestamps (which we treat as UTC).
+//! The 32-byte short directory entry with the 8.3 name it stores, the attribute bits (the
+//! long-name mark among them), and FAT's local-time timestamps (which we treat as UTC).
 
 use super::geometry::{get16, get32, put16, put32};
-use super::names::RawShort;
 use crate::civil::{civil_from_days, days_from_civil};
 
 pub(super) const ATTR_VOLUME_ID: u8 = 0x08;
@@ -11,6 +11,9 @@ pub(super) const ATTR_ARCHIVE: u8 = 0x20;
 pub(super) const ATTR_LFN: u8 = 0x0F;
 /// First name byte of a deleted entry.
 pub(super) const DELETED: u8 = 0xE5;
+
+/// An 8.3 name as stored: 8 bytes of base and 3 of extension, space padded.
+pub(super) type RawShort = [u8; 11];
 
 /// A short (8.3) directory entry.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -4,9 +4,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Seek, Write};
 
-use super::dirent::{ShortEntry, ATTR_ARCHIVE, ATTR_DIRECTORY, ATTR_VOLUME_ID};
+use super::dirent::{RawShort, ShortEntry, ATTR_ARCHIVE, ATTR_DIRECTORY, ATTR_VOLUME_ID};
 use super::geometry::{fsinfo_sector, FatType, Geometry, BACKUP_BOOT_SECTOR, SECTOR};
-use super::names::{check_name, lfn_checksum, lfn_entries, upcase, RawShort, ShortNames};
+use super::names::{check_name, lfn_checksum, lfn_entries, upcase, ShortNames};
 use super::table::FatTable;
 use super::{write_at, FatError, FatOptions, FatStats};
 use crate::tree::{Content, Entry, Kind, Tree, TreePath};

@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use super::dirent::{RawShort, ATTR_LFN};
 use super::FatError;
 
 /// The longest long name, in UTF-16 units.
@@ -55,9 +56,6 @@ pub(super) fn upcase(s: &str) -> String {
         })
         .collect()
 }
-
-/// An 8.3 name as stored: 8 bytes of base and 3 of extension, space padded.
-pub(super) type RawShort = [u8; 11];
 
 /// The short name chosen for an entry, and whether the entry also needs long-name entries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -210,7 +208,7 @@ pub(super) fn lfn_entries(name: &str, checksum: u8) -> Vec<[u8; 32]> {
         .map(|i| {
             let mut e = [0u8; 32];
             e[0] = (i + 1) as u8 | if i + 1 == count { 0x40 } else { 0 };
-            e[11] = super::dirent::ATTR_LFN;
+            e[11] = ATTR_LFN;
             e[13] = checksum;
             for (k, &at) in UNIT_OFFSETS.iter().enumerate() {
                 let idx = i * UNITS_PER_ENTRY + k;

@@ -3,12 +3,12 @@
 
 use std::io::{Read, Seek, Write};
 
-use super::dirent::{ShortEntry, ATTR_ARCHIVE, ATTR_DIRECTORY, ATTR_LFN, ATTR_VOLUME_ID, DELETED};
+use super::dirent::{
+    RawShort, ShortEntry, ATTR_ARCHIVE, ATTR_DIRECTORY, ATTR_LFN, ATTR_VOLUME_ID, DELETED,
+};
 use super::format::MAX_DIR_ENTRIES;
 use super::geometry::{fsinfo_sector, is_fsinfo, FatType, Geometry};
-use super::names::{
-    check_name, display, lfn_checksum, lfn_entries, lfn_units, upcase, RawShort, ShortNames,
-};
+use super::names::{check_name, display, lfn_checksum, lfn_entries, lfn_units, upcase, ShortNames};
 use super::table::FatTable;
 use super::{read_at, write_at, DirEntryInfo, FatError};
 use crate::tree::TreePath;

@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
-use super::blockmap::{self, BlockMap};
-use super::chunks::{self, ChunkList};
-use super::release::{self, hex, CHUNKS_FILE, DISK_FILE, KEY_FILE, SIG_FILE, SUMS_FILE};
-use super::signature;
+use crate::release::blockmap::{self, BlockMap};
+use crate::release::chunks::{self, ChunkList};
+use crate::release::signature;
+use crate::release::{self, hex, CHUNKS_FILE, DISK_FILE, KEY_FILE, SIG_FILE, SUMS_FILE};
 
 /// How the image file is stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -12,10 +12,11 @@ use kiln_image::gpt::{Gpt, TableSource};
 use kiln_image::region::Region;
 use kiln_image::testutil::require_tool;
 
-use super::chunks::ChunkList;
-use super::release::{self, CHUNKS_FILE, SIG_FILE, SUMS_FILE, ZST_FILE};
 use super::testutil::{sh, sha256, small_image, target_file, Loop, Scratch};
 use super::{execute, prepare, FlashConfig, Trust, OEM_CONFIG};
+use crate::release::chunks::ChunkList;
+use crate::release::signature::sign;
+use crate::release::{self, CHUNKS_FILE, SIG_FILE, SUMS_FILE, ZST_FILE};
 
 const GOOD_CONFIG: &str = "#cloud-config\nhostname: flashed\nssh_authorized_keys:\n  - ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGJ4b3dtcmFwcGVkZXhhbXBsZWtleWZvcnRlc3Rz test\n";
 
@@ -227,7 +228,7 @@ fn signed_sums_verify_and_a_changed_list_or_a_missing_signature_is_refused() {
         .write_pem(&dir.join(release::KEY_FILE))
         .unwrap();
     let sums = std::fs::read(dir.join(SUMS_FILE)).unwrap();
-    std::fs::write(dir.join(SIG_FILE), super::sign(&sums, &key)).unwrap();
+    std::fs::write(dir.join(SIG_FILE), sign(&sums, &key)).unwrap();
     let mut cfg = device_cfg(&f, Path::new("/unused"));
     cfg.device = None;
     cfg.to_file = Some(f.dir.path().join("out.img"));
@@ -356,7 +357,7 @@ fn without_its_chunk_list_a_raw_image_is_checked_whole() {
     let plan = prepare(&cfg).unwrap();
     assert_eq!(
         plan.image.map.as_ref().map(|m| m.block()),
-        Some(super::chunks::CHUNK)
+        Some(crate::release::chunks::CHUNK)
     );
     flip(&f.image, 3 * MIB);
     let err = format!("{:#}", prepare(&cfg).err().unwrap());

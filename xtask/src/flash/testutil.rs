@@ -11,8 +11,7 @@ use kiln_image::gpt::Guid;
 use kiln_image::tree::{Meta, Tree};
 use sha2::{Digest, Sha256};
 
-use super::chunks::ChunkList;
-use super::release;
+use crate::release::{self, chunks::ChunkList};
 
 /// A directory under the system's temp dir, removed on drop.
 pub struct Scratch(PathBuf);

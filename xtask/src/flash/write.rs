@@ -19,14 +19,15 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use kiln_image::disk::read_full;
 use kiln_image::gpt::{Gpt, TableSource};
 use kiln_image::region::Region;
 use sha2::{Digest, Sha256};
 
-use super::blockmap::{self, BlockMap};
-use super::chunks::CHUNK;
 use super::image::Image;
-use super::release::hex;
+use crate::release::blockmap::{self, BlockMap};
+use crate::release::chunks::CHUNK;
+use crate::release::hex;
 
 /// The region written last: protective MBR, primary GPT header and entries, alignment.
 pub const HEAD: u64 = 1 << 20;
@@ -587,8 +588,6 @@ fn pipeline(
         Ok(offset)
     })
 }
-
-pub(super) use kiln_image::disk::read_full;
 
 /// A progress line on stderr, redrawn at most once a second: bytes done and MB/s.
 struct Progress {

@@ -1,7 +1,17 @@
 //! The release files of a build that `flash` checks: `disk.raw.zst` (the disk, compressed
 //! deterministically), `disk.raw.chunks` (the SHA-256 of each chunk of the disk, see
-//! [`super::chunks`]) and `SHA256SUMS` over them (in `sha256sum`'s format, so `sha256sum -c`
-//! reads it), with its signature `SHA256SUMS.sig` when the build has a signing key.
+//! [`chunks`]) and `SHA256SUMS` over them (in `sha256sum`'s format, so `sha256sum -c`
+//! reads it), with its signature `SHA256SUMS.sig` when the build has a signing key
+//! ([`signature`]).
+//!
+//! The formats live here, apart from both their writer and their reader: the build writes
+//! them (its `release files` stage) and `flash` checks an image against them, and neither side
+//! depends on the other. [`blockmap`] is the chunk list in memory, as the passes that check
+//! an image block by block use it.
+
+pub mod blockmap;
+pub mod chunks;
+pub mod signature;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -16,7 +26,7 @@ pub const SIG_FILE: &str = "SHA256SUMS.sig";
 /// The build's public update key (written by the build when it has a signing key).
 pub const KEY_FILE: &str = "update-key.pub.pem";
 pub const DISK_FILE: &str = "disk.raw";
-/// The SHA-256 of each chunk of `disk.raw` (see [`super::chunks`]).
+/// The SHA-256 of each chunk of `disk.raw` (see [`chunks`]).
 pub const CHUNKS_FILE: &str = "disk.raw.chunks";
 pub const ZST_FILE: &str = "disk.raw.zst";
 /// The files `SHA256SUMS` covers, in its order, when they exist.

@@ -32,7 +32,7 @@ use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
 use super::blockmap::{self, BlockMap};
-use super::release::hex;
+use super::{hex, write_atomic};
 
 /// The chunk size the build writes.
 pub const CHUNK: usize = 16 << 20;
@@ -73,7 +73,7 @@ impl ChunkList {
     /// (for `SHA256SUMS`).
     pub fn write_for(disk: &Path, out: &Path) -> Result<[u8; 32]> {
         let text = ChunkList::of_file(disk, CHUNK)?.render();
-        super::release::write_atomic(out, text.as_bytes())?;
+        write_atomic(out, text.as_bytes())?;
         Ok(Sha256::digest(text.as_bytes()).into())
     }
 

@@ -6,6 +6,7 @@
 
 use std::io::{self, Read};
 
+use kiln_image::disk::read_full;
 use sha2::{Digest, Sha256};
 
 /// `None` for an all-zero block, else the block's SHA-256.
@@ -76,7 +77,7 @@ pub fn scan(mut reader: impl Read, block: usize) -> io::Result<([u8; 32], BlockM
     let mut buf = vec![0u8; block];
     let mut len = 0u64;
     loop {
-        let n = super::write::read_full(&mut reader, &mut buf)?;
+        let n = read_full(&mut reader, &mut buf)?;
         if n == 0 {
             break;
         }
