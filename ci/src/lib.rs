@@ -180,7 +180,7 @@ pub fn wait_in_guest(
 /// partition's FAT, the way `flash --config` and `build-image --debug-ssh-key` put them there.
 pub fn disk_with_oem_files(disk: &Path, out: &Path, files: &[(&str, &[u8])]) -> Result<PathBuf> {
     check(Command::new("cp").arg("--sparse=always").arg(disk).arg(out))?;
-    let (offset, len) = partition(out, "OEM")?;
+    let (offset, len) = partition(out, kiln_contract::disk::OEM)?;
     let file = File::options()
         .read(true)
         .write(true)

@@ -21,7 +21,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use kiln_ci::update::{update_conf_write_file, Evidence, UpdateServer, Version, RUNNING};
 use kiln_ci::{guest, overlay, wait_in_guest, work_dir};
-use kiln_qemu::{free_port, ssh_keygen, Accel, HostFwd, SocketMode, SocketNic, Vm, VmConfig};
+use kiln_qemu::{
+    format_mac, free_port, ssh_keygen, Accel, HostFwd, SocketMode, SocketNic, Vm, VmConfig,
+};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(900);
 const CLUSTER_TIMEOUT: Duration = Duration::from_secs(600);
@@ -63,13 +65,6 @@ const NODES: [Node; 3] = [
         mac: [0x52, 0x54, 0x00, 0x77, 0x00, 0x03],
     },
 ];
-
-fn mac_text(mac: &[u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
 
 /// The script the container runs: find this machine's address on the private network and put it
 /// under `/services/web/<node>` through etcd's v3 JSON gateway, until etcd takes it.
@@ -142,7 +137,7 @@ write_files:
         name = node.name,
         addr = node.addr,
         cluster = cluster.join(","),
-        mac = mac_text(&node.mac),
+        mac = format_mac(node.mac),
         update = update_conf_write_file(
             "etcd-lock",
             // One member at a time installs or reboots: the two that are the quorum while

@@ -7,7 +7,7 @@ use kiln_contract::update_conf::{
     Given, Key, Kind as KeyKind, Raw, Refused, Section, Window, WindowError, KEYS,
 };
 
-use crate::parse::{wrong_type, ConfigError, Ctx, Fields};
+use crate::read::{wrong_type, ConfigError, Ctx, Fields};
 use crate::tree::{Kind, Node};
 
 /// locksmith's TLS settings for etcd. The agent speaks plain http to etcd, so these are read
@@ -92,9 +92,9 @@ fn value_of<'n>(f: &mut Fields<'n>, key: &Key, ctx: &mut Ctx) -> Option<(&'stati
 
 /// `window-start` and `window-length`, which mean something only together.
 fn window(f: &mut Fields<'_>, path: &str, given: &mut Given) -> Result<(), ConfigError> {
-    let [start_key, length_key] = ["window_start", "window_length"].map(|name| {
+    let [start_key, length_key] = [KeyKind::WindowStart, KeyKind::WindowLength].map(|kind| {
         KEYS.iter()
-            .find(|k| k.name == name)
+            .find(|k| k.kind == kind)
             .expect("the window's keys are in KEYS")
     });
     let start_name = start_key.cloud_config[0];
@@ -104,8 +104,8 @@ fn window(f: &mut Fields<'_>, path: &str, given: &mut Given) -> Result<(), Confi
         (Some(start), Some(length)) => {
             let start_path = f.path_of(start_name);
             let length_path = f.path_of(length_name);
-            let start_text = crate::parse::string(start, &start_path)?;
-            let length_text = crate::parse::string(length, &length_path)?;
+            let start_text = crate::read::string(start, &start_path)?;
+            let length_text = crate::read::string(length, &length_path)?;
             // Read here first to place the error at the half that is wrong.
             Window::parse(&start_text, &length_text).map_err(|e| match e {
                 WindowError::Start(_) => ConfigError::invalid(start, &start_path, e.to_string()),
@@ -132,7 +132,7 @@ fn raw(node: &Node, kind: KeyKind, path: &str) -> Result<Raw, ConfigError> {
             let strings = items
                 .iter()
                 .enumerate()
-                .map(|(i, item)| crate::parse::string(item, &format!("{path}[{i}]")))
+                .map(|(i, item)| crate::read::string(item, &format!("{path}[{i}]")))
                 .collect::<Result<_, _>>()?;
             return Ok(Raw::List(strings));
         }
@@ -146,7 +146,7 @@ fn raw(node: &Node, kind: KeyKind, path: &str) -> Result<Raw, ConfigError> {
         }
     };
     Ok(match kind {
-        KeyKind::Bool => Raw::Bool(crate::parse::boolean(Some(node), path)?),
+        KeyKind::Bool => Raw::Bool(crate::read::boolean(Some(node), path)?),
         KeyKind::Duration => match text.parse::<i64>() {
             Ok(secs) => Raw::Int(secs),
             Err(_) => Raw::Text(text),

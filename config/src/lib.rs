@@ -13,6 +13,7 @@ pub mod fetch;
 mod fsroot;
 mod model;
 mod parse;
+mod read;
 mod sections;
 mod source;
 mod systemd;
@@ -23,7 +24,8 @@ pub use apply::{
     APPLIED_COPY, REPORT_FILE, UPDATE_CONF,
 };
 pub use model::*;
-pub use parse::{parse, parse_bytes, ConfigError, ErrorKind, Parsed, Warning, HEADER};
+pub use parse::{parse, parse_bytes, Parsed, HEADER};
+pub use read::{ConfigError, ErrorKind, Warning};
 pub use source::{config_url, read_fw_cfg, FW_CFG_ITEM, URL_PARAM};
 pub use systemd::{ETCD_ENV_FILE, UNITS_TO_START};
 

@@ -2,7 +2,7 @@
 //! `update:` and `locksmith:` in `agent.rs`.
 
 use crate::model::{DropIn, Etcd, KilnSection, NetworkInterface, Unit, UnitCommand};
-use crate::parse::{boolean, list, opt_string, string, string_list, ConfigError, Ctx, Fields};
+use crate::read::{boolean, list, opt_string, string, string_list, ConfigError, Ctx, Fields};
 use crate::tree::Node;
 use std::net::IpAddr;
 

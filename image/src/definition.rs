@@ -141,15 +141,16 @@ impl Definition {
             ));
         }
         let p = self.partitions;
-        for (key, mib, min) in [
-            ("partitions.esp", p.esp, 64),
-            ("partitions.usr", p.usr, 256),
-            ("partitions.oem", p.oem, 33),
-            ("partitions.root", p.root, 64),
-        ] {
+        for (key, min) in kiln_contract::disk::MIN_MIB {
+            let (name, mib) = match key {
+                "esp" => ("partitions.esp", p.esp),
+                "usr" => ("partitions.usr", p.usr),
+                "oem" => ("partitions.oem", p.oem),
+                _ => ("partitions.root", p.root),
+            };
             if mib < min {
                 return Err(invalid(
-                    key,
+                    name,
                     &format!("is {mib} MiB; it must be at least {min} MiB"),
                 ));
             }

@@ -7,12 +7,7 @@ use std::path::{Path, PathBuf};
 
 use crate::gpt::{Gpt, Guid};
 
-// The layout itself (names, numbers, type GUIDs, sizes) is a contract with the init and the
-// agent; this file assembles it.
-pub use kiln_contract::disk::{
-    disk_bytes, layout, PartitionSpec, ESP_NUMBER, MIB, OEM_NUMBER, ROOT_NUMBER, USR_A_NUMBER,
-    USR_B_NUMBER,
-};
+use kiln_contract::disk::{disk_bytes, PartitionSpec};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiskError {
@@ -150,6 +145,7 @@ pub fn read_full<R: Read + ?Sized>(r: &mut R, buf: &mut [u8]) -> io::Result<usiz
 mod tests {
     use super::*;
     use crate::testutil::require_tool;
+    use kiln_contract::disk::{layout, ESP_NUMBER, MIB, OEM_NUMBER, USR_B_NUMBER};
     use std::process::Command;
 
     fn guid(name: &str) -> Guid {

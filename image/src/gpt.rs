@@ -226,13 +226,8 @@ impl FromStr for Guid {
         if lens != [8, 4, 4, 4, 12] {
             return Err(bad());
         }
-        let hex: String = groups.concat();
-        let mut b = [0u8; 16];
-        for (i, byte) in b.iter_mut().enumerate() {
-            let pair = hex.get(2 * i..2 * i + 2).ok_or_else(bad)?;
-            *byte = u8::from_str_radix(pair, 16).map_err(|_| bad())?;
-        }
-        Ok(Guid(b))
+        let bytes = kiln_contract::hex::decode(&groups.concat()).ok_or_else(bad)?;
+        Ok(Guid(bytes.try_into().map_err(|_| bad())?))
     }
 }
 

@@ -1,8 +1,6 @@
 //! Kiln's image library: the tree model and the on-disk formats an image is made of
 //! (ext4, dm-verity, FAT, GPT, cpio), and the stages that assemble an image from Debian packages.
 
-// Until the build uses `kiln_contract::boot` directly.
-pub use kiln_contract::boot;
 pub mod civil;
 #[cfg(feature = "build")]
 pub mod container;

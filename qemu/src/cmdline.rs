@@ -501,7 +501,8 @@ fn socket_nic_mac(vm: &str, index: usize, nic: &SocketNic) -> [u8; 6] {
     [0x52, 0x54, 0x00, a, b, c]
 }
 
-fn format_mac(mac: [u8; 6]) -> String {
+/// A MAC address as QEMU and networkd write it: `52:54:00:77:00:03`.
+pub fn format_mac(mac: [u8; 6]) -> String {
     mac.iter()
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()

@@ -19,7 +19,7 @@ mod testkit;
 mod vm;
 
 pub use accel::{probe_kvm, resolve_accel, Accel};
-pub use cmdline::{DiskFormat, FW_CFG_CONFIG_NAME};
+pub use cmdline::{format_mac, DiskFormat, FW_CFG_CONFIG_NAME};
 pub use config::{
     Firmware, GuestFwd, GuestFwdTarget, HostFwd, Serial, SocketMode, SocketNic, VmConfig,
 };

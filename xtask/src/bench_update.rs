@@ -18,7 +18,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use kiln_image::boot::Slot;
+use kiln_contract::boot::Slot;
 use kiln_image::gpt::Gpt;
 use kiln_updater::install::{self, Phase, Target};
 use kiln_updater::keys::SigningKey;

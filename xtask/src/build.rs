@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 
-use kiln_image::boot::{BootEntry, Counter, Slot};
+use kiln_contract::boot::{BootEntry, Counter, Slot};
 use kiln_image::definition::Definition;
 use kiln_image::gpt::Guid;
 

@@ -34,7 +34,8 @@ pub use target::{human, Device};
 pub use write::{Outcome, OEM_CONFIG};
 
 use crate::host;
-use crate::release::{self, hex};
+use crate::release;
+use kiln_contract::hex;
 use write::{OemConfig, Sink};
 
 #[derive(clap::Args, Clone, Debug, Default)]
@@ -263,7 +264,7 @@ fn confirm(plan: &Plan, yes: bool) -> Result<()> {
         "image: {}, {}, SHA-256 {} ({trust})",
         image.path.display(),
         human(image.size),
-        hex(&image.disk_sha256)
+        hex::encode(&image.disk_sha256)
     );
     let Target::Device(dev) = &plan.target else {
         return Ok(());

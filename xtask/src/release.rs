@@ -15,11 +15,12 @@ pub mod signature;
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use sha2::{Digest, Sha256};
+use kiln_contract::digest::Hashing;
+use kiln_contract::hex;
 
 pub const SUMS_FILE: &str = "SHA256SUMS";
 pub const SIG_FILE: &str = "SHA256SUMS.sig";
@@ -56,74 +57,25 @@ pub fn compress(src: &Path, dst: &Path) -> Result<([u8; 32], [u8; 32])> {
     io::copy(&mut input, &mut enc)
         .with_context(|| format!("compressing {} into {}", src.display(), tmp.display()))?;
     let out = enc.finish()?;
-    let zst_hash = out.hasher.finalize().into();
+    let zst_hash = out.digest();
     let file = out.inner.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()?;
     rename_synced(&tmp, dst)?;
-    Ok((input.hasher.finalize().into(), zst_hash))
-}
-
-/// A reader or writer that hashes what passes through it.
-struct Hashing<T> {
-    inner: T,
-    hasher: Sha256,
-}
-
-impl<T> Hashing<T> {
-    fn new(inner: T) -> Self {
-        Hashing {
-            inner,
-            hasher: Sha256::new(),
-        }
-    }
-}
-
-impl<R: Read> Read for Hashing<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-}
-
-impl<W: Write> Write for Hashing<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
+    Ok((input.digest(), zst_hash))
 }
 
 /// SHA-256 of a whole file, as bytes.
-pub fn sha256_file(path: &Path) -> Result<[u8; 32]> {
-    let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; IO_BUF];
-    loop {
-        let n = file
-            .read(&mut buf)
-            .with_context(|| format!("reading {}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hasher.finalize().into())
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+pub fn digest_of(path: &Path) -> Result<[u8; 32]> {
+    kiln_contract::digest::sha256_file(path)
+        .map(|(digest, _)| digest)
+        .with_context(|| format!("reading {}", path.display()))
 }
 
 /// `SHA256SUMS` text: `<hex>  <name>` a line, as `sha256sum` prints it, in the given order.
 pub fn render_sums(entries: &[(String, [u8; 32])]) -> String {
     entries
         .iter()
-        .map(|(name, digest)| format!("{}  {name}\n", hex(digest)))
+        .map(|(name, digest)| format!("{}  {name}\n", hex::encode(digest)))
         .collect()
 }
 
@@ -146,20 +98,9 @@ pub fn parse_sums(text: &str, origin: &Path) -> Result<BTreeMap<String, [u8; 32]
             .strip_prefix(' ')
             .or_else(|| name.strip_prefix('*'))
             .ok_or_else(bad)?;
-        sums.insert(name.to_owned(), parse_hex32(digest).ok_or_else(bad)?);
+        sums.insert(name.to_owned(), hex::decode_digest(digest).ok_or_else(bad)?);
     }
     Ok(sums)
-}
-
-fn parse_hex32(s: &str) -> Option<[u8; 32]> {
-    if s.len() != 64 || !s.is_ascii() {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(out)
 }
 
 /// Writes `dir/SHA256SUMS` over those of [`SUMMED_FILES`] that exist in `dir`, hashing those
@@ -171,7 +112,7 @@ pub fn write_sums(dir: &Path, known: &[(&str, [u8; 32])]) -> Result<Vec<u8>> {
         if let Some((_, digest)) = known.iter().find(|(n, _)| *n == name) {
             entries.push((name.to_owned(), *digest));
         } else if path.exists() {
-            entries.push((name.to_owned(), sha256_file(&path)?));
+            entries.push((name.to_owned(), digest_of(&path)?));
         }
     }
     if entries.is_empty() {
@@ -236,8 +177,8 @@ mod tests {
         sample_disk(&disk);
         let (a, b) = (dir.path().join("a.zst"), dir.path().join("b.zst"));
         let (disk_hash, zst_hash) = compress(&disk, &a).unwrap();
-        assert_eq!(disk_hash, sha256_file(&disk).unwrap());
-        assert_eq!(zst_hash, sha256_file(&a).unwrap());
+        assert_eq!(disk_hash, digest_of(&disk).unwrap());
+        assert_eq!(zst_hash, digest_of(&a).unwrap());
         compress(&disk, &b).unwrap();
         let bytes = std::fs::read(&a).unwrap();
         assert_eq!(bytes, std::fs::read(&b).unwrap(), "two compressions differ");
@@ -256,7 +197,7 @@ mod tests {
             .status()
             .unwrap();
         assert!(st.success());
-        assert_eq!(sha256_file(&out).unwrap(), sha256_file(&disk).unwrap());
+        assert_eq!(digest_of(&out).unwrap(), digest_of(&disk).unwrap());
     }
 
     #[test]
@@ -277,7 +218,7 @@ mod tests {
             .unwrap();
         assert!(out.status.success(), "{out:?}");
         let parsed = parse_sums(&text, Path::new(SUMS_FILE)).unwrap();
-        assert_eq!(parsed[DISK_FILE], sha256_file(&disk).unwrap());
+        assert_eq!(parsed[DISK_FILE], digest_of(&disk).unwrap());
         // And what sha256sum writes, we read (binary mode too).
         let theirs = Command::new("sha256sum")
             .args(["-b", DISK_FILE])

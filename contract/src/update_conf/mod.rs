@@ -66,6 +66,14 @@ impl RebootStrategy {
         }
     }
 
+    /// The key the strategy cannot work without (it has no default).
+    pub fn required_key(self) -> Option<&'static str> {
+        match self {
+            RebootStrategy::FleetLock => Some("fleetlock_url"),
+            _ => None,
+        }
+    }
+
     /// Reads a strategy's name, with a note when the name is an old one. `etcd_here` says whether
     /// etcd runs on this machine, which decides `best-effort`; `None` where that is not known
     /// (the agent's own files), which refuses `best-effort` with what to write instead.

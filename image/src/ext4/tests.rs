@@ -632,7 +632,7 @@ fn directory_hash_matches_debugfs() {
     let dir = tempfile::tempdir().unwrap();
     let (img, _) = write_at_required(&sample_tree(), false, dir.path(), "hash.img");
     let seed = *b"kiln-hash-seed-1";
-    let hex: String = seed.iter().map(|b| format!("{b:02x}")).collect();
+    let hex = kiln_contract::hex::encode(&seed);
     let uuid = format!(
         "{}-{}-{}-{}-{}",
         &hex[..8],

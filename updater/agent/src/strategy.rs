@@ -22,8 +22,8 @@ pub enum LockError {
     Answer { url: String, problem: String },
     #[error("no etcd endpoint answered: {0}")]
     NoEndpoint(String),
-    #[error("{0} needs `{1}` in /etc/kiln/update.conf")]
-    NotConfigured(&'static str, &'static str),
+    #[error("{} needs `{}` in /etc/kiln/update.conf", .0.as_str(), .0.required_key().unwrap_or("?"))]
+    NotConfigured(RebootStrategy),
 }
 
 /// A cluster-wide reboot lock.
@@ -62,7 +62,7 @@ impl Strategy {
                 base: config
                     .fleetlock_url
                     .clone()
-                    .ok_or(LockError::NotConfigured("fleetlock", "fleetlock_url"))?,
+                    .ok_or(LockError::NotConfigured(RebootStrategy::FleetLock))?,
                 group: config.lock_group.clone(),
                 id: id.to_owned(),
             })),

@@ -514,7 +514,7 @@ fn register(
         path: Some(target.display().to_string()),
         url: query.url.clone(),
         size: received.size,
-        sha256: hex(&received.sha256),
+        sha256: kiln_contract::hex::encode(&received.sha256),
         min_from_version: manifest.min_from_version,
         manifest: manifest.manifest_json,
         created_at: ctx.engine.now(),
@@ -522,10 +522,6 @@ fn register(
     ctx.engine
         .publish(package, query.channel.as_deref())
         .map_err(|e| Box::new(engine_error(&e)))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A server running on its own threads, stopped when dropped.

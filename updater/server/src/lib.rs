@@ -8,7 +8,6 @@ pub mod clock;
 pub mod context;
 pub mod dashboard;
 pub mod engine;
-pub mod errorcode;
 pub mod http;
 pub mod metrics;
 pub mod model;

@@ -283,7 +283,7 @@ fn the_agents_boot_fallback_event_is_a_rollback() {
     );
     let mut back = with_events(
         app("m1", "1.0.0", "stable"),
-        vec![Event::error(kiln_updater::omaha::kiln_codes::BOOT_FALLBACK)],
+        vec![Event::error(kiln_contract::errorcode::BOOT_FALLBACK)],
     );
     back.bootid = Some("{boot-4}".into());
     check(&engine, back);

@@ -127,7 +127,7 @@ fn flatcar_request_gets_everything_update_engine_needs_and_payload_resumes() {
     assert_eq!(manifest.version, "1.2.4");
     let package = &manifest.packages[0];
     let digest: [u8; 32] = Sha256::digest(&payload).into();
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    let hex = kiln_contract::hex::encode(&digest);
     assert_eq!(package.hash_sha256.as_deref(), Some(hex.as_str()));
     assert_eq!(package.size, payload.len() as u64);
     assert!(package.required);

@@ -90,7 +90,7 @@ impl ResponseApp {
         let from_package = package
             .hash_sha256
             .as_deref()
-            .map(|hex| self.decode_hex(hex))
+            .map(|hex| self.package_digest(hex))
             .transpose()?;
         match (from_action, from_package) {
             (Some(a), Some(p)) if a != p => Err(OmahaError::HashMismatch {
@@ -115,7 +115,7 @@ impl ResponseApp {
         })
     }
 
-    fn decode_hex(&self, value: &str) -> Result<[u8; 32], OmahaError> {
+    fn package_digest(&self, value: &str) -> Result<[u8; 32], OmahaError> {
         hex::decode_digest(value.trim()).ok_or_else(|| {
             self.bad_hash(
                 "package hash_sha256",

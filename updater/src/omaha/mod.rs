@@ -21,9 +21,6 @@ pub use error::OmahaError;
 pub use safety::{MAX_DEPTH, MAX_DOCUMENT_BYTES};
 pub use server::SERVER_NAME;
 
-// Until the server's engine names `kiln_contract::errorcode` directly.
-pub use kiln_contract::errorcode as kiln_codes;
-
 /// The protocol version Kiln writes; documents claiming any 3.x version are read.
 pub const PROTOCOL_VERSION: &str = "3.0";
 

@@ -6,7 +6,8 @@ use std::process::Command;
 
 use anyhow::Result;
 
-use kiln_image::disk::{self, PartitionContent};
+use kiln_contract::disk;
+use kiln_image::disk::{assemble, PartitionContent};
 use kiln_image::gpt::Guid;
 
 use super::Build;
@@ -45,7 +46,7 @@ impl Build {
             },
         ];
         let path = self.out_dir.join("disk.raw");
-        disk::assemble(&path, &layout, &contents, |name| {
+        assemble(&path, &layout, &contents, |name| {
             Guid::from_hash(&self.derived(&format!("gpt/{name}")))
         })?;
         Ok(path)

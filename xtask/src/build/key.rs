@@ -16,8 +16,6 @@ pub struct BuildKey {
 
 /// Where a build keeps its development key, under the output directory (which git ignores).
 const DEV_KEY: &str = "keys/dev-update-signing-key.pem";
-/// Where the image carries the public key (the update agent's default).
-pub const UPDATE_KEY_IN_IMAGE: &str = "usr/share/kiln/update-key.pem";
 
 impl BuildKey {
     /// `--signing-key`, else `KILN_SIGNING_KEY`, else the development key under `build_root`

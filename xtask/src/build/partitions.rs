@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use kiln_image::boot::{self, BootEntry};
-use kiln_image::disk::MIB;
+use kiln_contract::boot::{self, BootEntry};
+use kiln_contract::disk;
+use kiln_contract::disk::MIB;
 use kiln_image::tree::{Content, Entry, Kind, Meta, Tree};
 use kiln_image::{ext4, fat};
 
@@ -58,7 +59,7 @@ impl Build {
         let opts = fat::FatOptions {
             size_bytes: self.def.partitions.esp * MIB,
             volume_id: u32::from_le_bytes(self.uuid("esp")[..4].try_into().expect("4 bytes")),
-            label: "EFI-SYSTEM".into(),
+            label: disk::ESP.into(),
             timestamp: t,
         };
         fat::format(&esp, &opts, &mut f)?;
@@ -72,7 +73,7 @@ impl Build {
             size_bytes: self.def.partitions.root * MIB,
             uuid: self.uuid("root-fs"),
             hash_seed: self.uuid("root-hash-seed"),
-            label: "ROOT".into(),
+            label: disk::ROOT.into(),
             journal: true,
             timestamp: self.epoch,
         };
@@ -88,7 +89,7 @@ impl Build {
         let opts = fat::FatOptions {
             size_bytes: self.def.partitions.oem * MIB,
             volume_id: u32::from_le_bytes(self.uuid("oem")[..4].try_into().expect("4 bytes")),
-            label: "OEM".into(),
+            label: disk::OEM.into(),
             timestamp: self.epoch,
         };
         let mut tree = Tree::new(Meta::root(0o755, self.epoch));

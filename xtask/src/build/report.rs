@@ -1,13 +1,9 @@
 //! The report stage: `report.txt`, the build's version, root hash, sizes, every artifact's
 //! SHA-256 and each stage's time.
 
-use std::fs::File;
-use std::path::Path;
-
 use anyhow::{Context, Result};
-use sha2::{Digest, Sha256};
 
-use kiln_image::disk::MIB;
+use kiln_contract::disk::MIB;
 use kiln_image::tree::Tree;
 
 use super::{Artifacts, Build};
@@ -42,7 +38,7 @@ impl Build {
         {
             text += &format!(
                 "  {}  {}\n",
-                sha256_file(path)?,
+                kiln_contract::hex::encode(&crate::release::digest_of(path)?),
                 path.strip_prefix(&self.out_dir).unwrap_or(path).display()
             );
         }
@@ -55,15 +51,4 @@ impl Build {
         eprint!("{text}");
         Ok(())
     }
-}
-
-pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut hasher = Sha256::new();
-    std::io::copy(&mut file, &mut hasher).with_context(|| format!("reading {}", path.display()))?;
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
 }

@@ -4,13 +4,13 @@
 
 use anyhow::{Context, Result};
 
+use kiln_contract::paths;
 use kiln_image::hostdir::{self, HostDirOptions};
 use kiln_image::rootfs::{self, OsRelease};
 use kiln_image::tree::{Content, Entry, Kind, Meta, Tree, TreePath};
 use kiln_image::{container, kmod};
 
 use super::binaries::STATIC_BINARIES;
-use super::key::UPDATE_KEY_IN_IMAGE;
 use super::Build;
 use crate::host;
 
@@ -56,6 +56,8 @@ impl Build {
             gid: 0,
             mtime: t,
         };
+        // Before the overlays, so that an image's own overlay may replace the defaults.
+        self.install_update_defaults(&mut tree)?;
         let overlays = std::iter::once(host::workspace_root().join("overlays/usr"))
             .chain(self.usr_overlays.iter().cloned());
         for dir in overlays {
@@ -100,12 +102,28 @@ impl Build {
         Ok((tree, kver, kernel))
     }
 
-    /// The public update key at [`UPDATE_KEY_IN_IMAGE`], where the update agent looks.
+    /// The update agent's defaults, `/usr/lib/kiln/update.conf`, from the keys of the contract
+    /// that `kiln-config` writes and the agent reads.
+    fn install_update_defaults(&self, tree: &mut Tree) -> Result<()> {
+        let t = self.epoch;
+        let text = kiln_contract::update_conf::defaults_file();
+        tree.insert_with_parents(
+            paths::under(paths::UPDATE_CONF_DEFAULTS),
+            Entry::new(
+                Kind::File(Content::bytes(text.into_bytes())),
+                Meta::root(0o644, t),
+            ),
+            &Meta::root(0o755, t),
+        )?;
+        Ok(())
+    }
+
+    /// The public update key where the update agent looks ([`paths::UPDATE_KEY`]).
     fn install_update_key(&self, tree: &mut Tree) -> Result<()> {
         let t = self.epoch;
         let pem = self.signing.key.verifying_key().to_pem()?;
         tree.insert_with_parents(
-            UPDATE_KEY_IN_IMAGE,
+            paths::under(paths::UPDATE_KEY),
             Entry::new(
                 Kind::File(Content::bytes(pem.into_bytes())),
                 Meta::root(0o644, t),

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 
-use kiln_image::disk::MIB;
+use kiln_contract::disk::MIB;
 use kiln_image::tree::{Tree, TreePath};
 use kiln_image::{ext4, verity};
 

@@ -12,7 +12,8 @@ use sha2::{Digest, Sha256};
 use crate::release::blockmap::{self, BlockMap};
 use crate::release::chunks::{self, ChunkList};
 use crate::release::signature;
-use crate::release::{self, hex, CHUNKS_FILE, DISK_FILE, KEY_FILE, SIG_FILE, SUMS_FILE};
+use crate::release::{self, CHUNKS_FILE, DISK_FILE, KEY_FILE, SIG_FILE, SUMS_FILE};
+use kiln_contract::hex;
 
 /// How the image file is stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -178,9 +179,9 @@ fn chunk_list(
         bail!(
             "{} has SHA-256 {} but {} says {}: the chunk list is corrupt or from another build; rebuild, or copy it again with the image (nothing was written)",
             path.display(),
-            hex(&actual),
+            hex::encode(&actual),
             sums_path.display(),
-            hex(expected)
+            hex::encode(expected)
         );
     }
     let text = String::from_utf8_lossy(&bytes);
@@ -201,15 +202,15 @@ fn check_hash(
                 .with_context(|| format!("reading {}", path.display()))?;
             (hash, Some(map))
         }
-        Format::Zstd => (release::sha256_file(path)?, None),
+        Format::Zstd => (release::digest_of(path)?, None),
     };
     if &actual != expected {
         bail!(
             "{} has SHA-256 {} but {} says {}: the image is corrupt or from another build; rebuild it or copy it again (nothing was written)",
             path.display(),
-            hex(&actual),
+            hex::encode(&actual),
             sums_path.display(),
-            hex(expected)
+            hex::encode(expected)
         );
     }
     Ok(map)

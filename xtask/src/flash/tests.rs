@@ -7,7 +7,7 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use kiln_image::disk::MIB;
+use kiln_contract::disk::{self, MIB};
 use kiln_image::gpt::{Gpt, TableSource};
 use kiln_image::region::Region;
 use kiln_image::testutil::require_tool;
@@ -410,7 +410,7 @@ fn check_flashed(target: &Path, image: &Path, config: &[u8]) {
         .unwrap();
     assert!(ours == theirs, "USR-A differs from the image");
 
-    let (_, oem) = gpt.find_by_name("OEM").unwrap();
+    let (_, oem) = gpt.find_by_name(disk::OEM).unwrap();
     let mut region = Region::new(
         File::open(target).unwrap(),
         oem.start_bytes(),
@@ -506,11 +506,11 @@ fn a_failure_after_the_first_write_wipes_the_partition_table() {
     let sums = release::render_sums(&[
         (
             release::DISK_FILE.into(),
-            release::sha256_file(&f.image).unwrap(),
+            release::digest_of(&f.image).unwrap(),
         ),
         (
             ZST_FILE.into(),
-            release::sha256_file(&dir.join(ZST_FILE)).unwrap(),
+            release::digest_of(&dir.join(ZST_FILE)).unwrap(),
         ),
     ]);
     std::fs::write(dir.join(SUMS_FILE), sums).unwrap();

@@ -6,7 +6,8 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use kiln_image::disk::{self, PartitionContent, MIB};
+use kiln_contract::disk::{self, MIB};
+use kiln_image::disk::{assemble, PartitionContent};
 use kiln_image::gpt::Guid;
 use kiln_image::tree::{Meta, Tree};
 use sha2::{Digest, Sha256};
@@ -134,7 +135,7 @@ pub fn small_image(dir: &Path) -> PathBuf {
     let opts = kiln_image::fat::FatOptions {
         size_bytes: oem * MIB,
         volume_id: 0x1234_5678,
-        label: "OEM".into(),
+        label: disk::OEM.into(),
         timestamp: 0,
     };
     let mut f = File::options()
@@ -156,7 +157,7 @@ pub fn small_image(dir: &Path) -> PathBuf {
             image: Some(&oem_img),
         },
     ];
-    disk::assemble(&disk_path, &layout, &contents, |n| {
+    assemble(&disk_path, &layout, &contents, |n| {
         Guid::from_hash(format!("flash-test/{n}").as_bytes())
     })
     .unwrap();

@@ -27,7 +27,7 @@ use sha2::{Digest, Sha256};
 use super::image::Image;
 use crate::release::blockmap::{self, BlockMap};
 use crate::release::chunks::CHUNK;
-use crate::release::hex;
+use kiln_contract::hex;
 
 /// The region written last: protective MBR, primary GPT header and entries, alignment.
 pub const HEAD: u64 = 1 << 20;
@@ -42,7 +42,7 @@ const SPARSE_BLOCK: usize = 64 << 10;
 /// The backup GPT: 32 sectors of entries and the header.
 const BACKUP_GPT_BYTES: u64 = 33 * 512;
 /// The file on OEM that first boot reads.
-pub const OEM_CONFIG: &str = "/cloud-config.yml";
+pub const OEM_CONFIG: &str = kiln_contract::disk::OEM_CLOUD_CONFIG;
 
 /// `_IO(0x12, 95)`, `_IOR(0x12, 114, u64)` from `linux/fs.h`.
 const BLKRRPART: libc::c_ulong = 0x125f;
@@ -291,8 +291,8 @@ fn stream_image(sink: &Sink, image: &Image) -> Result<(Vec<u8>, BlockMap)> {
                 bail!(
                     "{} decompresses to a disk with SHA-256 {}, not the {} its checksums give for disk.raw",
                     image.path.display(),
-                    hex(&hash),
-                    hex(&image.disk_sha256)
+                    hex::encode(&hash),
+                    hex::encode(&image.disk_sha256)
                 );
             }
             built
@@ -458,7 +458,7 @@ impl Seek for Recorder {
 
 fn oem_region<'a>(sink: &'a Sink, gpt: &Gpt) -> Result<Region<&'a File>> {
     let (_, oem) = gpt
-        .find_by_name("OEM")
+        .find_by_name(kiln_contract::disk::OEM)
         .context("the image has no OEM partition to hold the cloud-config")?;
     Ok(Region::new(
         &sink.small,

@@ -32,7 +32,8 @@ use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
 use super::blockmap::{self, BlockMap};
-use super::{hex, write_atomic};
+use super::write_atomic;
+use kiln_contract::hex;
 
 /// The chunk size the build writes.
 pub const CHUNK: usize = 16 << 20;
@@ -81,7 +82,7 @@ impl ChunkList {
     pub fn render(&self) -> String {
         let mut text = format!("{MAGIC_LINE}\nsize {}\nchunk {}\n", self.size, self.chunk);
         for h in &self.hashes {
-            text += &hex(h);
+            text += &hex::encode(h);
             text.push('\n');
         }
         text
@@ -113,7 +114,9 @@ impl ChunkList {
             .ok_or_else(|| bad(format!("a chunk of {chunk} bytes")))?;
         let hashes = lines
             .enumerate()
-            .map(|(i, l)| parse_hex32(l).ok_or_else(|| bad(format!("line {} is {l:?}", i + 4))))
+            .map(|(i, l)| {
+                hex::decode_digest(l).ok_or_else(|| bad(format!("line {} is {l:?}", i + 4)))
+            })
             .collect::<Result<Vec<_>>>()?;
         if hashes.len() as u64 != size.div_ceil(chunk as u64) {
             return Err(bad(format!(
@@ -173,11 +176,11 @@ pub fn check_image(path: &Path, list: &ChunkList, list_path: &Path) -> Result<Bl
         bail!(
             "{} has SHA-256 {} in its chunk {i} (bytes {} to {}) but {} says {}: the image is corrupt or from another build; rebuild it or copy it again (nothing was written)",
             path.display(),
-            hex(&actual[i]),
+            hex::encode(&actual[i]),
             i as u64 * list.chunk as u64,
             i as u64 * list.chunk as u64 + list.chunk_len(i) as u64,
             list_path.display(),
-            hex(&list.hashes[i])
+            hex::encode(&list.hashes[i])
         );
     }
     Ok(list.to_map())
@@ -293,17 +296,6 @@ fn data_ranges(file: &File, size: u64) -> io::Result<Vec<(u64, u64)>> {
         pos = end;
     }
     Ok(ranges)
-}
-
-fn parse_hex32(s: &str) -> Option<[u8; 32]> {
-    if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(out)
 }
 
 #[cfg(test)]

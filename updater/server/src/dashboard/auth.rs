@@ -103,7 +103,7 @@ fn random_hex() -> Result<String, SessionError> {
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut bytes))
         .map_err(SessionError::Random)?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(kiln_contract::hex::encode(&bytes))
 }
 
 /// Whether the login form's token is the server's; an empty server token opens nothing.

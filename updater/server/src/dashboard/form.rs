@@ -44,8 +44,8 @@ fn decode(raw: &[u8]) -> String {
 }
 
 fn hex_byte(two: &[u8]) -> Option<u8> {
-    let text = std::str::from_utf8(two).ok()?;
-    u8::from_str_radix(text, 16).ok()
+    let decoded = kiln_contract::hex::decode(std::str::from_utf8(two).ok()?)?;
+    decoded.first().copied()
 }
 
 #[cfg(test)]

@@ -2,10 +2,10 @@
 //! the operator, and moves the instance's status (downloading, installed, complete) or ends its
 //! update as failed or rolled back.
 
-use kiln_updater::omaha::{kiln_codes, Event, EventResult, EventType};
+use kiln_contract::errorcode;
+use kiln_updater::omaha::{Event, EventResult, EventType};
 
 use crate::clock::Timestamp;
-use crate::errorcode;
 use crate::model::{Instance, InstanceEvent, Status};
 use crate::store::Write;
 use crate::writer::Writer;
@@ -43,7 +43,7 @@ impl AppState {
         match (event.eventtype, event.eventresult) {
             (_, EventResult::Error) => {
                 // Kiln's agent says outright when the boot loader fell back to the old slot.
-                let status = if event.errorcode == Some(kiln_codes::BOOT_FALLBACK) {
+                let status = if event.errorcode == Some(errorcode::BOOT_FALLBACK) {
                     Status::RolledBack
                 } else {
                     Status::Error

@@ -21,10 +21,12 @@ pub(super) struct Offer {
 /// The offer of a package: its payload is served by this server, under `public_url` (which
 /// ends in `/`), unless the package names its own URL.
 pub(super) fn offer_for(package: &PackageRecord, public_url: &str) -> Result<Offer, EngineError> {
-    let sha256 = from_hex(&package.sha256).ok_or_else(|| EngineError::Invalid {
-        what: "package sha256",
-        value: package.sha256.clone(),
-        why: "not 64 hexadecimal digits".into(),
+    let sha256 = kiln_contract::hex::decode_digest(package.sha256.trim()).ok_or_else(|| {
+        EngineError::Invalid {
+            what: "package sha256",
+            value: package.sha256.clone(),
+            why: "not 64 hexadecimal digits".into(),
+        }
     })?;
     let (codebase, file_name) = match &package.url {
         Some(url) => match url.rsplit_once('/') {
@@ -57,18 +59,6 @@ pub(super) fn offer_for(package: &PackageRecord, public_url: &str) -> Result<Off
         min_from_version: package.min_from_version.clone(),
         answer,
     })
-}
-
-fn from_hex(text: &str) -> Option<[u8; 32]> {
-    let text = text.trim();
-    if text.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
 }
 
 /// The payload's SHA-256 in base64, as the postinstall action carries it (for tests and logs).

@@ -48,7 +48,7 @@ pub fn package(version: &str) -> PackageRecord {
         path: Some("/nonexistent/update.payload".into()),
         url: None,
         size: 4096,
-        sha256: SHA.iter().map(|b| format!("{b:02x}")).collect(),
+        sha256: kiln_contract::hex::encode(&SHA),
         min_from_version: None,
         manifest: "{}".into(),
         created_at: 0,
