@@ -863,3 +863,27 @@ fn locksmith_tls_keys_are_named_as_unsupported() {
     );
     assert!(!w[0].contains("unknown key"), "{w:?}");
 }
+
+/// The README's example of the update settings parses without a warning and sets every key.
+#[test]
+fn the_readmes_update_example_sets_every_agent_setting() {
+    use kiln_contract::update_conf::KEYS;
+    let readme = include_str!("../../README.md");
+    let start = readme
+        .find("```yaml\n#cloud-config\ncoreos:\n  update:")
+        .expect("the README's update example");
+    let doc = &readme[start + "```yaml\n".len()..];
+    let doc = &doc[..doc.find("```").unwrap()];
+    let p = parsed(doc);
+    assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+    let given = p.config.kiln.update_agent.unwrap();
+    let missing: Vec<&str> = KEYS
+        .iter()
+        .map(|k| k.name)
+        .filter(|k| !given.keys.contains(k))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "the README's example leaves out {missing:?}"
+    );
+}

@@ -765,7 +765,7 @@ mod tests {
 
     const MIB: u64 = 1 << 20;
 
-    /// The DESIGN.md layout with small sizes, GUIDs derived from names.
+    /// The Kiln layout with small sizes, GUIDs derived from names.
     fn design_table(disk_bytes: u64) -> Gpt {
         let mut g = Gpt::new(disk_bytes, Guid::from_hash(b"kiln test disk")).unwrap();
         let parts: [(&str, Guid, u64, u64); 5] = [
