@@ -208,21 +208,20 @@ pub fn event_codes(record: &Value) -> Vec<String> {
         .collect()
 }
 
-/// The `write_files` entry of a cloud-config that points the agent at the scenario's server.
-/// `extra` holds more `key = value` lines (health units, lock settings).
-pub fn update_conf_write_file(strategy: &str, extra: &str) -> String {
-    let conf = format!(
-        "server = \"http://{SERVER_GUEST_ADDR}:{SERVER_GUEST_PORT}/v1/update/\"\n\
-         reboot_strategy = \"{strategy}\"\n\
-         check_interval = \"15s\"\n\
-         http_timeout = \"60s\"\n\
-         health_timeout = \"10m\"\n\
-         {extra}"
+/// The `update:` and `locksmith:` sections (inside `coreos:`) that point the agent at the
+/// scenario's server with reboot `strategy`, checking every 15 s. `update` and `locksmith` hold
+/// more settings, a line each at the sections' indentation (four spaces); the machine's
+/// `kiln-config` turns them into `/etc/kiln/update.conf`, as a user's document would.
+pub fn agent_sections(strategy: &str, update: &str, locksmith: &str) -> String {
+    let mut text = format!(
+        "  update:\n    server: http://{SERVER_GUEST_ADDR}:{SERVER_GUEST_PORT}/v1/update/\n    \
+         reboot-strategy: {strategy}\n    check-interval: 15s\n    http-timeout: 60s\n    \
+         health-timeout: 10m\n{update}"
     );
-    let indented: String = conf.lines().map(|l| format!("      {l}\n")).collect();
-    format!(
-        "  - path: /etc/kiln/update.conf\n    permissions: \"0644\"\n    content: |\n{indented}"
-    )
+    if !locksmith.is_empty() {
+        text.push_str(&format!("  locksmith:\n{locksmith}"));
+    }
+    text
 }
 
 /// `<VERSION_ID> <slot>` of the running system, as a guest command.
@@ -239,8 +238,8 @@ pub fn start_machine(
     server: &UpdateServer,
 ) -> Vm {
     let doc = format!(
-        "#cloud-config\nhostname: {name}\nssh_authorized_keys:\n  - {public_key}\nwrite_files:\n{}",
-        update_conf_write_file(strategy, "")
+        "#cloud-config\nhostname: {name}\nssh_authorized_keys:\n  - {public_key}\ncoreos:\n{}",
+        agent_sections(strategy, "", "")
     );
     kiln_config::parse(&doc).expect("the scenario's cloud-config is valid");
     let config = work.join("cloud-config.yml");
@@ -341,4 +340,41 @@ fn indent(text: &str) -> String {
         .map(|l| format!("    | {l}"))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_contract::update_conf::{RebootStrategy, Settings};
+    use std::time::Duration;
+
+    /// What the cluster scenario relies on reaches the agent's settings through the cloud-config.
+    #[test]
+    fn the_scenarios_agent_sections_set_what_they_rely_on() {
+        let doc = format!(
+            "#cloud-config\ncoreos:\n  etcd2:\n    name: n\n{}",
+            agent_sections(
+                "etcd-lock",
+                "    health-units: [etcd.service]\n",
+                "    lock-retry: 5s\n    lock-install: true\n",
+            )
+        );
+        let parsed = kiln_config::parse(&doc).unwrap();
+        assert!(parsed.warnings.is_empty(), "{:?}", parsed.warnings);
+        let given = parsed.config.kiln.update_agent.unwrap();
+        let mut settings = Settings::default();
+        let text = given.render();
+        settings
+            .apply(std::path::Path::new("update.conf"), &text)
+            .unwrap();
+        assert_eq!(
+            settings.server.as_deref(),
+            Some(format!("http://{SERVER_GUEST_ADDR}:{SERVER_GUEST_PORT}/v1/update/").as_str())
+        );
+        assert_eq!(settings.reboot_strategy, RebootStrategy::EtcdLock);
+        assert_eq!(settings.check_interval, Duration::from_secs(15));
+        assert_eq!(settings.health_units, ["etcd.service"]);
+        assert_eq!(settings.lock_retry, Duration::from_secs(5));
+        assert!(settings.lock_install);
+    }
 }

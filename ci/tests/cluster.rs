@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
-use kiln_ci::update::{update_conf_write_file, Evidence, UpdateServer, Version, RUNNING};
+use kiln_ci::update::{agent_sections, Evidence, UpdateServer, Version, RUNNING};
 use kiln_ci::{guest, overlay, wait_in_guest, work_dir};
 use kiln_qemu::{
     format_mac, free_port, ssh_keygen, Accel, HostFwd, SocketMode, SocketNic, Vm, VmConfig,
@@ -117,8 +117,8 @@ write_files:
     owner: core:core
     permissions: "0640"
     content: "member of kiln-ci\n"
-{update}{script}coreos:
-  etcd2:
+{script}coreos:
+{update}  etcd2:
     name: {name}
     initial-cluster: {cluster}
     initial-cluster-token: kiln-ci
@@ -138,13 +138,14 @@ write_files:
         addr = node.addr,
         cluster = cluster.join(","),
         mac = format_mac(node.mac),
-        update = update_conf_write_file(
+        update = agent_sections(
             "etcd-lock",
+            "    health-units: [etcd.service]\n",
             // One member at a time installs or reboots: the two that are the quorum while
             // the third reboots are not also writing 600 MB under TCG. A machine waiting for
             // the lock asks again every 5 s (one small etcd read), so a handover is not a
             // wait of its own.
-            "health_units = [\"etcd.service\"]\nlock_retry = \"5s\"\nlock_install = true\n",
+            "    lock-retry: 5s\n    lock-install: true\n",
         ),
     )
 }

@@ -105,31 +105,21 @@ impl Build {
     /// The update agent's defaults, `/usr/lib/kiln/update.conf`, from the keys of the contract
     /// that `kiln-config` writes and the agent reads.
     fn install_update_defaults(&self, tree: &mut Tree) -> Result<()> {
-        let t = self.epoch;
         let text = kiln_contract::update_conf::defaults_file();
-        tree.insert_with_parents(
-            paths::under(paths::UPDATE_CONF_DEFAULTS),
-            Entry::new(
-                Kind::File(Content::bytes(text.into_bytes())),
-                Meta::root(0o644, t),
-            ),
-            &Meta::root(0o755, t),
-        )?;
-        Ok(())
+        self.put_file(tree, paths::UPDATE_CONF_DEFAULTS, text.into_bytes())
     }
 
     /// The public update key where the update agent looks ([`paths::UPDATE_KEY`]).
     fn install_update_key(&self, tree: &mut Tree) -> Result<()> {
-        let t = self.epoch;
         let pem = self.signing.key.verifying_key().to_pem()?;
-        tree.insert_with_parents(
-            paths::under(paths::UPDATE_KEY),
-            Entry::new(
-                Kind::File(Content::bytes(pem.into_bytes())),
-                Meta::root(0o644, t),
-            ),
-            &Meta::root(0o755, t),
-        )?;
+        self.put_file(tree, paths::UPDATE_KEY, pem.into_bytes())
+    }
+
+    /// A root-owned 0644 file at the absolute `path`, its missing parents made 0755.
+    fn put_file(&self, tree: &mut Tree, path: &str, bytes: Vec<u8>) -> Result<()> {
+        let t = self.epoch;
+        let entry = Entry::new(Kind::File(Content::bytes(bytes)), Meta::root(0o644, t));
+        tree.insert_with_parents(paths::under(path), entry, &Meta::root(0o755, t))?;
         Ok(())
     }
 }
