@@ -32,6 +32,24 @@ pub const UNITS_TO_START: &str = "/var/lib/kiln/units-to-start";
 pub const DEBUG_SSH_KEYS: &str = "/var/lib/kiln/debug-ssh-keys/core";
 
 /// `path` without its leading `/`, to join onto a root directory or name a tree entry.
-pub fn under(path: &str) -> &str {
-    path.trim_start_matches('/')
+pub const fn under(path: &str) -> &str {
+    match path.as_bytes() {
+        [b'/', rest @ ..] => match core::str::from_utf8(rest) {
+            Ok(rest) => rest,
+            Err(_) => path,
+        },
+        _ => path,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn under_drops_one_leading_slash() {
+        assert_eq!(under(UPDATE_CONF), "etc/kiln/update.conf");
+        assert_eq!(under("relative/path"), "relative/path");
+        assert_eq!(under("/"), "");
+    }
 }

@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use crate::tree::{Content, Entry, Kind, Meta, Tree, TreePath};
 
 /// Where the archives go in the image, and where `kiln-container-images.service` loads them from.
-pub const IMAGES_DIR: &str = "usr/share/kiln/images";
+pub const IMAGES_DIR: &str = kiln_contract::paths::under(kiln_contract::paths::CONTAINER_IMAGES);
 
 /// Directories where the dynamic linker looks for libraries on Debian amd64 (merged `/usr`).
 const LIBRARY_DIRS: &[&str] = &["usr/lib/x86_64-linux-gnu", "usr/lib64", "usr/lib"];

@@ -9,7 +9,7 @@ use crate::tree::{Content, Entry, Kind, Meta, Tree, TreeError, TreePath};
 
 /// Where the default `/etc` lives inside `/usr`; the init copies what is missing into ROOT's
 /// `/etc` at boot, so an update can bring new defaults without touching what the operator changed.
-pub const FACTORY_ETC: &str = "usr/share/kiln/etc";
+pub const FACTORY_ETC: &str = kiln_contract::paths::under(kiln_contract::paths::FACTORY_ETC);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RootfsError {

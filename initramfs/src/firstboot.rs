@@ -30,7 +30,7 @@ pub const TOP_DIRS: &[(&str, u32)] = &[
     ("etc", 0o755),
     ("var", 0o755),
     ("var/lib", 0o755),
-    ("var/lib/kiln", 0o755),
+    (under(kiln_contract::paths::STATE_DIR), 0o755),
     ("home", 0o755),
     ("root", 0o700),
     ("tmp", 0o1777),

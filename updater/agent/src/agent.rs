@@ -153,9 +153,10 @@ impl<'a> Agent<'a> {
             self.release_lock();
         }
         if self.config.server.is_none() {
-            self.status.last_error = Some(
-                "no update server configured: set `server` in /etc/kiln/update.conf".to_owned(),
-            );
+            self.status.last_error = Some(format!(
+                "no update server configured: set `server` in {}",
+                kiln_contract::paths::UPDATE_CONF
+            ));
             self.save()?;
             return Ok(Next::Wait(self.config.check_interval));
         }

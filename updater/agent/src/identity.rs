@@ -83,7 +83,10 @@ pub enum IdentityError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path} has no {key}; the image's os-release must name it (or set `{config_key}` in /etc/kiln/update.conf)")]
+    #[error(
+        "{path} has no {key}; the image's os-release must name it (or set `{config_key}` in {})",
+        kiln_contract::paths::UPDATE_CONF
+    )]
     Missing {
         path: PathBuf,
         key: &'static str,

@@ -22,7 +22,7 @@ pub enum LockError {
     Answer { url: String, problem: String },
     #[error("no etcd endpoint answered: {0}")]
     NoEndpoint(String),
-    #[error("{} needs `{}` in /etc/kiln/update.conf", .0.as_str(), .0.required_key().unwrap_or("?"))]
+    #[error("{} needs `{}` in {}", .0.as_str(), .0.required_key().unwrap_or("?"), kiln_contract::paths::UPDATE_CONF)]
     NotConfigured(RebootStrategy),
 }
 
