@@ -106,14 +106,12 @@ fn window(f: &mut Fields<'_>, path: &str, given: &mut Given) -> Result<(), Confi
             let length_path = f.path_of(length_name);
             let start_text = crate::read::string(start, &start_path)?;
             let length_text = crate::read::string(length, &length_path)?;
-            // Read here first to place the error at the half that is wrong.
-            Window::parse(&start_text, &length_text).map_err(|e| match e {
+            let window = Window::parse(&start_text, &length_text).map_err(|e| match e {
                 WindowError::Start(_) => ConfigError::invalid(start, &start_path, e.to_string()),
                 WindowError::Length(_) => ConfigError::invalid(length, &length_path, e.to_string()),
             })?;
-            given
-                .set_window(&Raw::Text(start_text), &Raw::Text(length_text))
-                .map_err(|Refused(why)| ConfigError::invalid(start, &start_path, why))
+            given.set_window(window);
+            Ok(())
         }
         (Some(n), None) | (None, Some(n)) => Err(ConfigError::invalid(
             n,

@@ -411,15 +411,14 @@ impl Given {
         Ok(note)
     }
 
-    /// Sets the reboot window from its two halves.
-    pub fn set_window(&mut self, start: &Raw, length: &Raw) -> Result<(), Refused> {
-        self.settings.set_window(start, length)?;
+    /// Sets the reboot window (read with [`Window::parse`], which says which half is wrong).
+    pub fn set_window(&mut self, window: Window) {
+        self.settings.window = Some(window);
         self.keys.extend(
             KEYS.iter()
                 .filter(|k| matches!(k.kind, Kind::WindowStart | Kind::WindowLength))
                 .map(|k| k.name),
         );
-        Ok(())
     }
 
     /// `/etc/kiln/update.conf`: the keys set, in [`KEYS`]' order. An option set to nothing

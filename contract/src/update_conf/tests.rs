@@ -160,9 +160,7 @@ fn given_renders_only_its_keys_and_reads_back_to_its_values() {
             false,
         )
         .unwrap();
-    given
-        .set_window(&Raw::Text("thursday 4:00".into()), &Raw::Text("90m".into()))
-        .unwrap();
+    given.set_window(Window::parse("thursday 4:00", "90m").unwrap());
     let text = given.render();
     assert_eq!(
         text,
