@@ -5,8 +5,7 @@
 use std::io::Read;
 use std::time::Duration;
 
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine as _;
+use kiln_etcd::{Compare, Op};
 use serde_json::{json, Value};
 
 use crate::http::HttpError;
@@ -20,8 +19,8 @@ pub enum LockError {
     Http(#[from] HttpError),
     #[error("{url} answered something that is not the expected JSON: {problem}")]
     Answer { url: String, problem: String },
-    #[error("no etcd endpoint answered: {0}")]
-    NoEndpoint(String),
+    #[error(transparent)]
+    Etcd(#[from] kiln_etcd::EtcdError),
     #[error("{} needs `{}` in {}", .0.as_str(), .0.required_key().unwrap_or("?"), kiln_contract::paths::UPDATE_CONF)]
     NotConfigured(RebootStrategy),
 }
@@ -51,8 +50,7 @@ impl Strategy {
         let lock: Option<Box<dyn RebootLock>> = match config.reboot_strategy {
             RebootStrategy::Immediate | RebootStrategy::Off => None,
             RebootStrategy::EtcdLock => Some(Box::new(EtcdLock {
-                http: http.clone(),
-                endpoints: config.etcd_endpoints.clone(),
+                etcd: kiln_etcd::Client::new(&config.etcd_endpoints, config.http_timeout),
                 key: config.etcd_semaphore_key(),
                 ttl: config.etcd_lock_ttl,
                 holder: id.to_owned(),
@@ -75,43 +73,18 @@ impl Strategy {
     }
 }
 
-/// etcd v3 through its JSON gateway: a semaphore key created only if absent (compare-and-swap on
-/// `create_revision == 0`) under a lease, holding the machine's id. The lease's TTL frees the
-/// lock if the machine never comes back; a healthy machine deletes the key itself.
+/// etcd v3 (through its JSON gateway, `kiln-etcd`): a semaphore key created only if absent
+/// (compare-and-swap on `create_revision == 0`) under a lease, holding the machine's id. The
+/// lease's TTL frees the lock if the machine never comes back; a healthy machine deletes the key
+/// itself.
 pub struct EtcdLock {
-    pub http: ureq::Agent,
-    pub endpoints: Vec<String>,
+    pub etcd: kiln_etcd::Client,
     pub key: String,
     pub ttl: Duration,
     pub holder: String,
 }
 
 impl EtcdLock {
-    /// POSTs to the first endpoint that answers.
-    fn call(&self, path: &str, body: &Value) -> Result<Value, LockError> {
-        let mut failures = Vec::new();
-        for endpoint in &self.endpoints {
-            let url = format!("{}{path}", endpoint.trim_end_matches('/'));
-            match post_json(&self.http, &url, body, &[]) {
-                Ok((_, value)) => return Ok(value),
-                Err(LockError::Http(e)) if e.is_transient() => failures.push(e.to_string()),
-                Err(e) => return Err(e),
-            }
-        }
-        Err(LockError::NoEndpoint(failures.join("; ")))
-    }
-
-    fn grant_lease(&self) -> Result<String, LockError> {
-        let answer = self.call(
-            "/v3/lease/grant",
-            &json!({ "TTL": self.ttl.as_secs().to_string() }),
-        )?;
-        int_field(&answer, "ID").ok_or_else(|| LockError::Answer {
-            url: "/v3/lease/grant".into(),
-            problem: format!("no lease ID in {answer}"),
-        })
-    }
-
     /// With the lock held, this machine is about to install or reboot. If the etcd member the
     /// agent talks to (the first endpoint that answers: the machine's own member by default)
     /// leads the cluster, it hands the leadership to another voting member first, as an operator
@@ -132,12 +105,12 @@ impl EtcdLock {
 
     /// Moves the leadership away from the answering member if it leads; the new leader's id.
     fn move_leader(&self) -> Result<Option<String>, LockError> {
-        let status = self.call("/v3/maintenance/status", &json!({}))?;
+        let status = self.etcd.call("/v3/maintenance/status", &json!({}))?;
         let me = status.get("header").and_then(|h| int_field(h, "member_id"));
         if me.is_none() || me != int_field(&status, "leader") {
             return Ok(None);
         }
-        let members = self.call("/v3/cluster/member/list", &json!({}))?;
+        let members = self.etcd.call("/v3/cluster/member/list", &json!({}))?;
         let target = members
             .get("members")
             .and_then(Value::as_array)
@@ -150,46 +123,38 @@ impl EtcdLock {
         let Some(target) = target else {
             return Ok(None);
         };
-        self.call(
+        self.etcd.call(
             "/v3/maintenance/transfer-leadership",
             &json!({ "targetID": target }),
         )?;
         Ok(Some(target))
     }
-
-    /// The current holder of the key, if any (from a range response).
-    fn holder_in(answer: &Value) -> Option<String> {
-        let responses = answer.get("responses")?.as_array()?;
-        let range = responses
-            .iter()
-            .find_map(|r| r.get("response_range").or_else(|| r.get("responseRange")))?;
-        let value = range
-            .get("kvs")?
-            .as_array()?
-            .first()?
-            .get("value")?
-            .as_str()?;
-        B64.decode(value)
-            .ok()
-            .map(|v| String::from_utf8_lossy(&v).into_owned())
-    }
 }
 
 impl RebootLock for EtcdLock {
     fn acquire(&self) -> Result<bool, LockError> {
-        let lease = self.grant_lease()?;
-        let key = B64.encode(&self.key);
-        let txn = json!({
-            "compare": [{ "key": key, "target": "CREATE", "result": "EQUAL", "create_revision": "0" }],
-            "success": [{ "request_put": { "key": key, "value": B64.encode(&self.holder), "lease": lease } }],
-            "failure": [{ "request_range": { "key": key } }],
-        });
-        let answer = self.call("/v3/kv/txn", &txn)?;
-        // The gateway leaves out false booleans: no `succeeded` means the key exists.
-        let held = answer.get("succeeded").and_then(Value::as_bool) == Some(true) || {
+        let lease = self.etcd.grant(self.ttl)?;
+        let answer = self.etcd.txn(
+            &[Compare::CreateRevision(self.key.clone(), 0)],
+            &[Op::put_leased(
+                self.key.as_str(),
+                self.holder.as_str(),
+                lease,
+            )],
+            &[Op::Get {
+                key: self.key.clone(),
+                prefix: false,
+            }],
+        )?;
+        let held = answer.succeeded || {
             // Best effort: the unused lease expires by itself anyway.
-            let _ = self.call("/v3/lease/revoke", &json!({ "ID": lease }));
-            Self::holder_in(&answer).as_deref() == Some(self.holder.as_str())
+            let _ = self.etcd.revoke(lease);
+            answer
+                .ranges
+                .first()
+                .and_then(|kvs| kvs.first())
+                .map(|kv| kv.value.as_slice())
+                == Some(self.holder.as_bytes())
         };
         if held {
             self.hand_off_leadership();
@@ -198,12 +163,17 @@ impl RebootLock for EtcdLock {
     }
 
     fn release(&self) -> Result<(), LockError> {
-        let key = B64.encode(&self.key);
-        let txn = json!({
-            "compare": [{ "key": key, "target": "VALUE", "result": "EQUAL", "value": B64.encode(&self.holder) }],
-            "success": [{ "request_delete_range": { "key": key } }],
-        });
-        self.call("/v3/kv/txn", &txn).map(|_| ())
+        self.etcd
+            .txn(
+                &[Compare::Value(
+                    self.key.clone(),
+                    self.holder.as_bytes().to_vec(),
+                )],
+                &[Op::delete(self.key.as_str())],
+                &[],
+            )
+            .map(|_| ())
+            .map_err(LockError::from)
     }
 }
 

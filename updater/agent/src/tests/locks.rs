@@ -1,105 +1,28 @@
 //! Reboot locks: `etcd-lock` against a real etcd on 127.0.0.1 (Debian's etcd-server), and
 //! `fleetlock` against a small FleetLock server, both driven through the state machine too.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kiln_contract::boot::Slot;
-use kiln_image::testutil::require_tool;
+use kiln_etcd::testutil::{free_port, TestEtcd};
 
 use super::mock::{MockServer, Reply};
 use super::*;
 use crate::strategy::{EtcdLock, FleetLock, RebootLock};
 
-/// An etcd we started, killed (by its pid) when dropped.
-struct Etcd {
-    child: Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
-fn start_etcd() -> Etcd {
-    start_etcd_cluster(1).pop().expect("one member")
-}
-
-/// `size` etcd members on 127.0.0.1 forming one cluster, each healthy.
-fn start_etcd_cluster(size: usize) -> Vec<Etcd> {
-    let etcd = require_tool("etcd", "etcd-server");
-    let ports: Vec<(u16, u16)> = (0..size).map(|_| (free_port(), free_port())).collect();
-    let initial: Vec<String> = ports
-        .iter()
-        .enumerate()
-        .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
-        .collect();
-    let members: Vec<Etcd> = ports
-        .iter()
-        .enumerate()
-        .map(|(i, (client, peer))| {
-            let dir = tempfile::tempdir().expect("temp dir");
-            let url = format!("http://127.0.0.1:{client}");
-            let peer_url = format!("http://127.0.0.1:{peer}");
-            let child = Command::new(&etcd)
-                .arg(format!("--name=m{i}"))
-                .arg(format!("--data-dir={}", dir.path().join("data").display()))
-                .arg(format!("--listen-client-urls={url}"))
-                .arg(format!("--advertise-client-urls={url}"))
-                .arg(format!("--listen-peer-urls={peer_url}"))
-                .arg(format!("--initial-advertise-peer-urls={peer_url}"))
-                .arg(format!("--initial-cluster={}", initial.join(",")))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("starting etcd");
-            Etcd {
-                child,
-                url,
-                _dir: dir,
-            }
-        })
-        .collect();
-    let http = crate::http::agent(Duration::from_secs(2));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    for member in &members {
-        loop {
-            let healthy = http
-                .get(&format!("{}/health", member.url))
-                .call()
-                .ok()
-                .and_then(|r| r.into_string().ok())
-                .is_some_and(|b| b.contains("true"));
-            if healthy {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "etcd did not become healthy within 30 s"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-    members
+fn start_etcd() -> TestEtcd {
+    TestEtcd::start()
 }
 
 fn etcd_lock(url: &str, holder: &str) -> EtcdLock {
     EtcdLock {
-        http: crate::http::agent(Duration::from_secs(5)),
         // The first endpoint is down: the lock must move on to the next.
-        endpoints: vec![format!("http://127.0.0.1:{}", free_port()), url.to_owned()],
+        etcd: kiln_etcd::Client::new(
+            &[format!("http://127.0.0.1:{}", free_port()), url.to_owned()],
+            Duration::from_secs(5),
+        ),
         key: "/kiln/reboot-lock".into(),
         ttl: Duration::from_secs(600),
         holder: holder.into(),
@@ -165,7 +88,7 @@ fn etcd_lock_has_one_holder_at_a_time() {
 }
 
 /// An agent environment with `etcd-lock` on `etcd`, whose lock another machine holds.
-fn env_with_lock_held_elsewhere(etcd: &Etcd) -> (Env, EtcdLock) {
+fn env_with_lock_held_elsewhere(etcd: &TestEtcd) -> (Env, EtcdLock) {
     let mut env = Env::new();
     env.config.reboot_strategy = RebootStrategy::EtcdLock;
     env.config.etcd_endpoints = vec![etcd.url.clone()];
@@ -330,8 +253,8 @@ fn fleetlock_server_down_is_an_error_not_a_reboot() {
 /// real members on 127.0.0.1.
 #[test]
 fn taking_the_etcd_lock_moves_the_leadership_off_this_machines_member() {
-    let members = start_etcd_cluster(3);
-    let leader_url = |members: &[Etcd]| {
+    let members = TestEtcd::cluster(3);
+    let leader_url = |members: &[TestEtcd]| {
         members
             .iter()
             .find(|m| {

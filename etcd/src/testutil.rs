@@ -1,0 +1,97 @@
+//! A real etcd (Debian's `etcd-server`, installed when missing) on 127.0.0.1, for tests and
+//! benches: one member or a cluster, each with its own data folder, killed when dropped.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kiln_image::testutil::require_tool;
+
+/// A member we started; killed (by its pid) when dropped.
+pub struct TestEtcd {
+    child: Child,
+    /// Its client URL, `http://127.0.0.1:<port>`.
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for TestEtcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl TestEtcd {
+    /// One member, healthy.
+    pub fn start() -> TestEtcd {
+        TestEtcd::cluster(1).pop().expect("one member")
+    }
+
+    /// `size` members on 127.0.0.1 forming one cluster, each healthy.
+    pub fn cluster(size: usize) -> Vec<TestEtcd> {
+        let etcd = require_tool("etcd", "etcd-server");
+        let ports: Vec<(u16, u16)> = (0..size).map(|_| (free_port(), free_port())).collect();
+        let initial: Vec<String> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+            .collect();
+        let members: Vec<TestEtcd> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (client, peer))| {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let url = format!("http://127.0.0.1:{client}");
+                let peer_url = format!("http://127.0.0.1:{peer}");
+                let child = Command::new(&etcd)
+                    .arg(format!("--name=m{i}"))
+                    .arg(format!("--data-dir={}", dir.path().join("data").display()))
+                    .arg(format!("--listen-client-urls={url}"))
+                    .arg(format!("--advertise-client-urls={url}"))
+                    .arg(format!("--listen-peer-urls={peer_url}"))
+                    .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+                    .arg(format!("--initial-cluster={}", initial.join(",")))
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("starting etcd");
+                TestEtcd {
+                    child,
+                    url,
+                    _dir: dir,
+                }
+            })
+            .collect();
+        let http = ureq::AgentBuilder::new()
+            .timeout(Duration::from_secs(2))
+            .build();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for member in &members {
+            loop {
+                let healthy = http
+                    .get(&format!("{}/health", member.url))
+                    .call()
+                    .ok()
+                    .and_then(|r| r.into_string().ok())
+                    .is_some_and(|b| b.contains("true"));
+                if healthy {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "etcd at {} did not become healthy within 30 s",
+                    member.url
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+        members
+    }
+}
+
+/// A TCP port free on 127.0.0.1 now.
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
