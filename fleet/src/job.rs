@@ -70,7 +70,9 @@ pub enum JobError {
         pattern: String,
     },
     /// `MachineOf=` naming the unit itself.
-    #[error("[X-Fleet] MachineOf={0} names the unit itself: it could never be placed; remove the line")]
+    #[error(
+        "[X-Fleet] MachineOf={0} names the unit itself: it could never be placed; remove the line"
+    )]
     PeerIsSelf(String),
     /// `MachineID=` with an empty value.
     #[error("[X-Fleet] MachineID= is empty: give a machine ID (see fleetctl list-machines) or remove the line")]
@@ -79,7 +81,10 @@ pub enum JobError {
 
 /// Truthy spellings of `Global=`.
 fn truthy(value: &str) -> bool {
-    matches!(value.to_ascii_lowercase().as_str(), "true" | "yes" | "1" | "on" | "t")
+    matches!(
+        value.to_ascii_lowercase().as_str(),
+        "true" | "yes" | "1" | "on" | "t"
+    )
 }
 
 /// Splits a value into its quoted values when it starts and ends with `"`: quotes toggle
@@ -121,7 +126,10 @@ impl Requirements {
     /// `MachineID` with `MachineOf`, `Conflicts`, `Global` or `Replaces`; `Global` with
     /// `MachineOf` or `Replaces`; `Conflicts` with `Replaces`; a `MachineOf` unit that the
     /// unit's own `Conflicts` or `Replaces` matches.
-    pub fn from_unit(name: &UnitName, unit: &UnitFile) -> Result<(Requirements, Vec<String>), JobError> {
+    pub fn from_unit(
+        name: &UnitName,
+        unit: &UnitFile,
+    ) -> Result<(Requirements, Vec<String>), JobError> {
         let mut req = Requirements::default();
         let mut warnings = Vec::new();
         let mut machine_ids: Vec<String> = Vec::new();
@@ -130,8 +138,10 @@ impl Requirements {
         let mut global_values: Vec<String> = Vec::new();
 
         for option in unit.section(SECTION) {
-            let values: Vec<String> =
-                split_quoted(&option.value).iter().map(|v| expand_specifiers(v, name)).collect();
+            let values: Vec<String> = split_quoted(&option.value)
+                .iter()
+                .map(|v| expand_specifiers(v, name))
+                .collect();
             let key = option.name.as_str();
             let modern = match key {
                 "X-ConditionMachineID" => Some("MachineID"),
@@ -163,7 +173,8 @@ impl Requirements {
                 }
                 "Conflicts" | "X-Conflicts" => {
                     for value in &values {
-                        req.conflicts.extend(value.split_whitespace().map(str::to_string));
+                        req.conflicts
+                            .extend(value.split_whitespace().map(str::to_string));
                     }
                 }
                 "Global" => global_values.extend(values),
@@ -184,12 +195,16 @@ impl Requirements {
 
         for (option, patterns) in [("Conflicts", &req.conflicts), ("Replaces", &req.replaces)] {
             for pattern in patterns.iter().filter(|p| !valid_pattern(p)) {
-                warnings.push(format!("[X-Fleet] {option}={pattern} is not a valid pattern and matches no unit"));
+                warnings.push(format!(
+                    "[X-Fleet] {option}={pattern} is not a valid pattern and matches no unit"
+                ));
             }
         }
 
         // The first value wins, MachineID before the old spellings.
-        let chosen = [machine_ids, condition_ids, boot_ids].into_iter().find_map(|ids| ids.into_iter().next());
+        let chosen = [machine_ids, condition_ids, boot_ids]
+            .into_iter()
+            .find_map(|ids| ids.into_iter().next());
         if let Some(id) = chosen {
             if id.is_empty() {
                 return Err(JobError::EmptyMachineId);
@@ -213,9 +228,14 @@ impl Requirements {
         let has_conflicts = !self.conflicts.is_empty();
         let has_replaces = !self.replaces.is_empty();
         for peer in &self.machine_of {
-            for (option, patterns) in [("Conflicts", &self.conflicts), ("Replaces", &self.replaces)] {
+            for (option, patterns) in [("Conflicts", &self.conflicts), ("Replaces", &self.replaces)]
+            {
                 if let Some(pattern) = patterns.iter().find(|p| glob_match(p, peer)) {
-                    return Err(JobError::PeerExcluded { peer: peer.clone(), option, pattern: pattern.clone() });
+                    return Err(JobError::PeerExcluded {
+                        peer: peer.clone(),
+                        option,
+                        pattern: pattern.clone(),
+                    });
                 }
             }
         }
@@ -264,7 +284,11 @@ impl Requirements {
             ),
         ];
         match rules.into_iter().find(|rule| rule.0) {
-            Some((_, first, second, advice)) => Err(JobError::Incompatible { first, second, advice }),
+            Some((_, first, second, advice)) => Err(JobError::Incompatible {
+                first,
+                second,
+                advice,
+            }),
             None => Ok(()),
         }
     }
@@ -272,9 +296,11 @@ impl Requirements {
     /// Whether a machine with `metadata` satisfies `MachineMetadata=`: every key present, each
     /// with one of its allowed values.
     pub fn metadata_matches(&self, metadata: &BTreeMap<String, String>) -> bool {
-        self.metadata
-            .iter()
-            .all(|(key, allowed)| metadata.get(key).is_some_and(|value| allowed.contains(value)))
+        self.metadata.iter().all(|(key, allowed)| {
+            metadata
+                .get(key)
+                .is_some_and(|value| allowed.contains(value))
+        })
     }
 
     /// Whether a unit with these requirements named `name` and a unit with `other`'s named
@@ -355,6 +381,9 @@ fn read_class(rest: &str) -> Option<(bool, Vec<ClassItem>, &str)> {
 /// Whether `pattern` is well-formed: every `\` escapes something, every class is non-empty,
 /// closed, and has no bare `-` or `]`.
 fn valid_pattern(pattern: &str) -> bool {
+    if !pattern.bytes().any(|b| b == b'[' || b == b'\\') {
+        return true;
+    }
     let mut rest = pattern;
     while let Some(c) = rest.chars().next() {
         rest = &rest[c.len_utf8()..];
@@ -483,7 +512,10 @@ mod tests {
     use super::*;
 
     fn reqs(name: &str, xfleet: &str) -> Result<(Requirements, Vec<String>), JobError> {
-        let unit = UnitFile::parse(&format!("[Service]\nExecStart=/bin/true\n\n[X-Fleet]\n{xfleet}")).unwrap();
+        let unit = UnitFile::parse(&format!(
+            "[Service]\nExecStart=/bin/true\n\n[X-Fleet]\n{xfleet}"
+        ))
+        .unwrap();
         Requirements::from_unit(&UnitName::parse(name).unwrap(), &unit)
     }
 
@@ -500,22 +532,55 @@ mod tests {
 
     #[test]
     fn machine_id_first_value_and_old_spellings() {
-        assert_eq!(ok("a.service", "MachineID=abc\nMachineID=def\n").0.machine_id.as_deref(), Some("abc"));
-        assert_eq!(ok("a.service", "MachineID=\"abc\" \"def\"\n").0.machine_id.as_deref(), Some("abc"));
+        assert_eq!(
+            ok("a.service", "MachineID=abc\nMachineID=def\n")
+                .0
+                .machine_id
+                .as_deref(),
+            Some("abc")
+        );
+        assert_eq!(
+            ok("a.service", "MachineID=\"abc\" \"def\"\n")
+                .0
+                .machine_id
+                .as_deref(),
+            Some("abc")
+        );
         let (r, w) = ok("a.service", "X-ConditionMachineID=old\nMachineID=new\n");
         assert_eq!(r.machine_id.as_deref(), Some("new"));
-        assert!(w[0].contains("X-ConditionMachineID= is deprecated"), "{w:?}");
-        assert_eq!(ok("a.service", "X-ConditionMachineBootID=boot\n").0.machine_id.as_deref(), Some("boot"));
+        assert!(
+            w[0].contains("X-ConditionMachineID= is deprecated"),
+            "{w:?}"
+        );
         assert_eq!(
-            ok("a.service", "X-ConditionMachineBootID=boot\nX-ConditionMachineID=cond\n").0.machine_id.as_deref(),
+            ok("a.service", "X-ConditionMachineBootID=boot\n")
+                .0
+                .machine_id
+                .as_deref(),
+            Some("boot")
+        );
+        assert_eq!(
+            ok(
+                "a.service",
+                "X-ConditionMachineBootID=boot\nX-ConditionMachineID=cond\n"
+            )
+            .0
+            .machine_id
+            .as_deref(),
             Some("cond")
         );
-        assert_eq!(reqs("a.service", "MachineID=\n").unwrap_err(), JobError::EmptyMachineId);
+        assert_eq!(
+            reqs("a.service", "MachineID=\n").unwrap_err(),
+            JobError::EmptyMachineId
+        );
     }
 
     #[test]
     fn machine_of_values_and_specifiers() {
-        let (r, _) = ok("web@3.service", "MachineOf=db@%i.service\nX-ConditionMachineOf=\"log.service\" \"x.service\"\n");
+        let (r, _) = ok(
+            "web@3.service",
+            "MachineOf=db@%i.service\nX-ConditionMachineOf=\"log.service\" \"x.service\"\n",
+        );
         assert_eq!(r.machine_of, ["db@3.service", "log.service", "x.service"]);
     }
 
@@ -523,10 +588,16 @@ mod tests {
     fn every_specifier_expands_in_every_value() {
         let (r, _) = ok("web@eu-1.service", "Conflicts=%p@*.service other-%i.service\nMachineMetadata=unit=%n\nMachineOf=db-%N.service\n");
         assert_eq!(r.conflicts, ["web@*.service", "other-eu-1.service"]);
-        assert_eq!(r.metadata["unit"], BTreeSet::from(["web@eu-1.service".to_string()]));
+        assert_eq!(
+            r.metadata["unit"],
+            BTreeSet::from(["web@eu-1.service".to_string()])
+        );
         assert_eq!(r.machine_of, ["db-web@eu-1.service"]);
         // A plain unit's %i is empty.
-        assert_eq!(ok("plain.service", "MachineOf=a%ib.service\n").0.machine_of, ["ab.service"]);
+        assert_eq!(
+            ok("plain.service", "MachineOf=a%ib.service\n").0.machine_of,
+            ["ab.service"]
+        );
     }
 
     #[test]
@@ -537,22 +608,42 @@ mod tests {
              X-ConditionMachineMetadata=disk=nvme\nMachineMetadata=noequals\nMachineMetadata=a=b=c\nMachineMetadata==x\n",
         );
         assert_eq!(r.metadata.len(), 2);
-        assert_eq!(r.metadata["region"], BTreeSet::from(["eu".to_string(), "us".to_string()]));
-        assert_eq!(r.metadata["disk"], BTreeSet::from(["ssd".to_string(), "nvme".to_string()]));
+        assert_eq!(
+            r.metadata["region"],
+            BTreeSet::from(["eu".to_string(), "us".to_string()])
+        );
+        assert_eq!(
+            r.metadata["disk"],
+            BTreeSet::from(["ssd".to_string(), "nvme".to_string()])
+        );
         let ignored: Vec<&String> = w.iter().filter(|w| w.contains("ignored")).collect();
         assert_eq!(ignored.len(), 3, "{w:?}");
         assert!(ignored[0].contains("\"noequals\""));
-        assert_eq!(r.metadata_text(), "(disk=nvme or disk=ssd) and (region=eu or region=us)");
+        assert_eq!(
+            r.metadata_text(),
+            "(disk=nvme or disk=ssd) and (region=eu or region=us)"
+        );
     }
 
     #[test]
     fn metadata_and_across_keys_or_within() {
-        let (r, w) = ok("a.service", "MachineMetadata=region=eu region=us\nMachineMetadata=disk=ssd\n");
+        let (r, w) = ok(
+            "a.service",
+            "MachineMetadata=region=eu region=us\nMachineMetadata=disk=ssd\n",
+        );
         // An unquoted value is one value, and "region=eu region=us" has two '=': ignored.
         assert!(!r.metadata.contains_key("region"));
         assert!(w[0].contains("\"region=eu region=us\" ignored"), "{w:?}");
-        let (r, _) = ok("a.service", "MachineMetadata=\"region=eu\" \"region=us\"\nMachineMetadata=disk=ssd\n");
-        let m = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let (r, _) = ok(
+            "a.service",
+            "MachineMetadata=\"region=eu\" \"region=us\"\nMachineMetadata=disk=ssd\n",
+        );
+        let m = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
         assert!(r.metadata_matches(&m(&[("region", "us"), ("disk", "ssd")])));
         assert!(!r.metadata_matches(&m(&[("region", "us"), ("disk", "hdd")])));
         assert!(!r.metadata_matches(&m(&[("region", "us")])));
@@ -562,7 +653,16 @@ mod tests {
     #[test]
     fn conflicts_accumulate_and_are_symmetric() {
         let (r, w) = ok("a.service", "Conflicts=x.service  y*.service\nX-Conflicts=z.service\nConflicts=\"q.service\" \"r.service\"\n");
-        assert_eq!(r.conflicts, ["x.service", "y*.service", "z.service", "q.service", "r.service"]);
+        assert_eq!(
+            r.conflicts,
+            [
+                "x.service",
+                "y*.service",
+                "z.service",
+                "q.service",
+                "r.service"
+            ]
+        );
         assert!(w[0].contains("X-Conflicts"));
         let none = Requirements::default();
         assert!(r.conflicts_with("a.service", &none, "y1.service"));
@@ -581,13 +681,19 @@ mod tests {
         assert!(!ok("g.service", "Global=true\nGlobal=false\n").0.global);
         assert!(ok("g.service", "Global=false\nGlobal=yes\n").0.global);
         assert!(ok("g.service", "Global=\"no\" \"on\"\n").0.global);
-        let (r, w) = ok("g.service", "Global=true\nMachineMetadata=role=edge\nConflicts=old.service\n");
+        let (r, w) = ok(
+            "g.service",
+            "Global=true\nMachineMetadata=role=edge\nConflicts=old.service\n",
+        );
         assert!(r.global && w.is_empty());
     }
 
     #[test]
     fn replaces_one_pattern_per_value() {
-        let (r, w) = ok("new.service", "Replaces=old.service\nReplaces=\"a.service\" \"b.service\"\n");
+        let (r, w) = ok(
+            "new.service",
+            "Replaces=old.service\nReplaces=\"a.service\" \"b.service\"\n",
+        );
         assert_eq!(r.replaces, ["old.service", "a.service", "b.service"]);
         assert!(w.is_empty());
         let (r, w) = ok("new.service", "Replaces=a.service b.service\n");
@@ -599,42 +705,79 @@ mod tests {
     fn unknown_keys_and_bad_patterns_warn() {
         let (r, w) = ok("a.service", "MachineMetaData=x=y\nConflicts=[\n");
         assert!(r.metadata.is_empty());
-        assert!(w.iter().any(|w| w.contains("unknown option MachineMetaData=")), "{w:?}");
-        assert!(w.iter().any(|w| w.contains("Conflicts=[ is not a valid pattern")), "{w:?}");
+        assert!(
+            w.iter()
+                .any(|w| w.contains("unknown option MachineMetaData=")),
+            "{w:?}"
+        );
+        assert!(
+            w.iter()
+                .any(|w| w.contains("Conflicts=[ is not a valid pattern")),
+            "{w:?}"
+        );
     }
 
     #[test]
     fn refused_combinations_name_both_options() {
         let cases = [
-            ("MachineID=m\nMachineOf=b.service\n", "MachineID", "MachineOf"),
-            ("MachineID=m\nConflicts=b.service\n", "MachineID", "Conflicts"),
+            (
+                "MachineID=m\nMachineOf=b.service\n",
+                "MachineID",
+                "MachineOf",
+            ),
+            (
+                "MachineID=m\nConflicts=b.service\n",
+                "MachineID",
+                "Conflicts",
+            ),
             ("MachineID=m\nGlobal=true\n", "MachineID", "Global"),
             ("MachineID=m\nReplaces=b.service\n", "MachineID", "Replaces"),
             ("Global=true\nMachineOf=b.service\n", "Global", "MachineOf"),
             ("Global=true\nReplaces=b.service\n", "Global", "Replaces"),
-            ("Conflicts=b.service\nReplaces=c.service\n", "Conflicts", "Replaces"),
+            (
+                "Conflicts=b.service\nReplaces=c.service\n",
+                "Conflicts",
+                "Replaces",
+            ),
         ];
         for (xfleet, a, b) in cases {
             let err = reqs("a.service", xfleet).unwrap_err();
             match &err {
-                JobError::Incompatible { first, second, .. } => assert_eq!((*first, *second), (a, b), "{xfleet}"),
+                JobError::Incompatible { first, second, .. } => {
+                    assert_eq!((*first, *second), (a, b), "{xfleet}")
+                }
                 other => panic!("{xfleet}: {other:?}"),
             }
             let message = err.to_string();
-            assert!(message.contains(&format!("{a}= cannot be used together with {b}=")), "{message}");
+            assert!(
+                message.contains(&format!("{a}= cannot be used together with {b}=")),
+                "{message}"
+            );
         }
         // Global=false is no Global: MachineID is fine with it.
         assert!(reqs("a.service", "MachineID=m\nGlobal=false\n").is_ok());
         // Global with metadata and conflicts is fine.
-        assert!(reqs("a.service", "Global=1\nMachineMetadata=a=b\nConflicts=x.service\n").is_ok());
+        assert!(reqs(
+            "a.service",
+            "Global=1\nMachineMetadata=a=b\nConflicts=x.service\n"
+        )
+        .is_ok());
     }
 
     #[test]
     fn peer_excluded_by_own_patterns() {
-        let err = reqs("a@1.service", "MachineOf=db.service\nConflicts=d*.service\n").unwrap_err();
+        let err = reqs(
+            "a@1.service",
+            "MachineOf=db.service\nConflicts=d*.service\n",
+        )
+        .unwrap_err();
         assert_eq!(
             err,
-            JobError::PeerExcluded { peer: "db.service".into(), option: "Conflicts", pattern: "d*.service".into() }
+            JobError::PeerExcluded {
+                peer: "db.service".into(),
+                option: "Conflicts",
+                pattern: "d*.service".into()
+            }
         );
         let err = reqs("a.service", "MachineOf=db.service\nReplaces=db.service\n").unwrap_err();
         assert!(err.to_string().contains("Replaces=db.service"), "{err}");
@@ -721,7 +864,11 @@ mod tests {
             ("[/]", "/", true),
         ];
         for (pattern, name, expected) in cases {
-            assert_eq!(glob_match(pattern, name), *expected, "{pattern:?} vs {name:?}");
+            assert_eq!(
+                glob_match(pattern, name),
+                *expected,
+                "{pattern:?} vs {name:?}"
+            );
         }
     }
 }

@@ -6,11 +6,13 @@
 //! that are plain data and decisions, shared by the daemon (registry, engine loop, agent, API)
 //! and by `fleetctl`:
 //!
-//! - [`unit`]: unit files read into options, written back in one canonical text, and hashed
+//! - [`unit`](mod@unit): unit files read into options, written back in one canonical text, and hashed
 //!   (the hash names a unit's content in the registry);
 //! - [`name`]: unit names, templates (`web@.service`) and instances (`web@1.service`);
 //! - [`job`]: a unit's `[X-Fleet]` requirements, with fleet's reading of every option, and the
 //!   glob matching `Conflicts=` and `Replaces=` use;
+//! - [`schedule`]: one engine pass ([`reconcile`]) from machines and units to tasks, and what
+//!   one machine should run ([`desired_on`]).
 //!
 //! The semantics are fleet's, so units written for CoreOS schedule the same way; where this
 //! crate differs on purpose (errors where fleet silently ignored text, a deterministic order
@@ -18,8 +20,10 @@
 
 pub mod job;
 pub mod name;
+pub mod schedule;
 pub mod unit;
 
 pub use job::{glob_match, JobError, Requirements};
 pub use name::{NameError, UnitName};
+pub use schedule::{desired_on, reconcile, Job, Machine, StateError, TargetState, Task};
 pub use unit::{HashError, UnitError, UnitErrorKind, UnitFile, UnitHash, UnitOption};

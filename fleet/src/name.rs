@@ -23,8 +23,19 @@ pub const MAX_NAME: usize = 256;
 
 /// Unit types fleet schedules.
 pub const UNIT_TYPES: &[&str] = &[
-    "automount", "busname", "device", "mount", "path", "scope", "service", "slice", "snapshot",
-    "socket", "swap", "target", "timer",
+    "automount",
+    "busname",
+    "device",
+    "mount",
+    "path",
+    "scope",
+    "service",
+    "slice",
+    "snapshot",
+    "socket",
+    "swap",
+    "target",
+    "timer",
 ];
 
 /// Unit types that may be templates or instances.
@@ -101,20 +112,33 @@ impl UnitName {
         };
         let suffix = &name[dot + 1..];
         if !UNIT_TYPES.contains(&suffix) {
-            return Err(NameError::UnknownType { name: owned(), suffix: suffix.to_string() });
+            return Err(NameError::UnknownType {
+                name: owned(),
+                suffix: suffix.to_string(),
+            });
         }
         let at = name.find('@');
         if at.is_some() && !TEMPLATE_TYPES.contains(&suffix) {
-            return Err(NameError::NotTemplateType { name: owned(), suffix: suffix.to_string() });
+            return Err(NameError::NotTemplateType {
+                name: owned(),
+                suffix: suffix.to_string(),
+            });
         }
         if let Some(character) = name[..dot].chars().find(|&c| !allowed(c)) {
-            return Err(NameError::BadCharacter { name: owned(), character });
+            return Err(NameError::BadCharacter {
+                name: owned(),
+                character,
+            });
         }
         if dot == 0 || at == Some(0) {
             return Err(NameError::NoPrefix(owned()));
         }
         // An `@` only in the suffix is impossible: the suffix is a known type.
-        Ok(UnitName { full: owned(), dot, at })
+        Ok(UnitName {
+            full: owned(),
+            dot,
+            at,
+        })
     }
 
     /// The whole name (`foo@1.service`): systemd's `%n`.
@@ -156,13 +180,15 @@ impl UnitName {
     /// The template this name belongs to: `foo@.service` for `foo@1.service` and for
     /// `foo@.service` itself; `None` for a plain unit.
     pub fn template(&self) -> Option<String> {
-        self.at.map(|_| format!("{}@.{}", self.prefix(), self.suffix()))
+        self.at
+            .map(|_| format!("{}@.{}", self.prefix(), self.suffix()))
     }
 
     /// The instance of this template (or of this instance's template) named `instance`:
     /// `foo@.service` with `web` gives `foo@web.service`. `None` for a plain unit.
     pub fn with_instance(&self, instance: &str) -> Option<Result<UnitName, NameError>> {
-        self.at.map(|_| UnitName::parse(&format!("{}@{}.{}", self.prefix(), instance, self.suffix())))
+        self.at
+            .map(|_| UnitName::parse(&format!("{}@{}.{}", self.prefix(), instance, self.suffix())))
     }
 }
 
@@ -193,7 +219,10 @@ mod tests {
     #[test]
     fn parts_of_plain_template_and_instance() {
         let plain = UnitName::parse("hello.service").unwrap();
-        assert_eq!((plain.prefix(), plain.instance(), plain.suffix()), ("hello", None, "service"));
+        assert_eq!(
+            (plain.prefix(), plain.instance(), plain.suffix()),
+            ("hello", None, "service")
+        );
         assert!(!plain.is_template() && !plain.is_instance());
         assert_eq!(plain.template(), None);
         assert_eq!(plain.stem(), "hello");
@@ -202,7 +231,10 @@ mod tests {
         assert_eq!(template.instance(), Some(""));
         assert!(template.is_template() && !template.is_instance());
         assert_eq!(template.template().as_deref(), Some("example@.service"));
-        assert_eq!(template.with_instance("3").unwrap().unwrap().as_str(), "example@3.service");
+        assert_eq!(
+            template.with_instance("3").unwrap().unwrap().as_str(),
+            "example@3.service"
+        );
 
         let instance = UnitName::parse("example@1.service").unwrap();
         assert_eq!(instance.prefix(), "example");
@@ -220,9 +252,18 @@ mod tests {
     #[test]
     fn accepted_names() {
         for name in [
-            "foo.service", "hello.mount", "foo@123.service", "foo@.service", "hello@world.path",
-            "hello:world.service", "yes@no\\x2d.service", "foo-bar.mount", "jalapeno_chips.service",
-            "foo@1.socket", "foo@1.target", "foo@1.timer",
+            "foo.service",
+            "hello.mount",
+            "foo@123.service",
+            "foo@.service",
+            "hello@world.path",
+            "hello:world.service",
+            "yes@no\\x2d.service",
+            "foo-bar.mount",
+            "jalapeno_chips.service",
+            "foo@1.socket",
+            "foo@1.target",
+            "foo@1.timer",
         ] {
             assert!(UnitName::parse(name).is_ok(), "{name}");
         }
@@ -232,28 +273,46 @@ mod tests {
 
     #[test]
     fn refused_names() {
-        let cases: &[(&str, fn(&NameError) -> bool)] = &[
+        type Expect = fn(&NameError) -> bool;
+        let cases: &[(&str, Expect)] = &[
             ("", |e| matches!(e, NameError::Empty)),
             ("fooservice", |e| matches!(e, NameError::NoSuffix(_))),
             ("bar@foo", |e| matches!(e, NameError::NoSuffix(_))),
             ("foo.service.", |e| matches!(e, NameError::NoSuffix(_))),
             ("foo.bar", |e| matches!(e, NameError::UnknownType { .. })),
-            ("foo.servICE", |e| matches!(e, NameError::UnknownType { .. })),
-            ("foo%.service", |e| matches!(e, NameError::BadCharacter { character: '%', .. })),
-            ("yes/no.service", |e| matches!(e, NameError::BadCharacter { character: '/', .. })),
-            ("this+that.mount", |e| matches!(e, NameError::BadCharacter { .. })),
+            ("foo.servICE", |e| {
+                matches!(e, NameError::UnknownType { .. })
+            }),
+            ("foo%.service", |e| {
+                matches!(e, NameError::BadCharacter { character: '%', .. })
+            }),
+            ("yes/no.service", |e| {
+                matches!(e, NameError::BadCharacter { character: '/', .. })
+            }),
+            ("this+that.mount", |e| {
+                matches!(e, NameError::BadCharacter { .. })
+            }),
             ("@foo.service", |e| matches!(e, NameError::NoPrefix(_))),
             (".service", |e| matches!(e, NameError::NoPrefix(_))),
-            ("foo@1.mount", |e| matches!(e, NameError::NotTemplateType { .. })),
-            ("foo@1.device", |e| matches!(e, NameError::NotTemplateType { .. })),
-            ("foo@.swap", |e| matches!(e, NameError::NotTemplateType { .. })),
+            ("foo@1.mount", |e| {
+                matches!(e, NameError::NotTemplateType { .. })
+            }),
+            ("foo@1.device", |e| {
+                matches!(e, NameError::NotTemplateType { .. })
+            }),
+            ("foo@.swap", |e| {
+                matches!(e, NameError::NotTemplateType { .. })
+            }),
         ];
         for (name, expected) in cases {
             let err = UnitName::parse(name).unwrap_err();
             assert!(expected(&err), "{name:?}: {err:?}");
         }
         let too_long = format!("{}.service", "a".repeat(MAX_NAME));
-        assert!(matches!(UnitName::parse(&too_long), Err(NameError::TooLong(_))));
+        assert!(matches!(
+            UnitName::parse(&too_long),
+            Err(NameError::TooLong(_))
+        ));
         let message = UnitName::parse("foo@1.mount").unwrap_err().to_string();
         assert!(message.contains("cannot be a template"), "{message}");
     }

@@ -45,8 +45,16 @@ pub struct UnitOption {
 
 impl UnitOption {
     /// An option from its three parts.
-    pub fn new(section: impl Into<String>, name: impl Into<String>, value: impl Into<String>) -> Self {
-        UnitOption { section: section.into(), name: name.into(), value: value.into() }
+    pub fn new(
+        section: impl Into<String>,
+        name: impl Into<String>,
+        value: impl Into<String>,
+    ) -> Self {
+        UnitOption {
+            section: section.into(),
+            name: name.into(),
+            value: value.into(),
+        }
     }
 }
 
@@ -71,7 +79,9 @@ pub struct UnitError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UnitErrorKind {
     /// `Name=Value` before the first `[Section]` header.
-    #[error("option {0:?} is outside of any section: put a [Section] header (e.g. [Service]) above it")]
+    #[error(
+        "option {0:?} is outside of any section: put a [Section] header (e.g. [Service]) above it"
+    )]
     OutsideSection(String),
     /// `[` without `]` on the same line.
     #[error("section header has no closing ']'")]
@@ -188,11 +198,17 @@ impl UnitFile {
     pub fn parse(text: &str) -> Result<UnitFile, UnitError> {
         // Physical lines, without their terminators; `last` marks a line with no line break
         // after it (it matters for continuations, as in the reference reader).
-        let lines: Vec<&str> = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l)).collect();
+        let lines: Vec<&str> = text
+            .split('\n')
+            .map(|l| l.strip_suffix('\r').unwrap_or(l))
+            .collect();
         let count = lines.len();
         for (i, line) in lines.iter().enumerate() {
             if line.len() > MAX_LINE {
-                return Err(UnitError { line: i + 1, kind: UnitErrorKind::LineTooLong(line.len()) });
+                return Err(UnitError {
+                    line: i + 1,
+                    kind: UnitErrorKind::LineTooLong(line.len()),
+                });
             }
         }
 
@@ -215,7 +231,9 @@ impl UnitFile {
                 continue;
             }
             if let Some(header) = body.strip_prefix('[') {
-                let close = header.find(']').ok_or_else(|| err(UnitErrorKind::UnclosedSection))?;
+                let close = header
+                    .find(']')
+                    .ok_or_else(|| err(UnitErrorKind::UnclosedSection))?;
                 let name = &header[..close];
                 if name.is_empty() {
                     return Err(err(UnitErrorKind::EmptySection));
@@ -267,7 +285,11 @@ impl UnitFile {
             } else {
                 value.trim().to_string()
             };
-            options.push(UnitOption { section: current.clone(), name: name.to_string(), value });
+            options.push(UnitOption {
+                section: current.clone(),
+                name: name.to_string(),
+                value,
+            });
             i += 1;
         }
         Ok(UnitFile { options })
@@ -320,8 +342,14 @@ impl UnitFile {
     }
 
     /// The values of every `name=` option in `section`, in order.
-    pub fn values<'a>(&'a self, section: &'a str, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.section(section).filter(move |o| o.name == name).map(|o| o.value.as_str())
+    pub fn values<'a>(
+        &'a self,
+        section: &'a str,
+        name: &'a str,
+    ) -> impl Iterator<Item = &'a str> + 'a {
+        self.section(section)
+            .filter(move |o| o.name == name)
+            .map(|o| o.value.as_str())
     }
 
     /// The first `Description=` of `[Unit]`, as `list-unit-files` shows it.
@@ -366,7 +394,8 @@ mod tests {
 
     #[test]
     fn repeated_keys_stay_in_order() {
-        let unit = UnitFile::parse("[Service]\nExecStartPre=a\nExecStart=b\nExecStartPre=c\n").unwrap();
+        let unit =
+            UnitFile::parse("[Service]\nExecStartPre=a\nExecStart=b\nExecStartPre=c\n").unwrap();
         let pre: Vec<&str> = unit.values("Service", "ExecStartPre").collect();
         assert_eq!(pre, ["a", "c"]);
         assert_eq!(unit.options[1], opt("Service", "ExecStart", "b"));
@@ -412,7 +441,11 @@ mod tests {
             ("Description=x\n[Unit]\n", 1, "outside of any section"),
             ("[Unit]\nDescription=x\n[Service\n", 3, "no closing ']'"),
             ("[Unit] junk\n", 1, "after the section header [Unit]"),
-            ("[Unit]\n\nthis is not an option\n", 3, "expected Name=Value"),
+            (
+                "[Unit]\n\nthis is not an option\n",
+                3,
+                "expected Name=Value",
+            ),
             ("[Unit]\n=x\n", 2, "no name before '='"),
             ("[]\n", 1, "no name"),
         ];
@@ -464,12 +497,18 @@ mod tests {
             "# comment is not hashed\n[Unit]\nDescription=Hello World\n[Service]\nExecStart=/bin/sleep 1000",
         )
         .unwrap();
-        assert_eq!(unit.serialize(), "[Unit]\nDescription=Hello World\n\n[Service]\nExecStart=/bin/sleep 1000\n");
+        assert_eq!(
+            unit.serialize(),
+            "[Unit]\nDescription=Hello World\n\n[Service]\nExecStart=/bin/sleep 1000\n"
+        );
         let hash = unit.hash();
         assert_eq!(hash.to_hex(), "5b850b3c5247745aaeeec31eebcc5a068fc348af");
         assert_eq!(hash.short(), hash.to_hex()[..7]);
         assert_eq!(hash.to_hex().parse::<UnitHash>().unwrap(), hash);
-        assert_eq!(hash.to_hex().to_uppercase().parse::<UnitHash>().unwrap(), hash);
+        assert_eq!(
+            hash.to_hex().to_uppercase().parse::<UnitHash>().unwrap(),
+            hash
+        );
     }
 
     #[test]
@@ -483,7 +522,10 @@ mod tests {
     fn json_shapes() {
         let option = opt("X-Fleet", "Global", "true");
         let json = serde_json::to_string(&option).unwrap();
-        assert_eq!(json, r#"{"section":"X-Fleet","name":"Global","value":"true"}"#);
+        assert_eq!(
+            json,
+            r#"{"section":"X-Fleet","name":"Global","value":"true"}"#
+        );
         assert_eq!(serde_json::from_str::<UnitOption>(&json).unwrap(), option);
         let hash = UnitFile::default().hash();
         let json = serde_json::to_string(&hash).unwrap();
