@@ -457,7 +457,7 @@ fn match_piece<'n>(piece: &str, name: &'n str) -> Option<&'n str> {
     Some(s)
 }
 
-/// Shell-style matching of a unit name, with the rules of Go's `path.Match` (fleet's matcher):
+/// Shell-style matching of a unit name, with the rules of fleet's matcher:
 /// `*` is any run of characters except `/`, `?` one character except `/`, `[abc]`, `[a-z]`,
 /// `[^a-z]` a class (which may match `/`), `\x` the character `x`. A malformed pattern
 /// matches nothing.
@@ -795,7 +795,7 @@ mod tests {
         assert_eq!(split_quoted("\"open"), ["\"open"]);
     }
 
-    /// The cases of Go's path.Match documentation and test table.
+    /// Every rule of the matcher, including malformed patterns, and unit-name cases.
     #[test]
     fn glob_like_go_path_match() {
         let cases: &[(&str, &str, bool)] = &[

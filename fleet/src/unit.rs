@@ -1,7 +1,7 @@
 //! systemd unit files as fleet handles them: a list of `(section, name, value)` options read
 //! from unit text, written back in one canonical text, and hashed over that text.
 //!
-//! The reader follows the unit syntax of systemd as the Go unit reader fleet used understood
+//! The reader follows the unit syntax of systemd as fleet's own reader understood
 //! it, so that a unit gives the same options (and so the same hash) here as it did there:
 //!
 //! - `[Section]` headers; nothing but blanks may follow the `]`;
@@ -188,7 +188,7 @@ impl<'de> Deserialize<'de> for UnitHash {
 }
 
 /// Whether a comment line continues onto the next one: it ends in a backslash once one trailing
-/// space is dropped (the Go reader's rule).
+/// space is dropped (as fleet read comments).
 fn comment_continues(line: &str) -> bool {
     line.strip_suffix(' ').unwrap_or(line).ends_with('\\')
 }
@@ -196,6 +196,8 @@ fn comment_continues(line: &str) -> bool {
 impl UnitFile {
     /// Reads unit text into its options (see the module documentation for the syntax).
     pub fn parse(text: &str) -> Result<UnitFile, UnitError> {
+        // Editors on other systems may start the file with a byte-order mark.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         // Physical lines, without their terminators; `last` marks a line with no line break
         // after it (it matters for continuations, as in the reference reader).
         let lines: Vec<&str> = text
@@ -430,8 +432,8 @@ mod tests {
     }
 
     #[test]
-    fn crlf_lines() {
-        let unit = UnitFile::parse("[Unit]\r\nDescription=x\r\n").unwrap();
+    fn crlf_lines_and_byte_order_mark() {
+        let unit = UnitFile::parse("\u{feff}[Unit]\r\nDescription=x\r\n").unwrap();
         assert_eq!(unit.options, vec![opt("Unit", "Description", "x")]);
     }
 
