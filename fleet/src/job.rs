@@ -462,6 +462,19 @@ fn match_piece<'n>(piece: &str, name: &'n str) -> Option<&'n str> {
 /// `[^a-z]` a class (which may match `/`), `\x` the character `x`. A malformed pattern
 /// matches nothing.
 pub fn glob_match(pattern: &str, name: &str) -> bool {
+    // The common shapes, `exact.service` and `prefix*suffix`, without the general walk.
+    if !pattern.bytes().any(|b| matches!(b, b'[' | b'\\' | b'?')) {
+        match pattern.split_once('*') {
+            None => return pattern == name,
+            Some((prefix, suffix)) if !suffix.contains('*') => {
+                return name.len() >= prefix.len() + suffix.len()
+                    && name.starts_with(prefix)
+                    && name.ends_with(suffix)
+                    && !name[prefix.len()..name.len() - suffix.len()].contains('/');
+            }
+            Some(_) => {}
+        }
+    }
     if !valid_pattern(pattern) {
         return false;
     }
@@ -862,6 +875,11 @@ mod tests {
             ("", "", true),
             ("", "a", false),
             ("[/]", "/", true),
+            ("ab*ba", "aba", false),
+            ("ab*ba", "abba", true),
+            ("a*", "a/", false),
+            ("*/*", "a/b", true),
+            ("x@*.service", "x@a/b.service", false),
         ];
         for (pattern, name, expected) in cases {
             assert_eq!(
