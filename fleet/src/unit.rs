@@ -333,6 +333,13 @@ impl UnitFile {
         out
     }
 
+    /// Checks that options received as a list (the API's `options`) make a unit file that
+    /// reads back: the canonical text must parse (no line too long, no option outside a
+    /// section, no empty name). The error's line is one of the canonical text.
+    pub fn check(&self) -> Result<(), UnitError> {
+        UnitFile::parse(&self.serialize()).map(|_| ())
+    }
+
     /// SHA-1 of [`serialize`](Self::serialize): equal for units with the same options.
     pub fn hash(&self) -> UnitHash {
         UnitHash(Sha1::digest(self.serialize().as_bytes()).into())
@@ -511,6 +518,21 @@ mod tests {
             hash.to_hex().to_uppercase().parse::<UnitHash>().unwrap(),
             hash
         );
+    }
+
+    #[test]
+    fn options_from_the_api_are_checked_by_reading_them_back() {
+        let good = UnitFile::from_options(vec![opt("Service", "ExecStart", "/bin/true")]);
+        assert_eq!(good.check(), Ok(()));
+        let long = UnitFile::from_options(vec![
+            opt("Unit", "Description", "d"),
+            opt("Service", "ExecStart", &"x".repeat(3000)),
+        ]);
+        let err = long.check().unwrap_err();
+        assert_eq!(err.line, 5);
+        assert!(matches!(err.kind, UnitErrorKind::LineTooLong(_)));
+        let nameless = UnitFile::from_options(vec![opt("Service", "", "x")]);
+        assert_eq!(nameless.check().unwrap_err().kind, UnitErrorKind::EmptyName);
     }
 
     #[test]
