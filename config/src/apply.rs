@@ -7,6 +7,7 @@ use crate::accounts::{self, Accounts};
 use crate::fsroot::{running_as_root, LastLink, Meta, Root};
 use crate::model::{CloudConfig, IdRef, User, WriteFile};
 use crate::systemd::{self, UnitDir};
+use kiln_contract::fleet_conf::FLEET_CONF;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -199,6 +200,17 @@ pub fn apply(
         None => Ok(()),
     });
     report.run("update", kiln.update_agent.is_some(), |_| update(cfg, &fs));
+    report.run("fleet", kiln.fleet.is_some(), |_| match &kiln.fleet {
+        Some(fleet) => fs
+            .write(
+                FLEET_CONF,
+                fleet.render().as_bytes(),
+                Meta::ROOT_FILE,
+                LastLink::Follow,
+            )
+            .map(|_| ()),
+        None => Ok(()),
+    });
     // Always run: a start list left by an earlier document must go.
     report.run("units", true, |notes| units(cfg, &fs, &run, notes));
     report.run("network", !kiln.network.is_empty(), |_| network(cfg, &fs));

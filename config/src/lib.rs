@@ -10,6 +10,7 @@ mod accounts;
 mod agent;
 mod apply;
 pub mod fetch;
+mod fleet;
 mod fsroot;
 mod model;
 mod parse;
@@ -23,6 +24,7 @@ pub use apply::{
     apply, rejected_report, ApplyError, ApplyOptions, ApplyReport, Status, StepReport,
     APPLIED_COPY, REPORT_FILE, UPDATE_CONF,
 };
+pub use fleet::FleetSettings;
 pub use model::*;
 pub use parse::{parse, parse_bytes, Parsed, HEADER};
 pub use read::{ConfigError, ErrorKind, Warning};

@@ -92,6 +92,8 @@ pub struct KilnSection {
     pub etcd: Option<Etcd>,
     /// The update agent's settings from `update:` and `locksmith:`; `None` when neither is given.
     pub update_agent: Option<kiln_contract::update_conf::Given>,
+    /// fleet's settings from `fleet:`; `None` when the section is not given.
+    pub fleet: Option<crate::fleet::FleetSettings>,
     pub units: Vec<Unit>,
     pub network: Vec<NetworkInterface>,
 }

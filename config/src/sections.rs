@@ -83,6 +83,11 @@ pub(crate) fn kiln_section(
         .take_some("locksmith")
         .map(|n| (n, f.path_of("locksmith")));
     let update_agent = crate::agent::agent_settings(update, locksmith, etcd.is_some(), ctx)?;
+    let fleet_path = f.path_of("fleet");
+    let fleet = match f.take("fleet") {
+        Some(node) => Some(crate::fleet::fleet_settings(node, &fleet_path, ctx)?),
+        None => None,
+    };
     let mut units = Vec::new();
     let units_path = f.path_of("units");
     for (i, n) in list(f.take("units"), &units_path)?.iter().enumerate() {
@@ -97,6 +102,7 @@ pub(crate) fn kiln_section(
     Ok(KilnSection {
         etcd,
         update_agent,
+        fleet,
         units,
         network,
     })

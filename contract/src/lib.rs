@@ -14,6 +14,7 @@ pub mod boot;
 pub mod digest;
 pub mod disk;
 pub mod errorcode;
+pub mod fleet_conf;
 pub mod hex;
 pub mod paths;
 pub mod update_conf;

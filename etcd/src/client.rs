@@ -243,6 +243,13 @@ impl Client {
         self.range(prefix, true)
     }
 
+    /// How many keys start with `prefix` (etcd counts; nothing is transferred).
+    pub fn count_prefix(&self, prefix: &str) -> Result<i64, EtcdError> {
+        let mut body = range_body(prefix, true);
+        body["count_only"] = json!(true);
+        Ok(int(&self.call("/v3/kv/range", &body)?, "count"))
+    }
+
     fn range(&self, key: &str, prefix: bool) -> Result<Range, EtcdError> {
         let answer = self.call("/v3/kv/range", &range_body(key, prefix))?;
         Ok(Range {

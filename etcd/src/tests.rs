@@ -35,6 +35,8 @@ fn keys_ranges_and_transactions() {
     let range = c.get_prefix("/p/").unwrap();
     let keys: Vec<_> = range.kvs.iter().map(|kv| kv.key.as_str()).collect();
     assert_eq!(keys, ["/p/a", "/p/b"]);
+    assert_eq!(c.count_prefix("/p/").unwrap(), 2);
+    assert_eq!(c.count_prefix("/nothing/").unwrap(), 0);
     assert!(range.revision >= 3, "{range:?}");
     let a = c.get("/p/a").unwrap().expect("present");
     assert_eq!(a.text(), "1");

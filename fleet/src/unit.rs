@@ -119,19 +119,13 @@ pub struct HashError(pub String);
 
 impl UnitHash {
     /// The 40 lower-case hex digits.
-    pub fn to_hex(&self) -> String {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        let mut out = String::with_capacity(40);
-        for byte in self.0 {
-            out.push(DIGITS[usize::from(byte >> 4)] as char);
-            out.push(DIGITS[usize::from(byte & 0xf)] as char);
-        }
-        out
+    pub fn hex_digits(&self) -> String {
+        kiln_contract::hex::encode(&self.0)
     }
 
     /// The first 7 hex digits, as `fleetctl list-unit-files` shows a hash.
     pub fn short(&self) -> String {
-        let mut hex = self.to_hex();
+        let mut hex = self.hex_digits();
         hex.truncate(7);
         hex
     }
@@ -139,13 +133,13 @@ impl UnitHash {
 
 impl fmt::Display for UnitHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_hex())
+        f.write_str(&self.hex_digits())
     }
 }
 
 impl fmt::Debug for UnitHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "UnitHash({})", self.to_hex())
+        write!(f, "UnitHash({})", self.hex_digits())
     }
 }
 
@@ -154,29 +148,17 @@ impl FromStr for UnitHash {
 
     /// Reads 40 hex digits, either case.
     fn from_str(s: &str) -> Result<Self, HashError> {
-        let bad = || HashError(s.to_string());
-        let bytes = s.as_bytes();
-        if bytes.len() != 40 {
-            return Err(bad());
-        }
-        let nibble = |c: u8| match c {
-            b'0'..=b'9' => Some(c - b'0'),
-            b'a'..=b'f' => Some(c - b'a' + 10),
-            b'A'..=b'F' => Some(c - b'A' + 10),
-            _ => None,
-        };
-        let mut out = [0u8; 20];
-        for (i, pair) in bytes.chunks(2).enumerate() {
-            out[i] = (nibble(pair[0]).ok_or_else(bad)? << 4) | nibble(pair[1]).ok_or_else(bad)?;
-        }
-        Ok(UnitHash(out))
+        kiln_contract::hex::decode(s)
+            .and_then(|bytes| bytes.try_into().ok())
+            .map(UnitHash)
+            .ok_or_else(|| HashError(s.to_string()))
     }
 }
 
 /// As a hex string, the form the registry and the API carry.
 impl Serialize for UnitHash {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.to_hex())
+        serializer.serialize_str(&self.hex_digits())
     }
 }
 
@@ -511,11 +493,17 @@ mod tests {
             "[Unit]\nDescription=Hello World\n\n[Service]\nExecStart=/bin/sleep 1000\n"
         );
         let hash = unit.hash();
-        assert_eq!(hash.to_hex(), "5b850b3c5247745aaeeec31eebcc5a068fc348af");
-        assert_eq!(hash.short(), hash.to_hex()[..7]);
-        assert_eq!(hash.to_hex().parse::<UnitHash>().unwrap(), hash);
         assert_eq!(
-            hash.to_hex().to_uppercase().parse::<UnitHash>().unwrap(),
+            hash.hex_digits(),
+            "5b850b3c5247745aaeeec31eebcc5a068fc348af"
+        );
+        assert_eq!(hash.short(), hash.hex_digits()[..7]);
+        assert_eq!(hash.hex_digits().parse::<UnitHash>().unwrap(), hash);
+        assert_eq!(
+            hash.hex_digits()
+                .to_uppercase()
+                .parse::<UnitHash>()
+                .unwrap(),
             hash
         );
     }
@@ -553,7 +541,7 @@ mod tests {
         assert_eq!(serde_json::from_str::<UnitOption>(&json).unwrap(), option);
         let hash = UnitFile::default().hash();
         let json = serde_json::to_string(&hash).unwrap();
-        assert_eq!(json, format!("\"{}\"", hash.to_hex()));
+        assert_eq!(json, format!("\"{}\"", hash.hex_digits()));
         assert_eq!(serde_json::from_str::<UnitHash>(&json).unwrap(), hash);
     }
 }

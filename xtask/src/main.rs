@@ -4,6 +4,7 @@
 mod bench;
 mod bench_boot;
 mod bench_flash;
+mod bench_fleet;
 mod bench_server;
 mod bench_update;
 mod build;

@@ -26,6 +26,8 @@ pub(super) const STATIC_BINARIES: &[(&str, &str)] = &[
     ("kiln-config", "kiln-config"),
     ("kiln-agent", "kiln-update-agent"),
     ("kiln-agent", "kiln-update"),
+    ("kiln-fleet", "kiln-fleetd"),
+    ("kiln-fleet", "fleetctl"),
 ];
 
 /// Builds [`STATIC_BINARIES`] (their own target dir: other RUSTFLAGS would rebuild the

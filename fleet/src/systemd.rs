@@ -1,0 +1,154 @@
+//! The agent's hands: loading, starting, stopping and unloading units in the machine's systemd,
+//! the way fleet did it: the unit file kept in `units_directory` (`/run/fleet/units/`) and linked
+//! into systemd's runtime configuration, so `systemctl status` shows it as `linked-runtime`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+
+/// systemd's three states of a unit, as `systemctl show` gives them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SystemdState {
+    pub load: String,
+    pub active: String,
+    pub sub: String,
+}
+
+/// What the agent asks of systemd. [`Systemctl`] is the machine's; tests use their own.
+pub trait Systemd: Send {
+    /// The units loaded by fleet now: name → the text of their file.
+    fn loaded(&self) -> Result<BTreeMap<String, String>, String>;
+    /// Writes the unit's file and links it (and enables it at runtime if it has `[Install]`).
+    fn load(&mut self, name: &str, text: &str) -> Result<(), String>;
+    /// Stops, unlinks and forgets a unit, and removes its file.
+    fn unload(&mut self, name: &str) -> Result<(), String>;
+    /// Makes systemd read the changed unit files (after loads and unloads).
+    fn reload(&mut self) -> Result<(), String>;
+    fn start(&mut self, name: &str) -> Result<(), String>;
+    fn stop(&mut self, name: &str) -> Result<(), String>;
+    /// The states of these units.
+    fn states(&self, names: &[String]) -> Result<BTreeMap<String, SystemdState>, String>;
+}
+
+/// The machine's systemd, through `systemctl`.
+pub struct Systemctl {
+    pub units_directory: PathBuf,
+}
+
+fn systemctl(args: &[&str]) -> Result<String, String> {
+    let out = Command::new("systemctl")
+        .args(args)
+        .output()
+        .map_err(|e| format!("running systemctl {}: {e}", args.join(" ")))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "systemctl {} failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+impl Systemd for Systemctl {
+    fn loaded(&self) -> Result<BTreeMap<String, String>, String> {
+        let mut units = BTreeMap::new();
+        let entries = match std::fs::read_dir(&self.units_directory) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(units),
+            Err(e) => return Err(format!("reading {}: {e}", self.units_directory.display())),
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Ok(text) = std::fs::read_to_string(entry.path()) {
+                units.insert(name, text);
+            }
+        }
+        Ok(units)
+    }
+
+    fn load(&mut self, name: &str, text: &str) -> Result<(), String> {
+        std::fs::create_dir_all(&self.units_directory)
+            .map_err(|e| format!("creating {}: {e}", self.units_directory.display()))?;
+        let path = self.units_directory.join(name);
+        std::fs::write(&path, text).map_err(|e| format!("writing {}: {e}", path.display()))?;
+        let path = path.to_string_lossy();
+        systemctl(&["link", "--runtime", "--force", "--no-reload", &path])?;
+        if crate::unit::UnitFile::parse(text)
+            .is_ok_and(|u| u.options.iter().any(|o| o.section == "Install"))
+        {
+            systemctl(&["enable", "--runtime", "--force", "--no-reload", name])?;
+        }
+        Ok(())
+    }
+
+    fn unload(&mut self, name: &str) -> Result<(), String> {
+        // The file goes only once the unit stopped, so a unit that will not stop stays visible.
+        systemctl(&["stop", name])?;
+        systemctl(&["disable", "--runtime", "--no-reload", name])?;
+        let _ = systemctl(&["reset-failed", name]);
+        let path = self.units_directory.join(name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(format!("removing {}: {e}", path.display())),
+        }
+    }
+
+    fn reload(&mut self) -> Result<(), String> {
+        systemctl(&["daemon-reload"]).map(|_| ())
+    }
+
+    fn start(&mut self, name: &str) -> Result<(), String> {
+        systemctl(&["start", "--no-block", name]).map(|_| ())
+    }
+
+    fn stop(&mut self, name: &str) -> Result<(), String> {
+        systemctl(&["stop", "--no-block", name]).map(|_| ())
+    }
+
+    fn states(&self, names: &[String]) -> Result<BTreeMap<String, SystemdState>, String> {
+        if names.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let mut args = vec!["show", "--property=Id,LoadState,ActiveState,SubState"];
+        args.extend(names.iter().map(String::as_str));
+        Ok(parse_show(&systemctl(&args)?, names))
+    }
+}
+
+/// `systemctl show` of several units: one block of `Key=Value` lines per unit, in the order asked.
+pub fn parse_show(text: &str, names: &[String]) -> BTreeMap<String, SystemdState> {
+    text.split("\n\n")
+        .filter(|block| !block.trim().is_empty())
+        .zip(names)
+        .map(|(block, name)| {
+            let mut state = SystemdState::default();
+            for line in block.lines() {
+                match line.split_once('=') {
+                    Some(("LoadState", v)) => state.load = v.into(),
+                    Some(("ActiveState", v)) => state.active = v.into(),
+                    Some(("SubState", v)) => state.sub = v.into(),
+                    _ => {}
+                }
+            }
+            (name.clone(), state)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn show_blocks_follow_the_names() {
+        let text = "Id=a.service\nLoadState=loaded\nActiveState=active\nSubState=running\n\nId=b.service\nLoadState=not-found\nActiveState=inactive\nSubState=dead\n";
+        let names = vec!["a.service".to_string(), "b.service".to_string()];
+        let states = parse_show(text, &names);
+        assert_eq!(states["a.service"].sub, "running");
+        assert_eq!(states["b.service"].load, "not-found");
+    }
+}
