@@ -65,17 +65,17 @@ const ETCD_V1_KEYS: &[(&str, &str)] = &[
 /// The keys of coreos-cloudinit's `flannel:` section. Kiln does not run flannel; these are
 /// known only so that a misspelt one is named at its own line.
 const FLANNEL_KEYS: &[&str] = &[
-    "etcd_endpoints",
-    "etcd_cafile",
-    "etcd_certfile",
-    "etcd_keyfile",
-    "etcd_prefix",
-    "etcd_username",
-    "etcd_password",
-    "ip_masq",
-    "subnet_file",
+    "etcd-endpoints",
+    "etcd-cafile",
+    "etcd-certfile",
+    "etcd-keyfile",
+    "etcd-prefix",
+    "etcd-username",
+    "etcd-password",
+    "ip-masq",
+    "subnet-file",
     "interface",
-    "public_ip",
+    "public-ip",
 ];
 
 /// Reads `kiln:` or `coreos:` from the top-level mapping; a wrong type anywhere in it leaves
@@ -148,7 +148,7 @@ fn not_in_kiln(f: &mut Fields<'_>, ctx: &mut Ctx) {
         ctx.warn(pos, &path, "Kiln does not ship flannel; ignored");
         if let Kind::Map(entries) = &node.kind {
             for (k, _) in entries {
-                if !FLANNEL_KEYS.contains(&k.name.replace('-', "_").as_str()) {
+                if !FLANNEL_KEYS.contains(&k.name.replace('_', "-").as_str()) {
                     ctx.warn(k.pos, &format!("{path}.{}", k.name), format!("not a flannel setting (those are {})", FLANNEL_KEYS.join(", ")));
                 }
             }

@@ -32,6 +32,7 @@ pub fn run(cfg: &ValidateConfig) -> Result<()> {
                 Vec::new()
             }
             Ok(UserData::Multipart(parts)) => {
+                eprintln!("{shown}: a multipart user-data; its parts are checked below, but first boot of this version of Kiln does not read multipart user-data yet (put the cloud-config alone in the file)");
                 let mut warnings = Vec::new();
                 for part in parts {
                     let what = match part.kind {
