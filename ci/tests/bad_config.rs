@@ -36,9 +36,11 @@ fn cases(public_key: &str) -> Vec<Case> {
             name: "invalid-yaml",
             doc: "#cloud-config\nhostname: node-a\nusers: [\n  - name: x\n".into(),
         },
+        // A wrong type is only a warning (as for coreos-cloudinit); a bad value refuses the
+        // document, at the key's line.
         Case {
-            name: "wrong-type",
-            doc: "#cloud-config\nhostname:\n  - node-b\n  - twice\n".into(),
+            name: "bad-value",
+            doc: "#cloud-config\nhostname:\n  node_b!\n".into(),
         },
         Case {
             name: "unit-without-name",
@@ -48,7 +50,7 @@ fn cases(public_key: &str) -> Vec<Case> {
         Case {
             name: "unwritable-path",
             doc: format!(
-                "#cloud-config\nhostname: node-d\nssh_authorized_keys:\n  - {public_key}\nflavour: spicy\nwrite_files:\n  - path: /usr/lib/kiln-ci-read-only\n    content: x\n  - path: /etc/kiln/written-anyway\n    content: y\n"
+                "#cloud-config\nhostname: node-d\nssh_authorized_keys:\n  - {public_key}\nflavour: spicy\nwrite_files:\n  - path: /etc/passwd/kiln-ci-unwritable\n    content: x\n  - path: /etc/kiln/written-anyway\n    content: y\n"
             ),
         },
     ]
@@ -119,7 +121,7 @@ fn bad_documents_are_reported_and_the_machine_stays_reachable() {
         );
         if applied {
             assert!(
-                journal.contains("write_files: FAILED: /usr/lib/kiln-ci-read-only"),
+                journal.contains("write_files: FAILED: /etc/passwd/kiln-ci-unwritable"),
                 "{journal}"
             );
             assert_eq!(guest(vm, &key, "hostname"), "node-d");

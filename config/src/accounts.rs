@@ -15,6 +15,9 @@ use std::path::Path;
 /// CoreOS's `core` user; the image's sysusers entry uses the same numbers.
 pub const CORE_UID: u32 = 500;
 const CORE_GECOS: &str = "Kiln Admin";
+/// The primary group of a user made with `no_user_group` (useradd's GROUP default on Debian).
+const USERS_GROUP: &str = "users";
+const USERS_GID: u32 = 100;
 /// First uid/gid for ordinary users, and the system range below it, as Debian's login.defs.
 const FIRST_UID: u32 = 1000;
 const LAST_UID: u32 = 59999;
@@ -235,9 +238,14 @@ impl Accounts {
             Self::free_id(&taken, user.system)
                 .ok_or_else(|| format!("no free uid for user {name}"))?
         };
-        // A private group named like the user, as Debian's useradd makes, unless one is named.
-        let group_name = user.primary_group.as_deref().unwrap_or(name);
-        let gid = self.ensure_group(group_name, Some(uid), user.system)?;
+        // A private group named like the user, as Debian's useradd makes, unless one is named
+        // or `no_user_group` asks for useradd's `--no-user-group`: then `users` (gid 100).
+        let (group_name, want_gid) = match (&user.primary_group, user.no_user_group) {
+            (Some(g), _) => (g.as_str(), Some(uid)),
+            (None, true) => (USERS_GROUP, Some(USERS_GID)),
+            (None, false) => (name, Some(uid)),
+        };
+        let gid = self.ensure_group(group_name, want_gid, user.system)?;
         let default_gecos = if is_core { CORE_GECOS } else { "" };
         let home = user
             .homedir

@@ -254,11 +254,16 @@ fn hostname(cfg: &CloudConfig, fs: &Root) -> Result<(), String> {
         Meta::ROOT_FILE,
         LastLink::Follow,
     )?;
-    // The name must resolve (sudo asks for it): Debian's installer puts it on 127.0.1.1.
+    // The name must resolve (sudo asks for it): Debian's installer puts it on 127.0.1.1;
+    // `manage_etc_hosts: localhost` asks for the whole file, the name on the loopback addresses.
     let hosts = fs
         .read("/etc/hosts")?
         .map(|b| String::from_utf8_lossy(&b).into_owned());
-    let text = hosts_with_name(hosts.as_deref(), name);
+    let text = if cfg.manage_etc_hosts {
+        managed_hosts(name)
+    } else {
+        hosts_with_name(hosts.as_deref(), name)
+    };
     if hosts.as_deref() != Some(text.as_str()) {
         fs.write(
             "/etc/hosts",
@@ -268,6 +273,18 @@ fn hostname(cfg: &CloudConfig, fs: &Root) -> Result<(), String> {
         )?;
     }
     Ok(())
+}
+
+/// `/etc/hosts` for `manage_etc_hosts: localhost`: `name` (and its first label) on 127.0.0.1
+/// and ::1 besides localhost.
+fn managed_hosts(name: &str) -> String {
+    let short = name.split('.').next().unwrap_or(name);
+    let names = if short == name {
+        name.to_string()
+    } else {
+        format!("{name} {short}")
+    };
+    format!("# Written at first boot for `manage_etc_hosts: localhost` in the cloud-config.\n127.0.0.1\tlocalhost {names}\n::1\tlocalhost ip6-localhost ip6-loopback {names}\n")
 }
 
 /// `/etc/hosts` that resolves `name`: unchanged when a line already names it, else with a

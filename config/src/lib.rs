@@ -19,6 +19,7 @@ mod sections;
 mod source;
 mod systemd;
 mod tree;
+mod userdata;
 
 pub use apply::{
     apply, rejected_report, ApplyError, ApplyOptions, ApplyReport, Status, StepReport,
@@ -30,6 +31,7 @@ pub use parse::{parse, parse_bytes, Parsed, HEADER};
 pub use read::{ConfigError, ErrorKind, Warning};
 pub use source::{config_url, read_fw_cfg, FW_CFG_ITEM, URL_PARAM};
 pub use systemd::{ETCD_ENV_FILE, UNITS_TO_START};
+pub use userdata::{read_user_data, Part, PartKind, UserData};
 
 #[cfg(test)]
 mod tests;

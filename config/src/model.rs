@@ -15,6 +15,8 @@ pub struct CloudConfig {
     pub ssh_authorized_keys: Vec<String>,
     pub users: Vec<User>,
     pub write_files: Vec<WriteFile>,
+    /// `manage_etc_hosts: localhost`: `/etc/hosts` names `hostname` on 127.0.0.1 and ::1.
+    pub manage_etc_hosts: bool,
     /// The `kiln:` section (or `coreos:`).
     pub kiln: KilnSection,
     /// The document as given, recorded as `/var/lib/kiln/cloud-config.applied`.
@@ -36,6 +38,9 @@ pub struct User {
     pub shell: Option<String>,
     pub no_create_home: bool,
     pub system: bool,
+    /// useradd's `--no-user-group`: the primary group is `users`, not a group named like the
+    /// user (when `primary_group` is not given).
+    pub no_user_group: bool,
 }
 
 /// One entry of `write_files:`.
@@ -59,6 +64,8 @@ pub enum Encoding {
     #[default]
     Plain,
     Base64,
+    /// `gzip` / `gz`: the content (usually `!!binary`) is gzip data.
+    Gzip,
     GzipBase64,
 }
 

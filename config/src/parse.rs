@@ -4,11 +4,11 @@
 
 use crate::model::{CloudConfig, Encoding, IdRef, Owner, User, WriteFile};
 use crate::read::{
-    boolean, list, opt_string, string, string_list, ConfigError, Ctx, ErrorKind, Fields, Warning,
+    base64_decode, binary, boolean, list, opt_string, strict_string_list, string, string_list,
+    ConfigError, Ctx, ErrorKind, Fields, Warning,
 };
 use crate::sections;
 use crate::tree::{parse_tree, Kind, Node, Pos};
-use base64::Engine;
 use std::io::Read;
 
 /// The first line every document must have.
@@ -50,6 +50,7 @@ pub fn parse(text: &str) -> Result<Parsed, ConfigError> {
     let root =
         parse_tree(text).map_err(|e| ConfigError::document(e.pos, ErrorKind::Syntax(e.message)))?;
     let mut ctx = Ctx::default();
+    tab_only_lines(text, &mut ctx);
     let mut config = read_root(&root, &mut ctx)?;
     config.source = text.to_string();
     let mut warnings = ctx.warnings;
@@ -79,26 +80,72 @@ fn check_header(text: &str) -> Result<(), ConfigError> {
     ))
 }
 
+/// A line holding only blanks with a tab among them: go-yaml (coreos-cloudinit) refuses the
+/// whole document for it, the YAML library here lets it pass; say so, so that the file works
+/// on both.
+fn tab_only_lines(text: &str, ctx: &mut Ctx) {
+    for (i, line) in text.lines().enumerate() {
+        if line.contains('\t') && line.trim().is_empty() {
+            let line_no = i as u64 + 1;
+            ctx.warn(
+                Pos { line: line_no, column: 1 },
+                "",
+                "this line holds only a tab; YAML does not allow tabs as indentation and coreos-cloudinit refuses the document for it: remove the tab",
+            );
+        }
+    }
+}
+
+/// Each top-level key is read on its own: a value of the wrong type is left out with a warning
+/// (`Ctx::recover`) and the rest is applied, as coreos-cloudinit does.
 fn read_root(root: &Node, ctx: &mut Ctx) -> Result<CloudConfig, ConfigError> {
     let mut f = Fields::new(root, "", ctx)?;
     let mut cfg = CloudConfig::default();
     if let Some(n) = f.take_some("hostname") {
-        cfg.hostname = Some(hostname(n)?);
+        cfg.hostname = ctx.recover(hostname(n).map(Some))?;
     }
-    cfg.ssh_authorized_keys = ssh_keys(f.take("ssh_authorized_keys"), "ssh_authorized_keys")?;
-    for (i, n) in list(f.take("users"), "users")?.iter().enumerate() {
-        cfg.users.push(user(n, &format!("users[{i}]"), ctx)?);
+    cfg.ssh_authorized_keys =
+        ctx.recover(ssh_keys(f.take("ssh_authorized_keys"), "ssh_authorized_keys"))?;
+    for (i, n) in ctx.recover(list(f.take("users"), "users"))?.iter().enumerate() {
+        let read = user(n, &format!("users[{i}]"), ctx).map(Some);
+        cfg.users.extend(ctx.recover(read)?);
     }
-    for (i, n) in list(f.take("write_files"), "write_files")?
-        .iter()
-        .enumerate()
-    {
-        cfg.write_files
-            .push(write_file(n, &format!("write_files[{i}]"), ctx)?);
+    let files = ctx.recover(list(f.take("write_files"), "write_files"))?;
+    for (i, n) in files.iter().enumerate() {
+        let read = write_file(n, &format!("write_files[{i}]"), ctx);
+        cfg.write_files.extend(ctx.recover(read)?);
     }
+    cfg.manage_etc_hosts = manage_etc_hosts(&mut f, cfg.hostname.is_some(), ctx)?;
     cfg.kiln = sections::kiln_section(&mut f, ctx)?;
     f.finish(ctx);
     Ok(cfg)
+}
+
+/// `manage_etc_hosts: localhost` (the one value coreos-cloudinit knew): true when given.
+fn manage_etc_hosts(
+    f: &mut Fields<'_>,
+    have_hostname: bool,
+    ctx: &mut Ctx,
+) -> Result<bool, ConfigError> {
+    let Some(n) = f.take_some("manage_etc_hosts") else {
+        return Ok(false);
+    };
+    let value = ctx.recover(string(n, "manage_etc_hosts"))?;
+    if value != "localhost" {
+        return Err(ConfigError::invalid(
+            n,
+            "manage_etc_hosts",
+            format!("{value:?} is not supported; write `manage_etc_hosts: localhost` (the hostname on 127.0.0.1 and ::1) or leave the key out"),
+        ));
+    }
+    if !have_hostname {
+        ctx.warn(
+            n.place(),
+            "manage_etc_hosts",
+            "there is no `hostname:` in this document, so /etc/hosts keeps only localhost; add `hostname:`",
+        );
+    }
+    Ok(true)
 }
 
 fn hostname(node: &Node) -> Result<String, ConfigError> {
@@ -122,7 +169,7 @@ fn hostname(node: &Node) -> Result<String, ConfigError> {
 }
 
 fn ssh_keys(node: Option<&Node>, path: &str) -> Result<Vec<String>, ConfigError> {
-    let keys = string_list(node, path)?;
+    let keys = strict_string_list(node, path)?;
     // A key with a line break would become two lines of authorized_keys.
     if let (Some(n), Some(bad)) = (node, keys.iter().position(|k| k.trim().contains('\n'))) {
         return Err(ConfigError::invalid(
@@ -221,8 +268,21 @@ fn user(node: &Node, path: &str, ctx: &mut Ctx) -> Result<User, ConfigError> {
         shell: absolute_path_field(f.take("shell"), &f.path_of("shell"))?,
         no_create_home: boolean(f.take("no_create_home"), &f.path_of("no_create_home"))?,
         system: boolean(f.take("system"), &f.path_of("system"))?,
+        no_user_group: boolean(f.take("no_user_group"), &f.path_of("no_user_group"))?,
         name,
     };
+    // useradd's --no-log-init keeps a large uid out of lastlog/faillog; Kiln's account writer
+    // never writes those files, so every user is made that way.
+    boolean(f.take("no_log_init"), &f.path_of("no_log_init"))?;
+    for key in [
+        "coreos_ssh_import_github",
+        "coreos_ssh_import_github_users",
+        "coreos_ssh_import_url",
+    ] {
+        if let (Some(_), Some(pos)) = (f.take(key), f.key_pos(key)) {
+            ctx.warn(pos, &f.path_of(key), "Kiln does not fetch SSH keys from GitHub or a URL at boot (the machine may not reach it yet); put the keys themselves under this user's `ssh_authorized_keys`. Ignored");
+        }
+    }
     f.finish(ctx);
     Ok(user)
 }
@@ -250,17 +310,13 @@ fn groups(node: Option<&Node>, path: &str) -> Result<Vec<String>, ConfigError> {
     Ok(names)
 }
 
-fn write_file(node: &Node, path: &str, ctx: &mut Ctx) -> Result<WriteFile, ConfigError> {
+/// One `write_files` entry; `None` (with a warning) for an entry without `path`, which
+/// coreos-cloudinit also skips. Its other fields are checked all the same.
+fn write_file(node: &Node, path: &str, ctx: &mut Ctx) -> Result<Option<WriteFile>, ConfigError> {
     let mut f = Fields::new(node, path, ctx)?;
     let target = match f.take_some("path") {
-        Some(n) => file_path(n, &f.path_of("path"))?,
-        None => {
-            return Err(ConfigError::invalid(
-                node,
-                path,
-                "a write_files entry needs a `path`",
-            ))
-        }
+        Some(n) => Some(file_path(n, &f.path_of("path"))?),
+        None => None,
     };
     let encoding = match f.take_some("encoding") {
         Some(n) => encoding(n, &f.path_of("encoding"))?,
@@ -280,14 +336,22 @@ fn write_file(node: &Node, path: &str, ctx: &mut Ctx) -> Result<WriteFile, Confi
     };
     let append = boolean(f.take("append"), &f.path_of("append"))?;
     f.finish(ctx);
-    Ok(WriteFile {
+    let Some(target) = target else {
+        ctx.warn(
+            node.place(),
+            path,
+            "this entry has no `path`, so it is skipped; add `path:` with the absolute path of the file to write, e.g. /etc/foo.conf",
+        );
+        return Ok(None);
+    };
+    Ok(Some(WriteFile {
         path: target,
         content,
         permissions,
         owner,
         encoding,
         append,
-    })
+    }))
 }
 
 /// An absolute path with no `..`, so the file cannot land outside the root.
@@ -298,8 +362,16 @@ pub(crate) fn file_path(node: &Node, path: &str) -> Result<String, ConfigError> 
             node,
             path,
             format!(
-                "{p:?} is a relative path; write_files paths must be absolute, e.g. /etc/foo.conf"
+                "{p:?} is a relative path; Kiln takes only absolute paths (coreos-cloudinit put a relative one under /): write {:?}",
+                format!("/{p}")
             ),
+        ));
+    }
+    if p == "/usr" || p.starts_with("/usr/") {
+        return Err(ConfigError::invalid(
+            node,
+            path,
+            format!("{p:?} is under /usr, which is read-only (the verified system image, replaced whole by each update); write the file under /etc, /opt or /var instead"),
         ));
     }
     if p.split('/').any(|c| c == "..") || p.contains('\0') {
@@ -324,35 +396,38 @@ fn encoding(node: &Node, path: &str) -> Result<Encoding, ConfigError> {
     match e.to_ascii_lowercase().as_str() {
         "" | "plain" | "text/plain" => Ok(Encoding::Plain),
         "b64" | "base64" => Ok(Encoding::Base64),
+        "gz" | "gzip" => Ok(Encoding::Gzip),
         "gz+b64" | "gzip+b64" | "gz+base64" | "gzip+base64" => Ok(Encoding::GzipBase64),
         _ => Err(ConfigError::invalid(
             node,
             path,
             format!(
-                "unknown encoding {e:?}; use plain, b64 (base64) or gzip+b64 (gz+b64, gzip+base64)"
+                "unknown encoding {e:?}; use plain, b64 (base64), gzip (gz, for !!binary content) or gzip+b64 (gz+b64, gzip+base64)"
             ),
         )),
     }
 }
 
+/// The content's bytes, as coreos-cloudinit made them: the YAML value (a `!!binary` value
+/// decoded to its bytes), then the `encoding` undone (base64, then gzip).
 fn decode(node: &Node, path: &str, encoding: Encoding) -> Result<Vec<u8>, ConfigError> {
-    let text = match &node.kind {
+    let value = match &node.kind {
         Kind::Null => return Ok(Vec::new()),
-        _ => string(node, path)?,
+        Kind::Binary(_) => binary(node, path)?,
+        _ => string(node, path)?.into_bytes(),
     };
-    if encoding == Encoding::Plain {
-        return Ok(text.into_bytes());
-    }
-    let compact: String = text.chars().filter(|c| !c.is_ascii_whitespace()).collect();
-    let engine = base64::engine::GeneralPurpose::new(
-        &base64::alphabet::STANDARD,
-        base64::engine::GeneralPurposeConfig::new()
-            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
-    );
-    let bytes = engine.decode(compact.as_bytes()).map_err(|e| {
-        ConfigError::invalid(node, path, format!("content is not valid base64 ({e})"))
-    })?;
-    if encoding == Encoding::Base64 {
+    let bytes = match encoding {
+        Encoding::Plain | Encoding::Gzip => value,
+        Encoding::Base64 | Encoding::GzipBase64 => {
+            let text = String::from_utf8(value).map_err(|_| {
+                ConfigError::invalid(node, path, "content is not base64 text; give the base64 text, or drop `encoding` for !!binary content")
+            })?;
+            base64_decode(&text).map_err(|e| {
+                ConfigError::invalid(node, path, format!("content is not valid base64 ({e}); give the output of `base64`, or fix `encoding`"))
+            })?
+        }
+    };
+    if matches!(encoding, Encoding::Plain | Encoding::Base64) {
         return Ok(bytes);
     }
     let mut out = Vec::new();
@@ -360,7 +435,7 @@ fn decode(node: &Node, path: &str, encoding: Encoding) -> Result<Vec<u8>, Config
         .take(MAX_DECODED + 1)
         .read_to_end(&mut out)
         .map_err(|e| {
-            ConfigError::invalid(node, path, format!("content is not valid gzip ({e})"))
+            ConfigError::invalid(node, path, format!("content is not valid gzip ({e}); give the output of `gzip`, or fix `encoding`"))
         })?;
     if out.len() as u64 > MAX_DECODED {
         return Err(ConfigError::invalid(

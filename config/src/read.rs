@@ -63,13 +63,27 @@ pub enum ErrorKind {
     NotUtf8 { offset: usize },
     #[error("invalid YAML: {0}")]
     Syntax(String),
-    #[error("expected {expected}, found {found}")]
+    #[error("expected {expected}, found {found}{}", type_hint(expected))]
     WrongType {
         expected: &'static str,
-        found: &'static str,
+        /// The shape found, or the scalar as written.
+        found: String,
     },
     #[error("{0}")]
     Invalid(String),
+}
+
+/// What to write instead, for a value of the wrong shape.
+fn type_hint(expected: &str) -> &'static str {
+    if expected.starts_with("a list") {
+        "; write each item on its own line under the key, starting with `- `"
+    } else if expected == "a mapping" {
+        "; write `key: value` lines indented under it"
+    } else if expected == "true or false" {
+        "; write true or false"
+    } else {
+        "; write one value on the key's line"
+    }
 }
 
 impl ConfigError {
@@ -82,8 +96,9 @@ impl ConfigError {
         }
     }
 
+    /// An error about `node`'s value, placed at its key (see [`Node::place`]).
     pub(crate) fn invalid(node: &Node, key: &str, message: impl Into<String>) -> Self {
-        Self::at(node.pos, key, ErrorKind::Invalid(message.into()))
+        Self::at(node.place(), key, ErrorKind::Invalid(message.into()))
     }
 
     pub(crate) fn document(pos: Pos, kind: ErrorKind) -> Self {
@@ -103,6 +118,26 @@ pub(crate) struct Ctx {
 }
 
 impl Ctx {
+    /// coreos-cloudinit's leniency: a value of the wrong type is reported and left out, and the
+    /// rest of the document is applied (the machine must come up). Other errors stay errors.
+    pub fn recover<T: Default>(&mut self, read: Result<T, ConfigError>) -> Result<T, ConfigError> {
+        match read {
+            Err(e) if matches!(e.kind, ErrorKind::WrongType { .. }) => {
+                self.warnings.push(Warning {
+                    line: e.line,
+                    column: e.column,
+                    key: e.key.clone().unwrap_or_default(),
+                    message: format!(
+                        "{}; this value is left out and the rest of the document is applied",
+                        e.kind
+                    ),
+                });
+                Ok(T::default())
+            }
+            other => other,
+        }
+    }
+
     pub fn warn(&mut self, pos: Pos, key: &str, message: impl Into<String>) {
         self.warnings.push(Warning {
             line: pos.line,
@@ -212,21 +247,56 @@ pub(crate) fn wrong_type(
     found: &Kind,
 ) -> ConfigError {
     ConfigError::at(
-        node.pos,
+        node.place(),
         path,
         ErrorKind::WrongType {
             expected,
-            found: found.describe(),
+            found: found.describe().to_string(),
         },
     )
 }
 
-/// A scalar as text. Numbers and booleans come as written (`0644`, `yes`).
+/// A scalar as text. Numbers and booleans come as written (`0644`, `yes`); `!!binary` comes
+/// decoded, as go-yaml gave it to coreos-cloudinit, when it is text.
 pub(crate) fn string(node: &Node, path: &str) -> Result<String, ConfigError> {
     match &node.kind {
         Kind::Scalar(s) => Ok(s.clone()),
+        Kind::Binary(_) => String::from_utf8(binary(node, path)?).map_err(|_| {
+            ConfigError::invalid(
+                node,
+                path,
+                "this !!binary value is not text; give it as text (!!binary is for write_files content)",
+            )
+        }),
         other => Err(wrong_type(node, path, "a string", other)),
     }
+}
+
+/// The bytes of a `!!binary` node.
+pub(crate) fn binary(node: &Node, path: &str) -> Result<Vec<u8>, ConfigError> {
+    match &node.kind {
+        Kind::Binary(text) => base64_decode(text).map_err(|e| {
+            ConfigError::invalid(
+                node,
+                path,
+                format!("the !!binary value is not valid base64 ({e}); give the base64 text of the data"),
+            )
+        }),
+        other => Err(wrong_type(node, path, "binary data (!!binary)", other)),
+    }
+}
+
+/// Standard base64, line breaks and blanks ignored, padding optional (as `base64 -d` and Go
+/// read it).
+pub(crate) fn base64_decode(text: &str) -> Result<Vec<u8>, base64::DecodeError> {
+    use base64::Engine;
+    let compact: String = text.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    base64::engine::GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        base64::engine::GeneralPurposeConfig::new()
+            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+    )
+    .decode(compact.as_bytes())
 }
 
 pub(crate) fn opt_string(node: Option<&Node>, path: &str) -> Result<Option<String>, ConfigError> {
@@ -249,22 +319,38 @@ pub(crate) fn boolean(node: Option<&Node>, path: &str) -> Result<bool, ConfigErr
     match text.to_ascii_lowercase().as_str() {
         "true" | "yes" | "y" | "on" => Ok(true),
         "false" | "no" | "n" | "off" => Ok(false),
-        _ => Err(ConfigError::invalid(
-            node,
+        // A type error for coreos-cloudinit too (go-yaml does not make a bool of it).
+        _ => Err(ConfigError::at(
+            node.place(),
             path,
-            format!("{text:?} is not a boolean; write true or false"),
+            ErrorKind::WrongType {
+                expected: "true or false",
+                found: format!("{text:?}"),
+            },
         )),
     }
 }
 
-/// A list of strings; a single string counts as a list of one, nothing as an empty list.
+/// A list of strings where a single string counts as a list of one (etcd's comma-separated
+/// URLs, an interface's one address); nothing is an empty list.
 pub(crate) fn string_list(node: Option<&Node>, path: &str) -> Result<Vec<String>, ConfigError> {
+    match node.map(|n| &n.kind) {
+        Some(Kind::Scalar(s)) => Ok(vec![s.clone()]),
+        _ => strict_string_list(node, path),
+    }
+}
+
+/// A list of strings, and nothing else (`ssh_authorized_keys: true` is an error, as for
+/// coreos-cloudinit, not a key named "true"); nothing is an empty list.
+pub(crate) fn strict_string_list(
+    node: Option<&Node>,
+    path: &str,
+) -> Result<Vec<String>, ConfigError> {
     let Some(node) = node else {
         return Ok(Vec::new());
     };
     match &node.kind {
         Kind::Null => Ok(Vec::new()),
-        Kind::Scalar(s) => Ok(vec![s.clone()]),
         Kind::Seq(items) => items
             .iter()
             .enumerate()

@@ -3,7 +3,7 @@
 
 use crate::model::{DropIn, Etcd, KilnSection, NetworkInterface, Unit, UnitCommand};
 use crate::read::{boolean, list, opt_string, string, string_list, ConfigError, Ctx, Fields};
-use crate::tree::Node;
+use crate::tree::{Kind, Node};
 use std::net::IpAddr;
 
 /// etcd 3.4 settings Kiln passes on as `ETCD_*` variables; `true` marks booleans, which are
@@ -54,11 +54,41 @@ const ETCD_KEYS: &[(&str, bool)] = &[
     ("auto-compaction-mode", false),
 ];
 
-/// Reads `kiln:` or `coreos:` from the top-level mapping.
+/// etcd v1 settings (CoreOS's `etcd:`) and the etcd 3 setting that replaces each.
+const ETCD_V1_KEYS: &[(&str, &str)] = &[
+    ("addr", "advertise-client-urls: http://ADDRESS:2379"),
+    ("peer_addr", "initial-advertise-peer-urls: http://ADDRESS:2380"),
+    ("bind_addr", "listen-client-urls: http://ADDRESS:2379"),
+    ("peer_bind_addr", "listen-peer-urls: http://ADDRESS:2380"),
+];
+
+/// The keys of coreos-cloudinit's `flannel:` section. Kiln does not run flannel; these are
+/// known only so that a misspelt one is named at its own line.
+const FLANNEL_KEYS: &[&str] = &[
+    "etcd-endpoints",
+    "etcd-cafile",
+    "etcd-certfile",
+    "etcd-keyfile",
+    "etcd-prefix",
+    "etcd-username",
+    "etcd-password",
+    "ip-masq",
+    "subnet-file",
+    "interface",
+    "public-ip",
+];
+
+/// Reads `kiln:` or `coreos:` from the top-level mapping; a wrong type anywhere in it leaves
+/// out what it is in (the section, one list, one entry), with a warning.
 pub(crate) fn kiln_section(
     top: &mut Fields<'_>,
     ctx: &mut Ctx,
 ) -> Result<KilnSection, ConfigError> {
+    let read = section(top, ctx);
+    ctx.recover(read)
+}
+
+fn section(top: &mut Fields<'_>, ctx: &mut Ctx) -> Result<KilnSection, ConfigError> {
     let kiln = top.take("kiln");
     let coreos = top.take("coreos");
     let (node, name) = match (kiln, coreos) {
@@ -77,27 +107,35 @@ pub(crate) fn kiln_section(
         (None, None) => return Ok(KilnSection::default()),
     };
     let mut f = Fields::new(node, name, ctx)?;
-    let etcd = etcd_section(&mut f, ctx)?;
+    let read = etcd_section(&mut f, ctx);
+    let etcd = ctx.recover(read)?;
     let update = f.take_some("update").map(|n| (n, f.path_of("update")));
     let locksmith = f
         .take_some("locksmith")
         .map(|n| (n, f.path_of("locksmith")));
-    let update_agent = crate::agent::agent_settings(update, locksmith, etcd.is_some(), ctx)?;
+    let read = crate::agent::agent_settings(update, locksmith, etcd.is_some(), ctx);
+    let update_agent = ctx.recover(read)?;
     let fleet_path = f.path_of("fleet");
     let fleet = match f.take("fleet") {
-        Some(node) => Some(crate::fleet::fleet_settings(node, &fleet_path, ctx)?),
+        Some(node) => {
+            let read = crate::fleet::fleet_settings(node, &fleet_path, ctx).map(Some);
+            ctx.recover(read)?
+        }
         None => None,
     };
     let mut units = Vec::new();
     let units_path = f.path_of("units");
-    for (i, n) in list(f.take("units"), &units_path)?.iter().enumerate() {
-        units.push(unit(n, &format!("{units_path}[{i}]"), ctx)?);
+    for (i, n) in ctx.recover(list(f.take("units"), &units_path))?.iter().enumerate() {
+        let read = unit(n, &format!("{units_path}[{i}]"), ctx).map(Some);
+        units.extend(ctx.recover(read)?);
     }
     let mut network = Vec::new();
     let net_path = f.path_of("network");
-    for (i, n) in list(f.take("network"), &net_path)?.iter().enumerate() {
-        network.push(interface(n, &format!("{net_path}[{i}]"), ctx)?);
+    for (i, n) in ctx.recover(list(f.take("network"), &net_path))?.iter().enumerate() {
+        let read = interface(n, &format!("{net_path}[{i}]"), ctx).map(Some);
+        network.extend(ctx.recover(read)?);
     }
+    not_in_kiln(&mut f, ctx);
     f.finish(ctx);
     Ok(KilnSection {
         etcd,
@@ -106,6 +144,25 @@ pub(crate) fn kiln_section(
         units,
         network,
     })
+}
+
+/// Sections of coreos-cloudinit's `coreos:` that Kiln has no part for: each is named with what
+/// Kiln does instead, and flannel's misspelt keys at their own line.
+fn not_in_kiln(f: &mut Fields<'_>, ctx: &mut Ctx) {
+    if let (Some(_), Some(pos)) = (f.take("oem"), f.key_pos("oem")) {
+        ctx.warn(pos, &f.path_of("oem"), "`oem` told CoreOS's tools which cloud or vendor image this is; Kiln has one image for every platform and reads no OEM description. Put platform settings in this document (or in the OEM partition's cloud-config.yml). Ignored");
+    }
+    if let (Some(node), Some(pos)) = (f.take("flannel"), f.key_pos("flannel")) {
+        let path = f.path_of("flannel");
+        ctx.warn(pos, &path, "Kiln does not ship flannel; ignored");
+        if let Kind::Map(entries) = &node.kind {
+            for (k, _) in entries {
+                if !FLANNEL_KEYS.contains(&k.name.replace('_', "-").as_str()) {
+                    ctx.warn(k.pos, &format!("{path}.{}", k.name), format!("not a flannel setting (those are {})", FLANNEL_KEYS.join(", ")));
+                }
+            }
+        }
+    }
 }
 
 /// `etcd2:` wins over `etcd:`; both configure Debian's etcd 3.4.
@@ -133,6 +190,11 @@ fn etcd_section(f: &mut Fields<'_>, ctx: &mut Ctx) -> Result<Option<Etcd>, Confi
 fn etcd(node: &Node, path: &str, ctx: &mut Ctx) -> Result<Etcd, ConfigError> {
     let mut f = Fields::new(node, path, ctx)?;
     let mut etcd = Etcd::default();
+    for (old, new) in ETCD_V1_KEYS {
+        if let (Some(_), Some(pos)) = (f.take(old), f.key_pos(old)) {
+            ctx.warn(pos, &f.path_of(old), format!("an etcd v1 setting, which etcd 3 does not read; Kiln runs etcd 3, write `{new}` instead. Ignored"));
+        }
+    }
     for (key, is_bool) in ETCD_KEYS {
         let Some(n) = f.take_some(key) else { continue };
         let kpath = f.path_of(key);
@@ -143,7 +205,10 @@ fn etcd(node: &Node, path: &str, ctx: &mut Ctx) -> Result<Etcd, ConfigError> {
             string_list(Some(n), &kpath)?.join(",")
         };
         if value.contains("$private_ipv4") || value.contains("$public_ipv4") {
-            ctx.warn(n.pos, &kpath, "coreos-cloudinit replaced $private_ipv4/$public_ipv4 from provider metadata; Kiln does not, write the address itself");
+            ctx.warn(n.place(), &kpath, "coreos-cloudinit replaced $private_ipv4/$public_ipv4 with the machine's address from the platform's metadata; Kiln does not yet and passes the text on as it is: write the machine's address itself");
+        }
+        if *key == "discovery" && !url_ok(&value) {
+            ctx.warn(n.place(), &kpath, format!("{value:?} is not a URL; etcd's discovery needs one like https://discovery.etcd.io/TOKEN"));
         }
         if value.contains('\n') {
             return Err(ConfigError::invalid(n, &kpath, "must be one line"));
@@ -194,11 +259,16 @@ fn unit(node: &Node, path: &str, ctx: &mut Ctx) -> Result<Unit, ConfigError> {
         Some(n) => {
             let name = string(n, &f.path_of("name"))?;
             if !unit_name_ok(&name) {
-                return Err(ConfigError::invalid(n, &f.path_of("name"), format!("{name:?} is not a unit name like foo.service (letters, digits, `:_.@-`, and a type suffix)")));
+                let hint = if UnitCommand::from_name(&name).is_some() {
+                    format!(" (`{name}` is a command: write `command: {name}` in the unit it is for)")
+                } else {
+                    String::new()
+                };
+                return Err(ConfigError::invalid(n, &f.path_of("name"), format!("{name:?} is not a unit name like foo.service (letters, digits, `:_.@-`, and a type suffix){hint}; write the unit's file name, e.g. `name: {name}.service`")));
             }
             name
         }
-        None => return Err(ConfigError::invalid(node, path, "a unit needs a `name`")),
+        None => return Err(ConfigError::invalid(node, path, "a unit needs a `name` (Kiln does not skip a nameless unit as coreos-cloudinit did): add `name:` with the unit's file name, e.g. `name: etcd.service`, or remove the entry")),
     };
     let content = opt_string(f.take("content"), &f.path_of("content"))?;
     let mut drop_ins = Vec::new();
@@ -362,6 +432,14 @@ fn interface(node: &Node, path: &str, ctx: &mut Ctx) -> Result<NetworkInterface,
         gateway,
         dns,
     })
+}
+
+/// An absolute `http` or `https` URL with a host, as etcd's discovery wants.
+fn url_ok(text: &str) -> bool {
+    let rest = text
+        .strip_prefix("https://")
+        .or_else(|| text.strip_prefix("http://"));
+    matches!(rest, Some(r) if !r.is_empty() && !r.starts_with('/') && !r.contains(char::is_whitespace))
 }
 
 fn cidr_ok(text: &str) -> bool {

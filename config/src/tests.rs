@@ -274,29 +274,26 @@ fn gzip_content_made_by_the_reference_tool_decodes() {
 fn bad_documents_point_at_the_offending_node() {
     let cases: &[(&str, u64, u64, &str)] = &[
         ("#cloud-config\nhostname: [a\n", 2, 11, "invalid YAML: unclosed bracket"),
-        ("#cloud-config\nhostname: [a]\n", 2, 11, "`hostname`: expected a string, found a list"),
         ("#cloud-config\ncoreos:\n  units:\n    - command: start\n", 4, 7, "`coreos.units[0]`: a unit needs a `name`"),
-        ("#cloud-config\nwrite_files:\n- path: etc/foo\n  content: x\n", 3, 9, "`write_files[0].path`: \"etc/foo\" is a relative path"),
-        ("#cloud-config\nwrite_files:\n- path: /a/../b\n", 3, 9, "contains `..`"),
-        ("#cloud-config\nwrite_files:\n- content: x\n", 3, 3, "`write_files[0]`: a write_files entry needs a `path`"),
-        ("#cloud-config\nwrite_files:\n- path: /a\n  permissions: '0999'\n", 4, 16, "`write_files[0].permissions`: \"0999\" is not an octal file mode"),
-        ("#cloud-config\nwrite_files:\n- path: /a\n  permissions: rw-r--r--\n", 4, 16, "not an octal file mode"),
-        ("#cloud-config\nwrite_files:\n- path: /a\n  encoding: rot13\n", 4, 13, "unknown encoding \"rot13\""),
-        ("#cloud-config\nwrite_files:\n- path: /a\n  encoding: b64\n  content: '!!!'\n", 5, 12, "not valid base64"),
-        ("#cloud-config\nwrite_files:\n- path: /a\n  owner: 'a b:c'\n", 4, 10, "is not `user:group`"),
-        ("#cloud-config\nkiln:\n  update:\n    reboot-strategy: sometimes\n", 4, 22, "unknown reboot strategy \"sometimes\""),
-        ("#cloud-config\nkiln:\n  locksmith:\n    window-start: Thu 25:00\n    window-length: 1h\n", 4, 19, "not a window start"),
-        ("#cloud-config\nkiln:\n  locksmith:\n    window-start: Thu 04:00\n    window-length: forever\n", 5, 20, "not a window length like 1h"),
-        ("#cloud-config\nkiln:\n  locksmith:\n    window-start: Thu 04:00\n", 4, 19, "needs both"),
-        ("#cloud-config\nkiln:\n  units:\n    - name: foo\n", 4, 13, "not a unit name"),
-        ("#cloud-config\nkiln:\n  units:\n    - name: a.service\n      command: explode\n", 5, 16, "unknown command"),
-        ("#cloud-config\nkiln:\n  units:\n    - name: a.service\n      enable: maybe\n", 5, 15, "not a boolean"),
-        ("#cloud-config\nkiln:\n  network:\n    - name: eth0\n      address: 10.0.0.5\n", 5, 16, "CIDR"),
-        ("#cloud-config\nkiln:\n  network:\n    - name: eth0\n      gateway: 10.0.0.300\n", 5, 16, "not an IP address"),
-        ("#cloud-config\nkiln:\n  network:\n    - mac: 52:54:00:zz:00:01\n", 4, 12, "not a MAC address"),
+        ("#cloud-config\nwrite_files:\n- path: etc/foo\n  content: x\n", 3, 3, "`write_files[0].path`: \"etc/foo\" is a relative path"),
+        ("#cloud-config\nwrite_files:\n- path: /a/../b\n", 3, 3, "contains `..`"),
+        ("#cloud-config\nwrite_files:\n- path: /a\n  permissions: '0999'\n", 4, 3, "`write_files[0].permissions`: \"0999\" is not an octal file mode"),
+        ("#cloud-config\nwrite_files:\n- path: /a\n  permissions: rw-r--r--\n", 4, 3, "not an octal file mode"),
+        ("#cloud-config\nwrite_files:\n- path: /a\n  encoding: rot13\n", 4, 3, "unknown encoding \"rot13\""),
+        ("#cloud-config\nwrite_files:\n- path: /a\n  encoding: b64\n  content: '!!!'\n", 5, 3, "not valid base64"),
+        ("#cloud-config\nwrite_files:\n- path: /a\n  owner: 'a b:c'\n", 4, 3, "is not `user:group`"),
+        ("#cloud-config\nkiln:\n  update:\n    reboot-strategy: sometimes\n", 4, 5, "unknown reboot strategy \"sometimes\""),
+        ("#cloud-config\nkiln:\n  locksmith:\n    window-start: Thu 25:00\n    window-length: 1h\n", 4, 5, "not a window start"),
+        ("#cloud-config\nkiln:\n  locksmith:\n    window-start: Thu 04:00\n    window-length: forever\n", 5, 5, "not a window length like 1h"),
+        ("#cloud-config\nkiln:\n  locksmith:\n    window-start: Thu 04:00\n", 4, 5, "needs both"),
+        ("#cloud-config\nkiln:\n  units:\n    - name: foo\n", 4, 7, "not a unit name"),
+        ("#cloud-config\nkiln:\n  units:\n    - name: a.service\n      command: explode\n", 5, 7, "unknown command"),
+        ("#cloud-config\nkiln:\n  network:\n    - name: eth0\n      address: 10.0.0.5\n", 5, 7, "CIDR"),
+        ("#cloud-config\nkiln:\n  network:\n    - name: eth0\n      gateway: 10.0.0.300\n", 5, 7, "not an IP address"),
+        ("#cloud-config\nkiln:\n  network:\n    - mac: 52:54:00:zz:00:01\n", 4, 7, "not a MAC address"),
         ("#cloud-config\nkiln:\n  network:\n    - address: 10.0.0.5/24\n", 4, 7, "needs a `name`"),
         ("#cloud-config\nusers:\n  - gecos: x\n", 3, 5, "a user needs a `name`"),
-        ("#cloud-config\nhostname: -bad-\n", 2, 11, "not a valid host name"),
+        ("#cloud-config\nhostname: -bad-\n", 2, 1, "not a valid host name"),
         ("#cloud-config\n- a\n- b\n", 2, 1, "expected a mapping, found a list"),
     ];
     for (doc, line, column, what) in cases {
@@ -316,7 +313,7 @@ fn error_message_shape() {
     let e = error("#cloud-config\ncoreos:\n  units:\n    - command: start\n");
     assert_eq!(
         e.to_string(),
-        "cloud-config line 4, column 7: `coreos.units[0]`: a unit needs a `name`"
+        "cloud-config line 4, column 7: `coreos.units[0]`: a unit needs a `name` (Kiln does not skip a nameless unit as coreos-cloudinit did): add `name:` with the unit's file name, e.g. `name: etcd.service`, or remove the entry"
     );
     assert_eq!(e.key.as_deref(), Some("coreos.units[0]"));
 }
@@ -349,7 +346,6 @@ fn unknown_keys_and_old_names_are_warnings() {
     assert_eq!(
         w,
         [
-            (3, "manage_etc_hosts"),
             (6, "users[0].lock_passwd"),
             (9, "coreos.update.reboot-strategy"),
             (12, "coreos.etcd2.addr"),
@@ -928,4 +924,167 @@ fn the_readmes_update_example_sets_every_agent_setting() {
         missing.is_empty(),
         "the README's example leaves out {missing:?}"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// What coreos-cloudinit accepts: leniency where it is lenient, its checks, its encodings.
+
+fn warnings_of(doc: &str) -> Vec<(u64, String)> {
+    parsed(doc)
+        .warnings
+        .iter()
+        .map(|w| (w.line, w.to_string()))
+        .collect()
+}
+
+#[test]
+fn a_wrong_type_is_a_warning_at_its_key_and_the_rest_is_applied() {
+    let cases: &[(&str, u64, &str)] = &[
+        ("#cloud-config\nhostname:\n  name: x\nusers:\n  - name: bob\n", 2, "`hostname`: expected a string, found a mapping"),
+        ("#cloud-config\nusers:\n  true\nhostname: h\n", 2, "`users`: expected a list, found a scalar; write each item"),
+        ("#cloud-config\nssh_authorized_keys: true\nhostname: h\n", 2, "`ssh_authorized_keys`: expected a list of strings, found a scalar"),
+        ("#cloud-config\nssh_authorized_keys: ssh-ed25519 AAAA k\nhostname: h\n", 2, "expected a list of strings"),
+        ("#cloud-config\ncoreos:\n  - hello\nhostname: h\n", 2, "`coreos`: expected a mapping, found a list"),
+        ("#cloud-config\ncoreos:\n  units:\n    - enable:\n        bad:\n      name: a.service\nhostname: h\n", 4, "`coreos.units[0].enable`: expected true or false, found a mapping"),
+        ("#cloud-config\nkiln:\n  units:\n    - name: a.service\n      enable: maybe\nhostname: h\n", 5, "expected true or false, found \"maybe\""),
+    ];
+    for (doc, line, what) in cases {
+        let p = parsed(doc);
+        let w: Vec<(u64, String)> = p.warnings.iter().map(|w| (w.line, w.to_string())).collect();
+        assert!(
+            w.iter().any(|(l, m)| l == line && m.contains(what) && m.contains("the rest of the document is applied")),
+            "{doc:?}: {w:?}"
+        );
+    }
+    // What was not wrong is applied.
+    let p = parsed(cases[0].0);
+    assert_eq!((p.config.hostname.as_deref(), p.config.users.len()), (None, 1));
+    let p = parsed(cases[2].0);
+    assert!(p.config.ssh_authorized_keys.is_empty());
+    assert_eq!(p.config.hostname.as_deref(), Some("h"));
+    let p = parsed(cases[5].0);
+    assert!(p.config.kiln.units.is_empty(), "the unit with the bad value is left out");
+    assert_eq!(p.config.hostname.as_deref(), Some("h"));
+    // Other errors still refuse the document, at the key's line for a value below it.
+    let e = error("#cloud-config\nhostname:\n  -bad-\n");
+    assert_eq!((e.line, e.column), (2, 1), "{e}");
+}
+
+#[test]
+fn binary_content_and_every_coreos_encoding_decode() {
+    // `printf 'hello\n' | gzip -n | base64`
+    let gz = "H4sIAAAAAAAAA8tIzcnJ5wIAIDA6NgYAAAA=";
+    let doc = format!(
+        "#cloud-config\nwrite_files:\n  - path: /a\n    encoding: gzip\n    content: !!binary |\n      {gz}\n  - path: /b\n    encoding: gz\n    content: !!binary {gz}\n  - path: /c\n    content: !!binary aGVsbG8K\n  - path: /d\n    encoding: gz+base64\n    content: {gz}\n  - path: /e\n    encoding: base64\n    content: aGVsbG8K\n  - path: /f\n    encoding: b64\n    content: aGVsbG8K\n  - path: /g\n    encoding: gzip+b64\n    content: {gz}\n"
+    );
+    let p = parsed(&doc);
+    assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+    for f in &p.config.write_files {
+        assert_eq!(f.content, b"hello\n", "{}", f.path);
+    }
+    // !!binary then base64: the binary's bytes are the base64 text (coreos-cloudinit's test).
+    let e = error("#cloud-config\nwrite_files:\n  - path: /a\n    encoding: base64\n    content: !!binary aGVsbG8K\n");
+    assert_eq!(e.line, 5, "{e}");
+    assert!(e.to_string().contains("not valid base64"), "{e}");
+    // Binary that is not text, where text is wanted: the library's own hints never show.
+    let e = error("#cloud-config\nhostname: !!binary H4sI\n");
+    let shown = e.to_string();
+    assert!(shown.contains("!!binary") && !shown.contains("Options"), "{shown}");
+}
+
+#[test]
+fn binary_gzip_content_is_written_decoded() {
+    let root = make_root();
+    let r = root.path();
+    let gz = "H4sIAAAAAAAAA8tIzcnJ5wIAIDA6NgYAAAA=";
+    let doc = format!("#cloud-config\nwrite_files:\n  - path: /opt/gz\n    encoding: gzip\n    permissions: '0600'\n    content: !!binary |\n      {gz}\n  - path: /opt/bin\n    content: !!binary AAEC/w==\n");
+    let cfg = parsed(&doc).config;
+    let report = apply(&cfg, r, &ApplyOptions::default()).unwrap();
+    assert!(report.all_ok(), "{report}");
+    assert_eq!(fs::read(r.join("opt/gz")).unwrap(), b"hello\n");
+    assert_eq!(meta(r, "opt/gz").0, 0o600);
+    assert_eq!(fs::read(r.join("opt/bin")).unwrap(), [0, 1, 2, 0xff]);
+}
+
+#[test]
+fn a_write_files_entry_without_path_is_skipped_with_a_warning() {
+    let doc = "#cloud-config\nwrite_files:\n  - content: x\n  - path: /b\n    content: y\n";
+    let p = parsed(doc);
+    assert_eq!(p.config.write_files.len(), 1);
+    assert_eq!(p.config.write_files[0].path, "/b");
+    let w = warnings_of(doc);
+    assert_eq!(w.len(), 1);
+    assert_eq!(w[0].0, 3);
+    assert!(w[0].1.contains("no `path`") && w[0].1.contains("add `path:`"), "{w:?}");
+    // Its content is checked all the same.
+    let e = error("#cloud-config\nwrite_files:\n  - encoding: base64\n    content: '!!!'\n");
+    assert_eq!(e.line, 4, "{e}");
+}
+
+#[test]
+fn checks_coreos_cloudinit_makes() {
+    let e = error("#cloud-config\nwrite_files:\n  - path: /usr/invalid\n");
+    assert_eq!((e.line, e.column), (3, 5), "{e}");
+    assert!(e.to_string().contains("read-only") && e.to_string().contains("/etc"), "{e}");
+    let e = error("#cloud-config\nwrite_files:\n  - path: underscore\n");
+    assert!(e.to_string().contains("write \"/underscore\""), "{e}");
+
+    let w = warnings_of("#cloud-config\ncoreos:\n  etcd2:\n    discovery: disco\n");
+    assert!(w.iter().any(|(l, m)| *l == 4 && m.contains("not a URL")), "{w:?}");
+    assert!(warnings_of("#cloud-config\ncoreos:\n  etcd2:\n    discovery: https://d.example/x\n").is_empty());
+
+    let w = warnings_of("#cloud-config\ncoreos:\n  flannel:\n    bad: 1\n    etcd_prefix: /x\n");
+    let lines: Vec<u64> = w.iter().map(|(l, _)| *l).collect();
+    assert_eq!(lines, [3, 4], "{w:?}");
+    assert!(w[1].1.contains("`coreos.flannel.bad`: not a flannel setting"), "{w:?}");
+
+    let w = warnings_of("#cloud-config\n\t\nhostname: a\n");
+    assert_eq!(w.len(), 1);
+    assert_eq!(w[0].0, 2);
+    assert!(w[0].1.contains("only a tab"), "{w:?}");
+
+    let e = error("#cloud-config\ncoreos:\n  units:\n    - command: start\n      name: a.service\n    - name: stop\n");
+    assert!(e.to_string().contains("write `command: stop`"), "{e}");
+}
+
+#[test]
+fn keys_kiln_handles_differently_say_what_it_does() {
+    let doc = "#cloud-config\ncoreos:\n  oem:\n    id: xyz\n  etcd:\n    addr: 10.0.0.1:4001\n    peer-addr: 10.0.0.1:7001\nusers:\n  - name: bob\n    coreos-ssh-import-github: bob\n    coreos-ssh-import-url: http://x/keys\n    no_log_init: true\n";
+    let w = warnings_of(doc);
+    let expect: &[(u64, &str)] = &[
+        (3, "Kiln has one image for every platform"),
+        (6, "write `advertise-client-urls: http://ADDRESS:2379` instead"),
+        (7, "write `initial-advertise-peer-urls: http://ADDRESS:2380` instead"),
+        (10, "put the keys themselves under this user's `ssh_authorized_keys`"),
+        (11, "put the keys themselves"),
+    ];
+    assert_eq!(w.len(), expect.len(), "{w:?}");
+    for ((line, msg), (want_line, want)) in w.iter().zip(expect) {
+        assert_eq!(line, want_line, "{msg}");
+        assert!(msg.contains(want), "{msg}");
+    }
+    let w = warnings_of("#cloud-config\ncoreos:\n  etcd2:\n    advertise-client-urls: http://$private_ipv4:2379\n");
+    assert!(w[0].1.contains("write the machine's address itself"), "{w:?}");
+}
+
+#[test]
+fn manage_etc_hosts_and_no_user_group_apply() {
+    let root = make_root();
+    let r = root.path();
+    let doc = "#cloud-config\nhostname: node-1.example\nmanage_etc_hosts: localhost\nusers:\n  - name: bob\n    no_user_group: true\n    no_log_init: true\n";
+    let p = parsed(doc);
+    assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+    let report = apply(&p.config, r, &ApplyOptions::default()).unwrap();
+    assert!(report.all_ok(), "{report}");
+    let hosts = read(r, "etc/hosts");
+    assert!(hosts.contains("\n127.0.0.1\tlocalhost node-1.example node-1\n::1\tlocalhost ip6-localhost ip6-loopback node-1.example node-1\n"), "{hosts}");
+    let passwd = read(r, "etc/passwd");
+    assert!(passwd.ends_with("bob:x:1000:100::/home/bob:/bin/bash\n"), "{passwd}");
+    assert!(read(r, "etc/group").contains("\nusers:x:100:\n"));
+    assert!(!read(r, "etc/group").contains("\nbob:"));
+
+    let e = error("#cloud-config\nhostname: a\nmanage_etc_hosts: true\n");
+    assert!(e.to_string().contains("manage_etc_hosts: localhost"), "{e}");
+    let w = warnings_of("#cloud-config\nmanage_etc_hosts: localhost\n");
+    assert!(w[0].1.contains("add `hostname:`"), "{w:?}");
 }

@@ -28,7 +28,18 @@ impl fmt::Display for Pos {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Node {
     pub pos: Pos,
+    /// For the value of a mapping entry, where its key is written: messages about the value
+    /// name the key's line and column, as coreos-cloudinit does (`users:` on one line and a
+    /// bad value indented below it is an error at `users:`).
+    pub key: Option<Pos>,
     pub kind: Kind,
+}
+
+impl Node {
+    /// Where messages about this node point: its key when it is a mapping's value, else itself.
+    pub fn place(&self) -> Pos {
+        self.key.unwrap_or(self.pos)
+    }
 }
 
 /// What a node holds. Scalars are kept as text; the reader decides their type.
@@ -36,6 +47,8 @@ pub struct Node {
 pub enum Kind {
     Null,
     Scalar(String),
+    /// A `!!binary` scalar, as its base64 text (decoded by the reader that wants it).
+    Binary(String),
     Seq(Vec<Node>),
     Map(Vec<(Key, Node)>),
 }
@@ -53,6 +66,7 @@ impl Kind {
         match self {
             Kind::Null => "nothing (null)",
             Kind::Scalar(_) => "a scalar",
+            Kind::Binary(_) => "binary data (!!binary)",
             Kind::Seq(_) => "a list",
             Kind::Map(_) => "a mapping",
         }
@@ -72,9 +86,13 @@ pub fn parse_tree(text: &str) -> Result<Node, SyntaxError> {
     // Duplicate keys pass through to our visitor, which keeps the last one like PyYAML and
     // go-yaml did (existing files may rely on it); `parse` warns about them.
     // Non-finite floats (`.nan`) stay text: no cloud-config key wants a float.
+    // `!!binary` scalars come as their base64 text, and `to_node` finds the tag in the source:
+    // the library would otherwise refuse binary that is not UTF-8, with a hint about its own
+    // options that means nothing to a user.
     let options = serde_saphyr::options! {
         duplicate_keys: DuplicateKeyPolicy::PassThrough,
         non_finite_float_policy: NonFiniteFloatPolicy::AsString,
+        ignore_binary_tag_for_string: true,
         with_snippet: false,
     };
     let raw: Spanned<Raw> = serde_saphyr::from_str_with_options(text, options).map_err(|e| {
@@ -121,6 +139,7 @@ fn to_node(raw: Spanned<Raw>, text: &str) -> Node {
     let pos = pos_of(&raw);
     let kind = match raw.value {
         Raw::Null => Kind::Null,
+        Raw::Str(s) if binary_tagged(&raw.defined, text) => Kind::Binary(s),
         Raw::Str(s) => Kind::Scalar(s),
         Raw::Typed(fallback) => Kind::Scalar(source_text(&raw.defined, text).unwrap_or(fallback)),
         Raw::Seq(items) => Kind::Seq(items.into_iter().map(|i| to_node(i, text)).collect()),
@@ -132,12 +151,44 @@ fn to_node(raw: Spanned<Raw>, text: &str) -> Node {
                         pos: pos_of(&k),
                         name: k.value,
                     };
-                    (key, to_node(v, text))
+                    let mut value = to_node(v, text);
+                    value.key = Some(key.pos);
+                    (key, value)
                 })
                 .collect(),
         ),
     };
-    Node { pos, kind }
+    Node {
+        pos,
+        key: None,
+        kind,
+    }
+}
+
+/// Whether the scalar at `loc` carries the `!!binary` tag: the source just before it, past a
+/// block indicator (`|`, `>-`, …) and an opening quote, ends with the tag.
+fn binary_tagged(loc: &serde_saphyr::Location, text: &str) -> bool {
+    let Some(start) = loc
+        .span()
+        .byte_offset()
+        .and_then(|o| usize::try_from(o).ok())
+    else {
+        return false;
+    };
+    let Some(before) = text.get(..start) else {
+        return false;
+    };
+    let before = before.trim_end();
+    let before = before
+        .strip_suffix(['"', '\''])
+        .unwrap_or(before)
+        .trim_end();
+    let block = before.trim_end_matches(|c: char| c == '-' || c == '+' || c.is_ascii_digit());
+    let before = block
+        .strip_suffix(['|', '>'])
+        .map(str::trim_end)
+        .unwrap_or(before);
+    before.ends_with("!!binary") || before.ends_with("!<tag:yaml.org,2002:binary>")
 }
 
 /// The exact spelling of a plain scalar, taken from the document by its byte span.
@@ -201,8 +252,7 @@ impl<'de> Visitor<'de> for RawVisitor {
         Ok(Raw::Str(v))
     }
     fn visit_bytes<E>(self, v: &[u8]) -> Result<Raw, E> {
-        // `!!binary` scalars: keep them if they are text, otherwise as lossy text; no
-        // cloud-config key takes raw bytes this way (write_files has `encoding:`).
+        // Not reached (`!!binary` comes as text, see `parse_tree`); kept total.
         Ok(Raw::Str(String::from_utf8_lossy(v).into_owned()))
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Raw, A::Error> {
@@ -273,6 +323,31 @@ mod tests {
         let m = map(&root);
         assert_eq!(m.len(), 2);
         assert_eq!(scalar(&m[1].1), "2");
+    }
+
+    #[test]
+    fn binary_scalars_are_recognised_by_their_tag() {
+        let text = "a: !!binary aGVsbG8K\nb: !!binary |\n  aGVs\n  bG8K\nc: !!binary \"aGk=\"\nd: plain\ne: |\n  !!binary\nf: '!!binary'\n";
+        let root = parse_tree(text).unwrap();
+        let kinds: Vec<(&str, &Kind)> = map(&root)
+            .iter()
+            .map(|(k, v)| (k.name.as_str(), &v.kind))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("a", &Kind::Binary("aGVsbG8K".into())),
+                ("b", &Kind::Binary("aGVs\nbG8K\n".into())),
+                ("c", &Kind::Binary("aGk=".into())),
+                ("d", &Kind::Scalar("plain".into())),
+                ("e", &Kind::Scalar("!!binary\n".into())),
+                ("f", &Kind::Scalar("!!binary".into())),
+            ]
+        );
+        // A value's messages go to its key.
+        let b = &map(&root)[1].1;
+        assert_eq!(b.pos.line, 3);
+        assert_eq!(b.place(), Pos { line: 2, column: 1 });
     }
 
     #[test]

@@ -24,19 +24,23 @@ pub struct OfferedUpdate {
 impl ResponseApp {
     /// What this app's update check offers: `None` for `noupdate`, the payload for `ok`, and an
     /// error naming the status for anything else (such as `error-unknownApplication`).
+    ///
+    /// As update_engine, the `<updatecheck>` decides: the app's own `status` is read only to name
+    /// why there is no usable update check.
     pub fn update(&self) -> Result<Option<OfferedUpdate>, OmahaError> {
-        if let Some(status) = self.status.as_deref().filter(|s| *s != "ok") {
-            return Err(self.status_error("app", status));
-        }
-        let check = self
-            .updatecheck
-            .as_ref()
-            .ok_or_else(|| self.missing("<updatecheck>"))?;
-        match check.status.as_str() {
-            "noupdate" => return Ok(None),
-            "ok" => {}
-            "" => return Err(self.missing("updatecheck status")),
-            other => return Err(self.status_error("updatecheck", other)),
+        let app_error = self.status.as_deref().filter(|s| *s != "ok");
+        let Some(check) = self.updatecheck.as_ref() else {
+            return Err(match app_error {
+                Some(status) => self.status_error("app", status),
+                None => self.missing("<updatecheck>"),
+            });
+        };
+        match (check.status.as_str(), app_error) {
+            ("noupdate", _) => return Ok(None),
+            ("ok", _) => {}
+            (_, Some(status)) => return Err(self.status_error("app", status)),
+            ("", None) => return Err(self.missing("updatecheck status")),
+            (other, None) => return Err(self.status_error("updatecheck", other)),
         }
         let manifest = check
             .manifest

@@ -324,19 +324,22 @@ pub struct Response {
     pub apps: Vec<ResponseApp>,
 }
 
-/// `<daystart>`: the server's clock, for clients that count ping days. update_engine ignores it.
+/// `<daystart>`: the server's clock, for clients that count ping days. update_engine ignores it,
+/// so a value that is not a number is read as absent rather than refusing the response.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DayStart {
     #[serde(
         rename = "@elapsed_seconds",
         default,
-        skip_serializing_if = "Option::is_none"
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient::number"
     )]
     pub elapsed_seconds: Option<u64>,
     #[serde(
         rename = "@elapsed_days",
         default,
-        skip_serializing_if = "Option::is_none"
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient::number"
     )]
     pub elapsed_days: Option<u64>,
 }
@@ -387,7 +390,13 @@ pub struct UpdateCheckResponse {
         deserialize_with = "wrap::de_urls"
     )]
     pub urls: Vec<Url>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The first `<manifest>`: update_engine reads that one and passes over the others (Nebraska
+    /// sends floor versions as further manifests to clients that ask for them).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient::first"
+    )]
     pub manifest: Option<Manifest>,
 }
 
@@ -481,6 +490,24 @@ pub struct Action {
 
 /// Omaha wraps lists in a parent element (`<urls><url/>…</urls>`); these helpers let the public
 /// types hold plain `Vec`s while the XML keeps the wrapper.
+/// Reading what update_engine reads and passing over what it ignores.
+mod lenient {
+    use serde::{Deserialize, Deserializer};
+
+    /// A number attribute nobody relies on: not a number is `None`.
+    pub(super) fn number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        let text = Option::<String>::deserialize(d)?;
+        Ok(text.and_then(|t| t.trim().parse().ok()))
+    }
+
+    /// The first of an element that may be repeated.
+    pub(super) fn first<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+        d: D,
+    ) -> Result<Option<T>, D::Error> {
+        Ok(Vec::<T>::deserialize(d)?.into_iter().next())
+    }
+}
+
 mod wrap {
     use super::{Action, Package, Url};
     use serde::{Deserialize, Deserializer, Serialize, Serializer};

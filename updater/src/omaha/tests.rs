@@ -796,3 +796,34 @@ fn require_xmllint() -> PathBuf {
     );
     find().expect("libxml2-utils is installed but xmllint is still not found")
 }
+
+/// What update_engine ignores does not refuse a response: a `<daystart>` that is not a number,
+/// the manifests after the first (the first is the one offered), and the app's own `status`
+/// when its `<updatecheck>` answers.
+#[test]
+fn what_update_engine_ignores_is_ignored() {
+    let sha = "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=";
+    let manifest = |v: &str, size: u32| {
+        format!("<manifest version=\"{v}\"><packages><package name=\"p-{v}\" size=\"{size}\" required=\"true\"/></packages><actions><action event=\"postinstall\" sha256=\"{sha}\"/></actions></manifest>")
+    };
+    let doc = format!(
+        "<?xml version=\"1.0\"?><response protocol=\"3.0\"><daystart elapsed_seconds=\"x\" elapsed_days=\"12\"/><app appid=\"a\" status=\"error-whatever\"><updatecheck status=\"ok\"><urls><url codebase=\"http://h/d/\"/></urls>{}{}</updatecheck></app></response>",
+        manifest("1.5.0", 10),
+        manifest("2.0.0", 20)
+    );
+    let response = Response::parse(&doc).unwrap();
+    let day = response.daystart.as_ref().unwrap();
+    assert_eq!((day.elapsed_seconds, day.elapsed_days), (None, Some(12)));
+    let offer = first_app(&response).update().unwrap().unwrap();
+    assert_eq!(
+        (offer.version.as_str(), offer.url.as_str(), offer.size),
+        ("1.5.0", "http://h/d/p-1.5.0", 10)
+    );
+    // Without an update check, the app's status says why.
+    let doc = "<response protocol=\"3.0\"><app appid=\"a\" status=\"error-unknownApplication\"/></response>";
+    let e = first_app(&Response::parse(doc).unwrap()).update().unwrap_err();
+    assert!(e.to_string().contains("error-unknownApplication"), "{e}");
+    let doc = "<response protocol=\"3.0\"><app appid=\"a\" status=\"error-unknownApplicationOrGroup\"><updatecheck status=\"error-internal\"/></app></response>";
+    let e = first_app(&Response::parse(doc).unwrap()).update().unwrap_err();
+    assert!(e.to_string().contains("error-unknownApplicationOrGroup"), "{e}");
+}
