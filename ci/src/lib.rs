@@ -3,6 +3,7 @@
 //! `KILN_CI_DISK` naming it; run alone, they fail and say so (they never skip).
 
 pub mod flash;
+pub mod fleet;
 pub mod update;
 
 use std::fs::File;

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use kiln_ci::update::{agent_sections, Evidence, UpdateServer, Version, RUNNING};
-use kiln_ci::{guest, overlay, wait_in_guest, work_dir};
+use kiln_ci::{fleet, guest, overlay, wait_in_guest, work_dir};
 use kiln_qemu::{
     format_mac, free_port, ssh_keygen, Accel, HostFwd, SocketMode, SocketNic, Vm, VmConfig,
 };
@@ -79,7 +79,7 @@ echo "announced $NODE at $addr:8080"
 
 /// One node's whole configuration, in the CoreOS shape. node1 also runs the announcing
 /// container, from a unit and a script the document carries.
-fn cloud_config(node: &Node, public_key: &str) -> String {
+fn cloud_config(node: &Node, public_key: &str, private_key: &str) -> String {
     let cluster: Vec<String> = NODES
         .iter()
         .map(|n| format!("{}=http://{}:2380", n.name, n.addr))
@@ -107,6 +107,9 @@ fn cloud_config(node: &Node, public_key: &str) -> String {
     } else {
         ""
     };
+    // `fleetctl status` and `journal` reach the other machines over ssh, as core, with this key.
+    let private: String = private_key.lines().map(|l| format!("      {l}\n")).collect();
+    let role = if node.name == "node2" { "db" } else { "web" };
     format!(
         r#"#cloud-config
 hostname: {name}
@@ -117,8 +120,15 @@ write_files:
     owner: core:core
     permissions: "0640"
     content: "member of kiln-ci\n"
-{script}coreos:
-{update}  etcd2:
+  - path: /home/core/.ssh/id_ed25519
+    owner: core:core
+    permissions: "0600"
+    content: |
+{private}{script}coreos:
+{update}  fleet:
+    public-ip: {addr}
+    metadata: "node={name},role={role}"
+  etcd2:
     name: {name}
     initial-cluster: {cluster}
     initial-cluster-token: kiln-ci
@@ -356,7 +366,7 @@ fn three_nodes_form_an_etcd_cluster_find_each_others_services_and_update_one_at_
     let nodes: Vec<Started> = NODES
         .iter()
         .map(|node| {
-            let doc = cloud_config(node, &public);
+            let doc = cloud_config(node, &public, &std::fs::read_to_string(&key).unwrap());
             kiln_config::parse(&doc).expect("the scenario's cloud-config is valid");
             let path = work.join(format!("{}.yml", node.name));
             std::fs::write(&path, doc).unwrap();
@@ -431,6 +441,12 @@ fn three_nodes_form_an_etcd_cluster_find_each_others_services_and_update_one_at_
     assert!(found.contains("/services/web/node1"), "{found}");
     let unit = guest(vms[0], &key, "systemctl is-active web-announce.service");
     assert_eq!(unit, "active");
+
+    // fleet, on the same three machines: scheduling, the CLI, and the engine's failover.
+    let t = Instant::now();
+    let ids = fleet::machine_ids(&vms, &key);
+    fleet_scheduling(&vms, &key, &ids);
+    eprintln!("fleet checks before the update: {:.0} s", fleet::secs(t));
 
     // The rolling update: publish v2 and let the agents coordinate through etcd.
     let t = Instant::now();
@@ -600,6 +616,14 @@ fn three_nodes_form_an_etcd_cluster_find_each_others_services_and_update_one_at_
         |r| r["instance"]["status"] == "complete",
     );
 
+    // fleet's units ran through the rolling update and are where they belong after it.
+    let t = Instant::now();
+    fleet_after_update(&vms, &key, &ids);
+    eprintln!("fleet checks after the update: {:.0} s", fleet::secs(t));
+    let before_loss = fleet::wait_rows(vms[0], &key, fleet::SETTLE, |rows| {
+        (1..=fleet::PLAIN).all(|i| fleet::running(rows, &format!("plain@{i}.service")).len() == 1)
+    });
+
     // The leader down for good (the harder loss: the other two must elect a new one first):
     // they still have a quorum and take writes once they have. A put during the election is
     // refused (etcdctl's 5 s deadline), so it is tried again, for at most a minute.
@@ -642,4 +666,156 @@ fn three_nodes_form_an_etcd_cluster_find_each_others_services_and_update_one_at_
     let text = String::from_utf8_lossy(&health.stdout).into_owned()
         + &String::from_utf8_lossy(&health.stderr);
     assert_eq!(text.matches("is healthy").count(), 2, "{text}");
+
+    // fleet: the lost machine's units without a conflict run elsewhere within 90 s of the
+    // power-off; its example instance waits (both other machines hold one).
+    let dead = ids[leader].clone();
+    let on_dead: Vec<String> = (1..=fleet::PLAIN)
+        .map(|i| format!("plain@{i}.service"))
+        .filter(|u| fleet::running(&before_loss, u) == [dead.clone()])
+        .collect();
+    assert!(!on_dead.is_empty(), "no plain unit ran on the machine lost: {before_loss:?}");
+    let rows = fleet::wait_rows(vms[a], &key, fleet::MOVED.saturating_sub(lost.elapsed()), |rows| {
+        on_dead.iter().all(|u| {
+            let on = fleet::running(rows, u);
+            on.len() == 1 && on[0] != dead
+        })
+    });
+    eprintln!(
+        "fleet: {} unit(s) of the lost machine run elsewhere {:.0} s after its power-off",
+        on_dead.len(),
+        fleet::secs(lost)
+    );
+    fleet::nothing_twice(&rows).unwrap();
+    let files = guest(vms[a], &key, "fleetctl list-unit-files --no-legend --fields unit,target");
+    let waiting = files.lines().filter(|l| l.starts_with("example@") && l.ends_with("\t-")).count();
+    assert_eq!(waiting, 2, "example@4 and the lost machine's instance wait:\n{files}");
+
+    // Powered on again: it takes its example instance back, and nothing runs twice.
+    let back = Instant::now();
+    drop(vms);
+    let mut nodes = nodes;
+    nodes[leader].vm.restart().expect("powering the lost machine on");
+    let vms: Vec<&Vm> = nodes.iter().map(|n| &n.vm).collect();
+    vms[leader].wait_for_ssh(&key, "core", BOOT_TIMEOUT).unwrap();
+    fleet::examples_spread(vms[a], &key);
+    fleet::wait_rows(vms[a], &key, fleet::SETTLE, |rows| {
+        fleet::nothing_twice(rows).is_ok() && fleet::running(rows, "everywhere.service").len() == 3
+    });
+    // And on the machine itself: none of the units that moved away still runs there.
+    for u in &on_dead {
+        let state = guest(vms[leader], &key, &format!("systemctl is-active {u} || true"));
+        assert_ne!(state, "active", "{u} runs again on the machine that came back");
+    }
+    eprintln!("fleet: the lost machine back and settled in {:.0} s", fleet::secs(back));
+}
+
+/// fleet's scheduling on the fresh cluster, through `fleetctl` on node1 as an operator uses it.
+fn fleet_scheduling(vms: &[&Vm], key: &Path, ids: &[String]) {
+    let expect: Vec<(String, &str, String)> = NODES
+        .iter()
+        .zip(ids)
+        .map(|(n, id)| {
+            let role = if n.name == "node2" { "db" } else { "web" };
+            (id.clone(), n.addr, format!("node={},role={role}", n.name))
+        })
+        .collect();
+    let expect: Vec<(String, &str, &str)> = expect.iter().map(|(i, a, m)| (i.clone(), *a, m.as_str())).collect();
+    fleet::check_machines(vms[0], key, &expect);
+    for (name, text) in fleet::UNITS {
+        guest(vms[0], key, &format!("cat > {name} <<'EOF'\n{text}EOF"));
+    }
+    assert_eq!(guest(vms[0], key, "fleetctl submit example@.service"), "Unit example@.service inactive");
+    // Started from the template in the cluster: three instances on three machines.
+    guest(
+        vms[0],
+        key,
+        "timeout 600 fleetctl start example@1.service example@2.service example@3 --block-attempts 200",
+    );
+    let rows = fleet::examples_spread(vms[0], key);
+    let nodes: Vec<(&str, &str)> = NODES.iter().map(|n| (n.name, n.addr)).collect();
+    fleet::check_http(vms[0], key, &nodes);
+    // A fourth cannot be placed, and says why.
+    assert_eq!(
+        guest(vms[0], key, "fleetctl start --no-block example@4.service"),
+        "Triggered unit example@4.service start"
+    );
+    let reason = wait_in_guest(
+        vms[0],
+        key,
+        "fleetctl list-unit-files --no-legend --fields unit,state,target,reason | grep '^example@4'",
+        fleet::SETTLE,
+        |out| out.contains("conflicts with"),
+    );
+    assert!(reason.contains("inactive\t-"), "{reason}");
+
+    // Global everywhere; metadata on node2 alone; MachineOf beside example@2.
+    guest(vms[0], key, "timeout 600 fleetctl start everywhere.service db.service side.service");
+    let rows2 = fleet::wait_rows(vms[0], key, fleet::SETTLE, |rows| {
+        fleet::running(rows, "everywhere.service").len() == 3
+            && fleet::running(rows, "db.service") == [ids[1].clone()]
+            && fleet::running(rows, "side.service") == fleet::running(rows, "example@2.service")
+    });
+    fleet::nothing_twice(&rows2).unwrap();
+    drop(rows);
+
+    // cat, status and journal of a unit on another machine (over ssh, as fleet did).
+    assert_eq!(guest(vms[0], key, "fleetctl cat example@2.service") + "\n", fleet::EXAMPLE);
+    let elsewhere = (1..=3)
+        .map(|i| format!("example@{i}.service"))
+        .find(|u| fleet::running(&rows2, u) != [ids[0].clone()])
+        .expect("an instance on another machine");
+    let status = guest(vms[0], key, &format!("fleetctl --strict-host-key-checking=false status {elsewhere}"));
+    assert!(status.contains("Active: active (running)"), "{status}");
+    let journal = guest(vms[0], key, &format!("fleetctl --strict-host-key-checking=false journal --lines 5 {elsewhere}"));
+    assert!(journal.lines().count() >= 2 && journal.contains(&elsewhere.replace(".service", "")), "{journal}");
+
+    // stop keeps it loaded, unload takes it off its machine, destroy forgets it.
+    let side_on = fleet::running(&rows2, "side.service")[0].clone();
+    let side_vm = vms[ids.iter().position(|i| *i == side_on).unwrap()];
+    guest(vms[0], key, "timeout 300 fleetctl stop side.service");
+    wait_in_guest(side_vm, key, "systemctl is-active side.service || true", fleet::SETTLE, |o| o.trim() == "inactive");
+    assert!(guest(vms[0], key, "fleetctl list-unit-files --no-legend --fields unit,dstate").contains("side.service\tloaded"));
+    guest(vms[0], key, "timeout 300 fleetctl unload side.service");
+    wait_in_guest(side_vm, key, "test -e /run/fleet/units/side.service && echo loaded || echo gone", fleet::SETTLE, |o| o.trim() == "gone");
+    assert_eq!(guest(vms[0], key, "fleetctl destroy side.service"), "Destroyed side.service");
+    assert!(!guest(vms[0], key, "fleetctl list-unit-files --no-legend").contains("side.service"));
+
+    // The engine's leader dies (its daemon killed, no goodbye): another machine leads within
+    // 30 s, and scheduling goes on.
+    let leader = fleet::engine_leader(vms[0], key);
+    let at = ids.iter().position(|i| *i == leader).expect("the leader is one of the three");
+    let killed = Instant::now();
+    guest(vms[at], key, "sudo systemctl kill -s SIGKILL kiln-fleet.service; sudo systemctl stop kiln-fleet.service");
+    let other = (at + 1) % 3;
+    wait_in_guest(
+        vms[other],
+        key,
+        "etcdctl get --print-value-only /_coreos.com/fleet/lease/engine-leader",
+        Duration::from_secs(30),
+        |out| out.contains("MachineID") && !out.contains(&leader),
+    );
+    eprintln!("fleet: engine leader killed; another leads {:.0} s later", fleet::secs(killed));
+    guest(vms[at], key, "sudo systemctl start kiln-fleet.service");
+    guest(vms[other], key, &format!("cat > plain@.service <<'EOF'\n{}EOF", fleet::UNITS[4].1));
+    let plain: Vec<String> = (1..=fleet::PLAIN).map(|i| format!("plain@{i}.service")).collect();
+    guest(vms[other], key, &format!("timeout 600 fleetctl start --block-attempts 200 {}", plain.join(" ")));
+    fleet::check_machines(vms[0], key, &expect);
+    let rows = fleet::examples_spread(vms[0], key);
+    fleet::nothing_twice(&rows).unwrap();
+}
+
+/// After the rolling update (each machine rebooted once): fleet's units are all back where their
+/// rules put them, each running once.
+fn fleet_after_update(vms: &[&Vm], key: &Path, ids: &[String]) {
+    fleet::examples_spread(vms[0], key);
+    fleet::wait_rows(vms[0], key, fleet::SETTLE, |rows| {
+        fleet::nothing_twice(rows).is_ok()
+            && fleet::running(rows, "everywhere.service").len() == 3
+            && fleet::running(rows, "db.service") == [ids[1].clone()]
+            && (1..=fleet::PLAIN).all(|i| fleet::running(rows, &format!("plain@{i}.service")).len() == 1)
+    });
+    let nodes: Vec<(&str, &str)> = NODES.iter().map(|n| (n.name, n.addr)).collect();
+    fleet::check_http(vms[0], key, &nodes);
+    assert_eq!(guest(vms[1], key, "fleetctl list-machines --no-legend").lines().count(), 3);
 }

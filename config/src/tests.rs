@@ -926,6 +926,21 @@ fn the_readmes_update_example_sets_every_agent_setting() {
     );
 }
 
+/// The README's fleet example parses without a warning and reaches fleet.conf.
+#[test]
+fn the_readmes_fleet_example_is_read_without_a_warning() {
+    let readme = include_str!("../../README.md");
+    let start = readme
+        .find("```yaml\n#cloud-config\ncoreos:\n  fleet:")
+        .expect("the README's fleet example");
+    let doc = &readme[start + "```yaml\n".len()..];
+    let doc = &doc[..doc.find("```").unwrap()];
+    let p = parsed(doc);
+    assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+    let fleet = p.config.kiln.fleet.unwrap();
+    assert_eq!(fleet.values.len(), 4, "{fleet:?}");
+}
+
 // ---------------------------------------------------------------------------------------
 // What coreos-cloudinit accepts: leniency where it is lenient, its checks, its encodings.
 
