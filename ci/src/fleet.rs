@@ -16,11 +16,12 @@ pub const SETTLE: Duration = Duration::from_secs(240);
 pub const MOVED: Duration = Duration::from_secs(90);
 
 /// The README's example: a template running a container that answers HTTP with its machine's
-/// name, one instance per machine.
+/// name, one instance per machine. Without comments: `fleetctl cat` gives the stored, canonical
+/// text back, which has none.
 pub const EXAMPLE: &str = r#"[Unit]
 Description=Example web server %i
-After=docker.service
-Requires=docker.service
+After=docker.service kiln-container-images.service
+Requires=docker.service kiln-container-images.service
 
 [Service]
 ExecStartPre=-/usr/bin/docker rm -f example-%i
@@ -77,6 +78,11 @@ pub fn rows(text: &str) -> Vec<Row> {
 }
 
 pub const LIST_UNITS: &str = "fleetctl list-units -l --no-legend --fields unit,machine,active";
+
+/// Whether a table's rows (`--no-legend`) hold one whose columns are `fields`.
+pub fn has_row(table: &str, fields: &[&str]) -> bool {
+    table.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == fields)
+}
 
 /// The machines running `unit` now (active), by machine id.
 pub fn running(rows: &[Row], unit: &str) -> Vec<String> {

@@ -2,14 +2,16 @@
 //! lease of `agent_ttl`), runs what the engine scheduled here plus the global units that apply,
 //! and publishes systemd's view of each.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use kiln_etcd::{Client, EtcdError, Op};
 
 use crate::job::Requirements;
 use crate::name::UnitName;
-use crate::registry::{to_json, Assignment, Layout, MachineObject, UnitState};
+use crate::registry::{
+    fetch_units, to_json, Assignment, Layout, MachineObject, UnitCache, UnitState,
+};
 use crate::schedule::{desired_on, Job, TargetState};
 use crate::systemd::Systemd;
 use crate::unit::{UnitFile, UnitHash};
@@ -34,7 +36,7 @@ pub struct Agent {
     last_renewed: Instant,
     fenced: bool,
     /// Unit texts by hash (they never change).
-    units: HashMap<UnitHash, Option<UnitFile>>,
+    units: UnitCache,
     published: BTreeMap<String, UnitState>,
 }
 
@@ -57,7 +59,7 @@ impl Agent {
             lease: None,
             last_renewed: Instant::now(),
             fenced: false,
-            units: HashMap::new(),
+            units: UnitCache::new(),
             published: BTreeMap::new(),
         }
     }
@@ -146,7 +148,8 @@ impl Agent {
                 assigned.insert(name.to_owned(), (a, global));
             }
         }
-        self.fetch_units(assigned.values().filter_map(|(a, _)| a.hash.parse().ok()))?;
+        let hashes = assigned.values().filter_map(|(a, _)| a.hash.parse().ok());
+        fetch_units(&self.etcd, &self.layout, &mut self.units, hashes)?;
 
         // What runs here: fleet's rules on the jobs this machine knows of.
         let mut jobs = Vec::new();
@@ -293,27 +296,6 @@ impl Agent {
         if any {
             let _ = self.systemd.reload();
         }
-    }
-
-    fn fetch_units(&mut self, hashes: impl Iterator<Item = UnitHash>) -> Result<(), EtcdError> {
-        let mut missing: Vec<UnitHash> = hashes.filter(|h| !self.units.contains_key(h)).collect();
-        missing.sort_by_key(|h| h.0);
-        missing.dedup();
-        for chunk in missing.chunks(100) {
-            let gets: Vec<Op> = chunk
-                .iter()
-                .map(|h| Op::Get {
-                    key: self.layout.unit(h),
-                    prefix: false,
-                })
-                .collect();
-            let answer = self.etcd.txn(&[], &gets, &[])?;
-            for (hash, kvs) in chunk.iter().zip(answer.ranges) {
-                let unit = kvs.first().and_then(|kv| UnitFile::parse(&kv.text()).ok());
-                self.units.insert(*hash, unit);
-            }
-        }
-        Ok(())
     }
 
     fn requirements(&self, name: &str, hash: &str) -> Option<Requirements> {

@@ -92,14 +92,22 @@ impl From<RegistryError> for Answer {
     }
 }
 
-/// Checks a unit before it is stored: its name, its file, its [X-Fleet] section.
-pub fn validate(name: &str, unit: &UnitFile) -> Result<Vec<String>, String> {
+/// Checks a unit before it is stored: its name, its file, its [X-Fleet] section. fleet only
+/// warned about an unknown or malformed `[X-Fleet]` option and scheduled the unit as if it were
+/// not there (a misspelt `Conflicts=` put two copies on one machine); here it is refused.
+pub fn validate(name: &str, unit: &UnitFile) -> Result<(), String> {
     let parsed = UnitName::parse(name).map_err(|e| e.to_string())?;
     unit.check()
         .map_err(|e| format!("{name}: the unit's file does not read back: {e}"))?;
     let (_, warnings) =
         Requirements::from_unit(&parsed, unit).map_err(|e| format!("{name}: {e}"))?;
-    Ok(warnings)
+    if !warnings.is_empty() {
+        return Err(format!(
+            "{name}: {}; correct the unit's [X-Fleet] section",
+            warnings.join("; ")
+        ));
+    }
+    Ok(())
 }
 
 /// Answers one request.

@@ -12,13 +12,11 @@ use serde::{Deserialize, Serialize};
 use crate::job::Requirements;
 use crate::name::UnitName;
 use crate::registry::{
-    job_records, machine_objects, to_json, Assignment, JobRecord, Layout, LAYOUT_VERSION,
+    fetch_units, job_records, machine_objects, to_json, Assignment, JobRecord, Layout, UnitCache,
+    LAYOUT_VERSION, MAX_TXN_OPS,
 };
 use crate::schedule::{self, Job, TargetState, Task};
-use crate::unit::{UnitFile, UnitHash};
-
-/// etcd refuses a transaction with more operations than this on either side (`--max-txn-ops`).
-const MAX_TXN_OPS: usize = 128;
+use crate::unit::UnitHash;
 
 /// `P/lease/engine-leader`.
 #[derive(Debug, Serialize, Deserialize)]
@@ -54,7 +52,7 @@ pub struct Engine {
     lease_ttl: Duration,
     /// While leading: the lease and the leader key's create revision every write compares.
     leading: Option<(i64, i64)>,
-    units: HashMap<UnitHash, Option<UnitFile>>,
+    units: UnitCache,
     requirements: HashMap<String, (UnitHash, Result<Requirements, String>)>,
 }
 
@@ -71,7 +69,7 @@ impl Engine {
             machine_id: machine_id.to_owned(),
             lease_ttl: reconcile_interval * 5,
             leading: None,
-            units: HashMap::new(),
+            units: UnitCache::new(),
             requirements: HashMap::new(),
         }
     }
@@ -409,30 +407,12 @@ impl Engine {
             .is_some_and(|kv| kv.create_revision == revision))
     }
 
-    /// Fetches the unit text of every hash not seen yet, in batches.
+    /// Fetches the unit text of every hash not seen yet.
     fn load_units(&mut self, records: &BTreeMap<String, JobRecord>) -> Result<(), EtcdError> {
-        let mut missing: Vec<UnitHash> = records
+        let hashes = records
             .values()
-            .filter_map(|r| r.object.as_ref()?.unit_hash.parse().ok())
-            .filter(|h| !self.units.contains_key(h))
-            .collect();
-        missing.sort_by_key(|h: &UnitHash| h.0);
-        missing.dedup();
-        for chunk in missing.chunks(MAX_TXN_OPS) {
-            let gets: Vec<Op> = chunk
-                .iter()
-                .map(|h| Op::Get {
-                    key: self.layout.unit(h),
-                    prefix: false,
-                })
-                .collect();
-            let answer = self.etcd.txn(&[], &gets, &[])?;
-            for (hash, kvs) in chunk.iter().zip(answer.ranges) {
-                let unit = kvs.first().and_then(|kv| UnitFile::parse(&kv.text()).ok());
-                self.units.insert(*hash, unit);
-            }
-        }
-        Ok(())
+            .filter_map(|r| r.object.as_ref()?.unit_hash.parse().ok());
+        fetch_units(&self.etcd, &self.layout, &mut self.units, hashes)
     }
 
     /// A job's [X-Fleet] requirements, parsed once per unit content.

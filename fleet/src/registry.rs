@@ -309,6 +309,40 @@ impl Registry {
     }
 }
 
+/// Units are immutable and named by their hash: the cache every reader keeps of them (`None`
+/// for a hash whose unit is missing or does not parse).
+pub type UnitCache = std::collections::HashMap<UnitHash, Option<UnitFile>>;
+
+/// etcd refuses a transaction with more operations than this on either side (`--max-txn-ops`).
+pub const MAX_TXN_OPS: usize = 128;
+
+/// Reads the units of `hashes` not in `cache` yet into it, in as few transactions as etcd takes.
+pub fn fetch_units(
+    etcd: &Client,
+    layout: &Layout,
+    cache: &mut UnitCache,
+    hashes: impl Iterator<Item = UnitHash>,
+) -> Result<(), EtcdError> {
+    let mut missing: Vec<UnitHash> = hashes.filter(|h| !cache.contains_key(h)).collect();
+    missing.sort_by_key(|h| h.0);
+    missing.dedup();
+    for chunk in missing.chunks(MAX_TXN_OPS) {
+        let gets: Vec<Op> = chunk
+            .iter()
+            .map(|h| Op::Get {
+                key: layout.unit(h),
+                prefix: false,
+            })
+            .collect();
+        let answer = etcd.txn(&[], &gets, &[])?;
+        for (hash, kvs) in chunk.iter().zip(answer.ranges) {
+            let unit = kvs.first().and_then(|kv| UnitFile::parse(&kv.text()).ok());
+            cache.insert(*hash, unit);
+        }
+    }
+    Ok(())
+}
+
 /// Serializes a registry value (these types cannot fail to serialize).
 pub fn to_json<T: Serialize>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_default()

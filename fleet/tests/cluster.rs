@@ -268,6 +268,9 @@ fn scheduling_failover_and_loss() {
     // Bad input is refused at submit, naming what is wrong.
     let bad = api::handle(&registry, "PUT", "/fleet/v1/units/bad.service", br#"{"desiredState":"launched","options":[{"section":"X-Fleet","name":"Global","value":"true"},{"section":"X-Fleet","name":"MachineOf","value":"a.service"}]}"#);
     assert_eq!(bad.status, 400, "{:?}", bad.body);
+    let typo = api::handle(&registry, "PUT", "/fleet/v1/units/typo.service", br#"{"desiredState":"launched","options":[{"section":"X-Fleet","name":"Conflict","value":"a*"}]}"#);
+    assert_eq!(typo.status, 400, "{:?}", typo.body);
+    assert!(typo.body.unwrap().to_string().contains("Conflict"));
 
     // The leader gives up (its daemon stopped): another engine leads and schedules.
     let leader = nodes

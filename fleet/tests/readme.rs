@@ -16,7 +16,8 @@ fn block<'a>(readme: &'a str, fence: &str, containing: &str) -> &'a str {
 
 #[test]
 fn the_readmes_example_unit_is_accepted() {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
     let text = block(&readme, "```ini\n", "[X-Fleet]");
     let unit = UnitFile::parse(text).expect("the example parses");
     let name = UnitName::parse("example@2.service").unwrap();

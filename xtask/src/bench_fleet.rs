@@ -63,11 +63,13 @@ fn machine_id(i: usize) -> String {
     format!("{:08x}{:024x}", 0x1000_0000 + i * 7919, i)
 }
 
+/// A unit of `kind`: `conf<g>` conflicts with the other instances of its group (groups of ten
+/// replicas, kept on ten machines), `meta` wants region=eu, `web` goes anywhere.
 fn unit_text(kind: &str) -> String {
     let xfleet = match kind {
-        "conf" => "\n[X-Fleet]\nConflicts=conf@*.service\n",
-        "meta" => "\n[X-Fleet]\nMachineMetadata=region=eu\n",
-        _ => "",
+        k if k.starts_with("conf") => format!("\n[X-Fleet]\nConflicts={k}@*.service\n"),
+        "meta" => "\n[X-Fleet]\nMachineMetadata=region=eu\n".to_string(),
+        _ => String::new(),
     };
     format!("[Unit]\nDescription={kind} %i\n\n[Service]\nExecStart=/bin/sleep infinity\n{xfleet}")
 }
@@ -84,7 +86,7 @@ pub fn fleet(cfg: &FleetBenchConfig) -> Result<()> {
     let client = Client::new(std::slice::from_ref(&etcd.url), Duration::from_secs(30));
     let layout = Layout::new(PREFIX);
     println!(
-        "fleet bench: {} machines, {} units (a tenth with Conflicts, a tenth with MachineMetadata), etcd at {}",
+        "fleet bench: {} machines, {} units (a tenth in conflict groups of ten, a tenth with MachineMetadata), etcd at {}",
         cfg.machines, cfg.units, etcd.url
     );
 
@@ -148,14 +150,12 @@ pub fn fleet(cfg: &FleetBenchConfig) -> Result<()> {
     drop(keeper);
 
     // The units, submitted as the API does (a unit, its job, its desired state).
-    let names: Vec<(String, &'static str)> = (0..cfg.units)
+    let names: Vec<(String, String)> = (0..cfg.units)
         .map(|i| {
-            let kind = if i % 10 == 0 {
-                "conf"
-            } else if i % 10 == 1 {
-                "meta"
-            } else {
-                "web"
+            let kind = match i % 10 {
+                0 => format!("conf{}", i / 100),
+                1 => "meta".to_string(),
+                _ => "web".to_string(),
             };
             (format!("{kind}@{i}.service"), kind)
         })
@@ -215,54 +215,16 @@ pub fn fleet(cfg: &FleetBenchConfig) -> Result<()> {
     let steady = engine.pass()?;
     let (steady_wall, steady_cpu) = (wall.elapsed(), thread_cpu() - cpu);
 
-    // Conflicts kept: no two conf@ units on one machine.
+    // Conflicts kept: no two units of one group on one machine.
     let jobs = Registry::new(client.clone(), PREFIX).jobs()?;
     let mut conf_machines = BTreeMap::new();
     for (name, record) in &jobs {
-        if name.starts_with("conf@") {
-            *conf_machines.entry(record.target.clone()).or_insert(0) += 1;
+        if let Some(group) = name.strip_prefix("conf").and_then(|n| n.split('@').next()) {
+            *conf_machines.entry((group.to_string(), record.target.clone())).or_insert(0) += 1;
         }
     }
     let violations = conf_machines.values().filter(|n| **n > 1).count();
 
-    // One machine lost: its lease is no longer renewed.
-    let victim = machine_id(0);
-    let victim_units: Vec<String> = jobs
-        .iter()
-        .filter(|(_, r)| r.target.as_deref() == Some(victim.as_str()))
-        .map(|(n, _)| n.clone())
-        .collect();
-    victim_alive.store(false, Ordering::SeqCst);
-    let expired_at = loop {
-        if client.get(&layout.machine_object(&victim))?.is_none() {
-            break Instant::now();
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut passes_after = 0;
-    let moved_in = loop {
-        let started = Instant::now();
-        engine.pass()?;
-        passes_after += 1;
-        let jobs = Registry::new(client.clone(), PREFIX).jobs()?;
-        let moved = victim_units.iter().all(|n| {
-            jobs.get(n)
-                .and_then(|r| r.target.as_deref())
-                .is_some_and(|t| t != victim)
-        });
-        if moved {
-            break expired_at.elapsed();
-        }
-        if passes_after >= 10 {
-            bail!(
-                "{} units of the lost machine still not moved after 10 passes",
-                victim_units.len()
-            );
-        }
-        std::thread::sleep(INTERVAL.saturating_sub(started.elapsed()));
-    };
-
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!();
     println!(
         "submission ({} threads): {:.1} s, {:.0} units/s",
@@ -311,12 +273,51 @@ pub fn fleet(cfg: &FleetBenchConfig) -> Result<()> {
         steady_cpu.as_secs_f64()
     );
     println!("  conflicting units sharing a machine: {violations}");
+
+    // One machine lost: its lease is no longer renewed.
+    let victim = machine_id(0);
+    let victim_units: Vec<String> = jobs
+        .iter()
+        .filter(|(_, r)| r.target.as_deref() == Some(victim.as_str()))
+        .map(|(n, _)| n.clone())
+        .collect();
+    victim_alive.store(false, Ordering::SeqCst);
+    let expired_at = loop {
+        if client.get(&layout.machine_object(&victim))?.is_none() {
+            break Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut passes_after = 0;
+    let moved_in = loop {
+        let started = Instant::now();
+        engine.pass()?;
+        passes_after += 1;
+        let jobs = Registry::new(client.clone(), PREFIX).jobs()?;
+        let moved = victim_units.iter().all(|n| {
+            jobs.get(n)
+                .and_then(|r| r.target.as_deref())
+                .is_some_and(|t| t != victim)
+        });
+        if moved {
+            break expired_at.elapsed();
+        }
+        if passes_after >= 10 {
+            bail!(
+                "{} units of the lost machine still not moved after 10 passes",
+                victim_units.len()
+            );
+        }
+        std::thread::sleep(INTERVAL.saturating_sub(started.elapsed()));
+    };
+
     println!(
         "lost machine: its {} units had new machines {:.1} s after its lease expired, {} engine pass(es) later",
         victim_units.len(),
         moved_in.as_secs_f64(),
         passes_after
     );
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!("load average at the end: {}", load.trim());
     Ok(())
 }

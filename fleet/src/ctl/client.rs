@@ -269,4 +269,23 @@ mod tests {
         assert_eq!(parse_response(chunked), Some((201, b"abcde".to_vec())));
         assert_eq!(encode("a@1.service"), "a%401.service");
     }
+
+    #[test]
+    fn an_unreachable_api_is_named() {
+        let dir = std::env::temp_dir().join(format!("kiln-fleetctl-{}", std::process::id()));
+        let endpoint = format!("unix://{}/fleet.sock", dir.display());
+        let e = ApiClient::new(&endpoint, Duration::from_secs(1))
+            .units()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&endpoint) && e.contains("kiln-fleet.service"),
+            "{e}"
+        );
+        let e = ApiClient::new("http://127.0.0.1:9", Duration::from_secs(1))
+            .machines()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("http://127.0.0.1:9"), "{e}");
+    }
 }

@@ -149,6 +149,9 @@ enum Cmd {
         follow: bool,
         #[arg(long, default_value = "short")]
         output: String,
+        /// Run journalctl with sudo (a user who may not read the system journal).
+        #[arg(long)]
+        sudo: bool,
         unit: String,
     },
 }
@@ -254,13 +257,19 @@ fn run(cli: &Cli) -> Outcome {
             lines,
             follow,
             output,
+            sudo,
             unit,
         } => {
             let name = mangle(unit);
-            let mut args: Vec<String> = ["journalctl", "--unit", name.as_str(), "--no-pager", "-n"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
+            let mut args: Vec<String> = Vec::new();
+            if *sudo {
+                args.push("sudo".into());
+            }
+            args.extend(
+                ["journalctl", "--unit", name.as_str(), "--no-pager", "-n"]
+                    .iter()
+                    .map(|s| s.to_string()),
+            );
             args.push(lines.to_string());
             args.extend(["--output".to_string(), output.clone()]);
             if *follow {
@@ -366,6 +375,16 @@ fn create_units(api: &ApiClient, args: &[String], replace: bool) -> Result<Vec<S
     Ok(names)
 }
 
+/// The cluster's machines by id.
+fn machine_map(api: &ApiClient) -> Result<BTreeMap<String, ApiMachine>, String> {
+    Ok(api
+        .machines()
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|m| (m.id.clone(), m))
+        .collect())
+}
+
 fn machine_label(machines: &BTreeMap<String, ApiMachine>, id: &str, full: bool) -> String {
     let shown = if full {
         id.to_string()
@@ -442,12 +461,7 @@ fn wait_for(api: &ApiClient, name: &str, state: &str, attempts: u32) -> Outcome 
                 }))
             };
             if unit.current_state == state && (state != "launched" || active()?) {
-                let machines: BTreeMap<String, ApiMachine> = api
-                    .machines()
-                    .map_err(err)?
-                    .into_iter()
-                    .map(|m| (m.id.clone(), m))
-                    .collect();
+                let machines = machine_map(api)?;
                 match state {
                     "inactive" => println!("Unit {name} inactive"),
                     _ => println!(
@@ -563,12 +577,7 @@ fn list_units(api: &ApiClient, f: &ListFlags) -> Outcome {
         &["unit", "machine", "active", "sub"],
         &["unit", "machine", "active", "sub", "load", "hash"],
     )?;
-    let machines: BTreeMap<String, ApiMachine> = api
-        .machines()
-        .map_err(err)?
-        .into_iter()
-        .map(|m| (m.id.clone(), m))
-        .collect();
+    let machines = machine_map(api)?;
     let mut states = api.states().map_err(err)?;
     states.sort_by(|a, b| (&a.name, &a.machine_id).cmp(&(&b.name, &b.machine_id)));
     let rows = states
@@ -600,12 +609,7 @@ fn list_unit_files(api: &ApiClient, f: &ListFlags) -> Outcome {
         "unit", "hash", "dstate", "state", "target", "tmachine", "desc", "global", "reason",
     ];
     let columns = fields(f, &["unit", "hash", "dstate", "state", "target"], &all)?;
-    let machines: BTreeMap<String, ApiMachine> = api
-        .machines()
-        .map_err(err)?
-        .into_iter()
-        .map(|m| (m.id.clone(), m))
-        .collect();
+    let machines = machine_map(api)?;
     let rows = api
         .units()
         .map_err(err)?
