@@ -81,7 +81,9 @@ pub const LIST_UNITS: &str = "fleetctl list-units -l --no-legend --fields unit,m
 
 /// Whether a table's rows (`--no-legend`) hold one whose columns are `fields`.
 pub fn has_row(table: &str, fields: &[&str]) -> bool {
-    table.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == fields)
+    table
+        .lines()
+        .any(|l| l.split_whitespace().collect::<Vec<_>>() == fields)
 }
 
 /// The machines running `unit` now (active), by machine id.
@@ -93,14 +95,24 @@ pub fn running(rows: &[Row], unit: &str) -> Vec<String> {
 }
 
 /// Waits until `done` accepts the units' rows, seen from `vm`.
-pub fn wait_rows(vm: &Vm, key: &Path, timeout: Duration, done: impl Fn(&[Row]) -> bool) -> Vec<Row> {
-    rows(&wait_in_guest(vm, key, LIST_UNITS, timeout, |out| done(&rows(out))))
+pub fn wait_rows(
+    vm: &Vm,
+    key: &Path,
+    timeout: Duration,
+    done: impl Fn(&[Row]) -> bool,
+) -> Vec<Row> {
+    rows(&wait_in_guest(vm, key, LIST_UNITS, timeout, |out| {
+        done(&rows(out))
+    }))
 }
 
 /// Every unit runs on at most one machine (global ones aside).
 pub fn nothing_twice(rows: &[Row]) -> Result<(), String> {
     let mut count: BTreeMap<&str, usize> = BTreeMap::new();
-    for r in rows.iter().filter(|r| r.active == "active" && r.unit != "everywhere.service") {
+    for r in rows
+        .iter()
+        .filter(|r| r.active == "active" && r.unit != "everywhere.service")
+    {
         *count.entry(&r.unit).or_default() += 1;
     }
     match count.iter().find(|(_, n)| **n > 1) {
@@ -111,14 +123,20 @@ pub fn nothing_twice(rows: &[Row]) -> Result<(), String> {
 
 /// The machine ids of the three VMs.
 pub fn machine_ids(vms: &[&Vm], key: &Path) -> Vec<String> {
-    vms.iter().map(|vm| guest(vm, key, "cat /etc/machine-id")).collect()
+    vms.iter()
+        .map(|vm| guest(vm, key, "cat /etc/machine-id"))
+        .collect()
 }
 
 /// `fleetctl list-machines` lists the three, with their private addresses and metadata.
 pub fn check_machines(vm: &Vm, key: &Path, expect: &[(String, &str, &str)]) {
-    let out = wait_in_guest(vm, key, "fleetctl list-machines -l --no-legend", SETTLE, |out| {
-        out.lines().count() == expect.len()
-    });
+    let out = wait_in_guest(
+        vm,
+        key,
+        "fleetctl list-machines -l --no-legend",
+        SETTLE,
+        |out| out.lines().count() == expect.len(),
+    );
     for (id, addr, metadata) in expect {
         let line = out
             .lines()
@@ -136,7 +154,9 @@ pub fn check_http(vm: &Vm, key: &Path, nodes: &[(&str, &str)]) {
         let got = wait_in_guest(
             vm,
             key,
-            &format!("sudo docker run --rm --network host kiln/busybox wget -q -O - http://{addr}:8081/"),
+            &format!(
+                "sudo docker run --rm --network host kiln/busybox wget -q -O - http://{addr}:8081/"
+            ),
             SETTLE,
             |out| out.trim() == *name,
         );
@@ -147,7 +167,9 @@ pub fn check_http(vm: &Vm, key: &Path, nodes: &[(&str, &str)]) {
 /// Waits until the three example instances run on three machines.
 pub fn examples_spread(vm: &Vm, key: &Path) -> Vec<Row> {
     wait_rows(vm, key, SETTLE, |rows| {
-        let mut hosts: Vec<String> = (1..=3).flat_map(|i| running(rows, &format!("example@{i}.service"))).collect();
+        let mut hosts: Vec<String> = (1..=3)
+            .flat_map(|i| running(rows, &format!("example@{i}.service")))
+            .collect();
         let n = hosts.len();
         hosts.sort();
         hosts.dedup();
@@ -157,8 +179,13 @@ pub fn examples_spread(vm: &Vm, key: &Path) -> Vec<Row> {
 
 /// The leader of the engine, from its key in etcd: the machine id.
 pub fn engine_leader(vm: &Vm, key: &Path) -> String {
-    let out = guest(vm, key, "etcdctl get --print-value-only /_coreos.com/fleet/lease/engine-leader");
-    let value: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("leader key {out:?}: {e}"));
+    let out = guest(
+        vm,
+        key,
+        "etcdctl get --print-value-only /_coreos.com/fleet/lease/engine-leader",
+    );
+    let value: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("leader key {out:?}: {e}"));
     value["MachineID"].as_str().unwrap_or_default().to_owned()
 }
 

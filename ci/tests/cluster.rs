@@ -108,7 +108,10 @@ fn cloud_config(node: &Node, public_key: &str, private_key: &str) -> String {
         ""
     };
     // `fleetctl status` and `journal` reach the other machines over ssh, as core, with this key.
-    let private: String = private_key.lines().map(|l| format!("      {l}\n")).collect();
+    let private: String = private_key
+        .lines()
+        .map(|l| format!("      {l}\n"))
+        .collect();
     let role = if node.name == "node2" { "db" } else { "web" };
     format!(
         r#"#cloud-config
@@ -674,43 +677,77 @@ fn three_nodes_form_an_etcd_cluster_find_each_others_services_and_update_one_at_
         .map(|i| format!("plain@{i}.service"))
         .filter(|u| fleet::running(&before_loss, u) == [dead.clone()])
         .collect();
-    assert!(!on_dead.is_empty(), "no plain unit ran on the machine lost: {before_loss:?}");
-    let rows = fleet::wait_rows(vms[a], &key, fleet::MOVED.saturating_sub(lost.elapsed()), |rows| {
-        on_dead.iter().all(|u| {
-            let on = fleet::running(rows, u);
-            on.len() == 1 && on[0] != dead
-        })
-    });
+    assert!(
+        !on_dead.is_empty(),
+        "no plain unit ran on the machine lost: {before_loss:?}"
+    );
+    let rows = fleet::wait_rows(
+        vms[a],
+        &key,
+        fleet::MOVED.saturating_sub(lost.elapsed()),
+        |rows| {
+            on_dead.iter().all(|u| {
+                let on = fleet::running(rows, u);
+                on.len() == 1 && on[0] != dead
+            })
+        },
+    );
     eprintln!(
         "fleet: {} unit(s) of the lost machine run elsewhere {:.0} s after its power-off",
         on_dead.len(),
         fleet::secs(lost)
     );
     fleet::nothing_twice(&rows).unwrap();
-    let files = guest(vms[a], &key, "fleetctl list-unit-files --no-legend --fields unit,target");
+    let files = guest(
+        vms[a],
+        &key,
+        "fleetctl list-unit-files --no-legend --fields unit,target",
+    );
     let waiting = files
         .lines()
-        .filter(|l| l.starts_with("example@") && !l.starts_with("example@.") && l.split_whitespace().last() == Some("-"))
+        .filter(|l| {
+            l.starts_with("example@")
+                && !l.starts_with("example@.")
+                && l.split_whitespace().last() == Some("-")
+        })
         .count();
-    assert_eq!(waiting, 2, "example@4 and the lost machine's instance wait:\n{files}");
+    assert_eq!(
+        waiting, 2,
+        "example@4 and the lost machine's instance wait:\n{files}"
+    );
 
     // Powered on again: it takes its example instance back, and nothing runs twice.
     let back = Instant::now();
     drop(vms);
     let mut nodes = nodes;
-    nodes[leader].vm.restart().expect("powering the lost machine on");
+    nodes[leader]
+        .vm
+        .restart()
+        .expect("powering the lost machine on");
     let vms: Vec<&Vm> = nodes.iter().map(|n| &n.vm).collect();
-    vms[leader].wait_for_ssh(&key, "core", BOOT_TIMEOUT).unwrap();
+    vms[leader]
+        .wait_for_ssh(&key, "core", BOOT_TIMEOUT)
+        .unwrap();
     fleet::examples_spread(vms[a], &key);
     fleet::wait_rows(vms[a], &key, fleet::SETTLE, |rows| {
         fleet::nothing_twice(rows).is_ok() && fleet::running(rows, "everywhere.service").len() == 3
     });
     // And on the machine itself: none of the units that moved away still runs there.
     for u in &on_dead {
-        let state = guest(vms[leader], &key, &format!("systemctl is-active {u} || true"));
-        assert_ne!(state, "active", "{u} runs again on the machine that came back");
+        let state = guest(
+            vms[leader],
+            &key,
+            &format!("systemctl is-active {u} || true"),
+        );
+        assert_ne!(
+            state, "active",
+            "{u} runs again on the machine that came back"
+        );
     }
-    eprintln!("fleet: the lost machine back and settled in {:.0} s", fleet::secs(back));
+    eprintln!(
+        "fleet: the lost machine back and settled in {:.0} s",
+        fleet::secs(back)
+    );
 }
 
 /// fleet's scheduling on the fresh cluster, through `fleetctl` on node1 as an operator uses it.
@@ -723,12 +760,18 @@ fn fleet_scheduling(vms: &[&Vm], key: &Path, ids: &[String]) {
             (id.clone(), n.addr, format!("node={},role={role}", n.name))
         })
         .collect();
-    let expect: Vec<(String, &str, &str)> = expect.iter().map(|(i, a, m)| (i.clone(), *a, m.as_str())).collect();
+    let expect: Vec<(String, &str, &str)> = expect
+        .iter()
+        .map(|(i, a, m)| (i.clone(), *a, m.as_str()))
+        .collect();
     fleet::check_machines(vms[0], key, &expect);
     for (name, text) in fleet::UNITS {
         guest(vms[0], key, &format!("cat > {name} <<'EOF'\n{text}EOF"));
     }
-    assert_eq!(guest(vms[0], key, "fleetctl submit example@.service"), "Unit example@.service inactive");
+    assert_eq!(
+        guest(vms[0], key, "fleetctl submit example@.service"),
+        "Unit example@.service inactive"
+    );
     // Started from the template in the cluster: three instances on three machines.
     guest(
         vms[0],
@@ -751,10 +794,18 @@ fn fleet_scheduling(vms: &[&Vm], key: &Path, ids: &[String]) {
         |out| out.contains("conflicts with"),
     );
     let fields: Vec<&str> = reason.split_whitespace().collect();
-    assert_eq!(fields[..3], ["example@4.service", "inactive", "-"], "{reason}");
+    assert_eq!(
+        fields[..3],
+        ["example@4.service", "inactive", "-"],
+        "{reason}"
+    );
 
     // Global everywhere; metadata on node2 alone; MachineOf beside example@2.
-    guest(vms[0], key, "timeout 600 fleetctl start everywhere.service db.service side.service");
+    guest(
+        vms[0],
+        key,
+        "timeout 600 fleetctl start everywhere.service db.service side.service",
+    );
     let rows2 = fleet::wait_rows(vms[0], key, fleet::SETTLE, |rows| {
         fleet::running(rows, "everywhere.service").len() == 3
             && fleet::running(rows, "db.service") == [ids[1].clone()]
@@ -764,34 +815,77 @@ fn fleet_scheduling(vms: &[&Vm], key: &Path, ids: &[String]) {
     drop(rows);
 
     // cat, status and journal of a unit on another machine (over ssh, as fleet did).
-    assert_eq!(guest(vms[0], key, "fleetctl cat example@2.service") + "\n", fleet::EXAMPLE);
+    assert_eq!(
+        guest(vms[0], key, "fleetctl cat example@2.service") + "\n",
+        fleet::EXAMPLE
+    );
     let elsewhere = (1..=3)
         .map(|i| format!("example@{i}.service"))
         .find(|u| fleet::running(&rows2, u) != [ids[0].clone()])
         .expect("an instance on another machine");
-    let status = guest(vms[0], key, &format!("fleetctl --strict-host-key-checking=false status {elsewhere}"));
+    let status = guest(
+        vms[0],
+        key,
+        &format!("fleetctl --strict-host-key-checking=false status {elsewhere}"),
+    );
     assert!(status.contains("Active: active (running)"), "{status}");
-    let journal = guest(vms[0], key, &format!("fleetctl --strict-host-key-checking=false journal --sudo --lines 5 {elsewhere}"));
-    assert!(journal.lines().count() >= 2 && journal.contains(&elsewhere.replace(".service", "")), "{journal}");
+    let journal = guest(
+        vms[0],
+        key,
+        &format!("fleetctl --strict-host-key-checking=false journal --sudo --lines 5 {elsewhere}"),
+    );
+    assert!(
+        journal.lines().count() >= 2 && journal.contains(&elsewhere.replace(".service", "")),
+        "{journal}"
+    );
 
     // stop keeps it loaded, unload takes it off its machine, destroy forgets it.
     let side_on = fleet::running(&rows2, "side.service")[0].clone();
     let side_vm = vms[ids.iter().position(|i| *i == side_on).unwrap()];
     guest(vms[0], key, "timeout 300 fleetctl stop side.service");
-    wait_in_guest(side_vm, key, "systemctl is-active side.service || true", fleet::SETTLE, |o| o.trim() == "inactive");
-    let files = guest(vms[0], key, "fleetctl list-unit-files --no-legend --fields unit,dstate");
-    assert!(fleet::has_row(&files, &["side.service", "loaded"]), "{files}");
+    wait_in_guest(
+        side_vm,
+        key,
+        "systemctl is-active side.service || true",
+        fleet::SETTLE,
+        |o| o.trim() == "inactive",
+    );
+    let files = guest(
+        vms[0],
+        key,
+        "fleetctl list-unit-files --no-legend --fields unit,dstate",
+    );
+    assert!(
+        fleet::has_row(&files, &["side.service", "loaded"]),
+        "{files}"
+    );
     guest(vms[0], key, "timeout 300 fleetctl unload side.service");
-    wait_in_guest(side_vm, key, "test -e /run/fleet/units/side.service && echo loaded || echo gone", fleet::SETTLE, |o| o.trim() == "gone");
-    assert_eq!(guest(vms[0], key, "fleetctl destroy side.service"), "Destroyed side.service");
+    wait_in_guest(
+        side_vm,
+        key,
+        "test -e /run/fleet/units/side.service && echo loaded || echo gone",
+        fleet::SETTLE,
+        |o| o.trim() == "gone",
+    );
+    assert_eq!(
+        guest(vms[0], key, "fleetctl destroy side.service"),
+        "Destroyed side.service"
+    );
     assert!(!guest(vms[0], key, "fleetctl list-unit-files --no-legend").contains("side.service"));
 
     // The engine's leader dies (its daemon killed, no goodbye): another machine leads within
     // 30 s, and scheduling goes on.
     let leader = fleet::engine_leader(vms[0], key);
-    let at = ids.iter().position(|i| *i == leader).expect("the leader is one of the three");
+    let at = ids
+        .iter()
+        .position(|i| *i == leader)
+        .expect("the leader is one of the three");
     let killed = Instant::now();
-    guest(vms[at], key, "sudo systemctl kill -s SIGKILL kiln-fleet.service; sudo systemctl stop kiln-fleet.service");
+    guest(
+        vms[at],
+        key,
+        "sudo systemctl kill -s SIGKILL kiln-fleet.service; sudo systemctl stop kiln-fleet.service",
+    );
     let other = (at + 1) % 3;
     wait_in_guest(
         vms[other],
@@ -800,11 +894,27 @@ fn fleet_scheduling(vms: &[&Vm], key: &Path, ids: &[String]) {
         Duration::from_secs(30),
         |out| out.contains("MachineID") && !out.contains(&leader),
     );
-    eprintln!("fleet: engine leader killed; another leads {:.0} s later", fleet::secs(killed));
+    eprintln!(
+        "fleet: engine leader killed; another leads {:.0} s later",
+        fleet::secs(killed)
+    );
     guest(vms[at], key, "sudo systemctl start kiln-fleet.service");
-    guest(vms[other], key, &format!("cat > plain@.service <<'EOF'\n{}EOF", fleet::UNITS[4].1));
-    let plain: Vec<String> = (1..=fleet::PLAIN).map(|i| format!("plain@{i}.service")).collect();
-    guest(vms[other], key, &format!("timeout 600 fleetctl start --block-attempts 200 {}", plain.join(" ")));
+    guest(
+        vms[other],
+        key,
+        &format!("cat > plain@.service <<'EOF'\n{}EOF", fleet::UNITS[4].1),
+    );
+    let plain: Vec<String> = (1..=fleet::PLAIN)
+        .map(|i| format!("plain@{i}.service"))
+        .collect();
+    guest(
+        vms[other],
+        key,
+        &format!(
+            "timeout 600 fleetctl start --block-attempts 200 {}",
+            plain.join(" ")
+        ),
+    );
     fleet::check_machines(vms[0], key, &expect);
     let rows = fleet::examples_spread(vms[0], key);
     fleet::nothing_twice(&rows).unwrap();
@@ -818,9 +928,15 @@ fn fleet_after_update(vms: &[&Vm], key: &Path, ids: &[String]) {
         fleet::nothing_twice(rows).is_ok()
             && fleet::running(rows, "everywhere.service").len() == 3
             && fleet::running(rows, "db.service") == [ids[1].clone()]
-            && (1..=fleet::PLAIN).all(|i| fleet::running(rows, &format!("plain@{i}.service")).len() == 1)
+            && (1..=fleet::PLAIN)
+                .all(|i| fleet::running(rows, &format!("plain@{i}.service")).len() == 1)
     });
     let nodes: Vec<(&str, &str)> = NODES.iter().map(|n| (n.name, n.addr)).collect();
     fleet::check_http(vms[0], key, &nodes);
-    assert_eq!(guest(vms[1], key, "fleetctl list-machines --no-legend").lines().count(), 3);
+    assert_eq!(
+        guest(vms[1], key, "fleetctl list-machines --no-legend")
+            .lines()
+            .count(),
+        3
+    );
 }

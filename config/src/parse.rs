@@ -104,9 +104,15 @@ fn read_root(root: &Node, ctx: &mut Ctx) -> Result<CloudConfig, ConfigError> {
     if let Some(n) = f.take_some("hostname") {
         cfg.hostname = ctx.recover(hostname(n).map(Some))?;
     }
-    cfg.ssh_authorized_keys =
-        ctx.recover(ssh_keys(f.take("ssh_authorized_keys"), "ssh_authorized_keys"))?;
-    for (i, n) in ctx.recover(list(f.take("users"), "users"))?.iter().enumerate() {
+    cfg.ssh_authorized_keys = ctx.recover(ssh_keys(
+        f.take("ssh_authorized_keys"),
+        "ssh_authorized_keys",
+    ))?;
+    for (i, n) in ctx
+        .recover(list(f.take("users"), "users"))?
+        .iter()
+        .enumerate()
+    {
         let read = user(n, &format!("users[{i}]"), ctx).map(Some);
         cfg.users.extend(ctx.recover(read)?);
     }
@@ -435,7 +441,13 @@ fn decode(node: &Node, path: &str, encoding: Encoding) -> Result<Vec<u8>, Config
         .take(MAX_DECODED + 1)
         .read_to_end(&mut out)
         .map_err(|e| {
-            ConfigError::invalid(node, path, format!("content is not valid gzip ({e}); give the output of `gzip`, or fix `encoding`"))
+            ConfigError::invalid(
+                node,
+                path,
+                format!(
+                    "content is not valid gzip ({e}); give the output of `gzip`, or fix `encoding`"
+                ),
+            )
         })?;
     if out.len() as u64 > MAX_DECODED {
         return Err(ConfigError::invalid(

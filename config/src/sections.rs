@@ -57,7 +57,10 @@ const ETCD_KEYS: &[(&str, bool)] = &[
 /// etcd v1 settings (CoreOS's `etcd:`) and the etcd 3 setting that replaces each.
 const ETCD_V1_KEYS: &[(&str, &str)] = &[
     ("addr", "advertise-client-urls: http://ADDRESS:2379"),
-    ("peer_addr", "initial-advertise-peer-urls: http://ADDRESS:2380"),
+    (
+        "peer_addr",
+        "initial-advertise-peer-urls: http://ADDRESS:2380",
+    ),
     ("bind_addr", "listen-client-urls: http://ADDRESS:2379"),
     ("peer_bind_addr", "listen-peer-urls: http://ADDRESS:2380"),
 ];
@@ -125,13 +128,21 @@ fn section(top: &mut Fields<'_>, ctx: &mut Ctx) -> Result<KilnSection, ConfigErr
     };
     let mut units = Vec::new();
     let units_path = f.path_of("units");
-    for (i, n) in ctx.recover(list(f.take("units"), &units_path))?.iter().enumerate() {
+    for (i, n) in ctx
+        .recover(list(f.take("units"), &units_path))?
+        .iter()
+        .enumerate()
+    {
         let read = unit(n, &format!("{units_path}[{i}]"), ctx).map(Some);
         units.extend(ctx.recover(read)?);
     }
     let mut network = Vec::new();
     let net_path = f.path_of("network");
-    for (i, n) in ctx.recover(list(f.take("network"), &net_path))?.iter().enumerate() {
+    for (i, n) in ctx
+        .recover(list(f.take("network"), &net_path))?
+        .iter()
+        .enumerate()
+    {
         let read = interface(n, &format!("{net_path}[{i}]"), ctx).map(Some);
         network.extend(ctx.recover(read)?);
     }
@@ -158,7 +169,14 @@ fn not_in_kiln(f: &mut Fields<'_>, ctx: &mut Ctx) {
         if let Kind::Map(entries) = &node.kind {
             for (k, _) in entries {
                 if !FLANNEL_KEYS.contains(&k.name.replace('_', "-").as_str()) {
-                    ctx.warn(k.pos, &format!("{path}.{}", k.name), format!("not a flannel setting (those are {})", FLANNEL_KEYS.join(", ")));
+                    ctx.warn(
+                        k.pos,
+                        &format!("{path}.{}", k.name),
+                        format!(
+                            "not a flannel setting (those are {})",
+                            FLANNEL_KEYS.join(", ")
+                        ),
+                    );
                 }
             }
         }

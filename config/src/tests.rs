@@ -967,18 +967,26 @@ fn a_wrong_type_is_a_warning_at_its_key_and_the_rest_is_applied() {
         let p = parsed(doc);
         let w: Vec<(u64, String)> = p.warnings.iter().map(|w| (w.line, w.to_string())).collect();
         assert!(
-            w.iter().any(|(l, m)| l == line && m.contains(what) && m.contains("the rest of the document is applied")),
+            w.iter().any(|(l, m)| l == line
+                && m.contains(what)
+                && m.contains("the rest of the document is applied")),
             "{doc:?}: {w:?}"
         );
     }
     // What was not wrong is applied.
     let p = parsed(cases[0].0);
-    assert_eq!((p.config.hostname.as_deref(), p.config.users.len()), (None, 1));
+    assert_eq!(
+        (p.config.hostname.as_deref(), p.config.users.len()),
+        (None, 1)
+    );
     let p = parsed(cases[2].0);
     assert!(p.config.ssh_authorized_keys.is_empty());
     assert_eq!(p.config.hostname.as_deref(), Some("h"));
     let p = parsed(cases[5].0);
-    assert!(p.config.kiln.units.is_empty(), "the unit with the bad value is left out");
+    assert!(
+        p.config.kiln.units.is_empty(),
+        "the unit with the bad value is left out"
+    );
     assert_eq!(p.config.hostname.as_deref(), Some("h"));
     // Other errors still refuse the document, at the key's line for a value below it.
     let e = error("#cloud-config\nhostname:\n  -bad-\n");
@@ -1004,7 +1012,10 @@ fn binary_content_and_every_coreos_encoding_decode() {
     // Binary that is not text, where text is wanted: the library's own hints never show.
     let e = error("#cloud-config\nhostname: !!binary H4sI\n");
     let shown = e.to_string();
-    assert!(shown.contains("!!binary") && !shown.contains("Options"), "{shown}");
+    assert!(
+        shown.contains("!!binary") && !shown.contains("Options"),
+        "{shown}"
+    );
 }
 
 #[test]
@@ -1030,7 +1041,10 @@ fn a_write_files_entry_without_path_is_skipped_with_a_warning() {
     let w = warnings_of(doc);
     assert_eq!(w.len(), 1);
     assert_eq!(w[0].0, 3);
-    assert!(w[0].1.contains("no `path`") && w[0].1.contains("add `path:`"), "{w:?}");
+    assert!(
+        w[0].1.contains("no `path`") && w[0].1.contains("add `path:`"),
+        "{w:?}"
+    );
     // Its content is checked all the same.
     let e = error("#cloud-config\nwrite_files:\n  - encoding: base64\n    content: '!!!'\n");
     assert_eq!(e.line, 4, "{e}");
@@ -1040,18 +1054,31 @@ fn a_write_files_entry_without_path_is_skipped_with_a_warning() {
 fn checks_coreos_cloudinit_makes() {
     let e = error("#cloud-config\nwrite_files:\n  - path: /usr/invalid\n");
     assert_eq!((e.line, e.column), (3, 5), "{e}");
-    assert!(e.to_string().contains("read-only") && e.to_string().contains("/etc"), "{e}");
+    assert!(
+        e.to_string().contains("read-only") && e.to_string().contains("/etc"),
+        "{e}"
+    );
     let e = error("#cloud-config\nwrite_files:\n  - path: underscore\n");
     assert!(e.to_string().contains("write \"/underscore\""), "{e}");
 
     let w = warnings_of("#cloud-config\ncoreos:\n  etcd2:\n    discovery: disco\n");
-    assert!(w.iter().any(|(l, m)| *l == 4 && m.contains("not a URL")), "{w:?}");
-    assert!(warnings_of("#cloud-config\ncoreos:\n  etcd2:\n    discovery: https://d.example/x\n").is_empty());
+    assert!(
+        w.iter().any(|(l, m)| *l == 4 && m.contains("not a URL")),
+        "{w:?}"
+    );
+    assert!(
+        warnings_of("#cloud-config\ncoreos:\n  etcd2:\n    discovery: https://d.example/x\n")
+            .is_empty()
+    );
 
     let w = warnings_of("#cloud-config\ncoreos:\n  flannel:\n    bad: 1\n    etcd_prefix: /x\n");
     let lines: Vec<u64> = w.iter().map(|(l, _)| *l).collect();
     assert_eq!(lines, [3, 4], "{w:?}");
-    assert!(w[1].1.contains("`coreos.flannel.bad`: not a flannel setting"), "{w:?}");
+    assert!(
+        w[1].1
+            .contains("`coreos.flannel.bad`: not a flannel setting"),
+        "{w:?}"
+    );
 
     let w = warnings_of("#cloud-config\n\t\nhostname: a\n");
     assert_eq!(w.len(), 1);
@@ -1068,9 +1095,18 @@ fn keys_kiln_handles_differently_say_what_it_does() {
     let w = warnings_of(doc);
     let expect: &[(u64, &str)] = &[
         (3, "Kiln has one image for every platform"),
-        (6, "write `advertise-client-urls: http://ADDRESS:2379` instead"),
-        (7, "write `initial-advertise-peer-urls: http://ADDRESS:2380` instead"),
-        (10, "put the keys themselves under this user's `ssh_authorized_keys`"),
+        (
+            6,
+            "write `advertise-client-urls: http://ADDRESS:2379` instead",
+        ),
+        (
+            7,
+            "write `initial-advertise-peer-urls: http://ADDRESS:2380` instead",
+        ),
+        (
+            10,
+            "put the keys themselves under this user's `ssh_authorized_keys`",
+        ),
         (11, "put the keys themselves"),
     ];
     assert_eq!(w.len(), expect.len(), "{w:?}");
@@ -1078,8 +1114,13 @@ fn keys_kiln_handles_differently_say_what_it_does() {
         assert_eq!(line, want_line, "{msg}");
         assert!(msg.contains(want), "{msg}");
     }
-    let w = warnings_of("#cloud-config\ncoreos:\n  etcd2:\n    advertise-client-urls: http://$private_ipv4:2379\n");
-    assert!(w[0].1.contains("write the machine's address itself"), "{w:?}");
+    let w = warnings_of(
+        "#cloud-config\ncoreos:\n  etcd2:\n    advertise-client-urls: http://$private_ipv4:2379\n",
+    );
+    assert!(
+        w[0].1.contains("write the machine's address itself"),
+        "{w:?}"
+    );
 }
 
 #[test]
@@ -1094,7 +1135,10 @@ fn manage_etc_hosts_and_no_user_group_apply() {
     let hosts = read(r, "etc/hosts");
     assert!(hosts.contains("\n127.0.0.1\tlocalhost node-1.example node-1\n::1\tlocalhost ip6-localhost ip6-loopback node-1.example node-1\n"), "{hosts}");
     let passwd = read(r, "etc/passwd");
-    assert!(passwd.ends_with("bob:x:1000:100::/home/bob:/bin/bash\n"), "{passwd}");
+    assert!(
+        passwd.ends_with("bob:x:1000:100::/home/bob:/bin/bash\n"),
+        "{passwd}"
+    );
     assert!(read(r, "etc/group").contains("\nusers:x:100:\n"));
     assert!(!read(r, "etc/group").contains("\nbob:"));
 

@@ -14,7 +14,9 @@ pub enum UserData {
     Empty,
     CloudConfig(Box<Parsed>),
     /// A script; `interpreter` is its `#!` line without the `#!`.
-    Script { interpreter: String },
+    Script {
+        interpreter: String,
+    },
     Multipart(Vec<Part>),
 }
 
@@ -32,7 +34,9 @@ pub struct Part {
 pub enum PartKind {
     /// Warnings are placed on the lines of the whole user-data.
     CloudConfig(Box<Parsed>),
-    Script { interpreter: String },
+    Script {
+        interpreter: String,
+    },
     /// What coreos-cloudinit also passed over (plain text, an Ignition config), and why.
     Ignored(String),
 }
@@ -42,7 +46,9 @@ pub fn read_user_data(bytes: &[u8]) -> Result<UserData, ConfigError> {
     let text = match std::str::from_utf8(bytes) {
         Ok(t) => t,
         // A cloud-config must be UTF-8; the parser says where it is not.
-        Err(_) => return crate::parse::parse_bytes(bytes).map(|p| UserData::CloudConfig(Box::new(p))),
+        Err(_) => {
+            return crate::parse::parse_bytes(bytes).map(|p| UserData::CloudConfig(Box::new(p)))
+        }
     };
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     if text.trim().is_empty() {
@@ -121,7 +127,10 @@ fn multipart(text: &str) -> Result<Vec<Part>, ConfigError> {
         return Err(mime_error(1, format!("the Content-Type is {kind:?}, not multipart/mixed; begin a cloud-config with `#cloud-config`, a script with `#!`")));
     }
     let boundary = boundary.filter(|b| !b.is_empty()).ok_or_else(|| {
-        mime_error(1, "the Content-Type has no `boundary=`; add the boundary that separates the parts".into())
+        mime_error(
+            1,
+            "the Content-Type has no `boundary=`; add the boundary that separates the parts".into(),
+        )
     })?;
     let delimiter = format!("--{boundary}");
     let close = format!("{delimiter}--");
@@ -140,7 +149,10 @@ fn multipart(text: &str) -> Result<Vec<Part>, ConfigError> {
         }
     }
     if marks.is_empty() {
-        return Err(mime_error(1, format!("no part begins with `{delimiter}`; separate the parts with that line")));
+        return Err(mime_error(
+            1,
+            format!("no part begins with `{delimiter}`; separate the parts with that line"),
+        ));
     }
     if !closed {
         marks.push(lines.len());
@@ -263,7 +275,10 @@ mod tests {
         assert_eq!(first.config.hostname.as_deref(), Some("a"));
         // `bogus:` is line 8 of the whole user-data.
         assert_eq!(first.warnings.len(), 1);
-        assert_eq!((first.warnings[0].line, first.warnings[0].key.as_str()), (8, "bogus"));
+        assert_eq!(
+            (first.warnings[0].line, first.warnings[0].key.as_str()),
+            (8, "bogus")
+        );
         assert_eq!(
             parts[1].kind,
             PartKind::Script {

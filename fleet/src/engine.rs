@@ -109,8 +109,13 @@ impl Engine {
             eprintln!("fleet engine: the leader lease expired; no longer leading");
             self.leading = None;
         }
-        let lease = self.etcd.grant(self.lease_ttl)?;
         let key = self.layout.leader();
+        // Another engine leads: a read, not a lease and a transaction (writes through the
+        // cluster's log) every pass of every follower.
+        if self.etcd.get(&key)?.is_some() {
+            return Ok(false);
+        }
+        let lease = self.etcd.grant(self.lease_ttl)?;
         let leader = Leader {
             machine_id: self.machine_id.clone(),
             version: LAYOUT_VERSION,

@@ -220,7 +220,9 @@ pub fn fleet(cfg: &FleetBenchConfig) -> Result<()> {
     let mut conf_machines = BTreeMap::new();
     for (name, record) in &jobs {
         if let Some(group) = name.strip_prefix("conf").and_then(|n| n.split('@').next()) {
-            *conf_machines.entry((group.to_string(), record.target.clone())).or_insert(0) += 1;
+            *conf_machines
+                .entry((group.to_string(), record.target.clone()))
+                .or_insert(0) += 1;
         }
     }
     let violations = conf_machines.values().filter(|n| **n > 1).count();

@@ -43,7 +43,10 @@ pub fn run(cfg: &ValidateConfig) -> Result<()> {
                         PartKind::Script { interpreter } => script_note(&interpreter),
                         PartKind::Ignored(why) => format!("ignored ({why})"),
                     };
-                    eprintln!("{shown}: multipart part at line {} ({}): {what}", part.line, part.content_type);
+                    eprintln!(
+                        "{shown}: multipart part at line {} ({}): {what}",
+                        part.line, part.content_type
+                    );
                 }
                 warnings
             }

@@ -8,7 +8,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// A runner, the environment it runs with, the fewest passes it may report, and of how many.
-type Floor = (&'static str, &'static [(&'static str, &'static str)], u32, u32);
+type Floor = (
+    &'static str,
+    &'static [(&'static str, &'static str)],
+    u32,
+    u32,
+);
 
 const FLOORS: &[Floor] = &[
     ("cloud-config/run.sh", &[], 158, 163),
@@ -27,7 +32,10 @@ fn checkout() -> PathBuf {
 fn figures(output: &str) -> Option<(u32, u32)> {
     let last = output.lines().rev().find(|l| !l.trim().is_empty())?;
     let (passed, failed) = last.trim().split_once(" passed, ")?;
-    Some((passed.parse().ok()?, failed.strip_suffix(" failed")?.parse().ok()?))
+    Some((
+        passed.parse().ok()?,
+        failed.strip_suffix(" failed")?.parse().ok()?,
+    ))
 }
 
 #[test]
@@ -53,7 +61,10 @@ fn conformance_runners_pass_at_least_the_recorded_figures() {
         let mut cmd = Command::new("bash");
         cmd.arg(&script).arg(&root).current_dir(&root);
         // The responses runner's throwaway project, inside this checkout's target directory.
-        cmd.env("CHECK_DIR", root.join("target/conformance/omaha-client-check"));
+        cmd.env(
+            "CHECK_DIR",
+            root.join("target/conformance/omaha-client-check"),
+        );
         for (k, v) in *env {
             cmd.env(k, v);
         }
@@ -63,13 +74,16 @@ fn conformance_runners_pass_at_least_the_recorded_figures() {
         let stdout = String::from_utf8_lossy(&out.stdout);
         let label = format!(
             "{runner}{}",
-            env.iter().map(|(k, v)| format!(" {k}={v}")).collect::<String>()
+            env.iter()
+                .map(|(k, v)| format!(" {k}={v}"))
+                .collect::<String>()
         );
         match figures(&stdout) {
             Some((passed, failed)) => {
                 println!("{label}: {passed} passed, {failed} failed (at least {floor} of {total} must pass)");
                 if passed < *floor {
-                    let fails: Vec<&str> = stdout.lines().filter(|l| l.starts_with("FAIL")).collect();
+                    let fails: Vec<&str> =
+                        stdout.lines().filter(|l| l.starts_with("FAIL")).collect();
                     short.push(format!(
                         "{label}: {passed} passed, fewer than {floor}; failures:\n{}",
                         fails.join("\n")

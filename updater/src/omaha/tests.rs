@@ -821,9 +821,16 @@ fn what_update_engine_ignores_is_ignored() {
     );
     // Without an update check, the app's status says why.
     let doc = "<response protocol=\"3.0\"><app appid=\"a\" status=\"error-unknownApplication\"/></response>";
-    let e = first_app(&Response::parse(doc).unwrap()).update().unwrap_err();
+    let e = first_app(&Response::parse(doc).unwrap())
+        .update()
+        .unwrap_err();
     assert!(e.to_string().contains("error-unknownApplication"), "{e}");
     let doc = "<response protocol=\"3.0\"><app appid=\"a\" status=\"error-unknownApplicationOrGroup\"><updatecheck status=\"error-internal\"/></app></response>";
-    let e = first_app(&Response::parse(doc).unwrap()).update().unwrap_err();
-    assert!(e.to_string().contains("error-unknownApplicationOrGroup"), "{e}");
+    let e = first_app(&Response::parse(doc).unwrap())
+        .update()
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("error-unknownApplicationOrGroup"),
+        "{e}"
+    );
 }
