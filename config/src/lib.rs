@@ -1,6 +1,6 @@
 //! Kiln's cloud-config: the first-boot document in the shape CoreOS used (`hostname`,
 //! `ssh_authorized_keys`, `users`, `write_files`, and a `kiln:` / `coreos:` section with etcd,
-//! update, locksmith, units and network), parsed with line and column in every error, and
+//! update, locksmith, fleet, units and network), parsed with line and column in every error, and
 //! applied to a mounted root before systemd starts.
 //!
 //! Used by the initramfs init (device side: pure Rust, small) and by `cargo xtask

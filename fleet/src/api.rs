@@ -10,9 +10,9 @@ use serde_json::json;
 
 use crate::job::Requirements;
 use crate::name::UnitName;
-use crate::registry::{Registry, RegistryError};
+use crate::registry::{JobRecord, Registry, RegistryError, UnitCache};
 use crate::schedule::TargetState;
-use crate::unit::{UnitFile, UnitOption};
+use crate::unit::{UnitFile, UnitHash, UnitOption};
 
 /// The largest request body taken (a unit file, in JSON).
 const MAX_BODY: u64 = 1 << 20;
@@ -154,23 +154,15 @@ pub fn handle(registry: &Registry, method: &str, url: &str, body: &[u8]) -> Answ
     result.unwrap_or_else(Answer::from)
 }
 
-fn unit_of(
-    registry: &Registry,
-    name: &str,
-    record: &crate::registry::JobRecord,
-) -> Result<Option<ApiUnit>, RegistryError> {
-    let Some(object) = &record.object else {
-        return Ok(None);
-    };
-    let Ok(hash) = object.unit_hash.parse() else {
-        return Ok(None);
-    };
-    let options = registry
-        .unit(&hash)?
-        .and_then(|text| UnitFile::parse(&text).ok())
+fn unit_of(name: &str, record: &JobRecord, units: &UnitCache) -> Option<ApiUnit> {
+    let hash: UnitHash = record.object.as_ref()?.unit_hash.parse().ok()?;
+    let options = units
+        .get(&hash)
+        .cloned()
+        .flatten()
         .map(|u| u.options)
         .unwrap_or_default();
-    Ok(Some(ApiUnit {
+    Some(ApiUnit {
         name: name.to_owned(),
         options,
         desired_state: record
@@ -180,7 +172,7 @@ fn unit_of(
         current_state: String::new(),
         machine_id: record.target.clone().unwrap_or_default(),
         reason: record.reason.clone().unwrap_or_default(),
-    }))
+    })
 }
 
 /// fleet's derived state: what the unit's machine reports having done with it.
@@ -198,22 +190,25 @@ fn current_state(
 }
 
 fn list_units(registry: &Registry) -> Result<Vec<ApiUnit>, RegistryError> {
-    let states = registry.states()?;
-    let mut units = Vec::new();
-    for (name, record) in registry.jobs()? {
-        if let Some(mut unit) = unit_of(registry, &name, &record)? {
+    let states = registry.states(None)?;
+    let jobs = registry.jobs()?;
+    let units = registry.units_of(jobs.values())?;
+    Ok(jobs
+        .iter()
+        .filter_map(|(name, record)| {
+            let mut unit = unit_of(name, record, &units)?;
             unit.current_state = current_state(&unit, &states);
-            units.push(unit);
-        }
-    }
-    Ok(units)
+            Some(unit)
+        })
+        .collect())
 }
 
 fn get_unit(registry: &Registry, name: &str) -> Result<Answer, RegistryError> {
-    let record = registry.jobs()?.remove(name).unwrap_or_default();
-    match unit_of(registry, name, &record)? {
+    let record = registry.job(name)?;
+    let units = registry.units_of(std::iter::once(&record))?;
+    match unit_of(name, &record, &units) {
         Some(mut unit) => {
-            unit.current_state = current_state(&unit, &registry.states()?);
+            unit.current_state = current_state(&unit, &registry.states(Some(name))?);
             Ok(ok(serde_json::to_value(unit).unwrap_or_default()))
         }
         None => Ok(error(404, format!("unit {name} does not exist"))),
@@ -250,10 +245,7 @@ fn put_unit(registry: &Registry, name: &str, body: &[u8]) -> Result<Answer, Regi
             ))
         }
     };
-    let exists = registry
-        .jobs()?
-        .get(name)
-        .is_some_and(|r| r.object.is_some());
+    let exists = registry.job(name)?.object.is_some();
     let mut created = false;
     if !put.options.is_empty() {
         let unit = UnitFile::from_options(put.options);
@@ -309,7 +301,7 @@ fn states(
     unit: Option<&str>,
 ) -> Result<Vec<ApiState>, RegistryError> {
     Ok(registry
-        .states()?
+        .states(unit)?
         .into_iter()
         .filter(|((n, m), _)| machine.is_none_or(|x| x == m) && unit.is_none_or(|x| x == n))
         .map(|((name, machine_id), s)| ApiState {

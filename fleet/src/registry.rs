@@ -282,6 +282,25 @@ impl Registry {
         Ok(job_records(&self.layout, &range.kvs))
     }
 
+    /// One job, as read from `P/job/<name>/` (empty when there is none).
+    pub fn job(&self, name: &str) -> Result<JobRecord, RegistryError> {
+        let range = self.etcd.get_prefix(&self.layout.job(name))?;
+        Ok(job_records(&self.layout, &range.kvs)
+            .remove(name)
+            .unwrap_or_default())
+    }
+
+    /// The units of these jobs, read in batches.
+    pub fn units_of<'a>(
+        &self,
+        records: impl Iterator<Item = &'a JobRecord>,
+    ) -> Result<UnitCache, RegistryError> {
+        let mut cache = UnitCache::new();
+        let hashes = records.filter_map(|r| r.object.as_ref()?.unit_hash.parse().ok());
+        fetch_units(&self.etcd, &self.layout, &mut cache, hashes)?;
+        Ok(cache)
+    }
+
     /// The unit text stored under a hash.
     pub fn unit(&self, hash: &UnitHash) -> Result<Option<String>, RegistryError> {
         Ok(self.etcd.get(&self.layout.unit(hash))?.map(|kv| kv.text()))
@@ -293,10 +312,16 @@ impl Registry {
         Ok(machine_objects(&self.layout, &range.kvs))
     }
 
-    /// Every published unit state: (unit, machine) → state.
-    pub fn states(&self) -> Result<BTreeMap<(String, String), UnitState>, RegistryError> {
+    /// Every published unit state (of one unit, when named): (unit, machine) → state.
+    pub fn states(
+        &self,
+        unit: Option<&str>,
+    ) -> Result<BTreeMap<(String, String), UnitState>, RegistryError> {
         let base = self.layout.states();
-        let range = self.etcd.get_prefix(&base)?;
+        let range = match unit {
+            Some(name) => self.etcd.get_prefix(&format!("{base}{name}/"))?,
+            None => self.etcd.get_prefix(&base)?,
+        };
         Ok(range
             .kvs
             .iter()

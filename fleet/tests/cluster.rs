@@ -207,6 +207,14 @@ fn scheduling_failover_and_loss() {
         );
     }
     assert_eq!(hosts.len(), 3, "three machines");
+    // The list shows the same as each unit's own answer.
+    let list = api::handle(&registry, "GET", "/fleet/v1/units", b"");
+    let units: Vec<ApiUnit> = serde_json::from_value(list.body.unwrap()["units"].clone()).unwrap();
+    assert_eq!(units.len(), 5, "{units:?}");
+    for u in &units {
+        assert_eq!(*u, unit(&registry, &u.name));
+        assert!(!u.options.is_empty(), "{u:?}");
+    }
     let fourth = unit(&registry, "example@4.service");
     assert!(
         fourth.machine_id.is_empty() && fourth.reason.contains("example@"),
