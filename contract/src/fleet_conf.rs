@@ -68,6 +68,7 @@ pub const KEYS: &[Key] = &[
     Key { name: "disable_engine", kind: Kind::Bool, default: "false", support: Support::Yes, doc: "Never lead the scheduler on this machine." },
     Key { name: "token_limit", kind: Kind::Integer, default: "100", support: Support::Yes, doc: "Units per page of the API." },
     Key { name: "units_directory", kind: Kind::Text, default: "/run/fleet/units", support: Support::Yes, doc: "Where unit files are kept while loaded." },
+    Key { name: "api_address", kind: Kind::Text, default: "", support: Support::Yes, doc: "Kiln: also serve the API on this TCP address (host:port), for `fleetctl --endpoint http://host:port` from elsewhere. Unauthenticated, as fleet's API always was: only on a private network." },
     Key { name: "fence_on_lease_loss", kind: Kind::Bool, default: "true", support: Support::Yes, doc: "Kiln: stop this machine's scheduled units when it cannot renew its presence for agent_ttl (they are being moved elsewhere)." },
     Key { name: "authorized_keys_file", kind: Kind::Text, default: "", support: Support::Ignored("deprecated in fleet itself, and ignored"), doc: "Deprecated." },
     Key { name: "verify_units", kind: Kind::Bool, default: "false", support: Support::Ignored("deprecated in fleet itself, and ignored"), doc: "Deprecated." },
@@ -130,6 +131,8 @@ pub struct FleetConf {
     pub token_limit: u64,
     pub units_directory: String,
     pub fence_on_lease_loss: bool,
+    /// Where the API also listens over TCP; `None`: only on the socket.
+    pub api_address: Option<String>,
 }
 
 impl FleetConf {
@@ -205,6 +208,7 @@ impl FleetConf {
             token_limit: get("token_limit").trim().parse().unwrap_or(100),
             units_directory: get("units_directory"),
             fence_on_lease_loss: boolean(&get("fence_on_lease_loss")).unwrap_or(true),
+            api_address: Some(get("api_address")).filter(|a| !a.is_empty()),
         };
         for k in KEYS {
             if matches!(k.support, Support::Ignored(_)) {

@@ -69,6 +69,13 @@ pub fn run(conf: &FleetConf, machine_id: &str, socket: &Path) -> Result<(), Stri
     }
     let api_registry = Registry::new(etcd.clone(), prefix);
     std::thread::spawn(move || crate::api::serve(&api_registry, &server));
+    if let Some(address) = &conf.api_address {
+        let server = tiny_http::Server::http(address.as_str())
+            .map_err(|e| format!("listening on {address} (api_address): {e}"))?;
+        eprintln!("fleet: the API also listens on http://{address} (unauthenticated: keep it on a private network)");
+        let registry = Registry::new(etcd.clone(), prefix);
+        std::thread::spawn(move || crate::api::serve(&registry, &server));
+    }
 
     let mut engine = (!conf.disable_engine).then(|| {
         Engine::new(

@@ -364,3 +364,91 @@ fn a_deposed_engine_cannot_schedule() {
     assert!(!a.engine.is_leading());
     assert!(unit(&registry, "x.service").machine_id.is_empty());
 }
+
+/// `fleetctl` (the binary) from elsewhere, through `--endpoint http://…`: the API served over TCP
+/// as `api_address` serves it, fleet's columns and messages, and its exit status.
+#[test]
+fn fleetctl_over_http() {
+    let etcd = TestEtcd::start();
+    let registry = Registry::new(client(&etcd), PREFIX);
+    let mut nodes = vec![node(&etcd, 1, &[("region", "eu")]), node(&etcd, 2, &[])];
+    let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", server.server_addr().to_ip().unwrap());
+    let api_registry = Registry::new(client(&etcd), PREFIX);
+    std::thread::spawn(move || api::serve(&api_registry, &server));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("hello.service"), "[Unit]\nDescription=Hello\n\n[Service]\nExecStart=/bin/true\n\n[X-Fleet]\nMachineMetadata=region=eu\n").unwrap();
+    let fleetctl = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_fleetctl"))
+            .arg("--endpoint")
+            .arg(&endpoint)
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, _) = fleetctl(&["list-machines", "--no-legend"]);
+    assert_eq!(code, Some(0));
+    assert_eq!(out.lines().count(), 2, "{out}");
+    assert!(out.contains("10.77.0.2\tregion=eu"), "{out}");
+    assert_eq!(
+        fleetctl(&["submit", "hello.service"]).1,
+        "Unit hello.service inactive\n"
+    );
+    assert_eq!(
+        fleetctl(&["start", "--no-block", "hello"]).1,
+        "Triggered unit hello.service start\n"
+    );
+    settle(&mut nodes);
+    let (_, out, _) = fleetctl(&["list-unit-files"]);
+    let lines: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        lines[0],
+        ["UNIT", "HASH", "DSTATE", "STATE", "TARGET"],
+        "{out}"
+    );
+    assert_eq!(lines[1][0], "hello.service");
+    assert_eq!(lines[1][2..4], ["launched", "launched"]);
+    assert!(
+        lines[1][4].ends_with("/10.77.0.2") && lines[1][4].starts_with(&nodes[0].id[..8]),
+        "{out}"
+    );
+    assert_eq!(
+        fleetctl(&["cat", "hello"]).1,
+        UnitFile::parse(&std::fs::read_to_string(dir.path().join("hello.service")).unwrap())
+            .unwrap()
+            .serialize()
+    );
+    // A unit that does not exist, and an endpoint nobody serves: exit 1, with the name.
+    let (code, _, err) = fleetctl(&["destroy", "nothing.service"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("nothing.service"), "{err}");
+    let (code, _, err) = std::process::Command::new(env!("CARGO_BIN_EXE_fleetctl"))
+        .args([
+            "--endpoint",
+            "http://127.0.0.1:9",
+            "--request-timeout",
+            "2",
+            "list-units",
+        ])
+        .output()
+        .map(|o| {
+            (
+                o.status.code(),
+                (),
+                String::from_utf8_lossy(&o.stderr).into_owned(),
+            )
+        })
+        .unwrap();
+    assert_eq!(code, Some(1));
+    assert!(err.contains("http://127.0.0.1:9"), "{err}");
+    assert_eq!(registry.jobs().unwrap().len(), 1);
+}
