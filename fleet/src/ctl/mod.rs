@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use clap::{Args, Parser, Subcommand};
 
 use crate::api::{ApiMachine, ApiUnit};
-use crate::job::glob_match;
+use crate::job::{glob_match, Requirements};
 use crate::name::UnitName;
 use crate::unit::UnitFile;
 pub use client::{ApiClient, ClientError};
@@ -434,15 +434,13 @@ fn set_state(api: &ApiClient, names: &[String], state: &str, block: &BlockFlags)
     Ok(())
 }
 
+/// Whether a unit is `Global=true`, read as the engine and the agents read it.
 fn is_global(unit: &ApiUnit) -> bool {
-    unit.options.iter().any(|o| {
-        o.section == "X-Fleet"
-            && o.name == "Global"
-            && matches!(
-                o.value.trim().to_lowercase().as_str(),
-                "true" | "yes" | "1" | "on" | "t"
-            )
-    })
+    let file = UnitFile::from_options(unit.options.clone());
+    UnitName::parse(&unit.name)
+        .ok()
+        .and_then(|name| Requirements::from_unit(&name, &file).ok())
+        .is_some_and(|(requirements, _)| requirements.global)
 }
 
 /// Polls until `name` reports `state` (and, for launched, systemd says active).
