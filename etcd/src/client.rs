@@ -117,6 +117,22 @@ impl Op {
         }
     }
 
+    /// Reads one key.
+    pub fn get(key: impl Into<String>) -> Op {
+        Op::Get {
+            key: key.into(),
+            prefix: false,
+        }
+    }
+
+    /// Reads every key starting with `prefix`.
+    pub fn get_prefix(prefix: impl Into<String>) -> Op {
+        Op::Get {
+            key: prefix.into(),
+            prefix: true,
+        }
+    }
+
     pub fn delete(key: impl Into<String>) -> Op {
         Op::Delete {
             key: key.into(),

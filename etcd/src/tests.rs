@@ -46,10 +46,7 @@ fn keys_ranges_and_transactions() {
         .txn(
             &[Compare::CreateRevision("/p/a".into(), 0)],
             &[Op::put("/p/a", "x")],
-            &[Op::Get {
-                key: "/p/a".into(),
-                prefix: false,
-            }],
+            &[Op::get("/p/a")],
         )
         .unwrap();
     assert!(!t.succeeded);

@@ -10,7 +10,7 @@ use kiln_etcd::{Client, EtcdError, Op};
 use crate::job::Requirements;
 use crate::name::UnitName;
 use crate::registry::{
-    fetch_units, to_json, Assignment, Layout, MachineObject, UnitCache, UnitState,
+    fetch_units, to_json, Assignment, Layout, MachineObject, UnitCache, UnitState, MAX_TXN_OPS,
 };
 use crate::schedule::{desired_on, Job, TargetState};
 use crate::systemd::Systemd;
@@ -122,14 +122,8 @@ impl Agent {
         let read = self.etcd.txn(
             &[],
             &[
-                Op::Get {
-                    key: self.layout.schedule(&self.me.id),
-                    prefix: true,
-                },
-                Op::Get {
-                    key: self.layout.globals(),
-                    prefix: true,
-                },
+                Op::get_prefix(self.layout.schedule(&self.me.id)),
+                Op::get_prefix(self.layout.globals()),
             ],
             &[],
         )?;
@@ -260,7 +254,7 @@ impl Agent {
         for name in self.published.keys().filter(|n| !now.contains_key(*n)) {
             ops.push(Op::delete(self.layout.state(name, &self.me.id)));
         }
-        for chunk in ops.chunks(100) {
+        for chunk in ops.chunks(MAX_TXN_OPS) {
             self.etcd.txn(&[], chunk, &[])?;
         }
         self.published = now;

@@ -150,22 +150,10 @@ impl Engine {
         let read = self.etcd.txn(
             &[],
             &[
-                Op::Get {
-                    key: self.layout.jobs(),
-                    prefix: true,
-                },
-                Op::Get {
-                    key: self.layout.machines(),
-                    prefix: true,
-                },
-                Op::Get {
-                    key: self.layout.schedules(),
-                    prefix: true,
-                },
-                Op::Get {
-                    key: self.layout.globals(),
-                    prefix: true,
-                },
+                Op::get_prefix(self.layout.jobs()),
+                Op::get_prefix(self.layout.machines()),
+                Op::get_prefix(self.layout.schedules()),
+                Op::get_prefix(self.layout.globals()),
             ],
             &[],
         )?;

@@ -234,10 +234,7 @@ impl Registry {
                 Op::put(object_key.clone(), to_json(&object)),
                 Op::put(self.layout.job_key(name, "target-state"), "inactive"),
             ],
-            &[Op::Get {
-                key: object_key,
-                prefix: false,
-            }],
+            &[Op::get(object_key)],
         )?;
         if answer.succeeded {
             return Ok(true);
@@ -352,13 +349,7 @@ pub fn fetch_units(
     missing.sort_by_key(|h| h.0);
     missing.dedup();
     for chunk in missing.chunks(MAX_TXN_OPS) {
-        let gets: Vec<Op> = chunk
-            .iter()
-            .map(|h| Op::Get {
-                key: layout.unit(h),
-                prefix: false,
-            })
-            .collect();
+        let gets: Vec<Op> = chunk.iter().map(|h| Op::get(layout.unit(h))).collect();
         let answer = etcd.txn(&[], &gets, &[])?;
         for (hash, kvs) in chunk.iter().zip(answer.ranges) {
             let unit = kvs.first().and_then(|kv| UnitFile::parse(&kv.text()).ok());

@@ -141,10 +141,7 @@ impl RebootLock for EtcdLock {
                 self.holder.as_str(),
                 lease,
             )],
-            &[Op::Get {
-                key: self.key.clone(),
-                prefix: false,
-            }],
+            &[Op::get(self.key.as_str())],
         )?;
         let held = answer.succeeded || {
             // Best effort: the unused lease expires by itself anyway.
