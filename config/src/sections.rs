@@ -226,7 +226,7 @@ fn etcd(node: &Node, path: &str, ctx: &mut Ctx) -> Result<Etcd, ConfigError> {
             ctx.warn(n.place(), &kpath, "coreos-cloudinit replaced $private_ipv4/$public_ipv4 with the machine's address from the platform's metadata; Kiln does not yet and passes the text on as it is: write the machine's address itself");
         }
         if *key == "discovery" && !url_ok(&value) {
-            ctx.warn(n.place(), &kpath, format!("{value:?} is not a URL; etcd's discovery needs one like https://discovery.etcd.io/TOKEN"));
+            ctx.warn(n.place(), &kpath, format!("{value:?} is not a URL; etcd's discovery needs one like http://discovery.example/TOKEN"));
         }
         if value.contains('\n') {
             return Err(ConfigError::invalid(n, &kpath, "must be one line"));
