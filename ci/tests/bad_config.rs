@@ -2,28 +2,38 @@
 //! boots to a login, says what is wrong (with line and column) on the console and in the journal
 //! of `kiln-cloud-config.service`, and an operator gets in — with the document's key when it was
 //! applied, or with the development key on the OEM partition when it was not.
+//!
+//! In the same boots, user-data that is not one plain cloud-config: a `#!/bin/bash` script, and
+//! a multipart one (Flatcar's) whose script part fails. Each script runs once, from
+//! `kiln-user-data.service`, with its output in that unit's journal and its exit status in the
+//! report.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use kiln_ci::{disk_under_test, disk_with_oem_files, guest, overlay, work_dir};
+use kiln_ci::{disk_under_test, disk_with_oem_files, guest, overlay, wait_in_guest, work_dir};
 use kiln_qemu::{ssh_keygen, Accel, Vm, VmConfig};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(900);
 
 /// What the parser says about `doc`: its error, or its first warning.
 fn parser_says(doc: &str) -> (bool, String) {
-    match kiln_config::parse(doc) {
+    match kiln_config::read_user_data(doc.as_bytes()) {
         Err(e) => (false, e.to_string()),
-        Ok(p) => (
+        Ok(user_data) => (
             true,
-            p.warnings
+            kiln_config::describe(user_data)
+                .1
                 .first()
                 .expect("the document has a warning")
                 .to_string(),
         ),
     }
 }
+
+/// What the multipart case's failing script part prints, and the plain script's line.
+const PART_SAYS: &str = "kiln-ci: the multipart user-data's script part ran";
+const SCRIPT_SAYS: &str = "kiln-ci: the user-data script ran as";
 
 struct Case {
     name: &'static str,
@@ -46,11 +56,12 @@ fn cases(public_key: &str) -> Vec<Case> {
             name: "unit-without-name",
             doc: "#cloud-config\ncoreos:\n  units:\n    - command: start\n      content: |\n        [Service]\n        ExecStart=/bin/true\n".into(),
         },
-        // Parses (with a warning) and is applied, but one file cannot be written: the rest is.
+        // Multipart: a cloud-config part that parses (with a warning) and is applied, but one
+        // of its files cannot be written (the rest is), and a script part that fails.
         Case {
             name: "unwritable-path",
             doc: format!(
-                "#cloud-config\nhostname: node-d\nssh_authorized_keys:\n  - {public_key}\nflavour: spicy\nwrite_files:\n  - path: /etc/passwd/kiln-ci-unwritable\n    content: x\n  - path: /etc/kiln/written-anyway\n    content: y\n"
+                "Content-Type: multipart/mixed; boundary=\"kiln-ci\"\nMIME-Version: 1.0\n\n--kiln-ci\nContent-Type: text/cloud-config; charset=\"us-ascii\"\n\n#cloud-config\nhostname: node-d\nssh_authorized_keys:\n  - {public_key}\nflavour: spicy\nwrite_files:\n  - path: /etc/passwd/kiln-ci-unwritable\n    content: x\n  - path: /etc/kiln/written-anyway\n    content: y\n\n--kiln-ci\nContent-Type: text/x-shellscript; charset=\"us-ascii\"\n\n#!/bin/sh\necho \"{PART_SAYS}\"\nexit 3\n--kiln-ci--\n"
             ),
         },
     ]
@@ -85,6 +96,12 @@ fn bad_documents_are_reported_and_the_machine_stays_reachable() {
     let cases = cases(&public);
     let started = Instant::now();
     let vms: Vec<Vm> = cases.iter().map(|c| start(c, &work, &dev_disk)).collect();
+    // A user-data that is only a script: no key but the development one lets us in.
+    let script = Case {
+        name: "script",
+        doc: format!("#!/bin/bash\necho \"{SCRIPT_SAYS} $(id -un) in $PWD\"\n"),
+    };
+    let script_vm = start(&script, &work, &dev_disk);
     for (case, vm) in cases.iter().zip(&vms) {
         let (applied, message) = parser_says(&case.doc);
         assert!(message.contains("line "), "{message}");
@@ -126,6 +143,8 @@ fn bad_documents_are_reported_and_the_machine_stays_reachable() {
             );
             assert_eq!(guest(vm, &key, "hostname"), "node-d");
             assert_eq!(guest(vm, &key, "cat /etc/kiln/written-anyway"), "y");
+            // The script part ran once, failed, and said so in its journal and the report.
+            script_ran(vm, &key, "part-02", 3, PART_SAYS);
         } else {
             assert!(
                 journal.contains(&message) && journal.contains("was NOT applied"),
@@ -138,4 +157,79 @@ fn bad_documents_are_reported_and_the_machine_stays_reachable() {
         // A login prompt on the serial console too, for an operator at the console.
         assert!(serial.contains("login:"), "{}: no login prompt", case.name);
     }
+
+    script_vm
+        .wait_for_ssh(&key, "core", BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("script: no login: {e}"));
+    let serial = script_vm.serial_text().unwrap();
+    assert!(
+        serial.contains("a script (#!/bin/bash)"),
+        "the init did not say it kept the script: see {}",
+        script_vm.serial_log().display()
+    );
+    script_ran(
+        &script_vm,
+        &key,
+        "user-data",
+        0,
+        &format!("{SCRIPT_SAYS} root in /"),
+    );
+    let report = guest(
+        &script_vm,
+        &key,
+        "sudo cat /var/lib/kiln/cloud-config.report",
+    );
+    assert!(report.starts_with("status: ok\n"), "{report}");
+    assert_eq!(
+        guest(
+            &script_vm,
+            &key,
+            "systemctl is-active kiln-cloud-config.service"
+        ),
+        "active"
+    );
+}
+
+/// `name` ran once from kiln-user-data.service: `says` in the unit's journal, the exit status
+/// in the report, the unit failed when the script did, the script moved to `ran/`.
+fn script_ran(vm: &Vm, key: &Path, name: &str, status: i32, says: &str) {
+    let line = format!("script {name}: exit status {status}");
+    wait_in_guest(
+        vm,
+        key,
+        "sudo cat /var/lib/kiln/cloud-config.report",
+        BOOT_TIMEOUT,
+        |report| report.contains(&line),
+    );
+    let journal = guest(
+        vm,
+        key,
+        "sudo journalctl -b -u kiln-user-data.service --no-pager -o cat",
+    );
+    assert!(
+        journal.contains(says) && journal.contains(&line),
+        "{}: {journal}",
+        vm.name()
+    );
+    let state = guest(
+        vm,
+        key,
+        "systemctl is-failed kiln-user-data.service || true",
+    );
+    assert_eq!(
+        state,
+        if status == 0 { "inactive" } else { "failed" },
+        "{}",
+        vm.name()
+    );
+    assert_eq!(
+        guest(
+            vm,
+            key,
+            "sudo ls /var/lib/kiln/user-data/scripts /var/lib/kiln/user-data/ran"
+        ),
+        format!("/var/lib/kiln/user-data/ran:\n{name}\n\n/var/lib/kiln/user-data/scripts:"),
+        "{}",
+        vm.name()
+    );
 }

@@ -1,7 +1,8 @@
 //! Three machines configured by their cloud-configs alone: a private network between them (a
 //! QEMU socket netdev, UDP multicast on 127.0.0.1) with static addresses, an etcd cluster over
-//! it, and a container on one node that registers its address in etcd for the others to find.
-//! User networking (restricted) carries ssh and etcd's client port from the host, and the
+//! it, configured as the CoreOS documentation writes it (`$private_ipv4`), and a container on one
+//! node that registers its address in etcd for the others to find. User networking (restricted)
+//! carries ssh and etcd's client port (etcd listens on every address) from the host, and the
 //! update agents' requests to the update server on the host.
 //!
 //! Then a rolling update of the cluster, reboot strategy `etcd-lock` with `lock_install` (one
@@ -36,9 +37,6 @@ const ROLLING_TIMEOUT: Duration = Duration::from_secs(2400);
 /// before them, while one member rebooted and the other two wrote their slots, 5.1 s, and
 /// 32.8 s with the old one-member-after-another writer.
 const WRITE_OUTAGE_GOAL: Duration = Duration::from_secs(5);
-/// QEMU's user network gives every guest this address; etcd listens there too, so the host
-/// reaches each member through a `hostfwd`.
-const USER_NET_ADDR: &str = "10.0.2.15";
 /// The smallest memory that ran etcd, containerd and docker without the OOM killer here.
 const MEMORY_MIB: u32 = 1024;
 
@@ -77,8 +75,10 @@ done
 echo "announced $NODE at $addr:8080"
 "#;
 
-/// One node's whole configuration, in the CoreOS shape. node1 also runs the announcing
-/// container, from a unit and a script the document carries.
+/// One node's whole configuration, in the CoreOS shape: its etcd and fleet settings as the
+/// CoreOS documentation writes them, with `$private_ipv4` for the machine's address on the
+/// private network (its static address there). node1 also runs the announcing container, from a
+/// unit and a script the document carries.
 fn cloud_config(node: &Node, public_key: &str, private_key: &str) -> String {
     let cluster: Vec<String> = NODES
         .iter()
@@ -129,17 +129,17 @@ write_files:
     content: |
 {private}{script}coreos:
 {update}  fleet:
-    public-ip: {addr}
+    public-ip: $private_ipv4
     metadata: "node={name},role={role}"
   etcd2:
     name: {name}
     initial-cluster: {cluster}
     initial-cluster-token: kiln-ci
     initial-cluster-state: new
-    initial-advertise-peer-urls: http://{addr}:2380
-    listen-peer-urls: http://{addr}:2380
-    listen-client-urls: http://{addr}:2379,http://127.0.0.1:2379,http://{USER_NET_ADDR}:2379
-    advertise-client-urls: http://{addr}:2379
+    initial-advertise-peer-urls: http://$private_ipv4:2380
+    listen-peer-urls: http://$private_ipv4:2380
+    listen-client-urls: http://0.0.0.0:2379
+    advertise-client-urls: http://$private_ipv4:2379
   network:
     - mac: {mac}
       address: {addr}/24
@@ -318,6 +318,40 @@ fn write_outages(writes: &[(Instant, bool)]) -> Vec<(Instant, Instant)> {
     outages
 }
 
+/// Each member advertises its own private address (`$private_ipv4` in the document), for its
+/// peers and its clients, and `/etc/environment` says it as CoreOS did.
+fn check_addresses(vms: &[&Vm], key: &Path) {
+    for (vm, node) in vms.iter().zip(&NODES) {
+        let members = guest(vm, key, "etcdctl member list");
+        assert_eq!(members.lines().count(), 3, "{}: {members}", vm.name());
+        for n in &NODES {
+            assert!(
+                members.contains(&format!(
+                    ", {}, http://{a}:2380, http://{a}:2379",
+                    n.name,
+                    a = n.addr
+                )),
+                "{}: {members}",
+                vm.name()
+            );
+        }
+        let env = guest(vm, key, "cat /etc/environment");
+        assert!(
+            env.contains(&format!("COREOS_PRIVATE_IPV4={}\n", node.addr))
+                && env.contains(&format!("ETCDCTL_ENDPOINTS=http://{}:2379", node.addr)),
+            "{}: {env}",
+            vm.name()
+        );
+        let report = guest(vm, key, "sudo cat /var/lib/kiln/cloud-config.report");
+        assert!(
+            report.starts_with("status: ok\n")
+                && report.contains(&format!("addresses: $private_ipv4 is {} (", node.addr)),
+            "{}: {report}",
+            vm.name()
+        );
+    }
+}
+
 /// Which of the three members leads, from `etcdctl endpoint status --cluster` on `vm` (its
 /// fifth column: is leader).
 fn leader_index(vm: &Vm, key: &Path) -> usize {
@@ -371,6 +405,7 @@ fn three_nodes_form_an_etcd_cluster_find_each_others_services_and_update_one_at_
         .map(|node| {
             let doc = cloud_config(node, &public, &std::fs::read_to_string(&key).unwrap());
             kiln_config::parse(&doc).expect("the scenario's cloud-config is valid");
+            assert!(kiln_config::addresses::uses_addresses(&doc));
             let path = work.join(format!("{}.yml", node.name));
             std::fs::write(&path, doc).unwrap();
             start_node(node, &work, &v1.disk(), mcast_port, &path, &server)
@@ -403,16 +438,9 @@ fn three_nodes_form_an_etcd_cluster_find_each_others_services_and_update_one_at_
         started.elapsed().as_secs_f64(),
         vms[0].accel()
     );
-    for vm in &vms {
-        let members = guest(vm, &key, "etcdctl member list");
-        assert_eq!(members.lines().count(), 3, "{}: {members}", vm.name());
-        for node in &NODES {
-            assert!(
-                members.contains(&format!("http://{}:2379", node.addr)),
-                "{members}"
-            );
-        }
-    }
+    // `$private_ipv4` became each machine's address: etcd advertises it, etcdctl's defaults
+    // and CoreOS's variable in /etc/environment hold it (fleet's public-ip: below).
+    check_addresses(&vms, &key);
     guest(
         vms[0],
         &key,
@@ -618,6 +646,9 @@ fn three_nodes_form_an_etcd_cluster_find_each_others_services_and_update_one_at_
         "complete on v2",
         |r| r["instance"]["status"] == "complete",
     );
+
+    // The addresses first boot wrote in are still what every member says after the update.
+    check_addresses(&vms, &key);
 
     // fleet's units ran through the rolling update and are where they belong after it.
     let t = Instant::now();

@@ -66,6 +66,10 @@ pub struct ApplyOptions {
     /// The directory that becomes `/run` on the booted machine, for `runtime: true` units.
     /// `None` means `<root>/run`.
     pub run_dir: Option<PathBuf>,
+    /// Units of the document that use `$private_ipv4`/`$public_ipv4`: each gets a drop-in
+    /// ordering it after `kiln-config-addresses.service`, which writes them again with the
+    /// addresses in place.
+    pub after_addresses: Vec<String>,
 }
 
 /// Why nothing at all could be applied.
@@ -212,7 +216,7 @@ pub fn apply(
         None => Ok(()),
     });
     // Always run: a start list left by an earlier document must go.
-    report.run("units", true, |notes| units(cfg, &fs, &run, notes));
+    report.run("units", true, |notes| units(cfg, &fs, &run, opts, notes));
     report.run("network", !kiln.network.is_empty(), |_| network(cfg, &fs));
     report.run("record", true, |_| {
         let meta = Meta {
@@ -402,7 +406,13 @@ fn update(cfg: &CloudConfig, fs: &Root) -> Result<(), String> {
     .map(|_| ())
 }
 
-fn units(cfg: &CloudConfig, fs: &Root, run: &Root, notes: &mut Vec<String>) -> Result<(), String> {
+fn units(
+    cfg: &CloudConfig,
+    fs: &Root,
+    run: &Root,
+    opts: &ApplyOptions,
+    notes: &mut Vec<String>,
+) -> Result<(), String> {
     let etc = UnitDir {
         fs,
         inner: "/etc/systemd/system",
@@ -421,6 +431,9 @@ fn units(cfg: &CloudConfig, fs: &Root, run: &Root, notes: &mut Vec<String>) -> R
             Ok(Some(line)) => start.push(line),
             Ok(None) => {}
             Err(e) => errors.0.push(format!("{}: {e}", u.name)),
+        }
+        if opts.after_addresses.contains(&u.name) {
+            errors.check(systemd::order_after_addresses(fs, &u.name));
         }
     }
     for line in &start {

@@ -7,9 +7,11 @@
 //! validate-config` / `flash --config` (host side: [`parse`] only).
 
 mod accounts;
+pub mod addresses;
 mod agent;
 mod apply;
 pub mod fetch;
+mod firstboot;
 mod fleet;
 mod fsroot;
 mod model;
@@ -25,13 +27,17 @@ pub use apply::{
     apply, rejected_report, ApplyError, ApplyOptions, ApplyReport, Status, StepReport,
     APPLIED_COPY, REPORT_FILE, UPDATE_CONF,
 };
+pub use firstboot::{
+    address_rules, apply_user_data, complete_addresses, pending_documents, run_scripts, FirstBoot,
+    SCRIPTS, SCRIPTS_RAN,
+};
 pub use fleet::FleetSettings;
 pub use model::*;
 pub use parse::{parse, parse_bytes, Parsed, HEADER};
 pub use read::{ConfigError, ErrorKind, Warning};
 pub use source::{config_url, read_fw_cfg, FW_CFG_ITEM, URL_PARAM};
 pub use systemd::{ETCD_ENV_FILE, UNITS_TO_START};
-pub use userdata::{read_user_data, Part, PartKind, UserData};
+pub use userdata::{describe, read_user_data, Part, PartKind, UserData};
 
 #[cfg(test)]
 mod tests;

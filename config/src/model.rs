@@ -23,6 +23,43 @@ pub struct CloudConfig {
     pub source: String,
 }
 
+impl CloudConfig {
+    /// `later` over `self`, for the cloud-config parts of one multipart user-data: lists are
+    /// joined (users, keys, files, units, network), etcd's and fleet's settings merged key by
+    /// key, and the rest (hostname, `update:`/`locksmith:`, `addresses:`) taken from `later`
+    /// where it sets them.
+    pub fn merge(&mut self, later: CloudConfig) {
+        if later.hostname.is_some() {
+            self.hostname = later.hostname;
+        }
+        self.ssh_authorized_keys.extend(later.ssh_authorized_keys);
+        self.users.extend(later.users);
+        self.write_files.extend(later.write_files);
+        self.manage_etc_hosts |= later.manage_etc_hosts;
+        let (k, l) = (&mut self.kiln, later.kiln);
+        match (&mut k.etcd, l.etcd) {
+            (Some(mine), Some(theirs)) => mine.settings.extend(theirs.settings),
+            (mine, theirs) => *mine = theirs.or(mine.take()),
+        }
+        match (&mut k.fleet, l.fleet) {
+            (Some(mine), Some(theirs)) => mine.values.extend(theirs.values),
+            (mine, theirs) => *mine = theirs.or(mine.take()),
+        }
+        if l.update_agent.is_some() {
+            k.update_agent = l.update_agent;
+        }
+        k.units.extend(l.units);
+        k.network.extend(l.network);
+        if l.addresses != Default::default() {
+            k.addresses = l.addresses;
+        }
+        if !self.source.is_empty() && !later.source.is_empty() {
+            self.source.push('\n');
+        }
+        self.source.push_str(&later.source);
+    }
+}
+
 /// One entry of `users:`.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct User {
@@ -103,6 +140,8 @@ pub struct KilnSection {
     pub fleet: Option<crate::fleet::FleetSettings>,
     pub units: Vec<Unit>,
     pub network: Vec<NetworkInterface>,
+    /// Which interfaces `$private_ipv4` and `$public_ipv4` stand for (`addresses:`).
+    pub addresses: crate::addresses::AddressSettings,
 }
 
 /// etcd settings: canonical key (`initial-cluster`) to value, each becoming `ETCD_*`.

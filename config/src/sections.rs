@@ -1,6 +1,7 @@
 //! Reading the `kiln:` section (also accepted as `coreos:`): etcd, units and network here;
 //! `update:` and `locksmith:` in `agent.rs`.
 
+use crate::addresses::AddressSettings;
 use crate::model::{DropIn, Etcd, KilnSection, NetworkInterface, Unit, UnitCommand};
 use crate::read::{boolean, list, opt_string, string, string_list, ConfigError, Ctx, Fields};
 use crate::tree::{Kind, Node};
@@ -146,6 +147,13 @@ fn section(top: &mut Fields<'_>, ctx: &mut Ctx) -> Result<KilnSection, ConfigErr
         let read = interface(n, &format!("{net_path}[{i}]"), ctx).map(Some);
         network.extend(ctx.recover(read)?);
     }
+    let addresses = match f.take_some("addresses") {
+        Some(node) => {
+            let read = address_settings(node, &f.path_of("addresses"), ctx);
+            ctx.recover(read)?
+        }
+        None => AddressSettings::default(),
+    };
     not_in_kiln(&mut f, ctx);
     f.finish(ctx);
     Ok(KilnSection {
@@ -154,7 +162,38 @@ fn section(top: &mut Fields<'_>, ctx: &mut Ctx) -> Result<KilnSection, ConfigErr
         fleet,
         units,
         network,
+        addresses,
     })
+}
+
+/// `addresses:`: the interfaces whose addresses `$private_ipv4` and `$public_ipv4` stand for.
+fn address_settings(
+    node: &Node,
+    path: &str,
+    ctx: &mut Ctx,
+) -> Result<AddressSettings, ConfigError> {
+    let mut f = Fields::new(node, path, ctx)?;
+    let mut one = |key: &str| -> Result<Option<String>, ConfigError> {
+        let kpath = f.path_of(key);
+        let Some(n) = f.take_some(key) else {
+            return Ok(None);
+        };
+        let name = string(n, &kpath)?;
+        if name.is_empty() || name.len() > 15 || name.contains(['/', ' ', '\t', '\n']) {
+            return Err(ConfigError::invalid(
+                n,
+                &kpath,
+                format!("{name:?} is not an interface name (like ens3 or eth0)"),
+            ));
+        }
+        Ok(Some(name))
+    };
+    let settings = AddressSettings {
+        private_interface: one("private-interface")?,
+        public_interface: one("public-interface")?,
+    };
+    f.finish(ctx);
+    Ok(settings)
 }
 
 /// Sections of coreos-cloudinit's `coreos:` that Kiln has no part for: each is named with what
@@ -222,8 +261,8 @@ fn etcd(node: &Node, path: &str, ctx: &mut Ctx) -> Result<Etcd, ConfigError> {
             // etcd reads URL lists comma-separated; a YAML list is accepted for them too.
             string_list(Some(n), &kpath)?.join(",")
         };
-        if value.contains("$private_ipv4") || value.contains("$public_ipv4") {
-            ctx.warn(n.place(), &kpath, "coreos-cloudinit replaced $private_ipv4/$public_ipv4 with the machine's address from the platform's metadata; Kiln does not yet and passes the text on as it is: write the machine's address itself");
+        if value.contains("$private_ipv6") || value.contains("$public_ipv6") {
+            ctx.warn(n.place(), &kpath, "Kiln replaces $private_ipv4 and $public_ipv4 with the machine's addresses, but not the IPv6 ones; they are passed on as written: write the address itself");
         }
         if *key == "discovery" && !url_ok(&value) {
             ctx.warn(n.place(), &kpath, format!("{value:?} is not a URL; etcd's discovery needs one like http://discovery.example/TOKEN"));

@@ -5,6 +5,7 @@
 use crate::accounts::Accounts;
 use crate::fsroot::{LastLink, Meta, Root};
 use crate::model::{Etcd, NetworkInterface, Unit};
+use kiln_contract::paths::ENVIRONMENT;
 
 /// Where `systemctl start` requests are left for the small unit that runs them after boot.
 pub const UNITS_TO_START: &str = kiln_contract::paths::UNITS_TO_START;
@@ -15,8 +16,9 @@ pub const ETCD_DEFAULT_DATA_DIR: &str = "/var/lib/etcd/default";
 const ETCD_DROP_IN: &str = "/etc/systemd/system/etcd.service.d/10-kiln.conf";
 /// The addresses etcd listens on may come up after it starts (static addresses are set by
 /// networkd, which systemd does not wait for), and a member must come back by itself after any
-/// failure: restart, forever, a few seconds apart.
-const ETCD_DROP_IN_TEXT: &str = "# Written by kiln-config from the cloud-config's etcd section.\n[Unit]\nWants=network-online.target\nAfter=network-online.target\nStartLimitIntervalSec=0\n\n[Service]\nRestart=on-failure\nRestartSec=5s\n";
+/// failure: restart, forever, a few seconds apart. A document that says `$private_ipv4` has its
+/// addresses written in by kiln-config-addresses.service, which etcd therefore waits for.
+const ETCD_DROP_IN_TEXT: &str = "# Written by kiln-config from the cloud-config's etcd section.\n[Unit]\nWants=network-online.target\nAfter=network-online.target kiln-config-addresses.service\nStartLimitIntervalSec=0\n\n[Service]\nRestart=on-failure\nRestartSec=5s\n";
 /// Where vendor units are looked for, most specific first. `/lib` is there for images whose
 /// `/lib` is not yet a link to `/usr/lib`.
 const UNIT_DIRS: &[&str] = &[
@@ -332,16 +334,73 @@ pub(crate) fn etcdctl_endpoints(etcd: &Etcd) -> String {
     }
 }
 
-/// `/etc/environment` with our `ETCDCTL_*` lines replacing earlier ones, other lines kept.
-pub(crate) fn environment_with_etcdctl(existing: &str, endpoints: &str) -> String {
+/// `/etc/environment` with `settings` (name, value) replacing earlier lines of those names, other
+/// lines kept.
+pub(crate) fn environment_with(existing: &str, settings: &[(&str, String)]) -> String {
     let mut out: String = existing
         .lines()
-        .filter(|l| !l.starts_with("ETCDCTL_API=") && !l.starts_with("ETCDCTL_ENDPOINTS="))
+        .filter(|l| {
+            !settings
+                .iter()
+                .any(|(name, _)| l.strip_prefix(name).is_some_and(|r| r.starts_with('=')))
+        })
         .map(|l| format!("{l}\n"))
         .collect();
-    out.push_str("ETCDCTL_API=3\n");
-    out.push_str(&format!("ETCDCTL_ENDPOINTS={endpoints}\n"));
+    for (name, value) in settings {
+        out.push_str(&format!("{name}={value}\n"));
+    }
     out
+}
+
+/// Sets `settings` in the machine's `/etc/environment`.
+pub(crate) fn set_environment(fs: &Root, settings: &[(&str, String)]) -> Result<(), String> {
+    let existing = fs
+        .read(ENVIRONMENT)?
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    fs.write(
+        ENVIRONMENT,
+        environment_with(&existing, settings).as_bytes(),
+        Meta::ROOT_FILE,
+        LastLink::Follow,
+    )
+    .map(|_| ())
+}
+
+/// The unit that writes a document's `$private_ipv4`/`$public_ipv4` in (see `addresses.rs`).
+pub(crate) const ADDRESSES_UNIT: &str = "kiln-config-addresses.service";
+/// The unit that runs the user-data's scripts.
+pub(crate) const SCRIPTS_UNIT: &str = "kiln-user-data.service";
+
+/// A drop-in that starts `unit` only after [`ADDRESSES_UNIT`] wrote its addresses in.
+pub(crate) fn order_after_addresses(fs: &Root, unit: &str) -> Result<(), String> {
+    drop_in(
+        fs,
+        unit,
+        "10-kiln-addresses.conf",
+        &format!("# Written by kiln-config: the cloud-config of {unit} says $private_ipv4 or $public_ipv4.\n[Unit]\nWants={ADDRESSES_UNIT}\nAfter={ADDRESSES_UNIT}\n"),
+    )
+}
+
+/// A drop-in that has `unit` (ordered after network-online.target in /usr) pull in the wait for
+/// the network, on the machines that need it.
+pub(crate) fn want_network(fs: &Root, unit: &str) -> Result<(), String> {
+    drop_in(
+        fs,
+        unit,
+        "10-kiln-network.conf",
+        "# Written by kiln-config at first boot: this machine's user-data needs the network.\n[Unit]\nWants=network-online.target\n",
+    )
+}
+
+fn drop_in(fs: &Root, unit: &str, name: &str, text: &str) -> Result<(), String> {
+    fs.write(
+        &format!("/etc/systemd/system/{unit}.d/{name}"),
+        text.as_bytes(),
+        Meta::ROOT_FILE,
+        LastLink::Replace,
+    )
+    .map(|_| ())
 }
 
 /// The etcd step: environment file, `etcdctl` defaults, data directory, and enabling.
@@ -352,16 +411,12 @@ pub(crate) fn apply_etcd(fs: &Root, etcd: &Etcd, notes: &mut Vec<String>) -> Res
         Meta::ROOT_FILE,
         LastLink::Follow,
     )?;
-    let existing = fs
-        .read("/etc/environment")?
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default();
-    let env = environment_with_etcdctl(&existing, &etcdctl_endpoints(etcd));
-    fs.write(
-        "/etc/environment",
-        env.as_bytes(),
-        Meta::ROOT_FILE,
-        LastLink::Follow,
+    set_environment(
+        fs,
+        &[
+            ("ETCDCTL_API", "3".into()),
+            ("ETCDCTL_ENDPOINTS", etcdctl_endpoints(etcd)),
+        ],
     )?;
     make_data_dir(fs, etcd, notes)?;
     fs.write(
@@ -445,10 +500,16 @@ mod tests {
 
     #[test]
     fn environment_lines_are_replaced() {
-        let e = environment_with_etcdctl("PATH=/usr/bin\nETCDCTL_API=2\n", "http://a:2379");
+        let e = environment_with(
+            "PATH=/usr/bin\nETCDCTL_API=2\nETCDCTL_API_X=1\n",
+            &[
+                ("ETCDCTL_API", "3".into()),
+                ("ETCDCTL_ENDPOINTS", "http://a:2379".into()),
+            ],
+        );
         assert_eq!(
             e,
-            "PATH=/usr/bin\nETCDCTL_API=3\nETCDCTL_ENDPOINTS=http://a:2379\n"
+            "PATH=/usr/bin\nETCDCTL_API_X=1\nETCDCTL_API=3\nETCDCTL_ENDPOINTS=http://a:2379\n"
         );
     }
 }

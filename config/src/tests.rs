@@ -349,7 +349,6 @@ fn unknown_keys_and_old_names_are_warnings() {
             (6, "users[0].lock_passwd"),
             (9, "coreos.update.reboot-strategy"),
             (12, "coreos.etcd2.addr"),
-            (13, "coreos.etcd2.advertise-client-urls"),
         ]
     );
     // best-effort with etcd configured means etcd-lock, as on CoreOS.
@@ -588,7 +587,7 @@ fn apply_coreos_document() {
     let drop_in = read(r, "etc/systemd/system/etcd.service.d/10-kiln.conf");
     assert!(
         drop_in.contains("Restart=on-failure\n")
-            && drop_in.contains("After=network-online.target\n"),
+            && drop_in.contains("After=network-online.target kiln-config-addresses.service\n"),
         "{drop_in}"
     );
     assert_eq!(
@@ -696,6 +695,7 @@ fn apply_kiln_units_network_and_masks() {
         r,
         &ApplyOptions {
             run_dir: Some(run.path().to_path_buf()),
+            ..Default::default()
         },
     )
     .unwrap();
@@ -902,17 +902,49 @@ fn locksmith_tls_keys_are_named_as_unsupported() {
     assert!(!w[0].contains("unknown key"), "{w:?}");
 }
 
+/// The README's cloud-config example whose `coreos:` section begins with `section`.
+fn readme_example(section: &str) -> &'static str {
+    let readme = include_str!("../../README.md");
+    let start = readme
+        .find(&format!("```yaml\n#cloud-config\ncoreos:\n  {section}"))
+        .unwrap_or_else(|| panic!("the README's {section} example"));
+    let doc = &readme[start + "```yaml\n".len()..];
+    &doc[..doc.find("```").unwrap()]
+}
+
+/// The README's example of the address variables is CoreOS's, read without a warning.
+#[test]
+fn the_readmes_address_example_is_read_without_a_warning() {
+    let doc = readme_example("etcd2:");
+    assert!(crate::addresses::uses_addresses(doc));
+    let p = parsed(doc);
+    assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+    assert_eq!(
+        p.config.kiln.addresses.private_interface.as_deref(),
+        Some("ens4")
+    );
+    let root = make_root();
+    let done = apply_user_data(
+        doc.as_bytes(),
+        "README",
+        root.path(),
+        &ApplyOptions::default(),
+    )
+    .unwrap();
+    assert!(
+        done.addresses_pending && done.status == Status::Applied,
+        "{}",
+        done.report
+    );
+    let e = error("#cloud-config\ncoreos:\n  addresses:\n    private-interface: a/b\n");
+    assert!(e.to_string().contains("not an interface name"), "{e}");
+}
+
 /// The README's example of the update settings parses without a warning and sets every key.
 #[test]
 fn the_readmes_update_example_sets_every_agent_setting() {
     use kiln_contract::update_conf::KEYS;
-    let readme = include_str!("../../README.md");
-    let start = readme
-        .find("```yaml\n#cloud-config\ncoreos:\n  update:")
-        .expect("the README's update example");
-    let doc = &readme[start + "```yaml\n".len()..];
-    let doc = &doc[..doc.find("```").unwrap()];
-    let p = parsed(doc);
+    let p = parsed(readme_example("update:"));
     assert!(p.warnings.is_empty(), "{:?}", p.warnings);
     let given = p.config.kiln.update_agent.unwrap();
     let missing: Vec<&str> = KEYS
@@ -929,13 +961,7 @@ fn the_readmes_update_example_sets_every_agent_setting() {
 /// The README's fleet example parses without a warning and reaches fleet.conf.
 #[test]
 fn the_readmes_fleet_example_is_read_without_a_warning() {
-    let readme = include_str!("../../README.md");
-    let start = readme
-        .find("```yaml\n#cloud-config\ncoreos:\n  fleet:")
-        .expect("the README's fleet example");
-    let doc = &readme[start + "```yaml\n".len()..];
-    let doc = &doc[..doc.find("```").unwrap()];
-    let p = parsed(doc);
+    let p = parsed(readme_example("fleet:"));
     assert!(p.warnings.is_empty(), "{:?}", p.warnings);
     let fleet = p.config.kiln.fleet.unwrap();
     assert_eq!(fleet.values.len(), 4, "{fleet:?}");
@@ -1114,13 +1140,15 @@ fn keys_kiln_handles_differently_say_what_it_does() {
         assert_eq!(line, want_line, "{msg}");
         assert!(msg.contains(want), "{msg}");
     }
-    let w = warnings_of(
+    // The IPv4 variables are replaced (see firstboot_tests); the IPv6 ones are named.
+    assert!(warnings_of(
         "#cloud-config\ncoreos:\n  etcd2:\n    advertise-client-urls: http://$private_ipv4:2379\n",
+    )
+    .is_empty());
+    let w = warnings_of(
+        "#cloud-config\ncoreos:\n  etcd2:\n    advertise-client-urls: http://[$private_ipv6]:2379\n",
     );
-    assert!(
-        w[0].1.contains("write the machine's address itself"),
-        "{w:?}"
-    );
+    assert!(w[0].1.contains("not the IPv6 ones"), "{w:?}");
 }
 
 #[test]
@@ -1146,4 +1174,229 @@ fn manage_etc_hosts_and_no_user_group_apply() {
     assert!(e.to_string().contains("manage_etc_hosts: localhost"), "{e}");
     let w = warnings_of("#cloud-config\nmanage_etc_hosts: localhost\n");
     assert!(w[0].1.contains("add `hostname:`"), "{w:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// A user-data at first boot: scripts, multipart, empty, and the address variables.
+
+mod firstboot_tests {
+    use super::*;
+    use crate::addresses::{Addresses, Chosen};
+
+    fn first_boot(root: &Path, user_data: &str) -> FirstBoot {
+        apply_user_data(user_data.as_bytes(), "test", root, &ApplyOptions::default()).unwrap()
+    }
+
+    #[test]
+    fn a_script_is_kept_and_runs_once_with_its_exit_status_in_the_report() {
+        let root = make_root();
+        let r = root.path();
+        let done = first_boot(
+            r,
+            "#!/bin/sh\necho \"ran in $(pwd)\" > \"${0%/scripts/*}/out\"\nexit 3\n",
+        );
+        assert_eq!((done.status, done.scripts), (Status::Applied, 1));
+        assert!(
+            done.report.contains("a script (#!/bin/sh)"),
+            "{}",
+            done.report
+        );
+        assert_eq!(
+            meta(r, "var/lib/kiln/user-data/scripts/user-data").0 & 0o777,
+            0o700
+        );
+        assert!(read(
+            r,
+            "etc/systemd/system/kiln-user-data.service.d/10-kiln-network.conf"
+        )
+        .contains("Wants=network-online.target"));
+        let e = run_scripts(r).unwrap_err();
+        assert_eq!(e, "script user-data: exit status 3");
+        let report = read(r, "var/lib/kiln/cloud-config.report");
+        assert!(report.starts_with("status: failed\n"), "{report}");
+        assert!(
+            report.ends_with("script user-data: exit status 3\n"),
+            "{report}"
+        );
+        assert_eq!(read(r, "var/lib/kiln/user-data/out"), "ran in /\n");
+        // Once: it moved, and nothing is left to run.
+        assert!(!r.join("var/lib/kiln/user-data/scripts/user-data").exists());
+        assert_eq!(run_scripts(r).unwrap(), 0);
+        // An interpreter that is not there is said as such.
+        first_boot(r, "#!/usr/bin/no-such-interpreter\n");
+        let e = run_scripts(r).unwrap_err();
+        assert!(
+            e.contains("could not start") && e.contains("interpreter"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_multipart_user_data_applies_its_cloud_config_and_keeps_its_scripts() {
+        let root = make_root();
+        let r = root.path();
+        let doc = "Content-Type: multipart/mixed; boundary=\"B\"\nMIME-Version: 1.0\n\n--B\nContent-Type: text/cloud-config\n\n#cloud-config\nhostname: from-mime\n\n--B\nContent-Type: text/x-shellscript\n\n#!/bin/sh\necho part two\n--B\nContent-Type: application/json\n\n{}\n--B--\n";
+        let done = first_boot(r, doc);
+        assert_eq!(
+            (done.status, done.scripts),
+            (Status::Applied, 1),
+            "{}",
+            done.report
+        );
+        assert_eq!(read(r, "etc/hostname"), "from-mime\n");
+        assert_eq!(
+            read(r, "var/lib/kiln/user-data/scripts/part-02"),
+            "#!/bin/sh\necho part two"
+        );
+        assert!(
+            done.report
+                .contains("part 3 (line 18, application/json): ignored"),
+            "{}",
+            done.report
+        );
+        assert_eq!(run_scripts(r).unwrap(), 1);
+        assert!(read(r, "var/lib/kiln/cloud-config.report")
+            .ends_with("script part-02: exit status 0\n"));
+    }
+
+    /// Two cloud-config parts are one document: both parts' units start, the later hostname
+    /// wins; one part's address variable keeps both for the second pass.
+    #[test]
+    fn the_cloud_config_parts_of_a_multipart_user_data_are_applied_as_one() {
+        let root = make_root();
+        let r = root.path();
+        let part = |body: &str| format!("--B\nContent-Type: text/cloud-config\n\n{body}\n");
+        let doc = format!(
+            "Content-Type: multipart/mixed; boundary=B\n\n{}{}--B--\n",
+            part("hostname: first\ncoreos:\n  units:\n    - name: a.service\n      command: start\n      content: |\n        [Service]\n        ExecStart=/bin/true\n"),
+            part("hostname: second\nwrite_files:\n  - path: /etc/addr\n    content: $private_ipv4\ncoreos:\n  units:\n    - name: b.service\n      command: start\n      content: |\n        [Service]\n        ExecStart=/bin/true\n"),
+        );
+        let done = first_boot(r, &doc);
+        assert!(
+            done.addresses_pending && done.status == Status::Applied,
+            "{}",
+            done.report
+        );
+        assert_eq!(read(r, "etc/hostname"), "second\n");
+        let starts = read(r, "var/lib/kiln/units-to-start");
+        assert_eq!(starts, "start a.service\nstart b.service\n");
+        assert!(!r.join("etc/addr").exists());
+        for unit in ["a.service", "b.service"] {
+            assert!(r
+                .join(format!(
+                    "etc/systemd/system/{unit}.d/10-kiln-addresses.conf"
+                ))
+                .exists());
+        }
+        assert_eq!(pending_documents(r).unwrap().len(), 2);
+        let chosen = Chosen {
+            addresses: Addresses::both("10.1.2.3".parse().unwrap()),
+            private_from: "x".into(),
+            public_from: "x".into(),
+        };
+        complete_addresses(r, &ApplyOptions::default(), &chosen).unwrap();
+        assert_eq!(read(r, "etc/addr"), "10.1.2.3");
+        assert_eq!(read(r, "var/lib/kiln/units-to-start"), starts);
+        assert_eq!(read(r, "etc/hostname"), "second\n");
+    }
+
+    #[test]
+    fn an_empty_user_data_is_nothing_to_do_and_a_bad_one_is_rejected() {
+        let root = make_root();
+        let r = root.path();
+        let done = first_boot(r, "\n \n");
+        assert_eq!(done.status, Status::Applied);
+        assert!(read(r, "var/lib/kiln/cloud-config.report").contains("is empty: nothing to apply"));
+        let done = first_boot(r, "hostname: a\n");
+        assert_eq!(done.status, Status::Rejected);
+        let report = read(r, "var/lib/kiln/cloud-config.report");
+        assert!(
+            report.starts_with("status: rejected\ncloud-config from test was NOT applied"),
+            "{report}"
+        );
+    }
+
+    /// The CoreOS documentation's etcd2 example, with a file and a unit that use the variables.
+    const WITH_ADDRESSES: &str = "#cloud-config\ncoreos:\n  etcd2:\n    name: n1\n    advertise-client-urls: http://$private_ipv4:2379,http://$private_ipv4:4001\n    initial-advertise-peer-urls: http://$private_ipv4:2380\n    listen-client-urls: http://0.0.0.0:2379,http://0.0.0.0:4001\n    listen-peer-urls: http://${private_ipv4}:2380\n  fleet:\n    public-ip: $public_ipv4\n  units:\n    - name: hello.service\n      command: start\n      content: |\n        [Service]\n        ExecStart=/bin/echo $private_ipv4\n  network:\n    - name: ens4\n      address: 10.77.0.9/24\nwrite_files:\n  - path: /etc/at-first\n    content: plain\n  - path: /etc/addressed\n    append: true\n    content: \"public $public_ipv4\\n\"\n";
+
+    #[test]
+    fn address_variables_are_applied_with_a_placeholder_then_with_the_addresses() {
+        let root = make_root();
+        let r = root.path();
+        let done = first_boot(r, WITH_ADDRESSES);
+        assert!(
+            done.addresses_pending && done.status == Status::Applied,
+            "{}",
+            done.report
+        );
+        // First pass: the placeholder; the file that uses them is held back; the unit waits.
+        let env = read(r, "etc/default/etcd");
+        assert!(
+            env.contains("ETCD_ADVERTISE_CLIENT_URLS=http://0.0.0.0:2379,http://0.0.0.0:4001\n"),
+            "{env}"
+        );
+        assert_eq!(read(r, "etc/at-first"), "plain");
+        assert!(!r.join("etc/addressed").exists());
+        assert!(read(
+            r,
+            "etc/systemd/system/hello.service.d/10-kiln-addresses.conf"
+        )
+        .contains("After=kiln-config-addresses.service"));
+        assert!(read(r, "etc/systemd/system/etcd.service.d/10-kiln.conf")
+            .contains("kiln-config-addresses.service"));
+        assert_eq!(pending_documents(r).unwrap().len(), 1);
+        // The rules: the document's static address is private.
+        let (settings, statics) = address_rules(&[WITH_ADDRESSES.to_string()]).unwrap();
+        assert_eq!(
+            statics,
+            ["10.77.0.9".parse::<std::net::Ipv4Addr>().unwrap()]
+        );
+        assert_eq!(settings, Default::default());
+        // Second pass.
+        let chosen = Chosen {
+            addresses: Addresses {
+                private_ipv4: "10.77.0.9".parse().unwrap(),
+                public_ipv4: "192.0.2.7".parse().unwrap(),
+            },
+            private_from: "static".into(),
+            public_from: "route".into(),
+        };
+        let (added, all_ok) = complete_addresses(r, &ApplyOptions::default(), &chosen).unwrap();
+        assert!(all_ok, "{added}");
+        assert!(added.starts_with("addresses: $private_ipv4 is 10.77.0.9 (static), $public_ipv4 is 192.0.2.7 (route)\n"), "{added}");
+        let env = read(r, "etc/default/etcd");
+        assert!(
+            env.contains(
+                "ETCD_ADVERTISE_CLIENT_URLS=http://10.77.0.9:2379,http://10.77.0.9:4001\n"
+            ),
+            "{env}"
+        );
+        assert!(
+            env.contains("ETCD_LISTEN_PEER_URLS=http://10.77.0.9:2380\n"),
+            "{env}"
+        );
+        assert!(read(r, "etc/fleet/fleet.conf").contains("public_ip=\"192.0.2.7\""));
+        assert!(
+            read(r, "etc/systemd/system/hello.service").contains("ExecStart=/bin/echo 10.77.0.9")
+        );
+        // Written once, appended once.
+        assert_eq!(read(r, "etc/addressed"), "public 192.0.2.7\n");
+        let environment = read(r, "etc/environment");
+        assert!(
+            environment.contains("COREOS_PRIVATE_IPV4=10.77.0.9\nCOREOS_PUBLIC_IPV4=192.0.2.7\n"),
+            "{environment}"
+        );
+        assert!(
+            environment.contains("ETCDCTL_ENDPOINTS=http://10.77.0.9:2379,http://10.77.0.9:4001\n"),
+            "{environment}"
+        );
+        let report = read(r, "var/lib/kiln/cloud-config.report");
+        assert!(
+            report.starts_with("status: ok\n")
+                && report.contains("says $private_ipv4")
+                && report.contains("addresses: $private_ipv4 is 10.77.0.9"),
+            "{report}"
+        );
+        assert!(pending_documents(r).unwrap().is_empty());
+    }
 }

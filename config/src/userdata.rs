@@ -36,6 +36,8 @@ pub enum PartKind {
     CloudConfig(Box<Parsed>),
     Script {
         interpreter: String,
+        /// The part's content, the `#!` line first.
+        body: String,
     },
     /// What coreos-cloudinit also passed over (plain text, an Ignition config), and why.
     Ignored(String),
@@ -196,6 +198,7 @@ fn part_kind(content_type: &str, body: &str, line: u64) -> Result<PartKind, Conf
     if content_type == "text/x-shellscript" || first.starts_with("#!") {
         return Ok(PartKind::Script {
             interpreter: first.strip_prefix("#!").unwrap_or("").trim().to_string(),
+            body: body.to_string(),
         });
     }
     if content_type == "text/cloud-config" || first == HEADER {
@@ -228,6 +231,44 @@ fn part_kind(content_type: &str, body: &str, line: u64) -> Result<PartKind, Conf
         "neither a cloud-config nor a script"
     };
     Ok(PartKind::Ignored(format!("{content_type}: {why}")))
+}
+
+/// What first boot does with a user-data, a line each (for `validate-config`), and the warnings
+/// of its cloud-config parts.
+pub fn describe(user_data: UserData) -> (Vec<String>, Vec<Warning>) {
+    let script = |interpreter: &str| {
+        format!("a script (#!{interpreter}): first boot keeps it, and kiln-user-data.service runs it once the network is up, its output in that unit's journal")
+    };
+    match user_data {
+        UserData::Empty => (
+            vec!["an empty user-data: nothing to apply".into()],
+            Vec::new(),
+        ),
+        UserData::CloudConfig(parsed) => (Vec::new(), parsed.warnings),
+        UserData::Script { interpreter } => (vec![script(&interpreter)], Vec::new()),
+        UserData::Multipart(parts) => {
+            let mut lines = vec![format!(
+                "a multipart user-data of {} parts, each applied or kept in order",
+                parts.len()
+            )];
+            let mut warnings = Vec::new();
+            for part in parts {
+                let what = match part.kind {
+                    PartKind::CloudConfig(parsed) => {
+                        warnings.extend(parsed.warnings);
+                        "a cloud-config, checked".to_string()
+                    }
+                    PartKind::Script { interpreter, .. } => script(&interpreter),
+                    PartKind::Ignored(why) => format!("ignored ({why})"),
+                };
+                lines.push(format!(
+                    "part at line {} ({}): {what}",
+                    part.line, part.content_type
+                ));
+            }
+            (lines, warnings)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -282,7 +323,8 @@ mod tests {
         assert_eq!(
             parts[1].kind,
             PartKind::Script {
-                interpreter: "/bin/sh".into()
+                interpreter: "/bin/sh".into(),
+                body: "#!/bin/sh\ntouch /x\n".into()
             }
         );
         let PartKind::CloudConfig(third) = &parts[2].kind else {

@@ -28,6 +28,16 @@ pub const CLOUD_CONFIG_APPLIED: &str = "/var/lib/kiln/cloud-config.applied";
 pub const CLOUD_CONFIG_REPORT: &str = "/var/lib/kiln/cloud-config.report";
 /// Units the cloud-config asked to start once systemd runs (`kiln-config boot`).
 pub const UNITS_TO_START: &str = "/var/lib/kiln/units-to-start";
+/// Cloud-config documents that say `$private_ipv4` or `$public_ipv4`, kept until the booted
+/// system knows the addresses (`kiln-config addresses`, kiln-config-addresses.service).
+pub const CLOUD_CONFIG_PENDING: &str = "/var/lib/kiln/cloud-config.pending";
+/// The machine's addresses as the cloud-config's variables took them (`COREOS_*` lines), in the
+/// file CoreOS kept them in.
+pub const ENVIRONMENT: &str = "/etc/environment";
+/// User-data scripts waiting for their one run (`kiln-config run-scripts`,
+/// kiln-user-data.service), and where each goes once it ran.
+pub const USER_DATA_SCRIPTS: &str = "/var/lib/kiln/user-data/scripts";
+pub const USER_DATA_RAN: &str = "/var/lib/kiln/user-data/ran";
 /// A development image's ssh keys for `core`, kept apart from what the cloud-config writes.
 pub const DEBUG_SSH_KEYS: &str = "/var/lib/kiln/debug-ssh-keys/core";
 

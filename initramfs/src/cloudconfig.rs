@@ -1,6 +1,6 @@
-//! The first-boot cloud-config: taken from the first source that has one (QEMU's fw_cfg item
-//! `opt/org.kiln/config`, then `cloud-config.yml` on the OEM partition), parsed, and applied to
-//! ROOT before systemd starts. A bad document never stops the boot: what went wrong goes to the
+//! The first-boot user-data: taken from the first source that has one (QEMU's fw_cfg item
+//! `opt/org.kiln/config`, then `cloud-config.yml` on the OEM partition), and applied to ROOT
+//! before systemd starts (a cloud-config; a script is kept for kiln-user-data.service). A bad document never stops the boot: what went wrong goes to the
 //! console and to the report file, and the machine comes up for an operator to log in.
 //! (`kiln.config.url=` needs the network, so it is left to the booted system.)
 
@@ -28,34 +28,16 @@ pub fn apply_first_boot(sysroot: &Path, disk: &BootDisk) {
         return;
     };
     log::say(&format!("cloud-config: applying the one from {source}"));
-    let parsed = match kiln_config::parse_bytes(&bytes) {
-        Ok(parsed) => parsed,
-        Err(e) => {
-            let text = kiln_config::rejected_report(&source, &e.to_string());
-            log::say(text.lines().last().unwrap_or_default());
-            record(sysroot, &text);
-            return;
-        }
-    };
-    for warning in &parsed.warnings {
-        log::say(&warning.to_string());
-    }
     // Runtime units go to the initramfs's /run, which becomes the system's /run at switch_root.
     let opts = ApplyOptions {
         run_dir: Some("/run".into()),
+        ..Default::default()
     };
-    match kiln_config::apply(&parsed.config, sysroot, &opts) {
-        Ok(report) => {
-            for step in &report.steps {
-                if let Some(error) = &step.error {
-                    log::say(&format!("cloud-config: step {} failed: {error}", step.name));
-                }
+    match kiln_config::apply_user_data(&bytes, &source, sysroot, &opts) {
+        Ok(done) => {
+            for line in &done.console {
+                log::say(line);
             }
-            log::say(&format!(
-                "cloud-config: {} steps, all ok: {}",
-                report.steps.len(),
-                report.all_ok()
-            ));
         }
         Err(e) => {
             let text = kiln_config::rejected_report(&source, &e.to_string());

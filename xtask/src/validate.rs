@@ -16,46 +16,21 @@ pub struct ValidateConfig {
 /// user-data that is not a `#cloud-config` (empty, a script, multipart MIME) is told apart as
 /// first boot does, and the cloud-config parts of a multipart one are checked.
 pub fn run(cfg: &ValidateConfig) -> Result<()> {
-    use kiln_config::{PartKind, UserData};
     let mut bad = 0;
     for file in &cfg.files {
         let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
         let shown = file.display();
-        let warnings = match kiln_config::read_user_data(&bytes) {
-            Ok(UserData::Empty) => {
-                eprintln!("{shown}: an empty user-data: nothing to apply");
-                Vec::new()
-            }
-            Ok(UserData::CloudConfig(parsed)) => parsed.warnings,
-            Ok(UserData::Script { interpreter }) => {
-                eprintln!("{shown}: {}", script_note(&interpreter));
-                Vec::new()
-            }
-            Ok(UserData::Multipart(parts)) => {
-                eprintln!("{shown}: a multipart user-data; its parts are checked below, but first boot of this version of Kiln does not read multipart user-data yet (put the cloud-config alone in the file)");
-                let mut warnings = Vec::new();
-                for part in parts {
-                    let what = match part.kind {
-                        PartKind::CloudConfig(parsed) => {
-                            warnings.extend(parsed.warnings);
-                            "a cloud-config, checked".to_string()
-                        }
-                        PartKind::Script { interpreter } => script_note(&interpreter),
-                        PartKind::Ignored(why) => format!("ignored ({why})"),
-                    };
-                    eprintln!(
-                        "{shown}: multipart part at line {} ({}): {what}",
-                        part.line, part.content_type
-                    );
-                }
-                warnings
-            }
+        let (lines, warnings) = match kiln_config::read_user_data(&bytes) {
+            Ok(user_data) => kiln_config::describe(user_data),
             Err(e) => {
                 eprintln!("{shown}: {e}");
                 bad += 1;
                 continue;
             }
         };
+        for line in &lines {
+            eprintln!("{shown}: {line}");
+        }
         for w in &warnings {
             eprintln!("{shown}: {w}");
         }
@@ -72,9 +47,4 @@ pub fn run(cfg: &ValidateConfig) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// What first boot does with a user-data script.
-fn script_note(interpreter: &str) -> String {
-    format!("a user-data script (#!{interpreter}), which coreos-cloudinit ran once at first boot; this version of Kiln does not run user-data scripts yet: first boot applies nothing from it")
 }

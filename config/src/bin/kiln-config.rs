@@ -6,6 +6,10 @@
 //! - `kiln-config fetch-url` (kiln-config-url.service): when first boot found no document and
 //!   the kernel command line has `kiln.config.url=`, fetches it once the network is up, applies
 //!   it to the running system, and starts its units.
+//! - `kiln-config addresses` (kiln-config-addresses.service): when the document said
+//!   `$private_ipv4` or `$public_ipv4`, waits for the machine's addresses and applies it again
+//!   with them in place (see `addresses.rs`), before etcd, fleet and the document's units start.
+//! - `kiln-config run-scripts` (kiln-user-data.service): runs the user-data's scripts once.
 //! - `kiln-config validate FILE`: checks a document the way first boot reads it.
 
 use std::path::Path;
@@ -17,15 +21,25 @@ use kiln_config::{ApplyOptions, Status, REPORT_FILE, UNITS_TO_START};
 /// How long `fetch-url` keeps trying while the network or the server is not there yet.
 const FETCH_DEADLINE: Duration = Duration::from_secs(300);
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `addresses` waits for the network to give the machine its addresses.
+const ADDRESS_WAIT: Duration = Duration::from_secs(120);
+/// Where the booted system's runtime units go.
+const RUN_DIR: &str = "/run";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
         ["boot"] => boot(Path::new("/")),
         ["fetch-url"] => fetch_url(),
+        ["addresses"] => addresses(),
+        ["run-scripts"] => kiln_config::run_scripts(Path::new("/")).map(|n| {
+            println!("{n} user-data scripts ran");
+        }),
         ["validate", file] => validate(Path::new(file)),
         _ => {
-            eprintln!("usage: kiln-config boot | fetch-url | validate FILE");
+            eprintln!(
+                "usage: kiln-config boot | fetch-url | addresses | run-scripts | validate FILE"
+            );
             return ExitCode::from(2);
         }
     };
@@ -67,24 +81,32 @@ fn start_units(root: &Path) -> Result<(), String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(format!("reading {}: {e}", list.display())),
     };
-    let mut failed = Vec::new();
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        println!("systemctl --no-block {line}");
-        let ok = Command::new("systemctl")
-            .arg("--no-block")
-            .args(&words)
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        if !ok {
-            failed.push(line.to_string());
-        }
-    }
+    let failed: Vec<String> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .filter(|line| systemctl_no_block(line).is_err())
+        .map(str::to_string)
+        .collect();
     if failed.is_empty() {
         Ok(())
     } else {
         Err(format!("systemctl failed for: {}", failed.join(", ")))
+    }
+}
+
+/// `systemctl --no-block <line>`.
+fn systemctl_no_block(line: &str) -> Result<(), String> {
+    println!("systemctl --no-block {line}");
+    let ok = Command::new("systemctl")
+        .arg("--no-block")
+        .args(line.split_whitespace())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("systemctl --no-block {line} failed"))
     }
 }
 
@@ -101,40 +123,82 @@ fn fetch_url() -> Result<(), String> {
         return Ok(());
     }
     let bytes = fetch_with_retries(&url)?;
-    let parsed = match kiln_config::parse_bytes(&bytes) {
-        Ok(p) => p,
-        Err(e) => {
-            let report = kiln_config::rejected_report(&url, &e.to_string());
-            write_report(&report)?;
-            print!("{report}");
-            return Err(format!("the cloud-config from {url} was not applied"));
-        }
-    };
-    for w in &parsed.warnings {
-        println!("{w}");
-    }
     let opts = ApplyOptions {
-        run_dir: Some("/run".into()),
+        run_dir: Some(RUN_DIR.into()),
+        ..Default::default()
     };
-    let report =
-        kiln_config::apply(&parsed.config, Path::new("/"), &opts).map_err(|e| e.to_string())?;
-    println!("cloud-config from {url}:\n{report}");
-    if let Some(name) = &parsed.config.hostname {
-        // /etc/hostname is read at boot; the running kernel learns the name here.
-        std::fs::write("/proc/sys/kernel/hostname", name)
+    let done = kiln_config::apply_user_data(&bytes, &url, Path::new("/"), &opts)
+        .map_err(|e| e.to_string())?;
+    for line in &done.console {
+        println!("{line}");
+    }
+    print!("{}", done.report);
+    if done.status == Status::Rejected {
+        return Err(format!("the user-data from {url} was not applied"));
+    }
+    // /etc/hostname is read at boot; the running kernel learns the name here.
+    if let Ok(name) = std::fs::read_to_string("/etc/hostname") {
+        std::fs::write("/proc/sys/kernel/hostname", name.trim())
             .map_err(|e| format!("setting the hostname: {e}"))?;
     }
-    let reload = Command::new("systemctl").arg("daemon-reload").status();
-    if !reload.map(|s| s.success()).unwrap_or(false) {
-        return Err("systemctl daemon-reload failed".into());
+    if done.addresses_pending {
+        // The network is up: the addresses are written in right away.
+        addresses()?;
     }
+    daemon_reload()?;
     start_units(Path::new("/"))?;
-    if report.all_ok() {
+    if done.scripts > 0 {
+        systemctl_no_block("start kiln-user-data.service")?;
+    }
+    if done.status == Status::Applied {
         Ok(())
     } else {
+        Err(format!("the user-data from {url} was applied with errors"))
+    }
+}
+
+fn daemon_reload() -> Result<(), String> {
+    let reload = Command::new("systemctl").arg("daemon-reload").status();
+    if reload.map(|s| s.success()).unwrap_or(false) {
+        Ok(())
+    } else {
+        Err("systemctl daemon-reload failed".into())
+    }
+}
+
+/// Waits for the machine's addresses and applies the kept documents again with them in place.
+fn addresses() -> Result<(), String> {
+    let root = Path::new("/");
+    let docs = kiln_config::pending_documents(root)?;
+    if docs.is_empty() {
+        println!("no cloud-config waits for the machine's addresses");
+        return Ok(());
+    }
+    let texts: Vec<String> = docs.into_iter().map(|(_, text)| text).collect();
+    let (settings, statics) = kiln_config::address_rules(&texts)?;
+    let chosen = match kiln_config::addresses::wait_for(&settings, &statics, ADDRESS_WAIT) {
+        Ok(c) => c,
+        Err(e) => {
+            return Err(format!(
+                "the addresses for $private_ipv4/$public_ipv4 are not known: {e}; the services that use them run with {} (name the interfaces with `addresses: private-interface:` / `public-interface:`)",
+                kiln_config::addresses::PLACEHOLDER
+            ))
+        }
+    };
+    let opts = ApplyOptions {
+        run_dir: Some(RUN_DIR.into()),
+        ..Default::default()
+    };
+    let (added, all_ok) =
+        kiln_config::complete_addresses(root, &opts, &chosen).map_err(|e| e.to_string())?;
+    print!("{added}");
+    daemon_reload()?;
+    if !all_ok {
         Err(format!(
-            "the cloud-config from {url} was applied with errors"
+            "applying the cloud-config with its addresses failed: see {REPORT_FILE}"
         ))
+    } else {
+        Ok(())
     }
 }
 
@@ -161,20 +225,17 @@ fn fetch_with_retries(url: &str) -> Result<Vec<u8>, String> {
     }
 }
 
-fn write_report(text: &str) -> Result<(), String> {
-    let path = Path::new(REPORT_FILE);
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    }
-    std::fs::write(path, text).map_err(|e| format!("writing {REPORT_FILE}: {e}"))
-}
-
-/// Parses a document and prints its warnings; an error is the exit status.
+/// Reads a user-data as first boot does and prints what first boot does with it and its
+/// warnings; an error is the exit status.
 fn validate(file: &Path) -> Result<(), String> {
     let bytes = std::fs::read(file).map_err(|e| format!("reading {}: {e}", file.display()))?;
-    let parsed =
-        kiln_config::parse_bytes(&bytes).map_err(|e| format!("{}: {e}", file.display()))?;
-    for w in &parsed.warnings {
+    let user_data =
+        kiln_config::read_user_data(&bytes).map_err(|e| format!("{}: {e}", file.display()))?;
+    let (lines, warnings) = kiln_config::describe(user_data);
+    for line in &lines {
+        println!("{}: {line}", file.display());
+    }
+    for w in &warnings {
         println!("{}: {w}", file.display());
     }
     println!("{}: valid", file.display());
