@@ -5,6 +5,7 @@ use crate::addresses::AddressSettings;
 use crate::model::{DropIn, Etcd, KilnSection, NetworkInterface, Unit, UnitCommand};
 use crate::read::{boolean, list, opt_string, string, string_list, ConfigError, Ctx, Fields};
 use crate::tree::{Kind, Node};
+use kiln_contract::flannel_conf;
 use std::net::IpAddr;
 
 /// etcd 3.4 settings Kiln passes on as `ETCD_*` variables; `true` marks booleans, which are
@@ -64,22 +65,6 @@ const ETCD_V1_KEYS: &[(&str, &str)] = &[
     ),
     ("bind_addr", "listen-client-urls: http://ADDRESS:2379"),
     ("peer_bind_addr", "listen-peer-urls: http://ADDRESS:2380"),
-];
-
-/// The keys of coreos-cloudinit's `flannel:` section. Kiln does not run flannel; these are
-/// known only so that a misspelt one is named at its own line.
-const FLANNEL_KEYS: &[&str] = &[
-    "etcd-endpoints",
-    "etcd-cafile",
-    "etcd-certfile",
-    "etcd-keyfile",
-    "etcd-prefix",
-    "etcd-username",
-    "etcd-password",
-    "ip-masq",
-    "subnet-file",
-    "interface",
-    "public-ip",
 ];
 
 /// Reads `kiln:` or `coreos:` from the top-level mapping; a wrong type anywhere in it leaves
@@ -207,14 +192,12 @@ fn not_in_kiln(f: &mut Fields<'_>, ctx: &mut Ctx) {
         ctx.warn(pos, &path, "Kiln does not ship flannel; ignored");
         if let Kind::Map(entries) = &node.kind {
             for (k, _) in entries {
-                if !FLANNEL_KEYS.contains(&k.name.replace('_', "-").as_str()) {
+                if flannel_conf::key(&k.name).is_none() {
+                    let names: Vec<&str> = flannel_conf::KEYS.iter().map(|k| k.name).collect();
                     ctx.warn(
                         k.pos,
                         &format!("{path}.{}", k.name),
-                        format!(
-                            "not a flannel setting (those are {})",
-                            FLANNEL_KEYS.join(", ")
-                        ),
+                        format!("not a flannel setting (those are {})", names.join(", ")),
                     );
                 }
             }

@@ -14,6 +14,7 @@ pub mod boot;
 pub mod digest;
 pub mod disk;
 pub mod errorcode;
+pub mod flannel_conf;
 pub mod fleet_conf;
 pub mod hex;
 pub mod paths;
