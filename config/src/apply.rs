@@ -81,6 +81,19 @@ pub enum ApplyError {
     RootMissing { root: PathBuf },
 }
 
+impl ApplyError {
+    /// `root` must be a directory (ROOT mounted there).
+    pub(crate) fn check_root(root: &Path) -> Result<(), ApplyError> {
+        if root.is_dir() {
+            Ok(())
+        } else {
+            Err(ApplyError::RootMissing {
+                root: root.to_path_buf(),
+            })
+        }
+    }
+}
+
 /// What one step did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StepReport {
@@ -173,11 +186,7 @@ pub fn apply(
     root: &Path,
     opts: &ApplyOptions,
 ) -> Result<ApplyReport, ApplyError> {
-    if !root.is_dir() {
-        return Err(ApplyError::RootMissing {
-            root: root.to_path_buf(),
-        });
-    }
+    ApplyError::check_root(root)?;
     let as_root = running_as_root();
     let fs = Root::new(root, as_root);
     let run_dir = opts.run_dir.clone().unwrap_or_else(|| root.join("run"));

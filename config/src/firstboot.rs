@@ -42,11 +42,7 @@ pub fn apply_user_data(
     root: &Path,
     opts: &ApplyOptions,
 ) -> Result<FirstBoot, ApplyError> {
-    if !root.is_dir() {
-        return Err(ApplyError::RootMissing {
-            root: root.to_path_buf(),
-        });
-    }
+    ApplyError::check_root(root)?;
     let mut run = Run {
         root,
         opts,

@@ -14,13 +14,7 @@ pub const DOCKER_OPTS_ENV: &str = "/run/flannel/flannel_docker_opts.env";
 /// Where flannel keeps its state in etcd unless told otherwise.
 pub const DEFAULT_PREFIX: &str = "/coreos.com/network";
 
-/// Whether Kiln acts on a key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Support {
-    Yes,
-    /// Accepted, and the warning says why it has no effect.
-    Ignored(&'static str),
-}
+pub use crate::Support;
 
 /// One key of the cloud-config's `flannel:` section.
 #[derive(Debug)]

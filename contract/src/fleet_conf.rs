@@ -27,13 +27,7 @@ pub enum Kind {
     Metadata,
 }
 
-/// Whether Kiln acts on a key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Support {
-    Yes,
-    /// Accepted, and the warning says why it has no effect.
-    Ignored(&'static str),
-}
+pub use crate::Support;
 
 /// One key of fleet.conf.
 #[derive(Debug)]

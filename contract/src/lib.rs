@@ -19,3 +19,12 @@ pub mod fleet_conf;
 pub mod hex;
 pub mod paths;
 pub mod update_conf;
+
+/// Whether Kiln acts on a setting it reads under another project's name (fleet.conf's and
+/// flannel's keys).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Support {
+    Yes,
+    /// Accepted, and the warning says why it has no effect.
+    Ignored(&'static str),
+}
