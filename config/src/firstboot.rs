@@ -366,14 +366,26 @@ pub fn address_rules(
 
 /// The second pass: every kept document applied again with `chosen`'s addresses in place (its
 /// held-back files written for the first time), the addresses in `/etc/environment`, the report
-/// extended; the kept documents are removed when all of it was done. Returns what was added to
-/// the report, and whether all of it succeeded.
+/// extended; the kept documents are removed when all of it was done. When the addresses could
+/// not be found (`chosen` is why), the report says so. Returns what was added to the report, and
+/// whether all of it succeeded.
 pub fn complete_addresses(
     root: &Path,
     opts: &ApplyOptions,
-    chosen: &addresses::Chosen,
+    chosen: Result<&addresses::Chosen, &str>,
 ) -> Result<(String, bool), ApplyError> {
     let fs = Root::new(root, crate::fsroot::running_as_root());
+    let chosen = match chosen {
+        Ok(c) => c,
+        Err(why) => {
+            // The documents stay kept: the next boot tries again.
+            let line = format!(
+                "addresses: not known, the cloud-config was not applied with them: {why}\n"
+            );
+            extend_report(&fs, &line, true);
+            return Ok((line, false));
+        }
+    };
     // Read first: applying writes a report of its own.
     let before = read_report(&fs);
     let mut failed = false;

@@ -1294,7 +1294,17 @@ mod firstboot_tests {
             private_from: "x".into(),
             public_from: "x".into(),
         };
-        complete_addresses(r, &ApplyOptions::default(), &chosen).unwrap();
+        // Not known (yet): the report says so, and the documents wait for the next try.
+        let (added, all_ok) = complete_addresses(
+            r,
+            &ApplyOptions::default(),
+            Err("no interface has an IPv4 address yet after 120 s"),
+        )
+        .unwrap();
+        assert!(!all_ok && added.contains("not known"), "{added}");
+        assert!(read(r, "var/lib/kiln/cloud-config.report").starts_with("status: failed\n"));
+        assert_eq!(pending_documents(r).unwrap().len(), 2);
+        complete_addresses(r, &ApplyOptions::default(), Ok(&chosen)).unwrap();
         assert_eq!(read(r, "etc/addr"), "10.1.2.3");
         assert_eq!(read(r, "var/lib/kiln/units-to-start"), starts);
         assert_eq!(read(r, "etc/hostname"), "second\n");
@@ -1361,7 +1371,7 @@ mod firstboot_tests {
             private_from: "static".into(),
             public_from: "route".into(),
         };
-        let (added, all_ok) = complete_addresses(r, &ApplyOptions::default(), &chosen).unwrap();
+        let (added, all_ok) = complete_addresses(r, &ApplyOptions::default(), Ok(&chosen)).unwrap();
         assert!(all_ok, "{added}");
         assert!(added.starts_with("addresses: $private_ipv4 is 10.77.0.9 (static), $public_ipv4 is 192.0.2.7 (route)\n"), "{added}");
         let env = read(r, "etc/default/etcd");

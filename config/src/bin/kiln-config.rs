@@ -176,21 +176,19 @@ fn addresses() -> Result<(), String> {
     }
     let texts: Vec<String> = docs.into_iter().map(|(_, text)| text).collect();
     let (settings, statics) = kiln_config::address_rules(&texts)?;
-    let chosen = match kiln_config::addresses::wait_for(&settings, &statics, ADDRESS_WAIT) {
-        Ok(c) => c,
-        Err(e) => {
-            return Err(format!(
-                "the addresses for $private_ipv4/$public_ipv4 are not known: {e}; the services that use them run with {} (name the interfaces with `addresses: private-interface:` / `public-interface:`)",
-                kiln_config::addresses::PLACEHOLDER
-            ))
-        }
-    };
+    let chosen = kiln_config::addresses::wait_for(&settings, &statics, ADDRESS_WAIT).map_err(|e| {
+        format!(
+            "{e}; the services that use them run with {} (name the interfaces with `addresses: private-interface:` / `public-interface:`)",
+            kiln_config::addresses::PLACEHOLDER
+        )
+    });
     let opts = ApplyOptions {
         run_dir: Some(RUN_DIR.into()),
         ..Default::default()
     };
     let (added, all_ok) =
-        kiln_config::complete_addresses(root, &opts, &chosen).map_err(|e| e.to_string())?;
+        kiln_config::complete_addresses(root, &opts, chosen.as_ref().map_err(String::as_str))
+            .map_err(|e| e.to_string())?;
     print!("{added}");
     daemon_reload()?;
     if !all_ok {
