@@ -1,4 +1,4 @@
-//! The kernel state flannel's backends set, over rtnetlink (CLUSTER.md §2.3): the vxlan device
+//! The kernel state flannel's backends set, over rtnetlink, as flannel sets it: the vxlan device
 //! `flannel.<VNI>` and its /32 address, and per peer a permanent neighbour, an FDB entry and an
 //! onlink route; for host-gw, a plain route per peer. Each call is blocking and idempotent
 //! (`replace`), so the daemon can apply a lease again after a restart or a missed event.
