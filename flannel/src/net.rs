@@ -1,5 +1,6 @@
 //! IPv4 networks as flannel writes them: `10.5.0.0/16` in the config, `10.5.72.0-24` in a
-//! lease's key.
+//! lease's key; and the MAC addresses of vxlan endpoints, `c6:d2:32:6f:8f:44` in a lease's
+//! `BackendData`.
 
 use std::fmt;
 use std::net::Ipv4Addr;
@@ -96,6 +97,46 @@ impl FromStr for Ipv4Net {
     }
 }
 
+/// An Ethernet address, written as flannel writes a `VtepMAC`: six lower-case hex pairs with colons.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MacAddr(pub [u8; 6]);
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let [a, b, c, d, e, g] = self.0;
+        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
+    }
+}
+
+/// Why a text is not a MAC address.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a MAC address like c6:d2:32:6f:8f:44")]
+pub struct MacError(pub String);
+
+impl FromStr for MacAddr {
+    type Err = MacError;
+
+    /// Reads six hex pairs separated by colons (Go's `net.ParseMAC` also takes dashes; flannel
+    /// only ever wrote colons).
+    fn from_str(text: &str) -> Result<MacAddr, MacError> {
+        let mut mac = [0u8; 6];
+        let mut parts = text.split(':');
+        for byte in &mut mac {
+            // `from_str_radix` alone would take "+f".
+            let part = parts
+                .next()
+                .filter(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()));
+            *byte = part
+                .and_then(|p| u8::from_str_radix(p, 16).ok())
+                .ok_or_else(|| MacError(text.to_string()))?;
+        }
+        match parts.next() {
+            None => Ok(MacAddr(mac)),
+            Some(_) => Err(MacError(text.to_string())),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,5 +159,22 @@ mod tests {
         assert!("10.5.0.0".parse::<Ipv4Net>().is_err());
         assert!("10.5.0.0/33".parse::<Ipv4Net>().is_err());
         assert_eq!(Ipv4Net::from_key_name("10.5.72.1-24"), None);
+    }
+
+    #[test]
+    fn mac_addresses_read_and_write() {
+        let mac: MacAddr = "c6:d2:32:6f:8F:44".parse().unwrap();
+        assert_eq!(mac, MacAddr([0xc6, 0xd2, 0x32, 0x6f, 0x8f, 0x44]));
+        assert_eq!(mac.to_string(), "c6:d2:32:6f:8f:44");
+        for bad in [
+            "c6:d2:32:6f:8f",
+            "c6:d2:32:6f:8f:44:00",
+            "c6-d2-32-6f-8f-44",
+            "c6:d2:32:6f:8f:4g",
+            "c6:d2:32:6f:8f:+4",
+            "",
+        ] {
+            assert!(bad.parse::<MacAddr>().is_err(), "{bad:?}");
+        }
     }
 }
