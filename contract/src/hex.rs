@@ -13,6 +13,16 @@ pub fn encode(bytes: &[u8]) -> String {
     out
 }
 
+/// An Ethernet address as QEMU, networkd and flannel's `VtepMAC` write it: six lower-case hex
+/// pairs joined by colons, `52:54:00:77:00:03`.
+pub fn mac(bytes: &[u8; 6]) -> String {
+    bytes
+        .iter()
+        .map(|b| encode(&[*b]))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
 /// The bytes of hex text (either case); `None` for an odd length or anything but hex digits.
 pub fn decode(text: &str) -> Option<Vec<u8>> {
     let digits = text.as_bytes();
@@ -44,6 +54,7 @@ mod tests {
     fn round_trips_and_refuses_what_is_not_hex() {
         let bytes = [0x00, 0x0f, 0xa5, 0xff];
         assert_eq!(encode(&bytes), "000fa5ff");
+        assert_eq!(mac(&[0x52, 0x54, 0, 0x77, 0x0a, 0xff]), "52:54:00:77:0a:ff");
         assert_eq!(decode("000fA5ff").unwrap(), bytes);
         assert_eq!(decode("").unwrap(), Vec::<u8>::new());
         // Odd length, a sign (which `u8::from_str_radix` would take), spaces, non-ASCII.

@@ -503,10 +503,7 @@ fn socket_nic_mac(vm: &str, index: usize, nic: &SocketNic) -> [u8; 6] {
 
 /// A MAC address as QEMU and networkd write it: `52:54:00:77:00:03`.
 pub fn format_mac(mac: [u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    kiln_contract::hex::mac(&mac)
 }
 
 #[cfg(test)]
