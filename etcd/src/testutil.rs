@@ -1,5 +1,6 @@
-//! A real etcd (Debian's `etcd-server`, installed when missing) on 127.0.0.1, for tests and
-//! benches: one member or a cluster, each with its own data folder, killed when dropped.
+//! A real etcd (Debian's `etcd-server`, installed when missing) on 127.0.0.1 (or another
+//! address), for tests and benches: one member or a cluster, each with its own data folder,
+//! killed when dropped.
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -10,7 +11,7 @@ use kiln_image::testutil::require_tool;
 /// A member we started; killed (by its pid) when dropped.
 pub struct TestEtcd {
     child: Child,
-    /// Its client URL, `http://127.0.0.1:<port>`.
+    /// Its client URL, `http://127.0.0.1:<port>` (or the address it was started on).
     pub url: String,
     _dir: tempfile::TempDir,
 }
@@ -28,22 +29,31 @@ impl TestEtcd {
         TestEtcd::cluster(1).pop().expect("one member")
     }
 
+    /// One member listening on `host` (an address of the calling thread's network namespace).
+    pub fn start_on(host: &str) -> TestEtcd {
+        TestEtcd::cluster_on(host, 1).pop().expect("one member")
+    }
+
     /// `size` members on 127.0.0.1 forming one cluster, each healthy.
     pub fn cluster(size: usize) -> Vec<TestEtcd> {
+        TestEtcd::cluster_on("127.0.0.1", size)
+    }
+
+    fn cluster_on(host: &str, size: usize) -> Vec<TestEtcd> {
         let etcd = require_tool("etcd", "etcd-server");
         let ports: Vec<(u16, u16)> = (0..size).map(|_| (free_port(), free_port())).collect();
         let initial: Vec<String> = ports
             .iter()
             .enumerate()
-            .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+            .map(|(i, (_, peer))| format!("m{i}=http://{host}:{peer}"))
             .collect();
         let members: Vec<TestEtcd> = ports
             .iter()
             .enumerate()
             .map(|(i, (client, peer))| {
                 let dir = tempfile::tempdir().expect("temp dir");
-                let url = format!("http://127.0.0.1:{client}");
-                let peer_url = format!("http://127.0.0.1:{peer}");
+                let url = format!("http://{host}:{client}");
+                let peer_url = format!("http://{host}:{peer}");
                 let child = Command::new(&etcd)
                     .arg(format!("--name=m{i}"))
                     .arg(format!("--data-dir={}", dir.path().join("data").display()))
@@ -90,7 +100,7 @@ impl TestEtcd {
     }
 }
 
-/// A TCP port free on 127.0.0.1 now.
+/// A TCP port free on 127.0.0.1 now (in the calling thread's network namespace).
 pub fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("addr").port()

@@ -22,7 +22,9 @@ use rtnetlink::packet_route::link::{
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
-use rtnetlink::packet_route::route::{RouteMessage, RouteProtocol, RouteScope, RouteType};
+use rtnetlink::packet_route::route::{
+    RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 
@@ -230,6 +232,47 @@ impl Kernel {
                 "listing the addresses of interface {index}"
             )))?;
         Ok(messages.iter().filter_map(if_addr).collect())
+    }
+
+    /// Every interface: its index and name.
+    pub fn links(&self) -> Result<Vec<(u32, String)>, KernelError> {
+        let messages: Vec<LinkMessage> = self
+            .runtime
+            .block_on(self.handle.link().get().execute().try_collect())
+            .map_err(netlink("listing the interfaces"))?;
+        Ok(messages
+            .iter()
+            .map(|l| {
+                let name = l.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::IfName(n) => Some(n.clone()),
+                    _ => None,
+                });
+                (l.header.index, name.unwrap_or_default())
+            })
+            .collect())
+    }
+
+    /// The interface of the IPv4 default route in the main table (the first, as the kernel
+    /// lists them), if there is one.
+    pub fn default_route_link(&self) -> Result<Option<u32>, KernelError> {
+        let query = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        let routes: Vec<RouteMessage> = self
+            .runtime
+            .block_on(self.handle.route().get(query).execute().try_collect())
+            .map_err(netlink("listing the IPv4 routes"))?;
+        Ok(routes
+            .iter()
+            .filter(|r| {
+                r.header.destination_prefix_length == 0
+                    && r.header.kind == RouteType::Unicast
+                    && route_table(r) == u32::from(RouteHeader::RT_TABLE_MAIN)
+            })
+            .find_map(|r| {
+                r.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Oif(index) => Some(*index),
+                    _ => None,
+                })
+            }))
     }
 
     fn link_by_index(&self, index: u32, action: &str) -> Result<LinkMessage, KernelError> {
@@ -552,6 +595,18 @@ impl Kernel {
         ]);
         self.handle.neighbours().del(message).execute()
     }
+}
+
+/// A route's table: `RTA_TABLE` when there (tables above 255), else the header's.
+fn route_table(route: &RouteMessage) -> u32 {
+    route
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(route.header.table))
 }
 
 /// `<subnet> via <subnet .0> dev <vtep> onlink`. The protocol is `boot`, as flannel's netlink
