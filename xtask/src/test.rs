@@ -77,6 +77,11 @@ pub const TEST_PACKAGES: &[HostPackage] = &[
         package: "etcd-server",
         provides: "etcd",
     },
+    // flannel's daemon sets its forward and masquerade rules with it (in a test namespace).
+    HostPackage {
+        package: "iptables",
+        provides: "iptables",
+    },
     HostPackage {
         package: "postgresql",
         provides: "pg_ctlcluster",
@@ -87,8 +92,22 @@ pub const TEST_PACKAGES: &[HostPackage] = &[
     },
 ];
 
+/// What a whole run writes into a fresh checkout (`target/`: the crates and the static device
+/// binaries; `build/`: three versions of the image and every scenario's disks), measured on a
+/// clean clone, with room to spare.
+const DISK_NEEDED_GIB: u64 = 30;
+
 pub fn run(cfg: &TestConfig) -> Result<()> {
     let mut times = Timings::new();
+    // A full disk fails a run deep inside some test with ENOSPC; say it first.
+    let root = host::workspace_root();
+    let free_gib = host::free_bytes(&root)? >> 30;
+    if !cfg.unit_only && free_gib < DISK_NEEDED_GIB {
+        eprintln!(
+            "warning: {free_gib} GiB free on the filesystem of {}; a whole run writes about {DISK_NEEDED_GIB} GiB under target/ and build/ (free some, or expect `No space left on device`)",
+            root.display()
+        );
+    }
     let packages: Vec<HostPackage> = TEST_PACKAGES
         .iter()
         .chain(host::QEMU_PACKAGES)
