@@ -437,26 +437,16 @@ struct Machine<'a> {
 }
 
 impl Machine<'_> {
-    fn set(&self, peer: &Peer) -> Result<(), String> {
-        match (peer, self.vtep) {
-            (Peer::Vxlan(p), Some(vtep)) => self.kernel.add_vxlan_peer(vtep, p),
-            (Peer::HostGw { subnet, via }, _) => {
-                self.kernel
-                    .add_host_gw_route(*subnet, *via, self.underlay.index)
-            }
-            (Peer::Vxlan(_), None) => return Ok(()),
-        }
-        .map_err(|e| e.to_string())
-    }
-
-    fn unset(&self, peer: &Peer) -> Result<(), String> {
-        match (peer, self.vtep) {
-            (Peer::Vxlan(p), Some(vtep)) => self.kernel.remove_vxlan_peer(vtep, p),
-            (Peer::HostGw { subnet, via }, _) => {
-                self.kernel
-                    .remove_host_gw_route(*subnet, *via, self.underlay.index)
-            }
-            (Peer::Vxlan(_), None) => return Ok(()),
+    /// Sets (`add`) or takes away a peer's entries.
+    fn change(&self, peer: &Peer, add: bool) -> Result<(), String> {
+        let k = self.kernel;
+        let dev = self.underlay.index;
+        match (peer, self.vtep, add) {
+            (Peer::Vxlan(p), Some(vtep), true) => k.add_vxlan_peer(vtep, p),
+            (Peer::Vxlan(p), Some(vtep), false) => k.remove_vxlan_peer(vtep, p),
+            (Peer::HostGw { subnet, via }, _, true) => k.add_host_gw_route(*subnet, *via, dev),
+            (Peer::HostGw { subnet, via }, _, false) => k.remove_host_gw_route(*subnet, *via, dev),
+            (Peer::Vxlan(_), None, _) => return Ok(()),
         }
         .map_err(|e| e.to_string())
     }
@@ -467,7 +457,7 @@ impl Machine<'_> {
         let (remove, add) = changes(&self.held, &wanted);
         for peer in remove {
             let subnet = subnet_of(&peer);
-            match self.unset(&peer) {
+            match self.change(&peer, false) {
                 Ok(()) => {
                     eprintln!("flannel: {subnet} is gone: its entries are removed");
                     self.held.remove(&subnet);
@@ -477,7 +467,7 @@ impl Machine<'_> {
         }
         for peer in add {
             let subnet = subnet_of(&peer);
-            match self.set(&peer) {
+            match self.change(&peer, true) {
                 Ok(()) => {
                     eprintln!("flannel: {subnet} is at {}", via_of(&peer));
                     self.held.insert(subnet, peer);

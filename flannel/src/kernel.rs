@@ -225,13 +225,19 @@ impl Kernel {
 
     /// The IPv4 addresses on interface `index`, in the kernel's order (the primary first).
     pub fn ipv4_addresses(&self, index: u32) -> Result<Vec<IfAddr>, KernelError> {
-        let messages = self
-            .runtime
+        Ok(self
+            .ipv4_address_messages(index)?
+            .iter()
+            .filter_map(if_addr)
+            .collect())
+    }
+
+    fn ipv4_address_messages(&self, index: u32) -> Result<Vec<AddressMessage>, KernelError> {
+        self.runtime
             .block_on(ipv4_address_messages(&self.handle, index))
             .map_err(netlink(format!(
                 "listing the addresses of interface {index}"
-            )))?;
-        Ok(messages.iter().filter_map(if_addr).collect())
+            )))
     }
 
     /// Every interface: its index and name.
@@ -399,12 +405,7 @@ impl Kernel {
             addr: subnet.addr,
             prefix: 32,
         };
-        let messages = self
-            .runtime
-            .block_on(ipv4_address_messages(&self.handle, index))
-            .map_err(netlink(format!(
-                "listing the addresses of interface {index}"
-            )))?;
+        let messages = self.ipv4_address_messages(index)?;
         let mut present = false;
         for message in messages {
             match if_addr(&message) {
