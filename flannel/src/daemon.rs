@@ -284,56 +284,26 @@ pub fn changes(
 /// table): the machine's own subnet's traffic inside the network is forwarded as it is, and
 /// only what leaves the network is masqueraded (to the underlay's address).
 pub fn iptables_rules(network: Ipv4Net, subnet: Ipv4Net, ip_masq: bool) -> Vec<Vec<String>> {
-    let (n, s) = (network.to_string(), subnet.to_string());
-    let mut rules: Vec<Vec<&str>> = vec![
-        vec!["filter", "FORWARD", "-s", &n, "-j", "ACCEPT"],
-        vec!["filter", "FORWARD", "-d", &n, "-j", "ACCEPT"],
+    let (n, s) = (network, subnet);
+    let mut rules = vec![
+        format!("filter FORWARD -s {n} -j ACCEPT"),
+        format!("filter FORWARD -d {n} -j ACCEPT"),
     ];
     if ip_masq {
         rules.extend([
             // Inside the network: as it is.
-            vec!["nat", "POSTROUTING", "-s", &n, "-d", &n, "-j", "RETURN"],
+            format!("nat POSTROUTING -s {n} -d {n} -j RETURN"),
             // Leaving it (multicast aside): masqueraded.
-            vec![
-                "nat",
-                "POSTROUTING",
-                "-s",
-                &n,
-                "!",
-                "-d",
-                "224.0.0.0/4",
-                "-j",
-                "MASQUERADE",
-            ],
+            format!("nat POSTROUTING -s {n} ! -d 224.0.0.0/4 -j MASQUERADE"),
             // Into this machine's subnet from outside the network: as it is.
-            vec![
-                "nat",
-                "POSTROUTING",
-                "!",
-                "-s",
-                &n,
-                "-d",
-                &s,
-                "-j",
-                "RETURN",
-            ],
+            format!("nat POSTROUTING ! -s {n} -d {s} -j RETURN"),
             // From outside the network into another machine's subnet: masqueraded.
-            vec![
-                "nat",
-                "POSTROUTING",
-                "!",
-                "-s",
-                &n,
-                "-d",
-                &n,
-                "-j",
-                "MASQUERADE",
-            ],
+            format!("nat POSTROUTING ! -s {n} -d {n} -j MASQUERADE"),
         ]);
     }
     rules
-        .into_iter()
-        .map(|r| r.into_iter().map(String::from).collect())
+        .iter()
+        .map(|r| r.split(' ').map(String::from).collect())
         .collect()
 }
 

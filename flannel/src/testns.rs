@@ -126,6 +126,11 @@ impl Machine {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// [`Machine::tool`] with its words written as one line (no quoting: split at spaces).
+    pub fn tool_line(&self, line: &str) -> String {
+        self.tool(&line.split(' ').collect::<Vec<_>>())
+    }
+
     /// The JSON a tool printed with `-j`.
     pub fn json(&self, args: &[&str]) -> Value {
         let text = self.tool(args);
@@ -149,6 +154,18 @@ impl Drop for Machine {
                 let _ = thread.join();
             }
         }
+    }
+}
+
+/// The wire between two machines: a veth pair made in `a` with one end moved into `b`'s
+/// namespace, `v0` 10.9.0.1/24 on A and `v1` 10.9.0.2/24 on B, both up, with each loopback.
+pub fn wire(a: &Machine, b: &Machine) {
+    a.tool_line("ip link add v0 type veth peer name v1");
+    a.tool(&["ip", "link", "set", "v1", "netns", &b.netns]);
+    for (m, dev, addr) in [(a, "v0", "10.9.0.1/24"), (b, "v1", "10.9.0.2/24")] {
+        m.tool_line("ip link set lo up");
+        m.tool(&["ip", "addr", "add", addr, "dev", dev]);
+        m.tool(&["ip", "link", "set", dev, "up"]);
     }
 }
 

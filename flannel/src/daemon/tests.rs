@@ -6,7 +6,7 @@ use kiln_etcd::testutil::TestEtcd;
 use serde_json::Value;
 
 use super::*;
-use crate::testns::{ping_command, Machine};
+use crate::testns::{ping_command, wire, Machine};
 
 fn net(text: &str) -> Ipv4Net {
     text.parse().unwrap()
@@ -252,15 +252,7 @@ fn two_daemons_lease_subnets_reach_each_other_and_follow_the_leases() {
     kiln_image::testutil::require_tool("iptables", "iptables");
     let a = Machine::start("flanneld-a");
     let b = Machine::start("flanneld-b");
-    a.tool(&[
-        "ip", "link", "add", "v0", "type", "veth", "peer", "name", "v1",
-    ]);
-    a.tool(&["ip", "link", "set", "v1", "netns", &b.netns]);
-    for (m, dev, addr) in [(&a, "v0", "10.9.0.1/24"), (&b, "v1", "10.9.0.2/24")] {
-        m.tool(&["ip", "link", "set", "lo", "up"]);
-        m.tool(&["ip", "addr", "add", addr, "dev", dev]);
-        m.tool(&["ip", "link", "set", dev, "up"]);
-    }
+    wire(&a, &b);
     // A finds its address by its default route, B is told its interface by address.
     a.tool(&[
         "ip", "route", "add", "default", "via", "10.9.0.2", "dev", "v0",

@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use serde_json::Value;
 
 use super::*;
-use crate::testns::{ping_command, Machine};
+use crate::testns::{ping_command, wire, Machine};
 
 fn ip(a: [u8; 4]) -> Ipv4Addr {
     Ipv4Addr::from(a)
@@ -31,9 +31,7 @@ fn entry<'v>(list: &'v Value, key: &str, value: &str) -> Option<&'v Value> {
 
 /// One machine's underlay: `v0` (10.9.0.1/24, up) with its veth peer `v1` up beside it.
 fn underlay(m: &Machine) -> u32 {
-    m.tool(&[
-        "ip", "link", "add", "v0", "type", "veth", "peer", "name", "v1",
-    ]);
+    m.tool_line("ip link add v0 type veth peer name v1");
     m.tool(&["ip", "addr", "add", "10.9.0.1/24", "dev", "v0"]);
     m.tool(&["ip", "link", "set", "v0", "up"]);
     m.tool(&["ip", "link", "set", "v1", "up"]);
@@ -182,23 +180,9 @@ fn vxlan_device_address_and_peers_are_flannels() {
 
     // A flannel.1 with another VNI (made by hand), and one that learns: both made again.
     m.tool(&["ip", "link", "del", "flannel.1"]);
-    m.tool(&[
-        "ip",
-        "link",
-        "add",
-        "flannel.1",
-        "type",
-        "vxlan",
-        "id",
-        "7",
-        "dev",
-        "v0",
-        "local",
-        "10.9.0.1",
-        "dstport",
-        "8472",
-        "nolearning",
-    ]);
+    m.tool_line(
+        "ip link add flannel.1 type vxlan id 7 dev v0 local 10.9.0.1 dstport 8472 nolearning",
+    );
     let vtep = m.run(move |k| k.ensure_vxlan(&cfg)).unwrap();
     assert_eq!(
         vtep.outcome,
@@ -206,22 +190,7 @@ fn vxlan_device_address_and_peers_are_flannels() {
     );
     check_device(&m, &vtep, 1, 8472);
     m.tool(&["ip", "link", "del", "flannel.1"]);
-    m.tool(&[
-        "ip",
-        "link",
-        "add",
-        "flannel.1",
-        "type",
-        "vxlan",
-        "id",
-        "1",
-        "dev",
-        "v0",
-        "local",
-        "10.9.0.1",
-        "dstport",
-        "8472",
-    ]);
+    m.tool_line("ip link add flannel.1 type vxlan id 1 dev v0 local 10.9.0.1 dstport 8472");
     let vtep = m.run(move |k| k.ensure_vxlan(&cfg)).unwrap();
     assert!(
         matches!(&vtep.outcome, VtepOutcome::Recreated(why) if why.contains("learns")),
@@ -396,16 +365,7 @@ fn two_machines_reach_each_others_subnet_through_the_tunnel() {
         subnet: net("10.5.2.0/24"),
         vtep: None,
     };
-    // The wire between them: a veth pair made in A, one end moved into B's namespace.
-    let (ma, mb) = (&a.machine, &b.machine);
-    ma.tool(&[
-        "ip", "link", "add", "v0", "type", "veth", "peer", "name", "v1",
-    ]);
-    ma.tool(&["ip", "link", "set", "v1", "netns", &mb.netns]);
-    ma.tool(&["ip", "addr", "add", "10.9.0.1/24", "dev", "v0"]);
-    ma.tool(&["ip", "link", "set", "v0", "up"]);
-    mb.tool(&["ip", "addr", "add", "10.9.0.2/24", "dev", "v1"]);
-    mb.tool(&["ip", "link", "set", "v1", "up"]);
+    wire(&a.machine, &b.machine);
 
     a.bring_up();
     b.bring_up();
