@@ -94,11 +94,19 @@ fn start_units(root: &Path) -> Result<(), String> {
     }
 }
 
-/// `systemctl --no-block <line>`.
+/// `systemctl --no-block <line>`, said on the console.
 fn systemctl_no_block(line: &str) -> Result<(), String> {
     println!("systemctl --no-block {line}");
+    systemctl(&format!("--no-block {line}"))
+}
+
+fn daemon_reload() -> Result<(), String> {
+    systemctl("daemon-reload")
+}
+
+/// `systemctl <line>` (its words split at whitespace); an error names the command.
+fn systemctl(line: &str) -> Result<(), String> {
     let ok = Command::new("systemctl")
-        .arg("--no-block")
         .args(line.split_whitespace())
         .status()
         .map(|s| s.success())
@@ -106,7 +114,16 @@ fn systemctl_no_block(line: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!("systemctl --no-block {line} failed"))
+        Err(format!("systemctl {line} failed"))
+    }
+}
+
+/// How `fetch-url` and `addresses` apply a document: to the running system, its runtime units
+/// under `/run`.
+fn running_system() -> ApplyOptions {
+    ApplyOptions {
+        run_dir: Some(RUN_DIR.into()),
+        ..Default::default()
     }
 }
 
@@ -123,10 +140,7 @@ fn fetch_url() -> Result<(), String> {
         return Ok(());
     }
     let bytes = fetch_with_retries(&url)?;
-    let opts = ApplyOptions {
-        run_dir: Some(RUN_DIR.into()),
-        ..Default::default()
-    };
+    let opts = running_system();
     let done = kiln_config::apply_user_data(&bytes, &url, Path::new("/"), &opts)
         .map_err(|e| e.to_string())?;
     for line in &done.console {
@@ -157,15 +171,6 @@ fn fetch_url() -> Result<(), String> {
     }
 }
 
-fn daemon_reload() -> Result<(), String> {
-    let reload = Command::new("systemctl").arg("daemon-reload").status();
-    if reload.map(|s| s.success()).unwrap_or(false) {
-        Ok(())
-    } else {
-        Err("systemctl daemon-reload failed".into())
-    }
-}
-
 /// Waits for the machine's addresses and applies the kept documents again with them in place.
 fn addresses() -> Result<(), String> {
     let root = Path::new("/");
@@ -182,10 +187,7 @@ fn addresses() -> Result<(), String> {
             kiln_config::addresses::PLACEHOLDER
         )
     });
-    let opts = ApplyOptions {
-        run_dir: Some(RUN_DIR.into()),
-        ..Default::default()
-    };
+    let opts = running_system();
     let (added, all_ok) =
         kiln_config::complete_addresses(root, &opts, chosen.as_ref().map_err(String::as_str))
             .map_err(|e| e.to_string())?;
