@@ -7,6 +7,7 @@ use crate::accounts::{self, Accounts};
 use crate::fsroot::{running_as_root, LastLink, Meta, Root};
 use crate::model::{CloudConfig, IdRef, User, WriteFile};
 use crate::systemd::{self, UnitDir};
+use kiln_contract::flannel_conf::OPTIONS_ENV;
 use kiln_contract::fleet_conf::FLEET_CONF;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -218,6 +219,17 @@ pub fn apply(
             .write(
                 FLEET_CONF,
                 fleet.render().as_bytes(),
+                Meta::ROOT_FILE,
+                LastLink::Follow,
+            )
+            .map(|_| ()),
+        None => Ok(()),
+    });
+    report.run("flannel", kiln.flannel.is_some(), |_| match &kiln.flannel {
+        Some(flannel) => fs
+            .write(
+                OPTIONS_ENV,
+                flannel.render().as_bytes(),
                 Meta::ROOT_FILE,
                 LastLink::Follow,
             )

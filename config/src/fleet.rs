@@ -33,16 +33,46 @@ pub(crate) fn fleet_settings(
     path: &str,
     ctx: &mut Ctx,
 ) -> Result<FleetSettings, ConfigError> {
+    let keys = KEYS.iter().map(|k| NamedKey {
+        name: k.name,
+        support: k.support,
+        list: k.kind == fleet_conf::Kind::List,
+    });
+    let values = named_settings(node, path, ctx, keys, |name, text| {
+        let key = fleet_conf::key(name).expect("one of KEYS");
+        fleet_conf::check(key, text).map_err(|e| e.expected)
+    })?;
+    Ok(FleetSettings { values })
+}
+
+/// One key of a section read under a daemon's own names (fleet.conf's, flanneld's flags).
+pub(crate) struct NamedKey {
+    pub name: &'static str,
+    pub support: Support,
+    /// A YAML list is taken too, joined with commas.
+    pub list: bool,
+}
+
+/// A section of settings under a daemon's own names: each value is text (a list joined with
+/// commas where the key takes one), checked by `check` (what to write, when wrong), and an
+/// ignored key is warned at its line; unknown keys are warned by [`Fields::finish`].
+pub(crate) fn named_settings(
+    node: &Node,
+    path: &str,
+    ctx: &mut Ctx,
+    keys: impl Iterator<Item = NamedKey>,
+    check: impl Fn(&str, &str) -> Result<(), String>,
+) -> Result<BTreeMap<&'static str, String>, ConfigError> {
     let mut f = Fields::new(node, path, ctx)?;
-    let mut settings = FleetSettings::default();
-    for key in KEYS {
+    let mut values = BTreeMap::new();
+    for key in keys {
         let Some(value) = f.take_some(key.name) else {
             continue;
         };
         let key_path = f.path_of(key.name);
         let text = match &value.kind {
             Kind::Scalar(s) => s.clone(),
-            Kind::Seq(items) if key.kind == fleet_conf::Kind::List => items
+            Kind::Seq(items) if key.list => items
                 .iter()
                 .enumerate()
                 .map(|(i, item)| crate::read::string(item, &format!("{key_path}[{i}]")))
@@ -50,14 +80,13 @@ pub(crate) fn fleet_settings(
                 .join(","),
             other => return Err(wrong_type(value, &key_path, "a string", other)),
         };
-        fleet_conf::check(key, &text)
-            .map_err(|e| ConfigError::invalid(value, &key_path, e.expected))?;
+        check(key.name, &text).map_err(|e| ConfigError::invalid(value, &key_path, e))?;
         if let Support::Ignored(why) = key.support {
             ctx.warn(value.pos, &key_path, format!("ignored: {why}"));
             continue;
         }
-        settings.values.insert(key.name, text);
+        values.insert(key.name, text);
     }
     f.finish(ctx);
-    Ok(settings)
+    Ok(values)
 }

@@ -12,6 +12,7 @@ mod agent;
 mod apply;
 pub mod fetch;
 mod firstboot;
+mod flannel;
 mod fleet;
 mod fsroot;
 mod model;
@@ -31,6 +32,7 @@ pub use firstboot::{
     address_rules, apply_user_data, complete_addresses, pending_documents, run_scripts, FirstBoot,
     SCRIPTS, SCRIPTS_RAN,
 };
+pub use flannel::FlannelSettings;
 pub use fleet::FleetSettings;
 pub use model::*;
 pub use parse::{parse, parse_bytes, Parsed, HEADER};

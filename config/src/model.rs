@@ -25,7 +25,7 @@ pub struct CloudConfig {
 
 impl CloudConfig {
     /// `later` over `self`, for the cloud-config parts of one multipart user-data: lists are
-    /// joined (users, keys, files, units, network), etcd's and fleet's settings merged key by
+    /// joined (users, keys, files, units, network), etcd's, fleet's and flannel's settings merged key by
     /// key, and the rest (hostname, `update:`/`locksmith:`, `addresses:`) taken from `later`
     /// where it sets them.
     pub fn merge(&mut self, later: CloudConfig) {
@@ -42,6 +42,10 @@ impl CloudConfig {
             (mine, theirs) => *mine = theirs.or(mine.take()),
         }
         match (&mut k.fleet, l.fleet) {
+            (Some(mine), Some(theirs)) => mine.values.extend(theirs.values),
+            (mine, theirs) => *mine = theirs.or(mine.take()),
+        }
+        match (&mut k.flannel, l.flannel) {
             (Some(mine), Some(theirs)) => mine.values.extend(theirs.values),
             (mine, theirs) => *mine = theirs.or(mine.take()),
         }
@@ -138,6 +142,8 @@ pub struct KilnSection {
     pub update_agent: Option<kiln_contract::update_conf::Given>,
     /// fleet's settings from `fleet:`; `None` when the section is not given.
     pub fleet: Option<crate::fleet::FleetSettings>,
+    /// flannel's settings from `flannel:`; `None` when the section is not given.
+    pub flannel: Option<crate::flannel::FlannelSettings>,
     pub units: Vec<Unit>,
     pub network: Vec<NetworkInterface>,
     /// Which interfaces `$private_ipv4` and `$public_ipv4` stand for (`addresses:`).

@@ -1,11 +1,11 @@
 //! Reading the `kiln:` section (also accepted as `coreos:`): etcd, units and network here;
+//! fleet and flannel in their own files;
 //! `update:` and `locksmith:` in `agent.rs`.
 
 use crate::addresses::AddressSettings;
 use crate::model::{DropIn, Etcd, KilnSection, NetworkInterface, Unit, UnitCommand};
 use crate::read::{boolean, list, opt_string, string, string_list, ConfigError, Ctx, Fields};
-use crate::tree::{Kind, Node};
-use kiln_contract::flannel_conf;
+use crate::tree::Node;
 use std::net::IpAddr;
 
 /// etcd 3.4 settings Kiln passes on as `ETCD_*` variables; `true` marks booleans, which are
@@ -112,6 +112,14 @@ fn section(top: &mut Fields<'_>, ctx: &mut Ctx) -> Result<KilnSection, ConfigErr
         }
         None => None,
     };
+    let flannel_path = f.path_of("flannel");
+    let flannel = match f.take("flannel") {
+        Some(node) => {
+            let read = crate::flannel::flannel_settings(node, &flannel_path, ctx).map(Some);
+            ctx.recover(read)?
+        }
+        None => None,
+    };
     let mut units = Vec::new();
     let units_path = f.path_of("units");
     for (i, n) in ctx
@@ -145,6 +153,7 @@ fn section(top: &mut Fields<'_>, ctx: &mut Ctx) -> Result<KilnSection, ConfigErr
         etcd,
         update_agent,
         fleet,
+        flannel,
         units,
         network,
         addresses,
@@ -182,26 +191,10 @@ fn address_settings(
 }
 
 /// Sections of coreos-cloudinit's `coreos:` that Kiln has no part for: each is named with what
-/// Kiln does instead, and flannel's misspelt keys at their own line.
+/// Kiln does instead.
 fn not_in_kiln(f: &mut Fields<'_>, ctx: &mut Ctx) {
     if let (Some(_), Some(pos)) = (f.take("oem"), f.key_pos("oem")) {
         ctx.warn(pos, &f.path_of("oem"), "`oem` told CoreOS's tools which cloud or vendor image this is; Kiln has one image for every platform and reads no OEM description. Put platform settings in this document (or in the OEM partition's cloud-config.yml). Ignored");
-    }
-    if let (Some(node), Some(pos)) = (f.take("flannel"), f.key_pos("flannel")) {
-        let path = f.path_of("flannel");
-        ctx.warn(pos, &path, "Kiln does not ship flannel; ignored");
-        if let Kind::Map(entries) = &node.kind {
-            for (k, _) in entries {
-                if flannel_conf::key(&k.name).is_none() {
-                    let names: Vec<&str> = flannel_conf::KEYS.iter().map(|k| k.name).collect();
-                    ctx.warn(
-                        k.pos,
-                        &format!("{path}.{}", k.name),
-                        format!("not a flannel setting (those are {})", names.join(", ")),
-                    );
-                }
-            }
-        }
     }
 }
 

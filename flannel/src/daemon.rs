@@ -25,7 +25,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use kiln_contract::flannel_conf::{self, DEFAULT_PREFIX, DOCKER_OPTS_ENV, SUBNET_ENV};
-use kiln_etcd::Client;
+use kiln_etcd::{Client, Compare, Op};
 use serde_json::json;
 
 use crate::config::{Backend, NetworkConfig};
@@ -53,6 +53,8 @@ pub struct Options {
     pub public_ip: Option<Ipv4Addr>,
     pub ip_masq: bool,
     pub subnet_file: PathBuf,
+    /// Kiln's: the network config written to etcd when it holds none.
+    pub network: Option<String>,
     /// docker's options (not a flanneld flag: CoreOS's `mk-docker-opts.sh` wrote them).
     pub docker_opts_file: PathBuf,
 }
@@ -79,6 +81,19 @@ impl Options {
             Some((_, v)) if v == "false" || v == "0" => false,
             Some((env, v)) => return Err(format!("{env}={v:?}: write true or false")),
         };
+        let network = match get("network") {
+            None => None,
+            Some((env, net)) => {
+                let net: Ipv4Net = net.parse().map_err(|e| format!("{env}: {e}"))?;
+                let backend = get("backend").map_or("vxlan".to_string(), |(_, b)| b);
+                let json = json!({ "Network": net.to_string(), "Backend": { "Type": backend } })
+                    .to_string();
+                // The same checks as the config read from etcd, now rather than at first use.
+                NetworkConfig::parse(&json)
+                    .map_err(|e| format!("{env} and FLANNELD_BACKEND: {e}"))?;
+                Some(json)
+            }
+        };
         Ok(Options {
             etcd_endpoints: get("etcd-endpoints")
                 .map_or(DEFAULT_ETCD.to_string(), |(_, v)| v)
@@ -91,6 +106,7 @@ impl Options {
             public_ip,
             ip_masq,
             subnet_file: get("subnet-file").map_or(SUBNET_ENV.into(), |(_, v)| v.into()),
+            network,
             docker_opts_file: DOCKER_OPTS_ENV.into(),
         })
     }
@@ -536,7 +552,26 @@ pub fn run(opts: &Options, stop: &AtomicBool) -> Result<(), String> {
         underlay.addr, underlay.name, underlay.mtu
     );
     let Some(cfg) = until_it_works(stop, "reading the network config", || {
-        registry.config().map_err(|e| e.to_string())
+        match (registry.config(), &opts.network) {
+            (Err(LeaseError::NoConfig { key }), Some(json)) => {
+                // Only where there is none: a config an operator put there wins.
+                let put = registry
+                    .etcd
+                    .txn(
+                        &[Compare::CreateRevision(key.clone(), 0)],
+                        &[Op::put(key.clone(), json.as_bytes().to_vec())],
+                        &[],
+                    )
+                    .map_err(|e| e.to_string())?;
+                if put.succeeded {
+                    eprintln!(
+                        "flannel: wrote the network config {json} to {key} (FLANNELD_NETWORK)"
+                    );
+                }
+                registry.config().map_err(|e| e.to_string())
+            }
+            (read, _) => read.map_err(|e| e.to_string()),
+        }
     }) else {
         return Ok(());
     };

@@ -55,6 +55,23 @@ fn options_are_flanneds_variables_with_its_defaults() {
         e.contains("FLANNELD_PUBLIC_IP=\"10.0.0\" is not an IPv4 address"),
         "{e}"
     );
+    let o = Options::from_env(env_of(&[
+        ("FLANNELD_NETWORK", "10.6.0.0/16"),
+        ("FLANNELD_BACKEND", "host-gw"),
+    ]))
+    .unwrap();
+    assert_eq!(
+        o.network.as_deref(),
+        Some(r#"{"Backend":{"Type":"host-gw"},"Network":"10.6.0.0/16"}"#)
+    );
+    let e = Options::from_env(env_of(&[("FLANNELD_NETWORK", "10.6.0.1/16")])).unwrap_err();
+    assert!(e.starts_with("FLANNELD_NETWORK: "), "{e}");
+    let e = Options::from_env(env_of(&[
+        ("FLANNELD_NETWORK", "10.6.0.0/16"),
+        ("FLANNELD_BACKEND", "udp"),
+    ]))
+    .unwrap_err();
+    assert!(e.contains("udp"), "{e}");
     let e = Options::from_env(env_of(&[("FLANNELD_IP_MASQ", "yes")])).unwrap_err();
     assert!(
         e.contains("FLANNELD_IP_MASQ=\"yes\": write true or false"),
@@ -266,15 +283,6 @@ fn two_daemons_lease_subnets_reach_each_other_and_follow_the_leases() {
             DEFAULT_PREFIX,
         )
     };
-    let reg = registry.clone();
-    a.run(move |_| {
-        reg().etcd.put(
-            "/coreos.com/network/config",
-            br#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}"#,
-            0,
-        )
-    })
-    .unwrap();
 
     let dir = tempfile::tempdir().unwrap();
     let opts = |name: &str, interface: Option<&str>| Options {
@@ -285,8 +293,13 @@ fn two_daemons_lease_subnets_reach_each_other_and_follow_the_leases() {
         ip_masq: true,
         subnet_file: dir.path().join(format!("{name}/subnet.env")),
         docker_opts_file: dir.path().join(format!("{name}/docker_opts.env")),
+        network: None,
     };
-    let (a_opts, b_opts) = (opts("a", None), opts("b", Some("10.9.0.2")));
+    // etcd holds no network config: B waits for it, A writes it from its options.
+    let (mut a_opts, b_opts) = (opts("a", None), opts("b", Some("10.9.0.2")));
+    a_opts.network = Options::from_env(env_of(&[("FLANNELD_NETWORK", "10.5.0.0/16")]))
+        .unwrap()
+        .network;
     let da = Running::start(&a, a_opts.clone());
     let db = Running::start(&b, b_opts.clone());
     within(30, "both machines' subnet.env", || {

@@ -28,6 +28,7 @@ pub(super) const STATIC_BINARIES: &[(&str, &str)] = &[
     ("kiln-agent", "kiln-update"),
     ("kiln-fleet", "kiln-fleetd"),
     ("kiln-fleet", "fleetctl"),
+    ("kiln-flannel", "kiln-flanneld"),
 ];
 
 /// Builds [`STATIC_BINARIES`] (their own target dir: other RUSTFLAGS would rebuild the
