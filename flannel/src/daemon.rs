@@ -361,8 +361,9 @@ fn write_file(path: &Path, text: &str) -> Result<(), String> {
     std::fs::rename(&tmp, path).map_err(fail)
 }
 
-/// Tells systemd the unit is ready (`Type=notify`), when it runs under one.
-fn notify_ready() {
+/// Tells systemd how the unit is (`Type=notify`: `READY=1`, or `STATUS=…` for the line
+/// `systemctl status` shows), when it runs under one.
+fn notify(state: &str) {
     let Some(socket) = std::env::var_os("NOTIFY_SOCKET") else {
         return;
     };
@@ -373,12 +374,12 @@ fn notify_ready() {
     let sent = if let Some(name) = bytes.strip_prefix(b"@") {
         use std::os::linux::net::SocketAddrExt;
         std::os::unix::net::SocketAddr::from_abstract_name(name)
-            .and_then(|addr| sock.send_to_addr(b"READY=1", &addr))
+            .and_then(|addr| sock.send_to_addr(state.as_bytes(), &addr))
     } else {
-        sock.send_to(b"READY=1", Path::new(&socket))
+        sock.send_to(state.as_bytes(), Path::new(&socket))
     };
     if let Err(e) = sent {
-        eprintln!("flannel: telling systemd it is ready: {e}");
+        eprintln!("flannel: telling systemd {state}: {e}");
     }
 }
 
@@ -395,7 +396,9 @@ impl Trouble {
     fn failed(&mut self, what: &str, why: &str) {
         let line = format!("{what}: {why}");
         if self.last.as_deref() != Some(&line) {
-            eprintln!("flannel: {line}; trying again every {} s", RETRY.as_secs());
+            let said = format!("{line}; trying again every {} s", RETRY.as_secs());
+            eprintln!("flannel: {said}");
+            notify(&format!("STATUS={said}"));
             self.last = Some(line);
         }
     }
@@ -403,6 +406,7 @@ impl Trouble {
     fn worked(&mut self, what: &str) {
         if self.last.take().is_some() {
             eprintln!("flannel: {what} works again");
+            notify(&format!("STATUS={what} works again"));
         }
     }
 }
@@ -640,7 +644,7 @@ pub fn run(opts: &Options, stop: &AtomicBool) -> Result<(), String> {
     }) else {
         return Ok(());
     };
-    notify_ready();
+    notify("READY=1\nSTATUS=serving this machine's subnet");
 
     let (wake_tx, wake) = mpsc::channel();
     etcd.spawn_waker(vec![m.registry.subnets_prefix()], wake_tx, RETRY);

@@ -50,6 +50,19 @@ pub struct VtepConfig {
     pub mtu: u32,
 }
 
+impl VtepConfig {
+    /// The device's MAC address, set when it is made, from the VNI and the underlay address:
+    /// locally administered (`0e:`), unique in the overlay (each machine's `PublicIP` is), and
+    /// the same after a restart or a reboot, so peers' entries stay right. Left to the kernel,
+    /// the address is random, and udev (systemd's `MACAddressPolicy=persistent`) replaces it
+    /// after the daemon has read it and put it in its lease: peers would send to the old one.
+    /// flannel's `VtepMAC` is whatever the device has; any unicast address does.
+    pub fn mac(&self) -> MacAddr {
+        let [a, b, c, d] = self.local.octets();
+        MacAddr([0x0e, self.vni as u8, a, b, c, d])
+    }
+}
+
 /// The vxlan device as it is after [`Kernel::ensure_vxlan`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Vtep {
@@ -357,6 +370,7 @@ impl Kernel {
 
     fn create_vxlan(&self, name: &str, cfg: &VtepConfig, port: u16) -> Result<(), KernelError> {
         let message = LinkVxlan::new(name, cfg.vni)
+            .address(cfg.mac().0.to_vec())
             .dev(cfg.dev_index)
             .local(cfg.local)
             .port(port)
@@ -746,6 +760,16 @@ fn vxlan_mismatch(link: &LinkMessage, cfg: &VtepConfig, port: u16) -> Option<Str
     }
     if gbp {
         return Some("has group-based policy on (flannel's device has not)".into());
+    }
+    // Made with its address set (see `VtepConfig::mac`); another one is the kernel's random
+    // choice replaced by udev, or a device made by hand.
+    let mac = link_mac(link);
+    if mac != Some(cfg.mac()) {
+        return Some(format!(
+            "has MAC address {}, not {}",
+            shown(mac.map(|m| m.to_string())),
+            cfg.mac()
+        ));
     }
     None
 }

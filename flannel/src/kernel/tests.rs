@@ -131,6 +131,7 @@ fn vxlan_device_address_and_peers_are_flannels() {
         ("flannel.1", &VtepOutcome::Created)
     );
     check_device(&m, &vtep, 1, 8472);
+    assert_eq!(vtep.mac.to_string(), "0e:01:0a:09:00:01");
 
     // A leftover address (another subnet, another prefix) is replaced by the /32.
     let index = vtep.index;
@@ -166,6 +167,17 @@ fn vxlan_device_address_and_peers_are_flannels() {
     let again = m.run(move |k| k.ensure_vxlan(&cfg)).unwrap();
     assert_eq!((again.index, &again.outcome), (index, &VtepOutcome::Reused));
     check_peer(&m, &p2, true);
+    // Its address changed behind the daemon's back (as udev's persistent MAC policy does to a
+    // device whose address the kernel chose): made again with its own.
+    m.tool_line("ip link set flannel.1 address 02:00:00:00:00:07");
+    let again = m.run(move |k| k.ensure_vxlan(&cfg)).unwrap();
+    assert_eq!(
+        again.outcome,
+        VtepOutcome::Recreated("has MAC address 02:00:00:00:00:07, not 0e:01:0a:09:00:01".into())
+    );
+    assert_eq!(again.mac, vtep.mac);
+    check_peer(&m, &p2, false);
+    let index = again.index;
 
     // Another port: a new device, without the old one's entries.
     let other_port = vtep_config(1, 4789, v0, [10, 9, 0, 1]);
@@ -435,6 +447,8 @@ fn a_kept_device_must_match_every_setting() {
             LinkInfo::Kind(InfoKind::Vxlan),
             LinkInfo::Data(InfoData::Vxlan(data)),
         ]));
+        link.attributes
+            .push(LinkAttribute::Address(cfg.mac().0.to_vec()));
         link
     };
     let good = || {
@@ -468,6 +482,12 @@ fn a_kept_device_must_match_every_setting() {
     assert!(vxlan_mismatch(&link(gbp), &cfg, 8472)
         .unwrap()
         .contains("group-based"));
+    let mut other_mac = link(good());
+    other_mac.attributes.pop();
+    assert_eq!(
+        vxlan_mismatch(&other_mac, &cfg, 8472).unwrap(),
+        "has MAC address none, not 0e:01:0a:09:00:01"
+    );
     assert_eq!(
         vxlan_mismatch(&LinkMessage::default(), &cfg, 8472).unwrap(),
         "is not a vxlan device"
