@@ -57,6 +57,11 @@ pub struct Options {
     pub network: Option<String>,
     /// docker's options (not a flanneld flag: CoreOS's `mk-docker-opts.sh` wrote them).
     pub docker_opts_file: PathBuf,
+    /// Whether the machine is to be on the overlay whatever etcd holds: its cloud-config has a
+    /// `flannel:` section (the options file is there). Otherwise the daemon sets the machine
+    /// up only where etcd holds a network config (a machine updated from a version without
+    /// flannel joins its cluster's overlay), and else ends, having set nothing up.
+    pub required: bool,
 }
 
 impl Options {
@@ -108,6 +113,7 @@ impl Options {
             subnet_file: get("subnet-file").map_or(SUBNET_ENV.into(), |(_, v)| v.into()),
             network,
             docker_opts_file: DOCKER_OPTS_ENV.into(),
+            required: true,
         })
     }
 }
@@ -546,6 +552,27 @@ pub fn run(opts: &Options, stop: &AtomicBool) -> Result<(), String> {
         opts.etcd_endpoints.join(","),
         registry.prefix
     );
+    if !opts.required {
+        let Some(found) = until_it_works(stop, "asking etcd for a network config", || {
+            match registry.config() {
+                Err(LeaseError::NoConfig { .. }) => Ok(false),
+                Err(LeaseError::Etcd(e)) => Err(e.to_string()),
+                // A config, usable or not: the steps below use it or say why not.
+                _ => Ok(true),
+            }
+        }) else {
+            return Ok(());
+        };
+        if !found {
+            let line = format!(
+                "not used on this machine: its cloud-config has no flannel: section and etcd no network config at {}",
+                registry.config_key()
+            );
+            eprintln!("flannel: {line}");
+            notify(&format!("READY=1\nSTATUS={line}"));
+            return Ok(());
+        }
+    }
     let Some(underlay) = until_it_works(stop, "finding this machine's address", || {
         underlay(&kernel, opts)
     }) else {

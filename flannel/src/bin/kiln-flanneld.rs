@@ -1,9 +1,11 @@
 //! `kiln-flanneld`: flannel's daemon for one machine (see `kiln_flannel::daemon`). Its settings
 //! are flanneld's `FLANNELD_*` variables, which `kiln-flanneld.service` reads from the file the
-//! cloud-config's `flannel:` section becomes.
+//! cloud-config's `flannel:` section becomes; without that file, it sets the machine up only
+//! where etcd holds a network config.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use kiln_contract::flannel_conf::OPTIONS_ENV;
 use kiln_flannel::daemon::{self, Options};
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -23,7 +25,10 @@ fn main() {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
     }
     let opts = match Options::from_env(|name| std::env::var(name).ok()) {
-        Ok(o) => o,
+        Ok(o) => Options {
+            required: std::path::Path::new(OPTIONS_ENV).exists(),
+            ..o
+        },
         Err(e) => {
             eprintln!("kiln-flanneld: {e}");
             std::process::exit(2);

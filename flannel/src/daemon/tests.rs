@@ -294,9 +294,20 @@ fn two_daemons_lease_subnets_reach_each_other_and_follow_the_leases() {
         subnet_file: dir.path().join(format!("{name}/subnet.env")),
         docker_opts_file: dir.path().join(format!("{name}/docker_opts.env")),
         network: None,
+        required: true,
     };
     // etcd holds no network config: B waits for it, A writes it from its options.
     let (mut a_opts, b_opts) = (opts("a", None), opts("b", Some("10.9.0.2")));
+    // Where no flannel: section asked for it and etcd holds no config, the daemon ends at once
+    // and sets nothing up.
+    let unasked = Options {
+        required: false,
+        ..b_opts.clone()
+    };
+    let idle = unasked.clone();
+    assert_eq!(b.run(move |_| run(&idle, &AtomicBool::new(false))), Ok(()));
+    assert_eq!(subnet_in(&b_opts.subnet_file), None);
+    assert!(!b.tool_line("ip -o link show").contains("flannel.1"));
     a_opts.network = Options::from_env(env_of(&[("FLANNELD_NETWORK", "10.5.0.0/16")]))
         .unwrap()
         .network;
@@ -357,8 +368,10 @@ fn two_daemons_lease_subnets_reach_each_other_and_follow_the_leases() {
         took.as_millis()
     );
 
-    // B comes back with its subnet.env: the same subnet, and A routes it again.
-    let db = Running::start(&b, b_opts.clone());
+    // B comes back with its subnet.env: the same subnet, and A routes it again. Without a
+    // flannel: section now (a machine updated from a version without flannel): etcd holds a
+    // config, so it is on the overlay all the same.
+    let db = Running::start(&b, unasked);
     within(10, "A routing B's subnet again", || routes_by_vtep(&a, sb));
     assert_eq!(subnet_in(&b_opts.subnet_file), Some(sb));
 
