@@ -16,7 +16,8 @@ pub const SETTLE: Duration = Duration::from_secs(240);
 pub const MOVED: Duration = Duration::from_secs(90);
 
 /// The README's example: a template running a container that answers HTTP with its machine's
-/// name, one instance per machine. Without comments: `fleetctl cat` gives the stored, canonical
+/// name, one instance per machine, on its machine's bridge (flannel's subnet) and published on
+/// the machine's port 8081. Without comments: `fleetctl cat` gives the stored, canonical
 /// text back, which has none.
 pub const EXAMPLE: &str = r#"[Unit]
 Description=Example web server %i
@@ -25,7 +26,7 @@ Requires=docker.service kiln-container-images.service
 
 [Service]
 ExecStartPre=-/usr/bin/docker rm -f example-%i
-ExecStart=/usr/bin/docker run --rm --name example-%i --network host -e HOST=%H kiln/busybox sh -c 'busybox mkdir -p /www && echo "$$HOST" > /www/index.html && exec busybox httpd -f -p 8081 -h /www'
+ExecStart=/usr/bin/docker run --rm --name example-%i -p 8081:8081 -e HOST=%H kiln/busybox sh -c 'busybox mkdir -p /www && echo "$$HOST" > /www/index.html && exec busybox httpd -f -p 8081 -h /www'
 ExecStop=/usr/bin/docker stop example-%i
 
 [X-Fleet]
@@ -192,4 +193,23 @@ pub fn engine_leader(vm: &Vm, key: &Path) -> String {
 /// Seconds since `t`, for the log.
 pub fn secs(t: Instant) -> f64 {
     t.elapsed().as_secs_f64()
+}
+
+#[cfg(test)]
+mod tests {
+    /// The README's `example@.service`, its comment lines aside, is the one the scenario runs.
+    #[test]
+    fn the_readmes_example_is_the_one_tested() {
+        let readme = include_str!("../../README.md");
+        let start = readme
+            .find("```ini\n# example@.service\n")
+            .expect("the README's example@.service");
+        let text = &readme[start + "```ini\n".len()..];
+        let text: String = text[..text.find("```").unwrap()]
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(text, super::EXAMPLE);
+    }
 }

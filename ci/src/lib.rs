@@ -2,6 +2,7 @@
 //! reference tools. `cargo xtask test` builds the image and runs these tests with
 //! `KILN_CI_DISK` naming it; run alone, they fail and say so (they never skip).
 
+pub mod flannel;
 pub mod flash;
 pub mod fleet;
 pub mod update;

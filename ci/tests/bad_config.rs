@@ -34,6 +34,8 @@ fn parser_says(doc: &str) -> (bool, String) {
 /// What the multipart case's failing script part prints, and the plain script's line.
 const PART_SAYS: &str = "kiln-ci: the multipart user-data's script part ran";
 const SCRIPT_SAYS: &str = "kiln-ci: the user-data script ran as";
+/// A `public-ip` for flannel that is no address of the machine (TEST-NET-1).
+const NOT_HERE: &str = "192.0.2.1";
 
 struct Case {
     name: &'static str,
@@ -57,11 +59,12 @@ fn cases(public_key: &str) -> Vec<Case> {
             doc: "#cloud-config\ncoreos:\n  units:\n    - command: start\n      content: |\n        [Service]\n        ExecStart=/bin/true\n".into(),
         },
         // Multipart: a cloud-config part that parses (with a warning) and is applied, but one
-        // of its files cannot be written (the rest is), and a script part that fails.
+        // of its files cannot be written (the rest is), and a script part that fails. Its
+        // flannel settings name an address the machine does not have.
         Case {
             name: "unwritable-path",
             doc: format!(
-                "Content-Type: multipart/mixed; boundary=\"kiln-ci\"\nMIME-Version: 1.0\n\n--kiln-ci\nContent-Type: text/cloud-config; charset=\"us-ascii\"\n\n#cloud-config\nhostname: node-d\nssh_authorized_keys:\n  - {public_key}\nflavour: spicy\nwrite_files:\n  - path: /etc/passwd/kiln-ci-unwritable\n    content: x\n  - path: /etc/kiln/written-anyway\n    content: y\n\n--kiln-ci\nContent-Type: text/x-shellscript; charset=\"us-ascii\"\n\n#!/bin/sh\necho \"{PART_SAYS}\"\nexit 3\n--kiln-ci--\n"
+                "Content-Type: multipart/mixed; boundary=\"kiln-ci\"\nMIME-Version: 1.0\n\n--kiln-ci\nContent-Type: text/cloud-config; charset=\"us-ascii\"\n\n#cloud-config\nhostname: node-d\nssh_authorized_keys:\n  - {public_key}\nflavour: spicy\nwrite_files:\n  - path: /etc/passwd/kiln-ci-unwritable\n    content: x\n  - path: /etc/kiln/written-anyway\n    content: y\ncoreos:\n  units:\n    - name: etcd.service\n      command: start\n  flannel:\n    public-ip: {NOT_HERE}\n\n--kiln-ci\nContent-Type: text/x-shellscript; charset=\"us-ascii\"\n\n#!/bin/sh\necho \"{PART_SAYS}\"\nexit 3\n--kiln-ci--\n"
             ),
         },
     ]
@@ -145,6 +148,7 @@ fn bad_documents_are_reported_and_the_machine_stays_reachable() {
             assert_eq!(guest(vm, &key, "cat /etc/kiln/written-anyway"), "y");
             // The script part ran once, failed, and said so in its journal and the report.
             script_ran(vm, &key, "part-02", 3, PART_SAYS);
+            flannel_refused(vm, &key);
         } else {
             assert!(
                 journal.contains(&message) && journal.contains("was NOT applied"),
@@ -186,6 +190,63 @@ fn bad_documents_are_reported_and_the_machine_stays_reachable() {
             &key,
             "systemctl is-active kiln-cloud-config.service"
         ),
+        "active"
+    );
+}
+
+/// flannel settings that cannot work, one after another: the daemon says why in its journal
+/// and in `systemctl status`, keeps trying, and docker runs the machine's containers on its
+/// default bridge.
+fn flannel_refused(vm: &Vm, key: &Path) {
+    let says = |what: &str| {
+        wait_in_guest(
+            vm,
+            key,
+            "systemctl show -p StatusText --value kiln-flanneld.service; sudo journalctl -b -u kiln-flanneld.service --no-pager -o cat",
+            Duration::from_secs(240),
+            |o| o.lines().next().is_some_and(|l| l.contains(what)) && o.contains(what),
+        );
+    };
+    says(&format!(
+        "public-ip {NOT_HERE} (FLANNELD_PUBLIC_IP) is not an address of this machine"
+    ));
+    // docker waited for flannel (at most its 90 s) and started on its default bridge.
+    let eth0 = wait_in_guest(
+        vm,
+        key,
+        "sudo docker run --rm kiln/busybox ip -4 -o addr show dev eth0",
+        BOOT_TIMEOUT,
+        |o| o.contains("inet "),
+    );
+    assert!(eth0.contains("inet 172.17."), "{eth0}");
+    // The address fixed (the machine's own; it has no default route for flannel to find one
+    // by); the network config in etcd wrong in each of the ways it can be.
+    guest(
+        vm,
+        key,
+        &format!(
+            "etcdctl put /coreos.com/network/config 'Network: 10.5.0.0/16' && \
+             own=$(ip -4 -o addr show scope global | grep -v docker0 | head -n 1 | sed 's|.* inet \\([0-9.]*\\)/.*|\\1|') && \
+             sudo sed -i \"s/{NOT_HERE}/$own/\" /etc/flannel/options.env && \
+             sudo systemctl restart --no-block kiln-flanneld.service"
+        ),
+    );
+    says("the network config: it is not JSON");
+    guest(
+        vm,
+        key,
+        r#"etcdctl put /coreos.com/network/config '{"Network":"10.5.0.0/16","Backend":{"Type":"udp"}}'"#,
+    );
+    says(r#"`Backend.Type` "udp" is not a backend Kiln's flannel has"#);
+    // Room for one subnet, and another machine holds it.
+    guest(
+        vm,
+        key,
+        r#"etcdctl put /coreos.com/network/subnets/10.5.0.64-26 '{"PublicIP":"10.9.9.9","BackendType":"vxlan","BackendData":{"VtepMAC":"02:00:00:00:00:01"}}' && etcdctl put /coreos.com/network/config '{"Network":"10.5.0.0/24","SubnetLen":26,"SubnetMin":"10.5.0.64","SubnetMax":"10.5.0.64"}'"#,
+    );
+    says("10.5.0.0/24 has no free /26 subnet left");
+    assert_eq!(
+        guest(vm, key, "systemctl is-active docker.service"),
         "active"
     );
 }

@@ -5,12 +5,17 @@
 //! carries ssh and etcd's client port (etcd listens on every address) from the host, and the
 //! update agents' requests to the update server on the host.
 //!
+//! On the same boot, fleet (`kiln_ci::fleet`) and flannel (`kiln_ci::flannel`): the cloud-configs
+//! ask for an overlay on the private network, and containers on different machines, fleet's
+//! among them, reach each other at their own addresses.
+//!
 //! Then a rolling update of the cluster, reboot strategy `etcd-lock` with `lock_install` (one
 //! machine at a time installs or reboots): all three reach v2, one machine down at a time (from
 //! the lock's history in etcd, and from each machine's boot time against the host's probes of
 //! its etcd member), while a writer on the host keeps writing to the cluster and never goes
 //! more than 5 s without a write going through. Last, the leader is lost for good: the other
-//! two elect another and keep taking writes.
+//! two elect another and keep taking writes. fleet and flannel are checked again after the
+//! update (flannel: the same subnets after each reboot, and a deleted lease's routes gone).
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
@@ -21,7 +26,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use kiln_ci::update::{agent_sections, Evidence, UpdateServer, Version, RUNNING};
-use kiln_ci::{fleet, guest, overlay, wait_in_guest, work_dir};
+use kiln_ci::{flannel, fleet, guest, overlay, wait_in_guest, work_dir};
 use kiln_qemu::{
     format_mac, free_port, ssh_keygen, Accel, HostFwd, SocketMode, SocketNic, Vm, VmConfig,
 };
@@ -131,6 +136,9 @@ write_files:
 {update}  fleet:
     public-ip: $private_ipv4
     metadata: "node={name},role={role}"
+  flannel:
+    interface: $private_ipv4
+    network: {network}
   etcd2:
     name: {name}
     initial-cluster: {cluster}
@@ -151,6 +159,7 @@ write_files:
         addr = node.addr,
         cluster = cluster.join(","),
         mac = format_mac(node.mac),
+        network = flannel::NETWORK,
         update = agent_sections(
             "etcd-lock",
             "    health-units: [etcd.service]\n",
@@ -473,10 +482,21 @@ fn three_nodes_form_an_etcd_cluster_find_each_others_services_and_update_one_at_
     let unit = guest(vms[0], &key, "systemctl is-active web-announce.service");
     assert_eq!(unit, "active");
 
+    // flannel: one lease each, the kernel state for the others, docker on the subnet, and
+    // containers reaching each other across machines.
+    let t = Instant::now();
+    let addrs: Vec<&str> = NODES.iter().map(|n| n.addr).collect();
+    let leases = flannel::leases(&vms, &key, &addrs);
+    flannel::check_kernels(&vms, &key, &leases);
+    let at = flannel::check_containers(&vms, &key, &leases, (0, 1));
+    flannel::measure(&vms, &key, &leases, (0, 1), at);
+    eprintln!("flannel checks before the update: {:.0} s", fleet::secs(t));
+
     // fleet, on the same three machines: scheduling, the CLI, and the engine's failover.
     let t = Instant::now();
     let ids = fleet::machine_ids(&vms, &key);
     fleet_scheduling(&vms, &key, &ids);
+    examples_on_overlay(&vms, &key, &ids, &leases);
     eprintln!("fleet checks before the update: {:.0} s", fleet::secs(t));
 
     // The rolling update: publish v2 and let the agents coordinate through etcd.
@@ -650,9 +670,36 @@ fn three_nodes_form_an_etcd_cluster_find_each_others_services_and_update_one_at_
     // The addresses first boot wrote in are still what every member says after the update.
     check_addresses(&vms, &key);
 
+    // flannel after each machine's reboot: the same subnets, the same state, the same reach.
+    let t = Instant::now();
+    let after = flannel::leases(&vms, &key, &addrs);
+    assert_eq!(
+        subnets(&after),
+        subnets(&leases),
+        "a machine came back from its reboot with another subnet"
+    );
+    flannel::check_kernels(&vms, &key, &after);
+    flannel::check_containers(&vms, &key, &after, (2, 0));
+    // A machine's lease deleted: the others drop its route; its daemon, started again, takes
+    // the same subnet back and the others follow.
+    let dropped = flannel::check_lease_deleted(&vms, &key, &after, 2);
+    let back = flannel::leases(&vms, &key, &addrs);
+    assert_eq!(
+        subnets(&back),
+        subnets(&leases),
+        "node3 took another subnet"
+    );
+    flannel::check_kernels(&vms, &key, &back);
+    eprintln!(
+        "flannel checks after the update: {:.0} s (a deleted lease's route gone from the others in {:.1} s)",
+        fleet::secs(t),
+        dropped.as_secs_f64()
+    );
+
     // fleet's units ran through the rolling update and are where they belong after it.
     let t = Instant::now();
     fleet_after_update(&vms, &key, &ids);
+    examples_on_overlay(&vms, &key, &ids, &back);
     eprintln!("fleet checks after the update: {:.0} s", fleet::secs(t));
     let before_loss = fleet::wait_rows(vms[0], &key, fleet::SETTLE, |rows| {
         (1..=fleet::PLAIN).all(|i| fleet::running(rows, &format!("plain@{i}.service")).len() == 1)
@@ -779,6 +826,25 @@ fn three_nodes_form_an_etcd_cluster_find_each_others_services_and_update_one_at_
         "fleet: the lost machine back and settled in {:.0} s",
         fleet::secs(back)
     );
+}
+
+fn subnets(leases: &[flannel::Lease]) -> Vec<Ipv4Addr> {
+    leases.iter().map(|l| l.subnet).collect()
+}
+
+/// fleet's example instances reach each other at their overlay addresses.
+fn examples_on_overlay(vms: &[&Vm], key: &Path, ids: &[String], leases: &[flannel::Lease]) {
+    let rows = fleet::examples_spread(vms[0], key);
+    let hosts: Vec<usize> = (1..=3)
+        .map(|i| {
+            let on = fleet::running(&rows, &format!("example@{i}.service"));
+            ids.iter()
+                .position(|id| *id == on[0])
+                .expect("one of the three")
+        })
+        .collect();
+    let names: Vec<&str> = NODES.iter().map(|n| n.name).collect();
+    flannel::check_examples(vms, key, leases, &hosts, &names);
 }
 
 /// fleet's scheduling on the fresh cluster, through `fleetctl` on node1 as an operator uses it.

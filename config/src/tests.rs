@@ -199,9 +199,27 @@ fn coreos_document_parses_unchanged() {
     assert_eq!(fleet.values["metadata"], "region=us-west");
 }
 
-/// `fleet:` as CoreOS documented it: every key by either spelling, unknown ones warned at their
-/// own line, TLS named as unsupported, a bad value refused at its key; what kiln-config writes
-/// is what the daemon reads.
+/// The line and key of each warning.
+fn warned_keys(p: &crate::Parsed) -> Vec<(u64, &str)> {
+    p.warnings
+        .iter()
+        .map(|w| (w.line, w.key.as_str()))
+        .collect()
+}
+
+/// The flannel daemon's options from the options file's text, as systemd's `EnvironmentFile=`
+/// reads it (`KEY="value"` lines, comments aside).
+fn daemon_options(text: &str) -> kiln_flannel::daemon::Options {
+    let vars: std::collections::HashMap<String, String> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
+        .collect();
+    kiln_flannel::daemon::Options::from_env(|k| vars.get(k).cloned())
+        .unwrap_or_else(|e| panic!("{e}\n{text}"))
+}
+
 /// `flannel:` as CoreOS documented it, and Kiln's `network:`: either spelling, TLS named as
 /// unsupported, unknown keys warned at their line, a bad value refused at its key; what
 /// kiln-config writes is what the daemon reads.
@@ -209,11 +227,7 @@ fn coreos_document_parses_unchanged() {
 fn flannel_section_reaches_the_daemon() {
     let doc = "#cloud-config\ncoreos:\n  flannel:\n    etcd_prefix: /kiln/network\n    public-ip: 10.77.0.2\n    interface: ens3\n    etcd_endpoints: [\"http://10.77.0.1:2379\", \"http://10.77.0.2:2379\"]\n    ip_masq: false\n    network: 10.5.0.0/16\n    backend: host-gw\n    etcd_cafile: /etc/ca.pem\n    colour: blue\n";
     let p = parsed(doc);
-    let w: Vec<(u64, &str)> = p
-        .warnings
-        .iter()
-        .map(|w| (w.line, w.key.as_str()))
-        .collect();
+    let w = warned_keys(&p);
     assert_eq!(
         w,
         [
@@ -231,15 +245,7 @@ fn flannel_section_reaches_the_daemon() {
         p.warnings
     );
     let text = p.config.kiln.flannel.as_ref().unwrap().render();
-    // As systemd's EnvironmentFile= reads it: KEY="value" lines.
-    let vars: std::collections::HashMap<String, String> = text
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
-        .collect();
-    let o = kiln_flannel::daemon::Options::from_env(|k| vars.get(k).cloned())
-        .unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let o = daemon_options(&text);
     assert_eq!(o.prefix, "/kiln/network");
     assert_eq!(o.public_ip, Some(std::net::Ipv4Addr::new(10, 77, 0, 2)));
     assert_eq!(o.interface.as_deref(), Some("ens3"));
@@ -262,16 +268,15 @@ fn flannel_section_reaches_the_daemon() {
     assert!(e.to_string().contains("like 10.5.0.0/16"), "{e}");
 }
 
+/// `fleet:` as CoreOS documented it: every key by either spelling, unknown ones warned at their
+/// own line, TLS named as unsupported, a bad value refused at its key; what kiln-config writes
+/// is what the daemon reads.
 #[test]
 fn fleet_section_reaches_the_daemon() {
     use kiln_contract::fleet_conf::FleetConf;
     let doc = "#cloud-config\ncoreos:\n  fleet:\n    public-ip: 10.77.0.2\n    metadata: \"region=eu,role=web\"\n    agent_ttl: 60s\n    etcd_servers: [\"http://10.77.0.1:2379\", \"http://10.77.0.2:2379\"]\n    engine-reconcile-interval: 5\n    etcd_cafile: /etc/ca.pem\n    colour: blue\n";
     let p = parsed(doc);
-    let w: Vec<(u64, &str)> = p
-        .warnings
-        .iter()
-        .map(|w| (w.line, w.key.as_str()))
-        .collect();
+    let w = warned_keys(&p);
     assert_eq!(
         w,
         [(9, "coreos.fleet.etcd_cafile"), (10, "coreos.fleet.colour")],
@@ -398,11 +403,7 @@ fn only_cloud_config_documents() {
 fn unknown_keys_and_old_names_are_warnings() {
     let doc = "#cloud-config\nhostname: a\nmanage_etc_hosts: localhost\nusers:\n  - name: bob\n    lock_passwd: true\ncoreos:\n  update:\n    reboot-strategy: best-effort\n  etcd2:\n    name: x\n    addr: $private_ipv4:4001\n    advertise-client-urls: http://$private_ipv4:2379\n";
     let p = parsed(doc);
-    let w: Vec<(u64, &str)> = p
-        .warnings
-        .iter()
-        .map(|w| (w.line, w.key.as_str()))
-        .collect();
+    let w = warned_keys(&p);
     assert_eq!(
         w,
         [
@@ -454,11 +455,7 @@ fn groups_as_comma_string_and_duplicate_keys() {
     assert_eq!(p.config.hostname.as_deref(), Some("b"));
     assert_eq!(p.config.users[0].groups, ["sudo", "docker"]);
     assert_eq!(p.config.users[0].ssh_authorized_keys, ["k2"]);
-    let w: Vec<(u64, &str)> = p
-        .warnings
-        .iter()
-        .map(|w| (w.line, w.key.as_str()))
-        .collect();
+    let w = warned_keys(&p);
     assert_eq!(w, [(2, "hostname"), (7, "users[0].ssh_authorized_keys")]);
 }
 
@@ -1025,6 +1022,22 @@ fn the_readmes_fleet_example_is_read_without_a_warning() {
     assert!(p.warnings.is_empty(), "{:?}", p.warnings);
     let fleet = p.config.kiln.fleet.unwrap();
     assert_eq!(fleet.values.len(), 4, "{fleet:?}");
+}
+
+/// The README's flannel example parses without a warning, waits for the machine's address,
+/// and reaches the daemon's options.
+#[test]
+fn the_readmes_flannel_example_is_read_without_a_warning() {
+    let doc = readme_example("flannel:");
+    assert!(crate::addresses::uses_addresses(doc));
+    let doc = doc.replace("$private_ipv4", "10.0.0.11");
+    let p = parsed(&doc);
+    assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+    let text = p.config.kiln.flannel.unwrap().render();
+    let o = daemon_options(&text);
+    assert_eq!(o.interface.as_deref(), Some("10.0.0.11"));
+    assert_eq!(o.prefix, "/coreos.com/network");
+    assert!(o.network.unwrap().contains("10.5.0.0/16"));
 }
 
 // ---------------------------------------------------------------------------------------

@@ -118,12 +118,16 @@ mod tests {
     #[test]
     fn values_are_checked_with_what_to_write() {
         assert!(check("public-ip", "10.0.0.7").is_ok());
-        assert!(check("public-ip", "10.0.0").unwrap_err().contains("IPv4 address"));
+        assert!(check("public-ip", "10.0.0")
+            .unwrap_err()
+            .contains("IPv4 address"));
         assert!(check("network", "10.5.0.0/16").is_ok());
         assert!(check("network", "10.5.0.1/16").is_err());
         assert!(check("network", "10.5.0.0/33").is_err());
         assert!(check("network", "0.0.0.0/0").is_ok());
-        assert!(check("backend", "udp").unwrap_err().contains("vxlan or host-gw"));
+        assert!(check("backend", "udp")
+            .unwrap_err()
+            .contains("vxlan or host-gw"));
         assert!(check("ip-masq", "yes").is_err());
         assert!(check("etcd-endpoints", "http://a:2379, https://b:2379").is_ok());
         assert!(check("etcd-endpoints", "a:2379").is_err());
