@@ -276,18 +276,10 @@ pub fn check_containers(
         "cat > /tmp/serve.sh <<'EOF'\n{SERVE}EOF\n\
          sudo docker rm -f flannel-web flannel-host >/dev/null 2>&1; \
          sudo docker run -d --name flannel-web -v /tmp/serve.sh:/serve.sh:ro kiln/busybox sh /serve.sh {OVERLAY_PORT} >/dev/null && \
-         sudo docker run -d --name flannel-host --network host -v /tmp/serve.sh:/serve.sh:ro kiln/busybox sh /serve.sh {HOST_PORT} >/dev/null && \
-         sudo docker inspect -f '{{{{.NetworkSettings.IPAddress}}}}' flannel-web"
+         sudo docker run -d --name flannel-host --network host -v /tmp/serve.sh:/serve.sh:ro kiln/busybox sh /serve.sh {HOST_PORT} >/dev/null"
     );
-    let at: Ipv4Addr = guest(vms[server], key, &run)
-        .parse()
-        .expect("the server container's address");
-    assert!(
-        leases[server].holds(at),
-        "the container on {} has {at}, outside its subnet {:?}",
-        vms[server].name(),
-        leases[server].subnet
-    );
+    guest(vms[server], key, &run);
+    let at = container_address(vms[server], key, &leases[server], "flannel-web");
     let host = leases[server].public_ip;
     let fetch = format!(
         "sudo docker run --rm kiln/busybox sh -c 'ip -4 -o addr show dev eth0; wget -q -O - http://{at}:{OVERLAY_PORT}/cgi-bin/ip; wget -q -O - http://{host}:{HOST_PORT}/cgi-bin/ip'"
@@ -423,6 +415,25 @@ pub fn measure(
     );
 }
 
+/// The address of the container `name` on `vm`'s bridge, which is inside the machine's subnet.
+fn container_address(vm: &Vm, key: &Path, lease: &Lease, name: &str) -> Ipv4Addr {
+    let text = guest(
+        vm,
+        key,
+        &format!("sudo docker inspect -f '{{{{.NetworkSettings.IPAddress}}}}' {name}"),
+    );
+    let at: Ipv4Addr = text
+        .parse()
+        .unwrap_or_else(|e| panic!("{}: {name}'s address {text:?}: {e}", vm.name()));
+    assert!(
+        lease.holds(at),
+        "{name} on {} has {at}, outside its subnet {:?}",
+        vm.name(),
+        lease.subnet
+    );
+    at
+}
+
 /// fleet's example instances, containers on each machine's bridge, reach each other by their
 /// overlay addresses: each fetches the next one's page (its machine's name). `hosts[i]` is the
 /// index into `vms` of the machine running `example@{i+1}`; `names` the machines' host names.
@@ -430,20 +441,7 @@ pub fn check_examples(vms: &[&Vm], key: &Path, leases: &[Lease], hosts: &[usize]
     let addrs: Vec<Ipv4Addr> = hosts
         .iter()
         .enumerate()
-        .map(|(i, &m)| {
-            let a: Ipv4Addr = guest(
-                vms[m],
-                key,
-                &format!(
-                    "sudo docker inspect -f '{{{{.NetworkSettings.IPAddress}}}}' example-{}",
-                    i + 1
-                ),
-            )
-            .parse()
-            .expect("an example container's address");
-            assert!(leases[m].holds(a), "example-{} has {a}", i + 1);
-            a
-        })
+        .map(|(i, &m)| container_address(vms[m], key, &leases[m], &format!("example-{}", i + 1)))
         .collect();
     for (i, &m) in hosts.iter().enumerate() {
         let j = (i + 1) % hosts.len();

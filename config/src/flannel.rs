@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use kiln_contract::flannel_conf::{self, KEYS};
 
-use crate::fleet::{named_settings, NamedKey};
+use crate::named::{env_file, named_settings, NamedKey};
 use crate::read::{ConfigError, Ctx};
 use crate::tree::Node;
 
@@ -19,15 +19,13 @@ pub struct FlannelSettings {
 impl FlannelSettings {
     /// The options file's text: a `FLANNELD_*` line for each key the document sets.
     pub fn render(&self) -> String {
-        let mut out = String::from(
-            "# flannel's settings, from the cloud-config's flannel: section (kiln-config).\n",
-        );
-        for (name, value) in &self.values {
-            let key = flannel_conf::key(name).expect("one of KEYS");
-            let value = value.replace('\\', "\\\\").replace('"', "\\\"");
-            out.push_str(&format!("{}=\"{value}\"\n", key.env()));
-        }
-        out
+        env_file(
+            "# flannel's settings, from the cloud-config's flannel: section (kiln-config).",
+            self.values.iter().map(|(name, value)| {
+                let key = flannel_conf::key(name).expect("one of KEYS");
+                (key.env(), value.as_str())
+            }),
+        )
     }
 }
 

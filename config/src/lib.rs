@@ -16,6 +16,7 @@ mod flannel;
 mod fleet;
 mod fsroot;
 mod model;
+mod named;
 mod parse;
 mod read;
 mod sections;

@@ -104,22 +104,8 @@ fn section(top: &mut Fields<'_>, ctx: &mut Ctx) -> Result<KilnSection, ConfigErr
         .map(|n| (n, f.path_of("locksmith")));
     let read = crate::agent::agent_settings(update, locksmith, etcd.is_some(), ctx);
     let update_agent = ctx.recover(read)?;
-    let fleet_path = f.path_of("fleet");
-    let fleet = match f.take("fleet") {
-        Some(node) => {
-            let read = crate::fleet::fleet_settings(node, &fleet_path, ctx).map(Some);
-            ctx.recover(read)?
-        }
-        None => None,
-    };
-    let flannel_path = f.path_of("flannel");
-    let flannel = match f.take("flannel") {
-        Some(node) => {
-            let read = crate::flannel::flannel_settings(node, &flannel_path, ctx).map(Some);
-            ctx.recover(read)?
-        }
-        None => None,
-    };
+    let fleet = daemon_section(&mut f, "fleet", ctx, crate::fleet::fleet_settings)?;
+    let flannel = daemon_section(&mut f, "flannel", ctx, crate::flannel::flannel_settings)?;
     let mut units = Vec::new();
     let units_path = f.path_of("units");
     for (i, n) in ctx
@@ -188,6 +174,24 @@ fn address_settings(
     };
     f.finish(ctx);
     Ok(settings)
+}
+
+/// A daemon's section (`fleet:`, `flannel:`) read by `read` where the document has it; a
+/// wrong one is recovered from as every other section is.
+fn daemon_section<T>(
+    f: &mut Fields<'_>,
+    name: &str,
+    ctx: &mut Ctx,
+    read: impl FnOnce(&Node, &str, &mut Ctx) -> Result<T, ConfigError>,
+) -> Result<Option<T>, ConfigError> {
+    let path = f.path_of(name);
+    match f.take(name) {
+        Some(node) => {
+            let got = read(node, &path, ctx).map(Some);
+            ctx.recover(got)
+        }
+        None => Ok(None),
+    }
 }
 
 /// Sections of coreos-cloudinit's `coreos:` that Kiln has no part for: each is named with what
