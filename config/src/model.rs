@@ -154,6 +154,8 @@ pub struct KilnSection {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Etcd {
     pub settings: BTreeMap<String, String>,
+    /// `proxy: on` (a worker): no member here, `kiln-etcd-gateway` to the cluster's members.
+    pub proxy: bool,
 }
 
 impl Etcd {

@@ -232,6 +232,9 @@ fn etcd(node: &Node, path: &str, ctx: &mut Ctx) -> Result<Etcd, ConfigError> {
             ctx.warn(pos, &f.path_of(old), format!("an etcd v1 setting, which etcd 3 does not read; Kiln runs etcd 3, write `{new}` instead. Ignored"));
         }
     }
+    if let Some(n) = f.take_some("proxy") {
+        etcd.proxy = proxy(n, &f.path_of("proxy"), ctx)?;
+    }
     for (key, is_bool) in ETCD_KEYS {
         let Some(n) = f.take_some(key) else { continue };
         let kpath = f.path_of(key);
@@ -257,10 +260,33 @@ fn etcd(node: &Node, path: &str, ctx: &mut Ctx) -> Result<Etcd, ConfigError> {
                 format!("{value:?} is neither `new` nor `existing`"),
             ));
         }
+        if *key == "discovery-fallback" && value == "proxy" {
+            ctx.warn(n.place(), &kpath, "etcd's fallback proxy passes neither gRPC nor watches, which fleet and flannel need; a machine the cluster is full for should say so and stop (`exit`, Kiln's default). Give workers `proxy: on` instead");
+        }
         etcd.settings.insert(key.to_string(), value);
+    }
+    if etcd.proxy && !etcd.settings.contains_key("discovery") && !etcd.settings.contains_key("initial-cluster") {
+        if let Some(pos) = f.key_pos("proxy") {
+            ctx.warn(pos, &f.path_of("proxy"), "an etcd proxy needs the cluster's members: give `discovery` or `initial-cluster` too; until then the proxy says so and does not start");
+        }
     }
     f.finish(ctx);
     Ok(etcd)
+}
+
+/// `proxy:` as CoreOS's etcd2 read it: `on` runs no member but a gateway to the cluster's
+/// members (Kiln's gateway; `readonly` is read as `on`, saying so), `off` a member.
+fn proxy(node: &Node, path: &str, ctx: &mut Ctx) -> Result<bool, ConfigError> {
+    let text = string(node, path)?;
+    match text.to_ascii_lowercase().as_str() {
+        "readonly" => {
+            ctx.warn(node.place(), path, "Kiln's etcd proxy (etcd's gateway) passes writes too; `readonly` is read as `on`");
+            Ok(true)
+        }
+        _ => boolean(Some(node), path).map_err(|_| {
+            ConfigError::invalid(node, path, format!("{text:?} is none of `on`, `off`, `readonly`"))
+        }),
+    }
 }
 
 const UNIT_SUFFIXES: &[&str] = &[

@@ -12,6 +12,9 @@ pub const UNITS_TO_START: &str = kiln_contract::paths::UNITS_TO_START;
 /// Debian's etcd.service reads `EnvironmentFile=-/etc/default/%p`.
 pub const ETCD_ENV_FILE: &str = "/etc/default/etcd";
 pub const ETCD_DEFAULT_DATA_DIR: &str = "/var/lib/etcd/default";
+/// A worker's etcd (`proxy: on`): `etcd gateway` to the members, reading the same
+/// environment file.
+const ETCD_GATEWAY_UNIT: &str = "kiln-etcd-gateway.service";
 /// Kiln's settings for Debian's etcd.service.
 const ETCD_DROP_IN: &str = "/etc/systemd/system/etcd.service.d/10-kiln.conf";
 /// The addresses etcd listens on may come up after it starts (static addresses are set by
@@ -292,6 +295,13 @@ pub(crate) fn etcd_env(etcd: &Etcd) -> String {
     settings
         .entry("pre-vote".into())
         .or_insert_with(|| "true".into());
+    // etcd's default (`proxy`) makes a machine the cluster is full for a v2 proxy, silently;
+    // Kiln's says so and stops. Workers are proxies by `proxy: on`.
+    if settings.contains_key("discovery") {
+        settings
+            .entry("discovery-fallback".into())
+            .or_insert_with(|| "exit".into());
+    }
     for (k, v) in &settings {
         s.push_str(&format!(
             "ETCD_{}={}\n",
@@ -325,7 +335,8 @@ fn env_quote(v: &str) -> String {
 /// Where `etcdctl` should talk by default: this member's client URLs.
 pub(crate) fn etcdctl_endpoints(etcd: &Etcd) -> String {
     let unspecified = |u: &str| u.contains("0.0.0.0") || u.contains("[::]");
-    if let Some(a) = etcd.get("advertise-client-urls") {
+    // A proxy advertises nothing: etcdctl talks to the gateway where it listens.
+    if let Some(a) = etcd.get("advertise-client-urls").filter(|_| !etcd.proxy) {
         return a.to_string();
     }
     match etcd.get("listen-client-urls") {
@@ -418,6 +429,18 @@ pub(crate) fn apply_etcd(fs: &Root, etcd: &Etcd, notes: &mut Vec<String>) -> Res
             ("ETCDCTL_ENDPOINTS", etcdctl_endpoints(etcd)),
         ],
     )?;
+    let dir = UnitDir {
+        fs,
+        inner: "/etc/systemd/system",
+        outer: "/etc/systemd/system",
+    };
+    if etcd.proxy {
+        notes.push(format!("etcd proxy: {ETCD_GATEWAY_UNIT} to the cluster's members; no member on this machine (etcd.service not enabled)"));
+        return match find_unit(fs, ETCD_GATEWAY_UNIT) {
+            Some((path, content)) => enable(&dir, ETCD_GATEWAY_UNIT, &path, &content, notes),
+            None => Err(format!("{ETCD_GATEWAY_UNIT} is not in the image; this image cannot be an etcd proxy")),
+        };
+    }
     make_data_dir(fs, etcd, notes)?;
     fs.write(
         ETCD_DROP_IN,
@@ -425,11 +448,6 @@ pub(crate) fn apply_etcd(fs: &Root, etcd: &Etcd, notes: &mut Vec<String>) -> Res
         Meta::ROOT_FILE,
         LastLink::Replace,
     )?;
-    let dir = UnitDir {
-        fs,
-        inner: "/etc/systemd/system",
-        outer: "/etc/systemd/system",
-    };
     match find_unit(fs, "etcd.service") {
         Some((path, content)) => enable(&dir, "etcd.service", &path, &content, notes),
         None => {

@@ -630,6 +630,7 @@ fn apply_coreos_document() {
          ETCD_ADVERTISE_CLIENT_URLS=http://10.0.0.11:2379\n\
          ETCD_DATA_DIR=/var/lib/etcd/default\n\
          ETCD_DISCOVERY=https://discovery.example/6a28e078895c5ec737174db2419bb2f3\n\
+         ETCD_DISCOVERY_FALLBACK=exit\n\
          ETCD_INITIAL_ADVERTISE_PEER_URLS=http://10.0.0.11:2380\n\
          ETCD_LISTEN_CLIENT_URLS=http://0.0.0.0:2379,http://0.0.0.0:4001\n\
          ETCD_LISTEN_PEER_URLS=http://10.0.0.11:2380\n\
@@ -854,6 +855,68 @@ fn a_failing_write_does_not_stop_the_other_steps() {
         Some(crate::Status::Rejected)
     );
     assert!(rejected.contains("cloud-config from fw_cfg was NOT applied: line 2, column 1: bad"));
+}
+
+/// The image's unit for a worker's etcd, as the overlay ships it.
+const GATEWAY_UNIT: &str =
+    include_str!("../../overlays/usr/lib/systemd/system/kiln-etcd-gateway.service");
+
+#[test]
+fn a_worker_runs_the_etcd_gateway_and_no_member() {
+    let dir = make_root();
+    let r = dir.path();
+    fs::write(
+        r.join("usr/lib/systemd/system/kiln-etcd-gateway.service"),
+        GATEWAY_UNIT,
+    )
+    .unwrap();
+    let doc = "#cloud-config\ncoreos:\n  etcd2:\n    proxy: on\n    discovery: http://10.0.2.2:8470/discovery/0123abcd\n    advertise-client-urls: http://10.77.0.4:2379\n";
+    let p = parsed(doc);
+    assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+    let report = apply(&p.config, r, &ApplyOptions::default()).unwrap();
+    assert!(report.all_ok(), "{report}");
+    // The gateway reads the members from etcd's own settings; no fallback for a proxy.
+    assert_eq!(
+        read(r, "etc/default/etcd"),
+        "# Written by kiln-config from the cloud-config; read by etcd.service.\n\
+         ETCD_ADVERTISE_CLIENT_URLS=http://10.77.0.4:2379\n\
+         ETCD_DATA_DIR=/var/lib/etcd/default\n\
+         ETCD_DISCOVERY=http://10.0.2.2:8470/discovery/0123abcd\n\
+         ETCD_DISCOVERY_FALLBACK=exit\n\
+         ETCD_PRE_VOTE=true\n"
+    );
+    // etcdctl talks to the gateway, not to the address a member would advertise.
+    assert_eq!(
+        read(r, "etc/environment"),
+        "ETCDCTL_API=3\nETCDCTL_ENDPOINTS=http://127.0.0.1:2379\n"
+    );
+    assert_eq!(systemctl_state(r, "kiln-etcd-gateway.service"), "enabled");
+    assert_eq!(systemctl_state(r, "etcd.service"), "disabled");
+    assert!(!r
+        .join(kiln_contract::paths::under(kiln_contract::paths::ETCD_MEMBER_ENABLED))
+        .exists());
+    assert!(!r.join("etc/systemd/system/etcd.service.d/10-kiln.conf").exists());
+    // CoreOS documents start `etcd2.service`: on a worker that is the gateway.
+    assert_eq!(
+        link(r, "etc/systemd/system/etcd2.service"),
+        "/usr/lib/systemd/system/kiln-etcd-gateway.service"
+    );
+    assert!(report.to_string().contains("etcd proxy"), "{report}");
+}
+
+#[test]
+fn etcd_proxy_and_fallback_settings_that_cannot_work_are_said() {
+    let w = warnings_of("#cloud-config\ncoreos:\n  etcd2:\n    proxy: readonly\n    initial-cluster: a=http://10.0.0.1:2380\n");
+    assert!(w.iter().any(|(l, m)| *l == 4 && m.contains("read as `on`")), "{w:?}");
+    let w = warnings_of("#cloud-config\ncoreos:\n  etcd2:\n    proxy: on\n");
+    assert!(w.iter().any(|(l, m)| *l == 4 && m.contains("needs the cluster's members")), "{w:?}");
+    let w = warnings_of("#cloud-config\ncoreos:\n  etcd2:\n    discovery: http://d.example/x\n    discovery-fallback: proxy\n");
+    assert!(w.iter().any(|(l, m)| *l == 5 && m.contains("proxy: on")), "{w:?}");
+    let e = error("#cloud-config\ncoreos:\n  etcd2:\n    proxy: sometimes\n");
+    assert!(e.to_string().contains("none of `on`, `off`, `readonly`"), "{e}");
+    // `off` is a member, as without the key.
+    let p = parsed("#cloud-config\ncoreos:\n  etcd2:\n    proxy: off\n    name: a\n");
+    assert!(!p.config.kiln.etcd.unwrap().proxy);
 }
 
 #[test]

@@ -33,6 +33,9 @@ pub const UNITS_TO_START: &str = "/var/lib/kiln/units-to-start";
 pub const CLOUD_CONFIG_PENDING: &str = "/var/lib/kiln/cloud-config.pending";
 /// The machine's addresses as the cloud-config's variables took them (`COREOS_*` lines), in the
 /// file CoreOS kept them in.
+/// Present when this machine runs an etcd member (kiln-config enables etcd.service); a worker
+/// (`proxy: on`) has the etcd gateway's link instead. Units' conditions name both by hand.
+pub const ETCD_MEMBER_ENABLED: &str = "/etc/systemd/system/multi-user.target.wants/etcd.service";
 pub const ENVIRONMENT: &str = "/etc/environment";
 /// User-data scripts waiting for their one run (`kiln-config run-scripts`,
 /// kiln-user-data.service), and where each goes once it ran.

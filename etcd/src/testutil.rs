@@ -13,6 +13,8 @@ pub struct TestEtcd {
     child: Child,
     /// Its client URL, `http://127.0.0.1:<port>` (or the address it was started on).
     pub url: String,
+    /// Its peer URL.
+    pub peer_url: String,
     _dir: tempfile::TempDir,
 }
 
@@ -69,6 +71,7 @@ impl TestEtcd {
                 TestEtcd {
                     child,
                     url,
+                    peer_url,
                     _dir: dir,
                 }
             })

@@ -54,6 +54,8 @@ impl Strategy {
                 key: config.etcd_semaphore_key(),
                 ttl: config.etcd_lock_ttl,
                 holder: id.to_owned(),
+                local_member: std::path::Path::new(kiln_contract::paths::ETCD_MEMBER_ENABLED)
+                    .exists(),
             })),
             RebootStrategy::FleetLock => Some(Box::new(FleetLock {
                 http: http.clone(),
@@ -82,6 +84,9 @@ pub struct EtcdLock {
     pub key: String,
     pub ttl: Duration,
     pub holder: String,
+    /// Whether this machine runs a member. A worker's endpoint is its gateway, which passes each
+    /// connection to any member: there is no member of its own to hand the leadership from.
+    pub local_member: bool,
 }
 
 impl EtcdLock {
@@ -153,7 +158,7 @@ impl RebootLock for EtcdLock {
                 .map(|kv| kv.value.as_slice())
                 == Some(self.holder.as_bytes())
         };
-        if held {
+        if held && self.local_member {
             self.hand_off_leadership();
         }
         Ok(held)

@@ -26,6 +26,7 @@ fn etcd_lock(url: &str, holder: &str) -> EtcdLock {
         key: "/kiln/reboot-lock".into(),
         ttl: Duration::from_secs(600),
         holder: holder.into(),
+        local_member: true,
     }
 }
 
@@ -273,6 +274,15 @@ fn taking_the_etcd_lock_moves_the_leadership_off_this_machines_member() {
     };
     let follower = members.iter().find(|m| m.url != before).unwrap();
     let lock = etcd_lock(&follower.url, "a-follower");
+    assert!(lock.acquire().unwrap());
+    assert_eq!(leader_url(&members).as_deref(), Some(before.as_str()));
+    lock.release().unwrap();
+
+    // A worker whose gateway happens to reach the leader has no member to hand on.
+    let lock = EtcdLock {
+        local_member: false,
+        ..etcd_lock(&before, "a-worker")
+    };
     assert!(lock.acquire().unwrap());
     assert_eq!(leader_url(&members).as_deref(), Some(before.as_str()));
     lock.release().unwrap();

@@ -1,0 +1,163 @@
+//! Finding a worker's members: settings, discovery answers, and a real 3-member etcd.
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::time::Duration;
+
+use super::*;
+use crate::testutil::{free_port, TestEtcd};
+
+const T: Duration = Duration::from_secs(5);
+
+fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+    move |name| {
+        vars.iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.to_string())
+    }
+}
+
+#[test]
+fn settings_name_the_members_and_the_listen_address() {
+    let cfg = GatewayConfig::from_env(env(&[(
+        "ETCD_INITIAL_CLUSTER",
+        "a=http://10.0.0.1:2380,b=http://10.0.0.2:2380/",
+    )]))
+    .unwrap();
+    assert_eq!(cfg.listen, DEFAULT_LISTEN);
+    assert_eq!(
+        cfg.seeds,
+        Seeds::PeerUrls(vec![
+            "http://10.0.0.1:2380".into(),
+            "http://10.0.0.2:2380".into()
+        ])
+    );
+    // The discovery URL wins, as it does for a member; the first listen URL is the address.
+    let cfg = GatewayConfig::from_env(env(&[
+        ("ETCD_INITIAL_CLUSTER", "a=http://10.0.0.1:2380"),
+        ("ETCD_DISCOVERY", "http://10.0.2.2:8470/discovery/abc/"),
+        ("ETCD_LISTEN_CLIENT_URLS", "http://0.0.0.0:2379,http://127.0.0.1:4001"),
+    ]))
+    .unwrap();
+    assert_eq!(cfg.listen, "0.0.0.0:2379");
+    assert_eq!(
+        cfg.seeds,
+        Seeds::Discovery("http://10.0.2.2:8470/discovery/abc".into())
+    );
+}
+
+#[test]
+fn settings_without_members_or_with_a_bad_address_say_what_to_write() {
+    let e = GatewayConfig::from_env(env(&[])).unwrap_err().to_string();
+    assert!(e.contains("`discovery` or `initial-cluster`"), "{e}");
+    let e = GatewayConfig::from_env(env(&[("ETCD_INITIAL_CLUSTER", "nobody")]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("names no member"), "{e}");
+    let e = GatewayConfig::from_env(env(&[
+        ("ETCD_INITIAL_CLUSTER", "a=http://10.0.0.1:2380"),
+        ("ETCD_LISTEN_CLIENT_URLS", "unix:///run/etcd.sock"),
+    ]))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("listen-client-urls \"unix:///run/etcd.sock\""), "{e}");
+}
+
+/// Answers every request on a new port with `status` and `body`; its URL.
+fn canned(status: &'static str, body: &'static str) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/discovery/abc", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let _ = write!(
+                conn,
+                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    url
+}
+
+#[test]
+fn a_discovery_directory_gives_the_registered_peer_urls() {
+    let url = canned(
+        "200 OK",
+        r#"{"action":"get","node":{"key":"/discovery/abc","dir":true,"nodes":[
+            {"key":"/discovery/abc/_config","dir":true},
+            {"key":"/discovery/abc/1a","value":"n1=http://10.77.0.1:2380","createdIndex":2},
+            {"key":"/discovery/abc/2b","value":"n2=http://10.77.0.2:2380,n2=http://10.77.1.2:2380","createdIndex":3}
+        ]}}"#,
+    );
+    let urls = peer_urls(&Seeds::Discovery(url), T).unwrap();
+    assert_eq!(
+        urls,
+        [
+            "http://10.77.0.1:2380",
+            "http://10.77.0.2:2380",
+            "http://10.77.1.2:2380"
+        ]
+    );
+}
+
+#[test]
+fn a_missing_empty_or_unreachable_discovery_url_is_said_plainly() {
+    let url = canned("404 Not Found", r#"{"errorCode":100,"message":"Key not found"}"#);
+    let e = peer_urls(&Seeds::Discovery(url.clone()), T).unwrap_err().to_string();
+    assert!(e.contains(&url) && e.contains("does not exist"), "{e}");
+    let url = canned(
+        "200 OK",
+        r#"{"action":"get","node":{"key":"/discovery/abc","dir":true}}"#,
+    );
+    let e = peer_urls(&Seeds::Discovery(url), T).unwrap_err().to_string();
+    assert!(e.contains("no member registered yet"), "{e}");
+    let url = canned("200 OK", "<html>a login page</html>");
+    let e = peer_urls(&Seeds::Discovery(url), T).unwrap_err().to_string();
+    assert!(e.contains("did not answer with etcd's discovery JSON"), "{e}");
+    let url = format!("http://127.0.0.1:{}/discovery/abc", free_port());
+    let e = peer_urls(&Seeds::Discovery(url.clone()), T).unwrap_err().to_string();
+    assert!(e.contains(&url), "{e}");
+}
+
+#[test]
+fn the_members_client_urls_come_from_any_peer_that_answers() {
+    let cluster = TestEtcd::cluster(3);
+    let mut want: Vec<String> = cluster.iter().map(|m| m.url.clone()).collect();
+    want.sort();
+    // The first peer URL is down: the next one answers for the whole cluster.
+    let peers = vec![
+        format!("http://127.0.0.1:{}", free_port()),
+        cluster[1].peer_url.clone(),
+    ];
+    assert_eq!(client_urls(&peers, T).unwrap(), want);
+    assert_eq!(current_client_urls(&want, T).unwrap(), want);
+    let e = client_urls(&[format!("http://127.0.0.1:{}", free_port())], T)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no member of the cluster answered"), "{e}");
+}
+
+#[test]
+fn the_gateway_is_started_on_the_members_client_addresses() {
+    let cfg = GatewayConfig {
+        listen: "127.0.0.1:2379".into(),
+        seeds: Seeds::PeerUrls(vec![]),
+    };
+    let args = gateway_args(
+        &cfg,
+        &["http://10.77.0.1:2379".into(), "http://10.77.0.2:2379".into()],
+    );
+    assert_eq!(
+        args,
+        [
+            "gateway",
+            "start",
+            "--endpoints=10.77.0.1:2379,10.77.0.2:2379",
+            "--listen-addr=127.0.0.1:2379",
+            "--retry-delay=5s"
+        ]
+    );
+}
