@@ -69,6 +69,14 @@ const NODES: [Node; 3] = [
     },
 ];
 
+/// A worker: no etcd member, but etcd's gateway to the members (`etcd2: proxy: on`), with
+/// flannel and the update agent (its reboot lock taken through the gateway) as on a member.
+const WORKER: Node = Node {
+    name: "node4",
+    addr: "10.77.0.4",
+    mac: [0x52, 0x54, 0x00, 0x77, 0x00, 0x04],
+};
+
 /// The script the container runs: find this machine's address on the private network and put it
 /// under `/services/web/<node>` through etcd's v3 JSON gateway, until etcd takes it.
 const ANNOUNCE: &str = r#"addr=$(ip -4 -o addr show | grep -o '10\.77\.0\.[0-9]*' | head -n 1)
@@ -118,6 +126,33 @@ fn cloud_config(node: &Node, public_key: &str, private_key: &str) -> String {
         .map(|l| format!("      {l}\n"))
         .collect();
     let role = if node.name == "node2" { "db" } else { "web" };
+    let worker = node.name == WORKER.name;
+    // A member as the CoreOS documentation writes one; a worker as CoreOS's large deployments
+    // had them: a proxy to the same members, started by the name CoreOS documents used.
+    let etcd = if worker {
+        format!(
+            "  etcd2:\n    proxy: on\n    initial-cluster: {cluster}\n",
+            cluster = cluster.join(",")
+        )
+    } else {
+        format!(
+            "  etcd2:\n    name: {name}\n    initial-cluster: {cluster}\n    initial-cluster-token: kiln-ci\n    initial-cluster-state: new\n    initial-advertise-peer-urls: http://$private_ipv4:2380\n    listen-peer-urls: http://$private_ipv4:2380\n    listen-client-urls: http://0.0.0.0:2379\n    advertise-client-urls: http://$private_ipv4:2379\n",
+            name = node.name,
+            cluster = cluster.join(",")
+        )
+    };
+    // fleet's checks below are written for the three members' machines; the worker leaves
+    // fleet out (masked, as an operator would) and runs everything else a member does.
+    let start = if worker {
+        "    - name: etcd2.service\n      command: start\n    - name: kiln-fleet.service\n      mask: true\n"
+    } else {
+        "    - name: etcd.service\n      command: start\n"
+    };
+    let health = if worker {
+        "    health-units: [kiln-etcd-gateway.service]\n"
+    } else {
+        "    health-units: [etcd.service]\n"
+    };
     format!(
         r#"#cloud-config
 hostname: {name}
@@ -139,30 +174,18 @@ write_files:
   flannel:
     interface: $private_ipv4
     network: {network}
-  etcd2:
-    name: {name}
-    initial-cluster: {cluster}
-    initial-cluster-token: kiln-ci
-    initial-cluster-state: new
-    initial-advertise-peer-urls: http://$private_ipv4:2380
-    listen-peer-urls: http://$private_ipv4:2380
-    listen-client-urls: http://0.0.0.0:2379
-    advertise-client-urls: http://$private_ipv4:2379
-  network:
+{etcd}  network:
     - mac: {mac}
       address: {addr}/24
   units:
-    - name: etcd.service
-      command: start
-{unit}"#,
+{start}{unit}"#,
         name = node.name,
         addr = node.addr,
-        cluster = cluster.join(","),
         mac = format_mac(node.mac),
         network = flannel::NETWORK,
         update = agent_sections(
             "etcd-lock",
-            "    health-units: [etcd.service]\n",
+            health,
             // One member at a time installs or reboots: the two that are the quorum while
             // the third reboots are not also writing 600 MB under TCG. A machine waiting for
             // the lock asks again every 5 s (one small etcd read), so a handover is not a
@@ -361,6 +384,68 @@ fn check_addresses(vms: &[&Vm], key: &Path) {
     }
 }
 
+/// The worker runs no member: etcd's gateway on 127.0.0.1:2379 answers for the cluster with
+/// etcdctl's defaults, and passes a watch of a key written on a member (`tag` names the key).
+fn check_worker(worker: &Vm, member: &Vm, key: &Path, tag: &str) {
+    wait_in_guest(
+        worker,
+        key,
+        "systemctl is-active kiln-etcd-gateway.service",
+        CLUSTER_TIMEOUT,
+        |o| o.trim() == "active",
+    );
+    assert_eq!(
+        guest(worker, key, "systemctl is-active etcd.service || true"),
+        "inactive"
+    );
+    let listening = guest(worker, key, "ss -Hltn");
+    assert!(
+        listening.contains("127.0.0.1:2379 ") && !listening.contains(":2380 "),
+        "the gateway on 127.0.0.1:2379 and no member's peer port:\n{listening}"
+    );
+    let env = guest(worker, key, "cat /etc/environment");
+    assert!(
+        env.contains("ETCDCTL_ENDPOINTS=http://127.0.0.1:2379\n"),
+        "{env}"
+    );
+    wait_in_guest(
+        worker,
+        key,
+        "etcdctl endpoint health 2>&1 || true",
+        CLUSTER_TIMEOUT,
+        |o| o.contains("127.0.0.1:2379 is healthy"),
+    );
+    let members = guest(worker, key, "etcdctl member list");
+    assert_eq!(members.lines().count(), 3, "{members}");
+    // A watch from the worker, through the gateway, of a key a member writes: from the
+    // revision after the current one, so the event comes whether the watch is open before
+    // the put or just after it.
+    let rev = guest(worker, key, "etcdctl get /kiln-ci -w json")
+        .split("\"revision\":")
+        .nth(1)
+        .and_then(|r| r.split([',', '}']).next())
+        .and_then(|r| r.parse::<u64>().ok())
+        .expect("a revision in etcdctl's JSON");
+    let path = format!("/kiln-ci/worker/{tag}");
+    guest(
+        worker,
+        key,
+        &format!(
+            "(timeout 120 etcdctl watch --rev={} {path} > /tmp/watch-{tag} 2>&1 < /dev/null &)",
+            rev + 1
+        ),
+    );
+    guest(member, key, &format!("etcdctl put {path} seen-by-the-worker"));
+    wait_in_guest(
+        worker,
+        key,
+        &format!("cat /tmp/watch-{tag}"),
+        Duration::from_secs(60),
+        |o| o.contains("seen-by-the-worker"),
+    );
+    eprintln!("{}: the worker's gateway answers and passes a watch ({tag})", worker.name());
+}
+
 /// Which of the three members leads, from `etcdctl endpoint status --cluster` on `vm` (its
 /// fifth column: is leader).
 fn leader_index(vm: &Vm, key: &Path) -> usize {
@@ -411,6 +496,7 @@ fn three_nodes_form_an_etcd_cluster_find_each_others_services_and_update_one_at_
     let started = Instant::now();
     let nodes: Vec<Started> = NODES
         .iter()
+        .chain([&WORKER])
         .map(|node| {
             let doc = cloud_config(node, &public, &std::fs::read_to_string(&key).unwrap());
             kiln_config::parse(&doc).expect("the scenario's cloud-config is valid");
@@ -420,9 +506,12 @@ fn three_nodes_form_an_etcd_cluster_find_each_others_services_and_update_one_at_
             start_node(node, &work, &v1.disk(), mcast_port, &path, &server)
         })
         .collect();
-    let vms: Vec<&Vm> = nodes.iter().map(|n| &n.vm).collect();
-    let _evidence = Evidence::new(&work, &server, &vms, &key);
-    for vm in &vms {
+    // `all`: the four machines; `vms`: the three members.
+    let all: Vec<&Vm> = nodes.iter().map(|n| &n.vm).collect();
+    let vms: Vec<&Vm> = all[..NODES.len()].to_vec();
+    let worker = all[NODES.len()];
+    let _evidence = Evidence::new(&work, &server, &all, &key);
+    for vm in &all {
         vm.wait_for_ssh(&key, "core", BOOT_TIMEOUT)
             .unwrap_or_else(|e| panic!("{}: {e}", vm.name()));
         eprintln!(
@@ -450,6 +539,7 @@ fn three_nodes_form_an_etcd_cluster_find_each_others_services_and_update_one_at_
     // `$private_ipv4` became each machine's address: etcd advertises it, etcdctl's defaults
     // and CoreOS's variable in /etc/environment hold it (fleet's public-ip: below).
     check_addresses(&vms, &key);
+    check_worker(worker, vms[0], &key, "first");
     guest(
         vms[0],
         &key,
@@ -485,18 +575,18 @@ fn three_nodes_form_an_etcd_cluster_find_each_others_services_and_update_one_at_
     // flannel: one lease each, the kernel state for the others, docker on the subnet, and
     // containers reaching each other across machines.
     let t = Instant::now();
-    let addrs: Vec<&str> = NODES.iter().map(|n| n.addr).collect();
-    let leases = flannel::leases(&vms, &key, &addrs);
-    flannel::check_kernels(&vms, &key, &leases);
-    let at = flannel::check_containers(&vms, &key, &leases, (0, 1));
-    flannel::measure(&vms, &key, &leases, (0, 1), at);
+    let addrs: Vec<&str> = NODES.iter().chain([&WORKER]).map(|n| n.addr).collect();
+    let leases = flannel::leases(&all, &key, &addrs);
+    flannel::check_kernels(&all, &key, &leases);
+    let at = flannel::check_containers(&all, &key, &leases, (0, 1));
+    flannel::measure(&all, &key, &leases, (0, 1), at);
     eprintln!("flannel checks before the update: {:.0} s", fleet::secs(t));
 
     // fleet, on the same three machines: scheduling, the CLI, and the engine's failover.
     let t = Instant::now();
     let ids = fleet::machine_ids(&vms, &key);
     fleet_scheduling(&vms, &key, &ids);
-    examples_on_overlay(&vms, &key, &ids, &leases);
+    examples_on_overlay(&vms, &key, &ids, &leases[..NODES.len()]);
     eprintln!("fleet checks before the update: {:.0} s", fleet::secs(t));
 
     // The rolling update: publish v2 and let the agents coordinate through etcd.
@@ -506,7 +596,7 @@ fn three_nodes_form_an_etcd_cluster_find_each_others_services_and_update_one_at_
     let watch = watch_cluster(members, Arc::clone(&stop));
     std::thread::sleep(Duration::from_secs(5));
     server.publish(&v2);
-    for vm in &vms {
+    for vm in &all {
         wait_in_guest(vm, &key, RUNNING, ROLLING_TIMEOUT, |out| {
             out.trim() == format!("{} b", v2.version)
         });
@@ -516,7 +606,7 @@ fn three_nodes_form_an_etcd_cluster_find_each_others_services_and_update_one_at_
             t.elapsed().as_secs_f64()
         );
     }
-    for vm in &vms {
+    for vm in &all {
         wait_in_guest(vm, &key, "sudo kiln-update status", CLUSTER_TIMEOUT, |s| {
             s.contains("state:        idle")
                 && s.contains(&format!("kiln-b.conf (version {})", v2.version))
@@ -525,7 +615,7 @@ fn three_nodes_form_an_etcd_cluster_find_each_others_services_and_update_one_at_
     stop.store(true, Ordering::SeqCst);
     std::thread::sleep(Duration::from_secs(4));
     eprintln!(
-        "rolling update of 3 nodes: {:.0} s",
+        "rolling update of 4 machines: {:.0} s",
         t.elapsed().as_secs_f64()
     );
 
@@ -533,7 +623,8 @@ fn three_nodes_form_an_etcd_cluster_find_each_others_services_and_update_one_at_
     let history = lock_history(vms[0], &key);
     eprintln!("reboot lock history: {history:?}");
     let puts: Vec<&String> = history.iter().filter(|e| e.starts_with("PUT")).collect();
-    assert_eq!(puts.len(), 3, "each node takes the lock once: {history:?}");
+    // The worker's agent takes it through its gateway, as the members' through their member.
+    assert_eq!(puts.len(), 4, "each machine takes the lock once: {history:?}");
     for pair in history.windows(2) {
         assert!(
             !(pair[0].starts_with("PUT") && pair[1].starts_with("PUT")),
@@ -543,7 +634,7 @@ fn three_nodes_form_an_etcd_cluster_find_each_others_services_and_update_one_at_
     let mut holders: Vec<&String> = puts.clone();
     holders.sort();
     holders.dedup();
-    assert_eq!(holders.len(), 3, "three different holders: {history:?}");
+    assert_eq!(holders.len(), 4, "four different holders: {history:?}");
 
     // Never two machines down at once, from their boot times: each machine's outage runs from
     // its last answer to the host's probes before its new boot started to its first answer
@@ -669,27 +760,28 @@ fn three_nodes_form_an_etcd_cluster_find_each_others_services_and_update_one_at_
 
     // The addresses first boot wrote in are still what every member says after the update.
     check_addresses(&vms, &key);
+    check_worker(worker, vms[2], &key, "updated");
 
     // flannel after each machine's reboot: the same subnets, the same state, the same reach.
     let t = Instant::now();
-    let after = flannel::leases(&vms, &key, &addrs);
+    let after = flannel::leases(&all, &key, &addrs);
     assert_eq!(
         subnets(&after),
         subnets(&leases),
         "a machine came back from its reboot with another subnet"
     );
-    flannel::check_kernels(&vms, &key, &after);
-    flannel::check_containers(&vms, &key, &after, (2, 0));
+    flannel::check_kernels(&all, &key, &after);
+    flannel::check_containers(&all, &key, &after, (2, 0));
     // A machine's lease deleted: the others drop its route; its daemon, started again, takes
     // the same subnet back and the others follow.
-    let dropped = flannel::check_lease_deleted(&vms, &key, &after, 2);
-    let back = flannel::leases(&vms, &key, &addrs);
+    let dropped = flannel::check_lease_deleted(&all, &key, &after, 2);
+    let back = flannel::leases(&all, &key, &addrs);
     assert_eq!(
         subnets(&back),
         subnets(&leases),
         "node3 took another subnet"
     );
-    flannel::check_kernels(&vms, &key, &back);
+    flannel::check_kernels(&all, &key, &back);
     eprintln!(
         "flannel checks after the update: {:.0} s (a deleted lease's route gone from the others in {:.1} s)",
         fleet::secs(t),
@@ -699,7 +791,7 @@ fn three_nodes_form_an_etcd_cluster_find_each_others_services_and_update_one_at_
     // fleet's units ran through the rolling update and are where they belong after it.
     let t = Instant::now();
     fleet_after_update(&vms, &key, &ids);
-    examples_on_overlay(&vms, &key, &ids, &back);
+    examples_on_overlay(&vms, &key, &ids, &back[..NODES.len()]);
     eprintln!("fleet checks after the update: {:.0} s", fleet::secs(t));
     let before_loss = fleet::wait_rows(vms[0], &key, fleet::SETTLE, |rows| {
         (1..=fleet::PLAIN).all(|i| fleet::running(rows, &format!("plain@{i}.service")).len() == 1)
@@ -747,6 +839,11 @@ fn three_nodes_form_an_etcd_cluster_find_each_others_services_and_update_one_at_
     let text = String::from_utf8_lossy(&health.stdout).into_owned()
         + &String::from_utf8_lossy(&health.stderr);
     assert_eq!(text.matches("is healthy").count(), 2, "{text}");
+    // The worker's gateway passes over the lost member.
+    assert_eq!(
+        guest(worker, &key, "etcdctl get --print-value-only /kiln-ci/after-loss"),
+        "still-writable"
+    );
 
     // fleet: the lost machine's units without a conflict run elsewhere within 90 s of the
     // power-off; its example instance waits (both other machines hold one).
@@ -797,6 +894,7 @@ fn three_nodes_form_an_etcd_cluster_find_each_others_services_and_update_one_at_
     // Powered on again: it takes its example instance back, and nothing runs twice.
     let back = Instant::now();
     drop(vms);
+    drop(all);
     let mut nodes = nodes;
     nodes[leader]
         .vm
