@@ -154,7 +154,7 @@ pub struct KilnSection {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Etcd {
     pub settings: BTreeMap<String, String>,
-    /// `proxy: on` (a worker): no member here, `kiln-etcd-gateway` to the cluster's members.
+    /// `proxy: on` (a worker): no member here, `kiln-etcd-gateway.service` to the cluster's members.
     pub proxy: bool,
 }
 

@@ -21,7 +21,10 @@ const ETCD_DROP_IN: &str = "/etc/systemd/system/etcd.service.d/10-kiln.conf";
 /// networkd, which systemd does not wait for), and a member must come back by itself after any
 /// failure: restart, forever, a few seconds apart. A document that says `$private_ipv4` has its
 /// addresses written in by kiln-config-addresses.service, which etcd therefore waits for.
-const ETCD_DROP_IN_TEXT: &str = "# Written by kiln-config from the cloud-config's etcd section.\n[Unit]\nWants=network-online.target\nAfter=network-online.target kiln-config-addresses.service\nStartLimitIntervalSec=0\n\n[Service]\nRestart=on-failure\nRestartSec=5s\n";
+/// Before a member first starts with a discovery URL, `kiln-etcd check-discovery` says what the
+/// URL answers for this machine (a token or not, the cluster full) in etcd's journal and the
+/// report; it never fails the start (`-`), and runs as root (`+`) to write the report.
+const ETCD_DROP_IN_TEXT: &str = "# Written by kiln-config from the cloud-config's etcd section.\n[Unit]\nWants=network-online.target\nAfter=network-online.target kiln-config-addresses.service\nStartLimitIntervalSec=0\n\n[Service]\nExecStartPre=-+/usr/bin/kiln-etcd check-discovery\nRestart=on-failure\nRestartSec=5s\n";
 /// Where vendor units are looked for, most specific first. `/lib` is there for images whose
 /// `/lib` is not yet a link to `/usr/lib`.
 const UNIT_DIRS: &[&str] = &[

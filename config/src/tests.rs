@@ -645,7 +645,8 @@ fn apply_coreos_document() {
     let drop_in = read(r, "etc/systemd/system/etcd.service.d/10-kiln.conf");
     assert!(
         drop_in.contains("Restart=on-failure\n")
-            && drop_in.contains("After=network-online.target kiln-config-addresses.service\n"),
+            && drop_in.contains("After=network-online.target kiln-config-addresses.service\n")
+            && drop_in.contains("ExecStartPre=-+/usr/bin/kiln-etcd check-discovery\n"),
         "{drop_in}"
     );
     assert_eq!(

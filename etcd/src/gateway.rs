@@ -8,7 +8,7 @@
 //! The gateway has no `--discovery` of its own and keeps the endpoints it was started with, so
 //! this module finds them: from the cloud-config's `initial-cluster` or discovery URL (the
 //! members' peer URLs), then each member's client URLs from a peer's `/members`. The supervisor
-//! (`kiln-etcd-gateway`) asks the cluster for its members again every little while and starts
+//! (`kiln-etcd gateway`) asks the cluster for its members again every little while and starts
 //! the gateway again when they changed (a member added or removed).
 
 use std::collections::BTreeSet;
@@ -91,7 +91,7 @@ impl GatewayConfig {
 
 /// The URLs of `name=url,name=url` (etcd's `initial-cluster`, and the values of discovery
 /// registrations).
-fn peer_urls_of(list: &str) -> Vec<String> {
+pub(crate) fn peer_urls_of(list: &str) -> Vec<String> {
     list.split(',')
         .filter_map(|entry| entry.split_once('='))
         .map(|(_, url)| url.trim().trim_end_matches('/').to_string())
@@ -105,8 +105,8 @@ pub fn host_port(url: &str) -> Option<String> {
     (!rest.is_empty() && !rest.contains('/') && rest.contains(':')).then(|| rest.to_string())
 }
 
-/// An HTTP agent for the short questions asked here.
-fn agent(timeout: Duration) -> ureq::Agent {
+/// An HTTP agent for the short questions asked of members and discovery services.
+pub(crate) fn http_agent(timeout: Duration) -> ureq::Agent {
     ureq::AgentBuilder::new()
         .timeout(timeout)
         .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
@@ -114,7 +114,7 @@ fn agent(timeout: Duration) -> ureq::Agent {
 }
 
 /// An answer's body as JSON.
-fn json_of(answer: ureq::Response) -> Result<Value, String> {
+pub(crate) fn json_of(answer: ureq::Response) -> Result<Value, String> {
     let text = answer.into_string().map_err(|e| e.to_string())?;
     serde_json::from_str(&text).map_err(|e| e.to_string())
 }
@@ -125,7 +125,7 @@ pub fn peer_urls(seeds: &Seeds, timeout: Duration) -> Result<Vec<String>, Gatewa
         Seeds::PeerUrls(urls) => return Ok(urls.clone()),
         Seeds::Discovery(url) => url,
     };
-    let answer = match agent(timeout).get(url).call() {
+    let answer = match http_agent(timeout).get(url).call() {
         Ok(answer) => answer,
         Err(ureq::Error::Status(404, _)) => {
             return Err(GatewayError::Unreachable(format!(
@@ -165,7 +165,7 @@ pub fn peer_urls(seeds: &Seeds, timeout: Duration) -> Result<Vec<String>, Gatewa
 /// The client URLs of the cluster's members, asked of the first peer URL that answers
 /// (`GET <peer>/members`, which every member serves on its peer port).
 pub fn client_urls(peers: &[String], timeout: Duration) -> Result<Vec<String>, GatewayError> {
-    let http = agent(timeout);
+    let http = http_agent(timeout);
     let mut reasons = Vec::new();
     for peer in peers {
         let url = format!("{peer}/members");

@@ -7,6 +7,7 @@
 //! booleans and zero numbers are left out of answers (a txn that failed has no `succeeded`).
 
 mod client;
+pub mod discovery;
 pub mod gateway;
 #[cfg(any(test, feature = "testutil"))]
 pub mod testutil;

@@ -1,11 +1,9 @@
 //! Finding a worker's members: settings, discovery answers, and a real 3-member etcd.
 
-use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::time::Duration;
 
 use super::*;
-use crate::testutil::{free_port, TestEtcd};
+use crate::testutil::{canned_routes, free_port, TestEtcd};
 
 const T: Duration = Duration::from_secs(5);
 
@@ -63,35 +61,17 @@ fn settings_without_members_or_with_a_bad_address_say_what_to_write() {
     assert!(e.contains("listen-client-urls \"unix:///run/etcd.sock\""), "{e}");
 }
 
-/// Answers every request on a new port with `status` and `body`; its URL.
-fn canned(status: &'static str, body: &'static str) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/discovery/abc", listener.local_addr().unwrap());
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { return };
-            let mut buf = [0u8; 4096];
-            let _ = conn.read(&mut buf);
-            let _ = write!(
-                conn,
-                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
-    });
-    url
-}
-
 #[test]
 fn a_discovery_directory_gives_the_registered_peer_urls() {
-    let url = canned(
-        "200 OK",
+    let url = canned_routes(vec![(
+        "/discovery/abc",
         r#"{"action":"get","node":{"key":"/discovery/abc","dir":true,"nodes":[
             {"key":"/discovery/abc/_config","dir":true},
             {"key":"/discovery/abc/1a","value":"n1=http://10.77.0.1:2380","createdIndex":2},
             {"key":"/discovery/abc/2b","value":"n2=http://10.77.0.2:2380,n2=http://10.77.1.2:2380","createdIndex":3}
-        ]}}"#,
-    );
+        ]}}"#
+            .to_string(),
+    )]);
     let urls = peer_urls(&Seeds::Discovery(url), T).unwrap();
     assert_eq!(
         urls,
@@ -105,16 +85,16 @@ fn a_discovery_directory_gives_the_registered_peer_urls() {
 
 #[test]
 fn a_missing_empty_or_unreachable_discovery_url_is_said_plainly() {
-    let url = canned("404 Not Found", r#"{"errorCode":100,"message":"Key not found"}"#);
+    let url = canned_routes(vec![]);
     let e = peer_urls(&Seeds::Discovery(url.clone()), T).unwrap_err().to_string();
     assert!(e.contains(&url) && e.contains("does not exist"), "{e}");
-    let url = canned(
-        "200 OK",
-        r#"{"action":"get","node":{"key":"/discovery/abc","dir":true}}"#,
-    );
+    let url = canned_routes(vec![(
+        "/discovery/abc",
+        r#"{"action":"get","node":{"key":"/discovery/abc","dir":true}}"#.to_string(),
+    )]);
     let e = peer_urls(&Seeds::Discovery(url), T).unwrap_err().to_string();
     assert!(e.contains("no member registered yet"), "{e}");
-    let url = canned("200 OK", "<html>a login page</html>");
+    let url = canned_routes(vec![("/discovery/abc", "<html>a login page</html>".into())]);
     let e = peer_urls(&Seeds::Discovery(url), T).unwrap_err().to_string();
     assert!(e.contains("did not answer with etcd's discovery JSON"), "{e}");
     let url = format!("http://127.0.0.1:{}/discovery/abc", free_port());

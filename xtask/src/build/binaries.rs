@@ -29,7 +29,7 @@ pub(super) const STATIC_BINARIES: &[(&str, &str)] = &[
     ("kiln-fleet", "kiln-fleetd"),
     ("kiln-fleet", "fleetctl"),
     ("kiln-flannel", "kiln-flanneld"),
-    ("kiln-etcd", "kiln-etcd-gateway"),
+    ("kiln-etcd", "kiln-etcd"),
 ];
 
 /// Builds [`STATIC_BINARIES`] (their own target dir: other RUSTFLAGS would rebuild the
