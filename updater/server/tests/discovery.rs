@@ -455,6 +455,26 @@ fn waits_are_bounded_and_a_held_one_ends_empty() {
 }
 
 #[test]
+fn a_client_that_goes_away_gives_its_wait_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = spawn(dir.path());
+    let (token, _) = new_token(&server, 1);
+    let engine = engine(&server);
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    write!(
+        stream,
+        "GET /discovery/{token}?recursive=true&wait=true HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    .unwrap();
+    wait_until("the wait is held", || engine.discovery.waits_held() == 1);
+    drop(stream);
+    // Well before the hold (50 s) would end it.
+    wait_until("the wait is given back", || {
+        engine.discovery.waits_held() == 0
+    });
+}
+
+#[test]
 fn tokens_registrations_and_indexes_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let token = {

@@ -148,8 +148,7 @@ async fn read(
 
 /// Holds a wait until its change comes, its token goes, or the hold is over. Only this
 /// request's task waits: a held request costs a receiver and a place among the bounded waits.
-/// A client that goes away is noticed when the hold ends, so the bound on waits also bounds
-/// abandoned ones.
+/// When the client goes away the connection drops this future, and the place with it.
 async fn hold(discovery: &Discovery, mut waiting: Waiting) -> Result<Reply, DiscoveryError> {
     let deadline = tokio::time::Instant::now() + discovery.limits().hold;
     loop {
