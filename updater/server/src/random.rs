@@ -4,8 +4,9 @@
 
 use std::io::Read;
 
-/// `bytes` random bytes from `/dev/urandom`, as lowercase hex (twice as many digits).
-pub fn hex(bytes: usize) -> std::io::Result<String> {
+/// A secret of `bytes` random bytes from `/dev/urandom`, written as lowercase hex (twice as
+/// many digits).
+pub fn secret(bytes: usize) -> std::io::Result<String> {
     let mut buf = vec![0u8; bytes];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
     Ok(kiln_contract::hex::encode(&buf))

@@ -559,6 +559,14 @@ fn the_cli_creates_lists_and_deletes_tokens() {
         .map(|r| r["id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, [MEMBER, OTHER]);
+    let one = reply(
+        agent()
+            .get(&format!("{}admin/v1/discovery/{token}", base(&server)))
+            .set("Authorization", &format!("Bearer {TOKEN}"))
+            .call(),
+    );
+    assert_eq!(one.status, 200);
+    assert_eq!(one.json(), list[0], "one token, as the list shows it");
 
     // A stale registration, then the token.
     let removed = cli(&server, &["discovery", "delete", token, MEMBER]);

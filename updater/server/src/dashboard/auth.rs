@@ -98,7 +98,7 @@ fn expired(session: &Session, now: Timestamp) -> bool {
 }
 
 fn random_hex() -> Result<String, SessionError> {
-    crate::random::hex(32).map_err(SessionError::Random)
+    crate::random::secret(32).map_err(SessionError::Random)
 }
 
 /// Whether the login form's token is the server's; an empty server token opens nothing.

@@ -32,7 +32,6 @@ use crate::store::Write;
 use crate::writer::{lock, Writer};
 
 pub use endpoint::router;
-pub use token::SPARE_REGISTRATIONS;
 
 use error::DiscoveryError;
 use key::{checked_id, checked_value, Key, PREFIX};
@@ -181,7 +180,7 @@ impl Discovery {
                 why: format!("a token is made for 1 to {MAX_SIZE} members"),
             });
         }
-        let token = crate::random::hex(16).map_err(|e| DiscoveryError::Random(e.to_string()))?;
+        let token = crate::random::secret(16).map_err(|e| DiscoveryError::Random(e.to_string()))?;
         let record = DiscoveryToken {
             token: token.clone(),
             size,
