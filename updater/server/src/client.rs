@@ -178,6 +178,25 @@ impl AdminClient {
         )
     }
 
+    /// Creates an etcd discovery token for a cluster of `size`; the answer has its `url`.
+    pub fn discovery_new(&self, size: u32) -> Result<Value, ClientError> {
+        self.json("POST", "/discovery", serde_json::json!({ "size": size }))
+    }
+
+    /// Every discovery token with its registrations.
+    pub fn discovery_list(&self) -> Result<Value, ClientError> {
+        self.get("/discovery")
+    }
+
+    /// Deletes a discovery token, or only member `id`'s registration under it.
+    pub fn discovery_delete(&self, token: &str, id: Option<&str>) -> Result<Value, ClientError> {
+        let path = match id {
+            Some(id) => format!("/discovery/{token}/{id}"),
+            None => format!("/discovery/{token}"),
+        };
+        self.json("DELETE", &path, Value::Null)
+    }
+
     fn get(&self, path: &str) -> Result<Value, ClientError> {
         let url = format!("{}{path}", self.base);
         finish("GET", &url, self.request("GET", &url).call())

@@ -1,13 +1,14 @@
 //! The operator's web dashboard under `/dashboard/`: server-rendered HTML pages showing each
 //! app's channels and rollout state, the fleet per version and status, a chart of versions over
 //! time, recent errors and the machines, with forms to promote a version and pause or resume a
-//! channel. It shows fleet data and changes rollouts, so every page but the login form needs a
-//! session opened with the admin token; every form that changes state also carries the session's
-//! CSRF token.
+//! channel; and the etcd discovery tokens with their registrations, with forms to delete them.
+//! It shows fleet data and changes rollouts, so every page but the login form needs a session
+//! opened with the admin token; every form that changes state also carries the session's CSRF
+//! token.
 
 mod auth;
 mod chart;
-mod form;
+mod discovery;
 mod render;
 mod text;
 
@@ -20,9 +21,10 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
-use crate::context::ServerContext;
+use crate::context::{Refusal, ServerContext};
 use crate::engine::error::EngineError;
 use crate::engine::Engine;
+use crate::form;
 
 pub use auth::{Session, Sessions, SESSION_COOKIE};
 pub use chart::{Chart, Series};
@@ -62,6 +64,12 @@ pub fn router(ctx: Arc<ServerContext>) -> Router {
         .route(
             "/dashboard/apps/{app}/channels/{channel}/{action}",
             post(channel_action),
+        )
+        .route(discovery::PAGE, get(discovery_page))
+        .route("/dashboard/discovery/{token}/delete", post(delete_token))
+        .route(
+            "/dashboard/discovery/{token}/members/{id}/delete",
+            post(delete_registration),
         )
         .layer(DefaultBodyLimit::max(MAX_FORM_BYTES))
         .with_state(dashboard)
@@ -187,8 +195,8 @@ async fn promote(
         .unwrap_or_default()
         .trim()
         .to_owned();
-    dash.act(&headers, &fields, &app, move |engine, app| {
-        engine.promote(app, &from, &to).map(|_| ())
+    dash.act(&headers, &fields, render::app_href(&app), move |engine| {
+        engine.promote(&app, &from, &to).map(|_| ())
     })
     .await
 }
@@ -215,8 +223,46 @@ async fn channel_action(
         }
     };
     let fields = form::parse(&body);
-    dash.act(&headers, &fields, &app, move |engine, app| {
-        engine.set_paused(app, &channel, paused).map(|_| ())
+    dash.act(&headers, &fields, render::app_href(&app), move |engine| {
+        engine.set_paused(&app, &channel, paused).map(|_| ())
+    })
+    .await
+}
+
+/// `GET /dashboard/discovery`: every etcd discovery token with its registrations.
+async fn discovery_page(State(dash): Dash, headers: HeaderMap) -> Response {
+    let Some(session) = dash.session(&headers) else {
+        return login_page(StatusCode::UNAUTHORIZED, None);
+    };
+    let tokens = dash.ctx.engine.discovery.tokens();
+    let now = dash.ctx.engine.now();
+    html(StatusCode::OK, discovery::page(&tokens, now, &session))
+}
+
+/// `POST /dashboard/discovery/<token>/delete` with `csrf`.
+async fn delete_token(
+    State(dash): Dash,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let fields = form::parse(&body);
+    dash.act(&headers, &fields, discovery::PAGE.into(), move |engine| {
+        engine.discovery.delete_token(&token).map(|_| ())
+    })
+    .await
+}
+
+/// `POST /dashboard/discovery/<token>/members/<id>/delete` with `csrf`.
+async fn delete_registration(
+    State(dash): Dash,
+    Path((token, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let fields = form::parse(&body);
+    dash.act(&headers, &fields, discovery::PAGE.into(), move |engine| {
+        engine.discovery.unregister(&token, &id).map(|_| ())
     })
     .await
 }
@@ -229,13 +275,13 @@ impl Dashboard {
     }
 
     /// Runs a state-changing action for a logged-in operator whose form carries the CSRF token,
-    /// then sends the browser back to the app's page (POST, redirect, GET).
-    async fn act(
+    /// then sends the browser back to the page `back` (POST, redirect, GET).
+    async fn act<E: Refusal + Send + 'static>(
         &self,
         headers: &HeaderMap,
         fields: &[(String, String)],
-        app: &str,
-        action: impl FnOnce(&Engine, &str) -> Result<(), EngineError> + Send + 'static,
+        back: String,
+        action: impl FnOnce(&Engine) -> Result<(), E> + Send + 'static,
     ) -> Response {
         let Some(session) = self.session(headers) else {
             return login_page(StatusCode::UNAUTHORIZED, None);
@@ -244,11 +290,10 @@ impl Dashboard {
             return csrf_refused(&session);
         }
         let engine = Arc::clone(&self.ctx.engine);
-        let app_id = app.to_owned();
         // Engine actions wait for the store to commit, so they run off the async workers.
-        let outcome = tokio::task::spawn_blocking(move || action(&engine, &app_id)).await;
+        let outcome = tokio::task::spawn_blocking(move || action(&engine)).await;
         match outcome {
-            Ok(Ok(())) => Redirect::to(&render::app_href(app)).into_response(),
+            Ok(Ok(())) => Redirect::to(&back).into_response(),
             Ok(Err(err)) => error_page(&err, &session),
             Err(join) => html(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -273,16 +318,9 @@ fn csrf_refused(session: &Session) -> Response {
     )
 }
 
-fn error_page(err: &EngineError, session: &Session) -> Response {
-    let status = match err {
-        EngineError::UnknownApp(_)
-        | EngineError::UnknownChannel { .. }
-        | EngineError::UnknownVersion { .. } => StatusCode::NOT_FOUND,
-        EngineError::EmptyChannel { .. } | EngineError::Invalid { .. } => StatusCode::BAD_REQUEST,
-        EngineError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
-    };
+fn error_page(err: &dyn Refusal, session: &Session) -> Response {
     html(
-        status,
+        err.status(),
         render::message_page("Refused", &err.to_string(), Some(session)),
     )
 }

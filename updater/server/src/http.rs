@@ -1,5 +1,6 @@
-//! The HTTP face of the server: the public Omaha endpoint and payload downloads, and the JSON
-//! admin API under `/admin/v1/`, which answers only requests bearing the operator's token.
+//! The HTTP face of the server: the public Omaha endpoint and payload downloads, etcd discovery
+//! (`discovery`'s routes), and the JSON admin API under `/admin/v1/`, which answers only
+//! requests bearing the operator's token.
 
 use std::io;
 use std::net::SocketAddr;
@@ -12,7 +13,7 @@ use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use kiln_updater::omaha::{self, OmahaError, MAX_DOCUMENT_BYTES};
 use serde::Deserialize;
@@ -20,7 +21,8 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio_util::io::ReaderStream;
 
-use crate::context::ServerContext;
+use crate::context::{Refusal, ServerContext};
+use crate::discovery::error::DiscoveryError;
 use crate::engine::error::{checked_name, EngineError};
 use crate::engine::Engine;
 use crate::model::{PackageRecord, Policy, Status};
@@ -39,7 +41,8 @@ pub fn router(ctx: Arc<ServerContext>) -> Router {
         .route("/v1/update/", post(update))
         .layer(DefaultBodyLimit::max(MAX_DOCUMENT_BYTES))
         .route("/v1/payloads/{app}/{version}/{file}", get(payload))
-        .route("/healthz", get(|| async { "ok\n" }));
+        .route("/healthz", get(|| async { "ok\n" }))
+        .merge(crate::discovery::router());
     let admin = Router::new()
         .route("/apps", get(list_apps).post(create_app))
         .route("/apps/{app}", get(show_app))
@@ -56,6 +59,9 @@ pub fn router(ctx: Arc<ServerContext>) -> Router {
         .route("/apps/{app}/instances/{machine}", get(show_instance))
         .route("/apps/{app}/errors", get(recent_errors))
         .route("/expire", post(expire))
+        .route("/discovery", get(list_tokens).post(create_token))
+        .route("/discovery/{token}", get(show_token).delete(delete_token))
+        .route("/discovery/{token}/{id}", delete(delete_registration))
         .route("/metrics", get(metrics))
         .layer(middleware::from_fn_with_state(
             Arc::clone(&ctx),
@@ -212,14 +218,14 @@ fn constant_time_eq(a: &str, b: &str) -> bool {
 }
 
 /// Runs an engine call that may wait on the store off the async workers.
-async fn blocking<T: serde::Serialize + Send + 'static>(
+async fn blocking<T: serde::Serialize + Send + 'static, E: Refusal + Send + 'static>(
     ctx: &Arc<ServerContext>,
-    call: impl FnOnce(&Engine) -> Result<T, EngineError> + Send + 'static,
+    call: impl FnOnce(&Engine) -> Result<T, E> + Send + 'static,
 ) -> Response {
     let engine = Arc::clone(&ctx.engine);
     match tokio::task::spawn_blocking(move || call(&engine)).await {
         Ok(Ok(value)) => Json(value).into_response(),
-        Ok(Err(err)) => engine_error(&err),
+        Ok(Err(err)) => refused(&err),
         Err(join) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("handler failed: {join}"),
@@ -227,15 +233,8 @@ async fn blocking<T: serde::Serialize + Send + 'static>(
     }
 }
 
-fn engine_error(err: &EngineError) -> Response {
-    let status = match err {
-        EngineError::UnknownApp(_)
-        | EngineError::UnknownChannel { .. }
-        | EngineError::UnknownVersion { .. } => StatusCode::NOT_FOUND,
-        EngineError::EmptyChannel { .. } | EngineError::Invalid { .. } => StatusCode::BAD_REQUEST,
-        EngineError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
-    };
-    error(status, err.to_string())
+fn refused(err: &dyn Refusal) -> Response {
+    error(err.status(), err.to_string())
 }
 
 fn error(status: StatusCode, message: String) -> Response {
@@ -351,7 +350,7 @@ async fn list_instances(
 async fn show_instance(State(ctx): Ctx, Path((app, machine)): Path<(String, String)>) -> Response {
     blocking(&ctx, move |e| {
         let (instance, events) = e.instance(&app, &machine, 100)?;
-        Ok(serde_json::json!({ "instance": instance, "events": events }))
+        Ok::<_, EngineError>(serde_json::json!({ "instance": instance, "events": events }))
     })
     .await
 }
@@ -368,7 +367,45 @@ struct Expire {
 async fn expire(State(ctx): Ctx, Json(body): Json<Expire>) -> Response {
     blocking(&ctx, move |e| {
         let removed = e.expire(body.max_age_secs)?;
-        Ok(serde_json::json!({ "removed": removed }))
+        Ok::<_, EngineError>(serde_json::json!({ "removed": removed }))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+struct NewToken {
+    size: u32,
+}
+
+/// `POST /admin/v1/discovery` with `{"size": N}`: a token for a cluster of N, and its URL.
+async fn create_token(State(ctx): Ctx, Json(new): Json<NewToken>) -> Response {
+    blocking(&ctx, move |e| e.discovery.create(new.size)).await
+}
+
+async fn list_tokens(State(ctx): Ctx) -> Response {
+    Json(ctx.engine.discovery.tokens()).into_response()
+}
+
+async fn show_token(State(ctx): Ctx, Path(token): Path<String>) -> Response {
+    match ctx.engine.discovery.token(&token) {
+        Ok(view) => Json(view).into_response(),
+        Err(err) => refused(&err),
+    }
+}
+
+async fn delete_token(State(ctx): Ctx, Path(token): Path<String>) -> Response {
+    blocking(&ctx, move |e| e.discovery.delete_token(&token)).await
+}
+
+/// `DELETE /admin/v1/discovery/<token>/<member id>`: a stale registration (a wiped machine
+/// registering again under the same id would otherwise be refused as a duplicate).
+async fn delete_registration(
+    State(ctx): Ctx,
+    Path((token, id)): Path<(String, String)>,
+) -> Response {
+    blocking(&ctx, move |e| {
+        let change = e.discovery.unregister(&token, &id)?;
+        Ok::<_, DiscoveryError>(change.answer())
     })
     .await
 }
@@ -397,7 +434,7 @@ async fn publish(
     };
     if let Some(channel) = &query.channel {
         if let Err(err) = checked_name("channel", channel) {
-            return engine_error(&err);
+            return refused(&err);
         }
     }
     let incoming = ctx.data_dir.join("incoming");
@@ -487,8 +524,8 @@ fn register(
         )));
     }
     let app_id = omaha::normalize_id(app);
-    checked_name("app id", &app_id).map_err(|e| Box::new(engine_error(&e)))?;
-    checked_name("version", &manifest.version).map_err(|e| Box::new(engine_error(&e)))?;
+    checked_name("app id", &app_id).map_err(|e| Box::new(refused(&e)))?;
+    checked_name("version", &manifest.version).map_err(|e| Box::new(refused(&e)))?;
     let dir = ctx
         .data_dir
         .join("payloads")
@@ -521,7 +558,7 @@ fn register(
     };
     ctx.engine
         .publish(package, query.channel.as_deref())
-        .map_err(|e| Box::new(engine_error(&e)))
+        .map_err(|e| Box::new(refused(&e)))
 }
 
 /// A server running on its own threads, stopped when dropped.

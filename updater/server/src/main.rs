@@ -110,6 +110,37 @@ enum Command {
         #[arg(long)]
         max_age_secs: u64,
     },
+    /// etcd discovery tokens: the URL a new cluster's machines bootstrap etcd from
+    /// (`etcd2: discovery: <url>` in their cloud-configs).
+    Discovery {
+        #[command(subcommand)]
+        command: DiscoveryCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DiscoveryCommand {
+    /// Create a token for a cluster of SIZE members and print its URL (only the URL, so that
+    /// `URL=$(kiln-server discovery new --size 3)` works).
+    New {
+        #[command(flatten)]
+        remote: Remote,
+        /// How many members the cluster starts with (1 to 99).
+        #[arg(long)]
+        size: u32,
+    },
+    /// List the tokens with their size and registrations.
+    List(Remote),
+    /// Delete a token, or with MEMBER_ID only that member's registration (a wiped machine's
+    /// stale entry, which would make it fail as a duplicate when it registers again).
+    Delete {
+        #[command(flatten)]
+        remote: Remote,
+        /// The discovery token (the URL's last segment).
+        #[arg(value_name = "TOKEN")]
+        discovery_token: String,
+        member_id: Option<String>,
+    },
 }
 
 fn main() {
@@ -177,6 +208,22 @@ fn run(command: Command) -> Result<()> {
             remote,
             max_age_secs,
         } => client(&remote).expire(max_age_secs)?,
+        Command::Discovery { command } => match command {
+            DiscoveryCommand::New { remote, size } => {
+                let answer = client(&remote).discovery_new(size)?;
+                let url = answer["url"].as_str().ok_or_else(|| {
+                    anyhow::anyhow!("the server's answer has no discovery URL: {answer}")
+                })?;
+                println!("{url}");
+                return Ok(());
+            }
+            DiscoveryCommand::List(remote) => client(&remote).discovery_list()?,
+            DiscoveryCommand::Delete {
+                remote,
+                discovery_token,
+                member_id,
+            } => client(&remote).discovery_delete(&discovery_token, member_id.as_deref())?,
+        },
     };
     println!("{}", serde_json::to_string_pretty(&answer)?);
     Ok(())

@@ -196,3 +196,33 @@ pub struct InstanceEvent {
     pub version: String,
     pub previous_version: Option<String>,
 }
+
+/// A discovery token: the etcd cluster whose machines are given its URL (`etcd2: discovery:`)
+/// bootstraps with its first `size` registrations as members.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiscoveryToken {
+    /// 32 lowercase hex digits from the system's random source; the URL's last segment.
+    pub token: String,
+    /// How many members the cluster starts with.
+    pub size: u32,
+    /// The token's etcd index: 1 when created, raised by each registration and removal. It is
+    /// what `X-Etcd-Index` says and what `waitIndex` counts in, so it never goes back.
+    pub index: u64,
+    /// The index of the token's latest removal of a registration (0: none). Removals are not
+    /// stored, so after a restart a wait from this index or below cannot be answered exactly.
+    pub last_delete_index: u64,
+    pub created_at: Timestamp,
+}
+
+/// One etcd member's registration under a discovery token, as etcd's discovery client made it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registration {
+    pub token: String,
+    /// The member id in hex: the key's last segment.
+    pub id: String,
+    /// `name=peerURL[,name=peerURL…]`.
+    pub value: String,
+    /// The token's index when it was registered (the node's createdIndex and modifiedIndex).
+    pub index: u64,
+    pub created_at: Timestamp,
+}

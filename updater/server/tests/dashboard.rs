@@ -1,5 +1,6 @@
 //! The dashboard over HTTP on loopback: the login wall, what the pages show, the promote and
-//! pause forms with their CSRF token, escaping of hostile machine ids, and the page as headless
+//! pause forms with their CSRF token, escaping of hostile machine ids, the etcd discovery page
+//! (escaping what members registered, its delete forms), and the page as headless
 //! Chromium renders it (driven over the DevTools protocol, with a screenshot kept in
 //! `build/ci/dashboard/`).
 
@@ -327,6 +328,75 @@ fn hostile_machine_ids_come_out_escaped() {
     let (_, page) = get(&f, &app_path(), Some(&cookie));
     assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
     assert!(!page.contains("<script"), "no markup from the database");
+}
+
+#[test]
+fn the_discovery_page_lists_tokens_escapes_what_members_wrote_and_deletes() {
+    let f = start();
+    let discovery = &f.engine.discovery;
+    let made = discovery.create(3).unwrap();
+    let token = made.token.as_str();
+    discovery
+        .register(token, "a1", "m1=http://10.0.0.1:2380")
+        .unwrap();
+    // Anyone holding the URL writes values: one that is markup.
+    let hostile = "<b>m2</b>=http://h<script>alert(1)</script>:2380";
+    discovery.register(token, "b2", hostile).unwrap();
+
+    assert_eq!(get(&f, "/dashboard/discovery", None).0, 401);
+    let (cookie, csrf) = login(&f);
+    let (_, overview) = get(&f, "/dashboard/", Some(&cookie));
+    assert!(overview.contains("<a href=\"/dashboard/discovery\">etcd discovery</a>"));
+    let (status, page) = get(&f, "/dashboard/discovery", Some(&cookie));
+    assert_eq!(status, 200);
+    assert!(page.contains(&format!("<p class=\"id\">{}</p>", made.url)));
+    assert!(page.contains("size 3 · 2 registered · waiting for 1 more"));
+    assert!(page.contains(
+        "<tr data-member=\"a1\"><td>1</td><td class=\"member\">a1</td>\
+         <td class=\"peers\">m1=http://10.0.0.1:2380</td>"
+    ));
+    assert!(
+        page.contains("&lt;b&gt;m2&lt;/b&gt;=http://h&lt;script&gt;alert(1)&lt;/script&gt;:2380")
+    );
+    assert!(
+        !page.contains("<script") && !page.contains("<b>"),
+        "no markup from a member"
+    );
+
+    // Deleting a registration: refused without the session's CSRF token, done with it.
+    let member = format!("/dashboard/discovery/{token}/members/b2/delete");
+    assert_eq!(
+        post_form(&f, &member, Some(&cookie), &[("csrf", "0000")]),
+        403
+    );
+    assert_eq!(discovery.token(token).unwrap().registrations.len(), 2);
+    assert_eq!(
+        post_form(&f, &member, Some(&cookie), &[("csrf", &csrf)]),
+        303
+    );
+    let left: Vec<String> = discovery
+        .token(token)
+        .unwrap()
+        .registrations
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(left, ["a1"]);
+    // A second time there is nothing to delete: the page says so.
+    assert_eq!(
+        post_form(&f, &member, Some(&cookie), &[("csrf", &csrf)]),
+        404
+    );
+
+    let whole = format!("/dashboard/discovery/{token}/delete");
+    assert_eq!(post_form(&f, &whole, None, &[("csrf", &csrf)]), 401);
+    assert_eq!(
+        post_form(&f, &whole, Some(&cookie), &[("csrf", &csrf)]),
+        303
+    );
+    assert!(discovery.tokens().is_empty());
+    let (_, page) = get(&f, "/dashboard/discovery", Some(&cookie));
+    assert!(page.contains("No token yet."));
 }
 
 /// Headless Chromium, driven over the DevTools protocol: it gets the session cookie of an HTTP

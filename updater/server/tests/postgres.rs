@@ -1,7 +1,8 @@
 //! The PostgreSQL store against a real server: Debian's PostgreSQL, started by the test on
 //! 127.0.0.1 in a temporary directory as the unprivileged `postgres` user (installed with
-//! apt-get when missing and root). The same update flow as on SQLite, then a restart; then
-//! two servers sharing the database, one leading, the other taking over.
+//! apt-get when missing and root). The same update flow as on SQLite, then a restart; etcd
+//! discovery tokens across a restart; then two servers sharing the database, one leading, the
+//! other taking over (discovery through the follower, and its tokens after the takeover).
 
 mod common;
 
@@ -213,6 +214,57 @@ fn update_flow_rollout_and_restart_on_postgresql() {
     assert!(store.load().unwrap().instances.is_empty());
 }
 
+#[test]
+fn discovery_tokens_registrations_and_indexes_survive_a_restart_on_postgresql() {
+    let pg = start_postgres();
+    let params = pg.params("postgres");
+    let clock = ManualClock::new(1_000_000);
+    let token = {
+        let engine = engine_on(&params, &clock);
+        let made = engine.discovery.create(3).unwrap();
+        let discovery = &engine.discovery;
+        discovery
+            .register(&made.token, "a1", "m1=http://10.0.0.1:2380")
+            .unwrap();
+        discovery
+            .register(&made.token, "b2", "m2=http://10.0.0.2:2380")
+            .unwrap();
+        discovery.unregister(&made.token, "a1").unwrap();
+        // A second token, deleted with its registration.
+        let gone = discovery.create(1).unwrap();
+        discovery
+            .register(&gone.token, "c3", "m=http://10.0.0.3:2380")
+            .unwrap();
+        discovery.delete_token(&gone.token).unwrap();
+        engine.shutdown();
+        made.token
+    };
+    let engine = engine_on(&params, &clock);
+    let tokens = engine.discovery.tokens();
+    assert_eq!(tokens.len(), 1, "the deleted token stays deleted");
+    let view = &tokens[0];
+    assert_eq!(
+        (view.token.as_str(), view.size, view.index),
+        (token.as_str(), 3, 4)
+    );
+    assert_eq!(
+        view.url,
+        format!("http://updates.invalid/discovery/{token}")
+    );
+    let kept: Vec<(&str, &str, u64)> = view
+        .registrations
+        .iter()
+        .map(|r| (r.id.as_str(), r.value.as_str(), r.index))
+        .collect();
+    assert_eq!(kept, [("b2", "m2=http://10.0.0.2:2380", 3)]);
+    let next = engine
+        .discovery
+        .register(&token, "a1", "m1=http://10.0.0.1:2380")
+        .unwrap();
+    assert_eq!(next.index, 5, "the index goes on from where it was");
+    engine.shutdown();
+}
+
 /// A server of several sharing `params`, on a port of its own.
 fn shared_server(params: &str, dir: &Path) -> kiln_server::serve::Background {
     kiln_server::serve::spawn(&kiln_server::serve::ServeConfig {
@@ -304,6 +356,22 @@ fn servers_sharing_a_database_follow_one_leader_and_take_over_when_it_stops() {
         "{looped:?}"
     );
 
+    // Discovery through the follower: the token from its admin API, a registration on its
+    // public route, both forwarded to the leader.
+    let made = admin_b.discovery_new(3).unwrap();
+    let token = made["token"].as_str().unwrap().to_owned();
+    let registered = ureq::put(&format!(
+        "http://{}/discovery/{token}/a1?prevExist=false",
+        b.addr
+    ))
+    .send_form(&[("value", "m1=http://10.0.0.1:2380")])
+    .unwrap();
+    assert_eq!(registered.status(), 201);
+    assert_eq!(
+        leader.discovery.token(&token).unwrap().registrations.len(),
+        1
+    );
+
     // The leader stops (committing what it has, and releasing the lock): B takes over with
     // the state from the database, the grant and its hour included.
     drop(leader);
@@ -321,6 +389,12 @@ fn servers_sharing_a_database_follow_one_leader_and_take_over_when_it_stops() {
     after.events = vec![Event::updated_after_reboot("1.0.0")];
     check_at(&b, after);
     let engine = b.engine().unwrap();
+    let view = engine.discovery.token(&token).unwrap();
+    assert_eq!(
+        (view.index, view.registrations[0].value.as_str()),
+        (2, "m1=http://10.0.0.1:2380"),
+        "the new leader has the token"
+    );
     let (m1, events) = engine.instance(APP, "m1", 10).unwrap();
     assert_eq!(m1.status, Status::Complete);
     let descriptions: Vec<&str> = events

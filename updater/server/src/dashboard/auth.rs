@@ -4,7 +4,6 @@
 //! CSRF token that every state-changing form must echo.
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::sync::Mutex;
 
 use axum::http::{header, HeaderMap};
@@ -52,7 +51,7 @@ pub struct Sessions {
 
 impl Sessions {
     /// Opens a new session. Its ids are random, not derived from the clock: a session id is a
-    /// secret and must not be guessable (the one place the server uses randomness).
+    /// secret and must not be guessable.
     pub fn open(&self, now: Timestamp) -> Result<Session, SessionError> {
         let session = Session {
             id: random_hex()?,
@@ -99,11 +98,7 @@ fn expired(session: &Session, now: Timestamp) -> bool {
 }
 
 fn random_hex() -> Result<String, SessionError> {
-    let mut bytes = [0u8; 32];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .map_err(SessionError::Random)?;
-    Ok(kiln_contract::hex::encode(&bytes))
+    crate::random::secret(32).map_err(SessionError::Random)
 }
 
 /// Whether the login form's token is the server's; an empty server token opens nothing.

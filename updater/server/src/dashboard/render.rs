@@ -34,7 +34,7 @@ pub fn app_href(app: &str) -> String {
 }
 
 /// `3 min ago`, for check-in times.
-fn ago(now: Timestamp, at: Timestamp) -> String {
+pub(super) fn ago(now: Timestamp, at: Timestamp) -> String {
     let secs = now.saturating_sub(at);
     match secs {
         0..=59 => format!("{secs} s ago"),
@@ -44,12 +44,15 @@ fn ago(now: Timestamp, at: Timestamp) -> String {
     }
 }
 
-/// The page frame: head, the stylesheet, a header with the logout form when logged in.
-fn layout(title: &str, session: Option<&Session>, body: &str) -> String {
+/// The page frame: head, the stylesheet, a header with the pages and the logout form when
+/// logged in.
+pub(super) fn layout(title: &str, session: Option<&Session>, body: &str) -> String {
     let logout = match session {
         Some(s) => format!(
-            "<form method=\"post\" action=\"/dashboard/logout\" class=\"logout\">\
+            "<nav><a href=\"/dashboard/\">Apps</a><a href=\"{}\">etcd discovery</a></nav>\
+             <form method=\"post\" action=\"/dashboard/logout\" class=\"logout\">\
              <input type=\"hidden\" name=\"csrf\" value=\"{}\"><button>Log out</button></form>",
+            super::discovery::PAGE,
             escape(&s.csrf)
         ),
         None => String::new(),

@@ -7,7 +7,8 @@
 //! applies what they report, `grants` decides the rollout, `view` shows an app to the operator
 //! and `counters` count what the Omaha endpoint answered; `state` is one app's state, loaded and
 //! persisted, `offer` the answer offering a version, `stats` a version's progress, and `error`
-//! the refusals and name checks.
+//! the refusals and name checks. The etcd discovery tokens (`crate::discovery`) are loaded and
+//! written with the rest, through the same writer.
 
 mod events;
 mod grants;
@@ -26,6 +27,7 @@ use std::sync::{Arc, Mutex};
 use kiln_updater::omaha::{self, normalize_id, Response, ResponseApp};
 
 use crate::clock::{Clock, Timestamp};
+use crate::discovery::Discovery;
 use crate::model::{
     AppRecord, ChannelRecord, Instance, InstanceEvent, PackageRecord, Policy, Status,
 };
@@ -50,11 +52,14 @@ pub struct EngineConfig {
 /// The server state and the writer that persists it.
 pub struct Engine {
     state: Mutex<HashMap<String, AppState>>,
-    writer: Writer,
+    /// Shared with `discovery`, so that all the server's writes reach the store in one order.
+    writer: Arc<Writer>,
     clock: Arc<dyn Clock>,
     config: EngineConfig,
     /// What the Omaha endpoint answered, for `/metrics`.
     pub counters: Counters,
+    /// The etcd discovery tokens and their registrations.
+    pub discovery: Discovery,
 }
 
 impl Engine {
@@ -64,18 +69,27 @@ impl Engine {
         clock: Arc<dyn Clock>,
         config: EngineConfig,
     ) -> Result<Self, EngineError> {
-        let snapshot = store.load()?;
+        let mut snapshot = store.load()?;
         let mut config = config;
         if !config.public_url.ends_with('/') {
             config.public_url.push('/');
         }
+        let writer = Arc::new(Writer::start(store));
+        let discovery = Discovery::load(
+            std::mem::take(&mut snapshot.discovery_tokens),
+            std::mem::take(&mut snapshot.registrations),
+            Arc::clone(&writer),
+            Arc::clone(&clock),
+            &config.public_url,
+        );
         let state = build_state(snapshot, &config.public_url, clock.now());
         Ok(Self {
             state: Mutex::new(state),
-            writer: Writer::start(store),
+            writer,
             clock,
             config,
             counters: Counters::default(),
+            discovery,
         })
     }
 

@@ -82,4 +82,23 @@ CREATE TABLE leader (
     since BIGINT NOT NULL
 );
 "#,
+    // 4: etcd discovery tokens and the members registered under them (`discovery`). The
+    // column is `etcd_index` because INDEX is a keyword of both dialects.
+    r#"
+CREATE TABLE discovery_tokens (
+    token TEXT PRIMARY KEY,
+    size BIGINT NOT NULL,
+    etcd_index BIGINT NOT NULL,
+    last_delete_index BIGINT NOT NULL,
+    created_at BIGINT NOT NULL
+);
+CREATE TABLE discovery_registrations (
+    token TEXT NOT NULL REFERENCES discovery_tokens(token),
+    id TEXT NOT NULL,
+    value TEXT NOT NULL,
+    etcd_index BIGINT NOT NULL,
+    created_at BIGINT NOT NULL,
+    PRIMARY KEY (token, id)
+);
+"#,
 ];

@@ -12,7 +12,9 @@ pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 use crate::clock::Timestamp;
-use crate::model::{AppRecord, ChannelRecord, Instance, InstanceEvent, PackageRecord};
+use crate::model::{
+    AppRecord, ChannelRecord, DiscoveryToken, Instance, InstanceEvent, PackageRecord, Registration,
+};
 
 /// Everything the server needs in memory, as loaded at start.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -21,6 +23,8 @@ pub struct Snapshot {
     pub packages: Vec<PackageRecord>,
     pub channels: Vec<ChannelRecord>,
     pub instances: Vec<Instance>,
+    pub discovery_tokens: Vec<DiscoveryToken>,
+    pub registrations: Vec<Registration>,
 }
 
 /// One change to persist. Records are written whole, so applying writes in order gives the state
@@ -36,6 +40,16 @@ pub enum Write {
     DeleteInstance {
         app_id: String,
         machine_id: String,
+    },
+    DiscoveryToken(DiscoveryToken),
+    Registration(Registration),
+    DeleteRegistration {
+        token: String,
+        id: String,
+    },
+    /// Remove a discovery token and every registration under it.
+    DeleteDiscoveryToken {
+        token: String,
     },
 }
 
@@ -82,7 +96,7 @@ pub enum StoreError {
 
 /// A place the server's state lives between runs.
 pub trait Store: Send {
-    /// Reads all apps, packages, channels and instances.
+    /// Reads all apps, packages, channels, instances, discovery tokens and registrations.
     fn load(&mut self) -> Result<Snapshot, StoreError>;
     /// Applies the writes in order, all or none.
     fn apply(&mut self, writes: &[Write]) -> Result<(), StoreError>;

@@ -6,10 +6,13 @@
 use postgres::types::ToSql;
 use postgres::{Client, NoTls, Row};
 
-use super::tables::{Statements, Value, APPS, CHANNELS, EVENTS, INSTANCES, PACKAGES};
+use super::tables::{
+    Statements, Value, APPS, CHANNELS, DISCOVERY_TOKENS, EVENTS, INSTANCES, PACKAGES, REGISTRATIONS,
+};
 use super::{Snapshot, Store, StoreError, Write, MIGRATIONS};
 use crate::model::{
-    AppRecord, ChannelRecord, Instance, InstanceEvent, PackageRecord, Policy, Status,
+    AppRecord, ChannelRecord, DiscoveryToken, Instance, InstanceEvent, PackageRecord, Policy,
+    Registration, Status,
 };
 
 /// A PostgreSQL database holding the server's state.
@@ -261,11 +264,35 @@ impl Store for PostgresStore {
                 }),
             })
             .collect::<Result<_, _>>()?;
+        let discovery_tokens = self.select(
+            "reading discovery tokens",
+            &format!("{} ORDER BY token", DISCOVERY_TOKENS.select()),
+            |r| DiscoveryToken {
+                token: r.get(0),
+                size: u32::try_from(r.get::<_, i64>(1)).unwrap_or(0),
+                index: unsigned(r.get(2)),
+                last_delete_index: unsigned(r.get(3)),
+                created_at: unsigned(r.get(4)),
+            },
+        )?;
+        let registrations = self.select(
+            "reading discovery registrations",
+            &format!("{} ORDER BY token, etcd_index", REGISTRATIONS.select()),
+            |r| Registration {
+                token: r.get(0),
+                id: r.get(1),
+                value: r.get(2),
+                index: unsigned(r.get(3)),
+                created_at: unsigned(r.get(4)),
+            },
+        )?;
         Ok(Snapshot {
             apps,
             packages,
             channels,
             instances,
+            discovery_tokens,
+            registrations,
         })
     }
 

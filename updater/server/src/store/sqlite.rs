@@ -6,10 +6,13 @@ use std::path::Path;
 
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row, ToSql};
 
-use super::tables::{Statements, Value, APPS, CHANNELS, EVENTS, INSTANCES, PACKAGES};
+use super::tables::{
+    Statements, Value, APPS, CHANNELS, DISCOVERY_TOKENS, EVENTS, INSTANCES, PACKAGES, REGISTRATIONS,
+};
 use super::{Snapshot, Store, StoreError, Write, MIGRATIONS};
 use crate::model::{
-    AppRecord, ChannelRecord, Instance, InstanceEvent, PackageRecord, Policy, Status,
+    AppRecord, ChannelRecord, DiscoveryToken, Instance, InstanceEvent, PackageRecord, Policy,
+    Registration, Status,
 };
 
 /// A SQLite database holding the server's state.
@@ -155,11 +158,23 @@ impl Store for SqliteStore {
                 None => Err(self.corrupt("instance status", status)),
             })
             .collect::<Result<_, _>>()?;
+        let discovery_tokens = self.select(
+            "reading discovery tokens",
+            &format!("{} ORDER BY token", DISCOVERY_TOKENS.select()),
+            discovery_token_from_row,
+        )?;
+        let registrations = self.select(
+            "reading discovery registrations",
+            &format!("{} ORDER BY token, etcd_index", REGISTRATIONS.select()),
+            registration_from_row,
+        )?;
         Ok(Snapshot {
             apps,
             packages,
             channels,
             instances,
+            discovery_tokens,
+            registrations,
         })
     }
 
@@ -326,6 +341,26 @@ fn instance_from_row(r: &Row<'_>) -> rusqlite::Result<(Instance, String)> {
         },
         r.get(4)?,
     ))
+}
+
+fn discovery_token_from_row(r: &Row<'_>) -> rusqlite::Result<DiscoveryToken> {
+    Ok(DiscoveryToken {
+        token: r.get(0)?,
+        size: r.get(1)?,
+        index: get_u64(r, 2)?,
+        last_delete_index: get_u64(r, 3)?,
+        created_at: get_u64(r, 4)?,
+    })
+}
+
+fn registration_from_row(r: &Row<'_>) -> rusqlite::Result<Registration> {
+    Ok(Registration {
+        token: r.get(0)?,
+        id: r.get(1)?,
+        value: r.get(2)?,
+        index: get_u64(r, 3)?,
+        created_at: get_u64(r, 4)?,
+    })
 }
 
 fn event_from_row(r: &Row<'_>) -> rusqlite::Result<InstanceEvent> {

@@ -5,7 +5,9 @@
 //! here, a migration, and the line that reads it back in each store.
 
 use super::Write;
-use crate::model::{AppRecord, ChannelRecord, Instance, InstanceEvent, PackageRecord};
+use crate::model::{
+    AppRecord, ChannelRecord, DiscoveryToken, Instance, InstanceEvent, PackageRecord, Registration,
+};
 
 /// A value bound to a statement, in its column's type (TEXT, BIGINT or DOUBLE PRECISION);
 /// `None` is NULL.
@@ -143,6 +145,32 @@ pub const EVENTS: Table<InstanceEvent> = Table {
     ],
 };
 
+#[rustfmt::skip]
+pub const DISCOVERY_TOKENS: Table<DiscoveryToken> = Table {
+    name: "discovery_tokens",
+    key: 1,
+    columns: &[
+        column("token",             |t| text(&t.token)),
+        column("size",              |t| int(t.size)),
+        column("etcd_index",        |t| unsigned(t.index)),
+        column("last_delete_index", |t| unsigned(t.last_delete_index)),
+        column("created_at",        |t| unsigned(t.created_at)),
+    ],
+};
+
+#[rustfmt::skip]
+pub const REGISTRATIONS: Table<Registration> = Table {
+    name: "discovery_registrations",
+    key: 2,
+    columns: &[
+        column("token",      |r| text(&r.token)),
+        column("id",         |r| text(&r.id)),
+        column("value",      |r| text(&r.value)),
+        column("etcd_index", |r| unsigned(r.index)),
+        column("created_at", |r| unsigned(r.created_at)),
+    ],
+};
+
 /// The column of `instance_events` that numbers the events in the order they were written.
 const EVENT_SEQ: &str = "seq";
 
@@ -195,10 +223,14 @@ impl<R: 'static> Table<R> {
 }
 
 /// The columns that name one instance, in `instances` and in `instance_events`.
-const INSTANCE_KEY: [&str; 2] = ["app_id", "machine_id"];
+const INSTANCE_KEY: &[&str] = &["app_id", "machine_id"];
 
-fn delete_instance_rows(table: &str, placeholder: fn(usize) -> String) -> String {
-    let conditions: Vec<String> = INSTANCE_KEY
+/// The columns that name one registration; the first also names its token's rows.
+const REGISTRATION_KEY: &[&str] = &["token", "id"];
+
+/// Deletes the rows of `table` whose `columns` equal the values bound in that order.
+fn delete_rows(table: &str, columns: &[&str], placeholder: fn(usize) -> String) -> String {
+    let conditions: Vec<String> = columns
         .iter()
         .enumerate()
         .map(|(index, name)| format!("{name} = {}", placeholder(index + 1)))
@@ -215,6 +247,11 @@ pub struct Statements {
     event: String,
     delete_events: String,
     delete_instance: String,
+    discovery_token: String,
+    registration: String,
+    delete_registration: String,
+    delete_registrations: String,
+    delete_discovery_token: String,
 }
 
 impl Statements {
@@ -226,8 +263,21 @@ impl Statements {
             channel: CHANNELS.insert(&[], placeholder),
             instance: INSTANCES.insert(&[], placeholder),
             event: EVENTS.insert(&[EVENT_SEQ], placeholder),
-            delete_events: delete_instance_rows(EVENTS.name, placeholder),
-            delete_instance: delete_instance_rows(INSTANCES.name, placeholder),
+            delete_events: delete_rows(EVENTS.name, INSTANCE_KEY, placeholder),
+            delete_instance: delete_rows(INSTANCES.name, INSTANCE_KEY, placeholder),
+            discovery_token: DISCOVERY_TOKENS.insert(&[], placeholder),
+            registration: REGISTRATIONS.insert(&[], placeholder),
+            delete_registration: delete_rows(REGISTRATIONS.name, REGISTRATION_KEY, placeholder),
+            delete_registrations: delete_rows(
+                REGISTRATIONS.name,
+                &REGISTRATION_KEY[..1],
+                placeholder,
+            ),
+            delete_discovery_token: delete_rows(
+                DISCOVERY_TOKENS.name,
+                &REGISTRATION_KEY[..1],
+                placeholder,
+            ),
         }
     }
 
@@ -255,6 +305,19 @@ impl Statements {
                 let key = [text(app_id), text(machine_id)];
                 execute(&self.delete_events, &key)?;
                 execute(&self.delete_instance, &key)
+            }
+            Write::DiscoveryToken(token) => {
+                execute(&self.discovery_token, &DISCOVERY_TOKENS.values(token))
+            }
+            Write::Registration(registration) => {
+                execute(&self.registration, &REGISTRATIONS.values(registration))
+            }
+            Write::DeleteRegistration { token, id } => {
+                execute(&self.delete_registration, &[text(token), text(id)])
+            }
+            Write::DeleteDiscoveryToken { token } => {
+                execute(&self.delete_registrations, &[text(token)])?;
+                execute(&self.delete_discovery_token, &[text(token)])
             }
         }
     }
@@ -292,6 +355,23 @@ mod tests {
         assert_eq!(
             sql.delete_events,
             "DELETE FROM instance_events WHERE app_id = ?1 AND machine_id = ?2"
+        );
+    }
+
+    #[test]
+    fn a_discovery_token_goes_with_its_registrations() {
+        let sql = Statements::new(|n| format!("?{n}"));
+        assert_eq!(
+            sql.delete_registrations,
+            "DELETE FROM discovery_registrations WHERE token = ?1"
+        );
+        assert_eq!(
+            sql.delete_discovery_token,
+            "DELETE FROM discovery_tokens WHERE token = ?1"
+        );
+        assert_eq!(
+            sql.delete_registration,
+            "DELETE FROM discovery_registrations WHERE token = ?1 AND id = ?2"
         );
     }
 }

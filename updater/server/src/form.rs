@@ -1,5 +1,6 @@
-//! `application/x-www-form-urlencoded` bodies, as the dashboard's HTML forms post them. A few
-//! lines here rather than a dependency: the forms have two or three short fields.
+//! `application/x-www-form-urlencoded` text, as the dashboard's HTML forms post it and as etcd's
+//! discovery client sends its query strings and `value=` bodies. A few lines here rather than a
+//! dependency: the forms have two or three short fields.
 
 /// The fields of a form body, in order. Malformed escapes are kept as written (the engine then
 /// refuses the odd value with a message naming it) rather than failing the whole form.
