@@ -235,6 +235,25 @@ fn etcd_bootstraps_from_the_servers_discovery_url_and_a_fourth_member_finds_it_f
         );
     }
 
+    // What a machine's own check (`kiln-etcd check-discovery`, before its member first starts)
+    // and a worker's gateway read from the same URL: a member is registered, a fourth machine
+    // finds the cluster full, and the gateway finds the three members' peer URLs.
+    use kiln_etcd::discovery::{check, Finding};
+    let t = Duration::from_secs(5);
+    match check(&url, &[members[1].peer_url.clone()], t) {
+        Finding::Registered { size: 3, me, .. } => assert_eq!(me, members[1].name),
+        other => panic!("m2's check: {other:?}"),
+    }
+    let fourth_peer = format!("http://127.0.0.1:{}", free_port());
+    let full = check(&url, &[fourth_peer.clone()], t);
+    assert!(matches!(full, Finding::Full { size: 3, .. }), "{full:?}");
+    eprintln!("a fourth machine's check: {}", full.message(&url, &[fourth_peer]));
+    let mut peers = kiln_etcd::gateway::peer_urls(&kiln_etcd::gateway::Seeds::Discovery(url.clone()), t).unwrap();
+    peers.sort();
+    let mut want: Vec<String> = members.iter().map(|m| m.peer_url.clone()).collect();
+    want.sort();
+    assert_eq!(peers, want);
+
     // A fourth with the same URL is told the cluster is full, and exits.
     let mut fourth = Member::start(&etcd, "m4", &url);
     let status = fourth.wait_exit();
