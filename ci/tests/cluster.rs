@@ -1,16 +1,22 @@
 //! Three machines configured by their cloud-configs alone: a private network between them (a
 //! QEMU socket netdev, UDP multicast on 127.0.0.1) with static addresses, an etcd cluster over
-//! it, configured as the CoreOS documentation writes it (`$private_ipv4`), and a container on one
-//! node that registers its address in etcd for the others to find. User networking (restricted)
-//! carries ssh and etcd's client port (etcd listens on every address) from the host, and the
-//! update agents' requests to the update server on the host.
+//! it, configured as the CoreOS documentation writes it (`$private_ipv4`) and bootstrapped from
+//! a discovery URL the update server gives (no member named in any document), and a container on
+//! one node that registers its address in etcd for the others to find. User networking
+//! (restricted) carries ssh and etcd's client port (etcd listens on every address) from the
+//! host, and the agents' and etcd's requests to the update server on the host.
+//!
+//! A fourth machine is a worker (`etcd2: proxy: on`): no member, etcd's gateway to the members on
+//! 127.0.0.1:2379, flannel and the update agent through it. A fifth, given the same discovery URL
+//! once the cluster is full, is refused and says why; at the end it is provisioned again as a new
+//! member added to the running cluster, and removed again, while a writer runs.
 //!
 //! On the same boot, fleet (`kiln_ci::fleet`) and flannel (`kiln_ci::flannel`): the cloud-configs
 //! ask for an overlay on the private network, and containers on different machines, fleet's
 //! among them, reach each other at their own addresses.
 //!
 //! Then a rolling update of the cluster, reboot strategy `etcd-lock` with `lock_install` (one
-//! machine at a time installs or reboots): all three reach v2, one machine down at a time (from
+//! machine at a time installs or reboots): all four reach v2, one machine down at a time (from
 //! the lock's history in etcd, and from each machine's boot time against the host's probes of
 //! its etcd member), while a writer on the host keeps writing to the cluster and never goes
 //! more than 5 s without a write going through. Last, the leader is lost for good: the other
@@ -33,7 +39,7 @@ use kiln_qemu::{
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(900);
 const CLUSTER_TIMEOUT: Duration = Duration::from_secs(600);
-/// Three downloads and writes under TCG, then three reboots one after another.
+/// Four downloads and writes under TCG, then four reboots one after another.
 const ROLLING_TIMEOUT: Duration = Duration::from_secs(2400);
 /// The longest the host's writer may go without a successful write (the issue's goal). Each
 /// round of the writer sends one put to every member at once, with a 2 s timeout, every half
@@ -77,6 +83,16 @@ const WORKER: Node = Node {
     mac: [0x52, 0x54, 0x00, 0x77, 0x00, 0x04],
 };
 
+/// A fifth machine: first given the same discovery URL as the members when the cluster is
+/// already full (etcd refuses, the machine says why and stays reachable), then provisioned
+/// again as a new member added to the running cluster (`etcdctl member add`, then
+/// `initial-cluster-state: existing`), and removed again, while a writer runs.
+const NEWCOMER: Node = Node {
+    name: "node5",
+    addr: "10.77.0.5",
+    mac: [0x52, 0x54, 0x00, 0x77, 0x00, 0x05],
+};
+
 /// The script the container runs: find this machine's address on the private network and put it
 /// under `/services/web/<node>` through etcd's v3 JSON gateway, until etcd takes it.
 const ANNOUNCE: &str = r#"addr=$(ip -4 -o addr show | grep -o '10\.77\.0\.[0-9]*' | head -n 1)
@@ -92,11 +108,23 @@ echo "announced $NODE at $addr:8080"
 /// CoreOS documentation writes them, with `$private_ipv4` for the machine's address on the
 /// private network (its static address there). node1 also runs the announcing container, from a
 /// unit and a script the document carries.
-fn cloud_config(node: &Node, public_key: &str, private_key: &str) -> String {
-    let cluster: Vec<String> = NODES
-        .iter()
-        .map(|n| format!("{}=http://{}:2380", n.name, n.addr))
-        .collect();
+/// A member's etcd section as the CoreOS documentation writes one: its own addresses, and the
+/// cluster given by a discovery URL (`discovery`) or by its members (`initial-cluster` and the
+/// cluster's state).
+fn member_etcd(node: &Node, cluster: &str) -> String {
+    format!(
+        "  etcd2:\n    name: {name}\n{cluster}    initial-advertise-peer-urls: http://$private_ipv4:2380\n    listen-peer-urls: http://$private_ipv4:2380\n    listen-client-urls: http://0.0.0.0:2379\n    advertise-client-urls: http://$private_ipv4:2379\n",
+        name = node.name
+    )
+}
+
+/// A worker's: a proxy to the members the discovery URL names.
+fn worker_etcd(discovery: &str) -> String {
+    format!("  etcd2:\n    proxy: on\n    discovery: {discovery}\n")
+}
+
+/// One machine's whole configuration, in the CoreOS shape, with `etcd` its etcd2 section.
+fn cloud_config(node: &Node, public_key: &str, private_key: &str, etcd: &str) -> String {
     let announce = node.name == "node1";
     let script = if announce {
         let indented: String = ANNOUNCE.lines().map(|l| format!("      {l}\n")).collect();
@@ -126,21 +154,9 @@ fn cloud_config(node: &Node, public_key: &str, private_key: &str) -> String {
         .map(|l| format!("      {l}\n"))
         .collect();
     let role = if node.name == "node2" { "db" } else { "web" };
+    // The worker, as CoreOS's large deployments had them, starts its proxy by the name CoreOS
+    // documents used.
     let worker = node.name == WORKER.name;
-    // A member as the CoreOS documentation writes one; a worker as CoreOS's large deployments
-    // had them: a proxy to the same members, started by the name CoreOS documents used.
-    let etcd = if worker {
-        format!(
-            "  etcd2:\n    proxy: on\n    initial-cluster: {cluster}\n",
-            cluster = cluster.join(",")
-        )
-    } else {
-        format!(
-            "  etcd2:\n    name: {name}\n    initial-cluster: {cluster}\n    initial-cluster-token: kiln-ci\n    initial-cluster-state: new\n    initial-advertise-peer-urls: http://$private_ipv4:2380\n    listen-peer-urls: http://$private_ipv4:2380\n    listen-client-urls: http://0.0.0.0:2379\n    advertise-client-urls: http://$private_ipv4:2379\n",
-            name = node.name,
-            cluster = cluster.join(",")
-        )
-    };
     // fleet's checks below are written for the three members' machines; the worker leaves
     // fleet out (masked, as an operator would) and runs everything else a member does.
     let start = if worker {
@@ -359,7 +375,7 @@ fn check_addresses(vms: &[&Vm], key: &Path) {
         for n in &NODES {
             assert!(
                 members.contains(&format!(
-                    ", {}, http://{a}:2380, http://{a}:2379",
+                    ", started, {}, http://{a}:2380, http://{a}:2379",
                     n.name,
                     a = n.addr
                 )),
@@ -382,6 +398,75 @@ fn check_addresses(vms: &[&Vm], key: &Path) {
             vm.name()
         );
     }
+}
+
+/// The discovery token holds the three members' registrations (`name=peer URL`), as the
+/// server's admin API lists it, and each member's report says what its check before etcd's
+/// first start found there.
+fn check_registrations(server: &UpdateServer, discovery: &str, vms: &[&Vm], key: &Path) {
+    let tokens = server.admin.discovery_list().expect("the discovery tokens");
+    let token = tokens
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|t| discovery.ends_with(t["token"].as_str().unwrap_or("-")))
+        .unwrap_or_else(|| panic!("{discovery} is not listed: {tokens:#}"));
+    let mut values: Vec<&str> = token["registrations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["value"].as_str())
+        .collect();
+    values.sort();
+    let want: Vec<String> = NODES
+        .iter()
+        .map(|n| format!("{}=http://{}:2380", n.name, n.addr))
+        .collect();
+    assert_eq!(values, want, "{token:#}");
+    for vm in vms {
+        let report = guest(vm, key, "sudo cat /var/lib/kiln/cloud-config.report");
+        let line = report
+            .lines()
+            .find(|l| l.starts_with("etcd discovery: "))
+            .unwrap_or_else(|| panic!("{}: no discovery line in the report:\n{report}", vm.name()));
+        assert!(
+            line.contains(discovery) && !line.contains("full"),
+            "{}: {line}",
+            vm.name()
+        );
+    }
+    eprintln!("discovery: the token lists {values:?}");
+}
+
+/// A machine given the discovery URL of a full cluster: etcd refuses to start a member and
+/// says so in its journal, the report says why and what to do, and the machine is reachable.
+fn check_refused(vm: &Vm, key: &Path, discovery: &str) {
+    vm.wait_for_ssh(key, "core", BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{}: {e}", vm.name()));
+    let journal = wait_in_guest(
+        vm,
+        key,
+        "sudo journalctl -u etcd.service -o cat --no-pager | grep -E 'cluster is full|kiln-etcd' || true",
+        CLUSTER_TIMEOUT,
+        |o| o.contains("discovery: cluster is full") && o.contains("kiln-etcd: discovery: the cluster at"),
+    );
+    let report = guest(vm, key, "sudo cat /var/lib/kiln/cloud-config.report");
+    let line = report
+        .lines()
+        .find(|l| l.starts_with("etcd discovery: "))
+        .unwrap_or_else(|| panic!("no discovery line in the report:\n{report}"));
+    assert!(
+        line.contains(&format!("the cluster at {discovery} is full"))
+            && line.contains("(http://10.77.0.5:2380) is not one of them")
+            && line.contains("proxy: on"),
+        "{line}"
+    );
+    assert_ne!(guest(vm, key, "systemctl is-active etcd.service || true"), "active");
+    eprintln!(
+        "{}: refused, the cluster being full:\n{}\n{line}",
+        vm.name(),
+        journal.lines().filter(|l| l.contains("cluster is full")).last().unwrap_or_default()
+    );
 }
 
 /// The worker runs no member: etcd's gateway on 127.0.0.1:2379 answers for the cluster with
@@ -492,19 +577,28 @@ fn three_nodes_form_an_etcd_cluster_find_each_others_services_and_update_one_at_
     let work = work_dir("cluster");
     let (key, public) = ssh_keygen(&work).unwrap();
     let server = UpdateServer::start(&work, &v1.dir.join("update-key.pub.pem"));
+    // The members' cloud-configs name no member: only the discovery URL the update server
+    // gives for a cluster of three.
+    let token = server.admin.discovery_new(3).expect("a discovery token");
+    let discovery = token["url"].as_str().expect("the token's URL").to_owned();
+    eprintln!("discovery URL: {discovery}");
     let mcast_port = free_port().unwrap();
+    let private_key = std::fs::read_to_string(&key).unwrap();
+    // Writes `node`'s cloud-config with `etcd` as its etcd2 section and starts it on a fresh
+    // copy of v1's disk.
+    let provision = |node: &Node, etcd: &str| {
+        let doc = cloud_config(node, &public, &private_key, etcd);
+        kiln_config::parse(&doc).expect("the scenario's cloud-config is valid");
+        assert!(kiln_config::addresses::uses_addresses(&doc));
+        let path = work.join(format!("{}.yml", node.name));
+        std::fs::write(&path, doc).unwrap();
+        start_node(node, &work, &v1.disk(), mcast_port, &path, &server)
+    };
     let started = Instant::now();
     let nodes: Vec<Started> = NODES
         .iter()
-        .chain([&WORKER])
-        .map(|node| {
-            let doc = cloud_config(node, &public, &std::fs::read_to_string(&key).unwrap());
-            kiln_config::parse(&doc).expect("the scenario's cloud-config is valid");
-            assert!(kiln_config::addresses::uses_addresses(&doc));
-            let path = work.join(format!("{}.yml", node.name));
-            std::fs::write(&path, doc).unwrap();
-            start_node(node, &work, &v1.disk(), mcast_port, &path, &server)
-        })
+        .map(|node| provision(node, &member_etcd(node, &format!("    discovery: {discovery}\n"))))
+        .chain([provision(&WORKER, &worker_etcd(&discovery))])
         .collect();
     // `all`: the four machines; `vms`: the three members.
     let all: Vec<&Vm> = nodes.iter().map(|n| &n.vm).collect();
@@ -539,6 +633,10 @@ fn three_nodes_form_an_etcd_cluster_find_each_others_services_and_update_one_at_
     // `$private_ipv4` became each machine's address: etcd advertises it, etcdctl's defaults
     // and CoreOS's variable in /etc/environment hold it (fleet's public-ip: below).
     check_addresses(&vms, &key);
+    check_registrations(&server, &discovery, &vms, &key);
+    // A fifth machine with the same URL, now that the cluster is full: it boots while the
+    // checks below run, and is looked at after them.
+    let refused = provision(&NEWCOMER, &member_etcd(&NEWCOMER, &format!("    discovery: {discovery}\n")));
     check_worker(worker, vms[0], &key, "first");
     guest(
         vms[0],
@@ -581,6 +679,9 @@ fn three_nodes_form_an_etcd_cluster_find_each_others_services_and_update_one_at_
     let at = flannel::check_containers(&all, &key, &leases, (0, 1));
     flannel::measure(&all, &key, &leases, (0, 1), at);
     eprintln!("flannel checks before the update: {:.0} s", fleet::secs(t));
+    check_refused(&refused.vm, &key, &discovery);
+    // Off until it is provisioned again as a new member, at the end.
+    drop(refused);
 
     // fleet, on the same three machines: scheduling, the CLI, and the engine's failover.
     let t = Instant::now();
@@ -923,6 +1024,96 @@ fn three_nodes_form_an_etcd_cluster_find_each_others_services_and_update_one_at_
     eprintln!(
         "fleet: the lost machine back and settled in {:.0} s",
         fleet::secs(back)
+    );
+
+    // Membership, as an operator changes it: a new member added to the running cluster
+    // (`etcdctl member add` on a member, then the new machine provisioned with the cluster it
+    // printed and `initial-cluster-state: existing`), then removed (`etcdctl member remove`),
+    // while the host's writer keeps writing to the three: never more than 5 s without a write.
+    let t = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let members: Vec<SocketAddr> = nodes[..NODES.len()].iter().map(|n| n.etcd).collect();
+    let watch = watch_cluster(members, Arc::clone(&stop));
+    std::thread::sleep(Duration::from_secs(3));
+    let added = guest(
+        vms[a],
+        &key,
+        &format!(
+            "etcdctl member add {} --peer-urls=http://{}:2380",
+            NEWCOMER.name, NEWCOMER.addr
+        ),
+    );
+    let initial = added
+        .lines()
+        .find_map(|l| l.strip_prefix("ETCD_INITIAL_CLUSTER="))
+        .map(|v| v.trim_matches('"').to_owned())
+        .unwrap_or_else(|| panic!("no ETCD_INITIAL_CLUSTER in `etcdctl member add`'s answer:\n{added}"));
+    let newcomer = provision(
+        &NEWCOMER,
+        &member_etcd(
+            &NEWCOMER,
+            &format!("    initial-cluster: {initial}\n    initial-cluster-state: existing\n"),
+        ),
+    );
+    newcomer
+        .vm
+        .wait_for_ssh(&key, "core", BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{}: {e}", NEWCOMER.name));
+    let joined = format!(
+        ", started, {}, http://{a}:2380, http://{a}:2379",
+        NEWCOMER.name,
+        a = NEWCOMER.addr
+    );
+    wait_in_guest(vms[a], &key, "etcdctl member list", CLUSTER_TIMEOUT, |o| {
+        o.lines().count() == 4 && o.contains(&joined)
+    });
+    // The new member serves the cluster's data from its own copy.
+    assert_eq!(
+        wait_in_guest(
+            &newcomer.vm,
+            &key,
+            "etcdctl get --consistency=s --print-value-only /kiln-ci/after-loss || true",
+            CLUSTER_TIMEOUT,
+            |o| o == "still-writable",
+        ),
+        "still-writable"
+    );
+    eprintln!(
+        "{} added as a member and serving {:.0} s after `etcdctl member add`",
+        NEWCOMER.name,
+        t.elapsed().as_secs_f64()
+    );
+    let list = guest(vms[a], &key, "etcdctl member list");
+    let id = list
+        .lines()
+        .find(|l| l.contains(&joined))
+        .and_then(|l| l.split(", ").next())
+        .expect("the new member's id")
+        .to_owned();
+    guest(vms[a], &key, &format!("etcdctl member remove {id}"));
+    wait_in_guest(vms[a], &key, "etcdctl member list", CLUSTER_TIMEOUT, |o| {
+        o.lines().count() == 3 && !o.contains(NEWCOMER.name)
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::SeqCst);
+    std::thread::sleep(Duration::from_secs(4));
+    let watch = watch.lock().unwrap();
+    let outages = write_outages(&watch.writes);
+    let outage = outages
+        .iter()
+        .map(|(a, b)| *b - *a)
+        .max()
+        .unwrap_or_default();
+    let failed = watch.writes.iter().filter(|(_, ok)| !ok).count();
+    eprintln!(
+        "membership change (added, joined, removed) in {:.0} s; writer: {} writes, {failed} failed, longest outage {:.1} s",
+        t.elapsed().as_secs_f64(),
+        watch.writes.len(),
+        outage.as_secs_f64()
+    );
+    assert!(
+        outage <= WRITE_OUTAGE_GOAL,
+        "writes failed for {outage:?} in a row while a member was added and removed (at most {WRITE_OUTAGE_GOAL:?})"
     );
 }
 

@@ -1104,6 +1104,21 @@ fn the_readmes_flannel_example_is_read_without_a_warning() {
     assert!(o.network.unwrap().contains("10.5.0.0/16"));
 }
 
+/// The README's worker and new-member examples parse without a warning: the worker is a proxy,
+/// the new member joins an existing cluster.
+#[test]
+fn the_readmes_worker_and_new_member_examples_are_read_without_a_warning() {
+    let p = parsed(readme_example("etcd2:\n    proxy: on"));
+    assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+    let etcd = p.config.kiln.etcd.unwrap();
+    assert!(etcd.proxy && etcd.get("discovery").is_some());
+    let p = parsed(readme_example("etcd2:\n    name: node4"));
+    assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+    let etcd = p.config.kiln.etcd.unwrap();
+    assert!(!etcd.proxy);
+    assert_eq!(etcd.get("initial-cluster-state"), Some("existing"));
+}
+
 // ---------------------------------------------------------------------------------------
 // What coreos-cloudinit accepts: leniency where it is lenient, its checks, its encodings.
 

@@ -122,9 +122,10 @@ impl Finding {
                 "{e}: it is not a discovery token, and etcd will not start. Check the URL in the cloud-config's etcd2 section, or make a token with `kiln-server discovery new --size N`"
             ),
             Finding::Waiting { size, registered } => format!(
-                "{} of the {size} members registered at {url}{}; etcd waits until all {size} have started. If the cluster has fewer machines, the token was made for another size: make one with `kiln-server discovery new --size N`",
+                "{} of the {size} members registered at {url}{}; etcd waits for {} more to start (a token made for more machines than the cluster has leaves it waiting: make one of the right size with `kiln-server discovery new --size N`)",
                 registered.len(),
-                if registered.is_empty() { String::new() } else { format!(" ({})", names(registered)) }
+                if registered.is_empty() { String::new() } else { format!(" ({})", names(registered)) },
+                size - registered.len()
             ),
             Finding::Registered { size, registered, me } => format!(
                 "this machine is {me}, registered at {url} with {} of {size} members ({})",

@@ -66,7 +66,11 @@ fn registered_waiting_and_full_as_the_token_answers() {
     ]);
     let waiting = check(&url, &me(2), T);
     assert!(matches!(&waiting, Finding::Waiting { size: 3, registered } if registered.len() == 1), "{waiting:?}");
-    assert!(waiting.message(&url, &me(2)).contains("1 of the 3 members registered"));
+    let text = waiting.message(&url, &me(2));
+    assert!(
+        text.contains("1 of the 3 members registered") && text.contains("waits for 2 more"),
+        "{text}"
+    );
 }
 
 #[test]
