@@ -461,11 +461,17 @@ fn check_refused(vm: &Vm, key: &Path, discovery: &str) {
             && line.contains("proxy: on"),
         "{line}"
     );
-    assert_ne!(guest(vm, key, "systemctl is-active etcd.service || true"), "active");
+    assert_ne!(
+        guest(vm, key, "systemctl is-active etcd.service || true"),
+        "active"
+    );
     eprintln!(
         "{}: refused, the cluster being full:\n{}\n{line}",
         vm.name(),
-        journal.lines().filter(|l| l.contains("cluster is full")).last().unwrap_or_default()
+        journal
+            .lines()
+            .rfind(|l| l.contains("cluster is full"))
+            .unwrap_or_default()
     );
 }
 
@@ -520,7 +526,11 @@ fn check_worker(worker: &Vm, member: &Vm, key: &Path, tag: &str) {
             rev + 1
         ),
     );
-    guest(member, key, &format!("etcdctl put {path} seen-by-the-worker"));
+    guest(
+        member,
+        key,
+        &format!("etcdctl put {path} seen-by-the-worker"),
+    );
     wait_in_guest(
         worker,
         key,
@@ -528,7 +538,10 @@ fn check_worker(worker: &Vm, member: &Vm, key: &Path, tag: &str) {
         Duration::from_secs(60),
         |o| o.contains("seen-by-the-worker"),
     );
-    eprintln!("{}: the worker's gateway answers and passes a watch ({tag})", worker.name());
+    eprintln!(
+        "{}: the worker's gateway answers and passes a watch ({tag})",
+        worker.name()
+    );
 }
 
 /// Which of the three members leads, from `etcdctl endpoint status --cluster` on `vm` (its
@@ -597,7 +610,12 @@ fn three_nodes_form_an_etcd_cluster_find_each_others_services_and_update_one_at_
     let started = Instant::now();
     let nodes: Vec<Started> = NODES
         .iter()
-        .map(|node| provision(node, &member_etcd(node, &format!("    discovery: {discovery}\n"))))
+        .map(|node| {
+            provision(
+                node,
+                &member_etcd(node, &format!("    discovery: {discovery}\n")),
+            )
+        })
         .chain([provision(&WORKER, &worker_etcd(&discovery))])
         .collect();
     // `all`: the four machines; `vms`: the three members.
@@ -636,7 +654,10 @@ fn three_nodes_form_an_etcd_cluster_find_each_others_services_and_update_one_at_
     check_registrations(&server, &discovery, &vms, &key);
     // A fifth machine with the same URL, now that the cluster is full: it boots while the
     // checks below run, and is looked at after them.
-    let refused = provision(&NEWCOMER, &member_etcd(&NEWCOMER, &format!("    discovery: {discovery}\n")));
+    let refused = provision(
+        &NEWCOMER,
+        &member_etcd(&NEWCOMER, &format!("    discovery: {discovery}\n")),
+    );
     check_worker(worker, vms[0], &key, "first");
     guest(
         vms[0],
@@ -725,7 +746,11 @@ fn three_nodes_form_an_etcd_cluster_find_each_others_services_and_update_one_at_
     eprintln!("reboot lock history: {history:?}");
     let puts: Vec<&String> = history.iter().filter(|e| e.starts_with("PUT")).collect();
     // The worker's agent takes it through its gateway, as the members' through their member.
-    assert_eq!(puts.len(), 4, "each machine takes the lock once: {history:?}");
+    assert_eq!(
+        puts.len(),
+        4,
+        "each machine takes the lock once: {history:?}"
+    );
     for pair in history.windows(2) {
         assert!(
             !(pair[0].starts_with("PUT") && pair[1].starts_with("PUT")),
@@ -942,7 +967,11 @@ fn three_nodes_form_an_etcd_cluster_find_each_others_services_and_update_one_at_
     assert_eq!(text.matches("is healthy").count(), 2, "{text}");
     // The worker's gateway passes over the lost member.
     assert_eq!(
-        guest(worker, &key, "etcdctl get --print-value-only /kiln-ci/after-loss"),
+        guest(
+            worker,
+            &key,
+            "etcdctl get --print-value-only /kiln-ci/after-loss"
+        ),
         "still-writable"
     );
 
@@ -1047,7 +1076,9 @@ fn three_nodes_form_an_etcd_cluster_find_each_others_services_and_update_one_at_
         .lines()
         .find_map(|l| l.strip_prefix("ETCD_INITIAL_CLUSTER="))
         .map(|v| v.trim_matches('"').to_owned())
-        .unwrap_or_else(|| panic!("no ETCD_INITIAL_CLUSTER in `etcdctl member add`'s answer:\n{added}"));
+        .unwrap_or_else(|| {
+            panic!("no ETCD_INITIAL_CLUSTER in `etcdctl member add`'s answer:\n{added}")
+        });
     let newcomer = provision(
         &NEWCOMER,
         &member_etcd(

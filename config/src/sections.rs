@@ -265,7 +265,10 @@ fn etcd(node: &Node, path: &str, ctx: &mut Ctx) -> Result<Etcd, ConfigError> {
         }
         etcd.settings.insert(key.to_string(), value);
     }
-    if etcd.proxy && !etcd.settings.contains_key("discovery") && !etcd.settings.contains_key("initial-cluster") {
+    if etcd.proxy
+        && !etcd.settings.contains_key("discovery")
+        && !etcd.settings.contains_key("initial-cluster")
+    {
         if let Some(pos) = f.key_pos("proxy") {
             ctx.warn(pos, &f.path_of("proxy"), "an etcd proxy needs the cluster's members: give `discovery` or `initial-cluster` too; until then the proxy says so and does not start");
         }
@@ -280,11 +283,19 @@ fn proxy(node: &Node, path: &str, ctx: &mut Ctx) -> Result<bool, ConfigError> {
     let text = string(node, path)?;
     match text.to_ascii_lowercase().as_str() {
         "readonly" => {
-            ctx.warn(node.place(), path, "Kiln's etcd proxy (etcd's gateway) passes writes too; `readonly` is read as `on`");
+            ctx.warn(
+                node.place(),
+                path,
+                "Kiln's etcd proxy (etcd's gateway) passes writes too; `readonly` is read as `on`",
+            );
             Ok(true)
         }
         _ => boolean(Some(node), path).map_err(|_| {
-            ConfigError::invalid(node, path, format!("{text:?} is none of `on`, `off`, `readonly`"))
+            ConfigError::invalid(
+                node,
+                path,
+                format!("{text:?} is none of `on`, `off`, `readonly`"),
+            )
         }),
     }
 }

@@ -441,7 +441,9 @@ pub(crate) fn apply_etcd(fs: &Root, etcd: &Etcd, notes: &mut Vec<String>) -> Res
         notes.push(format!("etcd proxy: {ETCD_GATEWAY_UNIT} to the cluster's members; no member on this machine (etcd.service not enabled)"));
         return match find_unit(fs, ETCD_GATEWAY_UNIT) {
             Some((path, content)) => enable(&dir, ETCD_GATEWAY_UNIT, &path, &content, notes),
-            None => Err(format!("{ETCD_GATEWAY_UNIT} is not in the image; this image cannot be an etcd proxy")),
+            None => Err(format!(
+                "{ETCD_GATEWAY_UNIT} is not in the image; this image cannot be an etcd proxy"
+            )),
         };
     }
     make_data_dir(fs, etcd, notes)?;

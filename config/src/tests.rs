@@ -894,9 +894,13 @@ fn a_worker_runs_the_etcd_gateway_and_no_member() {
     assert_eq!(systemctl_state(r, "kiln-etcd-gateway.service"), "enabled");
     assert_eq!(systemctl_state(r, "etcd.service"), "disabled");
     assert!(!r
-        .join(kiln_contract::paths::under(kiln_contract::paths::ETCD_MEMBER_ENABLED))
+        .join(kiln_contract::paths::under(
+            kiln_contract::paths::ETCD_MEMBER_ENABLED
+        ))
         .exists());
-    assert!(!r.join("etc/systemd/system/etcd.service.d/10-kiln.conf").exists());
+    assert!(!r
+        .join("etc/systemd/system/etcd.service.d/10-kiln.conf")
+        .exists());
     // CoreOS documents start `etcd2.service`: on a worker that is the gateway.
     assert_eq!(
         link(r, "etc/systemd/system/etcd2.service"),
@@ -908,13 +912,26 @@ fn a_worker_runs_the_etcd_gateway_and_no_member() {
 #[test]
 fn etcd_proxy_and_fallback_settings_that_cannot_work_are_said() {
     let w = warnings_of("#cloud-config\ncoreos:\n  etcd2:\n    proxy: readonly\n    initial-cluster: a=http://10.0.0.1:2380\n");
-    assert!(w.iter().any(|(l, m)| *l == 4 && m.contains("read as `on`")), "{w:?}");
+    assert!(
+        w.iter().any(|(l, m)| *l == 4 && m.contains("read as `on`")),
+        "{w:?}"
+    );
     let w = warnings_of("#cloud-config\ncoreos:\n  etcd2:\n    proxy: on\n");
-    assert!(w.iter().any(|(l, m)| *l == 4 && m.contains("needs the cluster's members")), "{w:?}");
+    assert!(
+        w.iter()
+            .any(|(l, m)| *l == 4 && m.contains("needs the cluster's members")),
+        "{w:?}"
+    );
     let w = warnings_of("#cloud-config\ncoreos:\n  etcd2:\n    discovery: http://d.example/x\n    discovery-fallback: proxy\n");
-    assert!(w.iter().any(|(l, m)| *l == 5 && m.contains("proxy: on")), "{w:?}");
+    assert!(
+        w.iter().any(|(l, m)| *l == 5 && m.contains("proxy: on")),
+        "{w:?}"
+    );
     let e = error("#cloud-config\ncoreos:\n  etcd2:\n    proxy: sometimes\n");
-    assert!(e.to_string().contains("none of `on`, `off`, `readonly`"), "{e}");
+    assert!(
+        e.to_string().contains("none of `on`, `off`, `readonly`"),
+        "{e}"
+    );
     // `off` is a member, as without the key.
     let p = parsed("#cloud-config\ncoreos:\n  etcd2:\n    proxy: off\n    name: a\n");
     assert!(!p.config.kiln.etcd.unwrap().proxy);

@@ -49,7 +49,9 @@ pub fn check(url: &str, my_peer_urls: &[String], timeout: Duration) -> Finding {
     let get = |u: &str| -> Result<Value, Finding> {
         match http.get(u).call() {
             Ok(answer) => json_of(answer).map_err(|e| {
-                Finding::NotAToken(format!("{u} did not answer with etcd's discovery JSON ({e})"))
+                Finding::NotAToken(format!(
+                    "{u} did not answer with etcd's discovery JSON ({e})"
+                ))
             }),
             Err(ureq::Error::Status(status, _)) if status < 500 => {
                 Err(Finding::NotAToken(format!("{u} answered HTTP {status}")))
@@ -58,7 +60,10 @@ pub fn check(url: &str, my_peer_urls: &[String], timeout: Duration) -> Finding {
         }
     };
     let size = match get(&format!("{url}/_config/size")) {
-        Ok(v) => v.pointer("/node/value").and_then(Value::as_str).and_then(|s| s.trim().parse::<usize>().ok()),
+        Ok(v) => v
+            .pointer("/node/value")
+            .and_then(Value::as_str)
+            .and_then(|s| s.trim().parse::<usize>().ok()),
         Err(f) => return f,
     };
     let Some(size) = size.filter(|n| *n > 0) else {
@@ -76,7 +81,11 @@ pub fn check(url: &str, my_peer_urls: &[String], timeout: Duration) -> Finding {
         .flatten()
         .filter(|n| n.get("dir").and_then(Value::as_bool) != Some(true))
         .collect();
-    nodes.sort_by_key(|n| n.get("createdIndex").and_then(Value::as_u64).unwrap_or(u64::MAX));
+    nodes.sort_by_key(|n| {
+        n.get("createdIndex")
+            .and_then(Value::as_u64)
+            .unwrap_or(u64::MAX)
+    });
     let registered: Vec<Registration> = nodes
         .iter()
         .filter_map(|n| n.get("value").and_then(Value::as_str))

@@ -189,7 +189,10 @@ pub fn client_urls(peers: &[String], timeout: Duration) -> Result<Vec<String>, G
 
 /// The client URLs of the members now, asked of the cluster through `endpoints` (the v3
 /// member list, which also answers through the gateway).
-pub fn current_client_urls(endpoints: &[String], timeout: Duration) -> Result<Vec<String>, GatewayError> {
+pub fn current_client_urls(
+    endpoints: &[String],
+    timeout: Duration,
+) -> Result<Vec<String>, GatewayError> {
     let answer = Client::new(endpoints, timeout)
         .call("/v3/cluster/member/list", &json!({}))
         .map_err(|e| GatewayError::Unreachable(e.to_string()))?;

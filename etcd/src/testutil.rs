@@ -115,7 +115,10 @@ pub fn free_port() -> u16 {
 /// `/discovery/abc` on it.
 pub fn canned_routes(routes: Vec<(&'static str, String)>) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let url = format!("http://{}/discovery/abc", listener.local_addr().expect("addr"));
+    let url = format!(
+        "http://{}/discovery/abc",
+        listener.local_addr().expect("addr")
+    );
     std::thread::spawn(move || {
         for conn in listener.incoming() {
             let Ok(mut conn) = conn else { return };

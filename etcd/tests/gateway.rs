@@ -40,10 +40,13 @@ fn a_worker_reaches_the_cluster_through_the_gateway_while_a_member_is_down() {
             .spawn()
             .expect("starting kiln-etcd gateway"),
     );
-    let local = Client::new(&[listen.clone()], Duration::from_secs(5));
+    let local = Client::new(std::slice::from_ref(&listen), Duration::from_secs(5));
     let deadline = Instant::now() + Duration::from_secs(30);
     while local.put("/worker/hello", b"1", 0).is_err() {
-        assert!(Instant::now() < deadline, "the gateway at {listen} never passed a put");
+        assert!(
+            Instant::now() < deadline,
+            "the gateway at {listen} never passed a put"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     // The write is in the cluster, seen from a member directly.
@@ -66,7 +69,7 @@ fn a_worker_reaches_the_cluster_through_the_gateway_while_a_member_is_down() {
     let follower = cluster
         .iter()
         .position(|m| {
-            let status = Client::new(&[m.url.clone()], Duration::from_secs(5))
+            let status = Client::new(std::slice::from_ref(&m.url), Duration::from_secs(5))
                 .call("/v3/maintenance/status", &serde_json::json!({}))
                 .unwrap();
             status["header"]["member_id"] != status["leader"]

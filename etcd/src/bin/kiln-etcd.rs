@@ -75,7 +75,9 @@ fn check_discovery() {
         .collect();
     text.push_str(&format!("{REPORT_LINE}{message}\n"));
     let tmp = format!("{CLOUD_CONFIG_REPORT}.tmp");
-    if let Err(e) = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, CLOUD_CONFIG_REPORT)) {
+    if let Err(e) =
+        std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, CLOUD_CONFIG_REPORT))
+    {
         eprintln!("kiln-etcd: writing {CLOUD_CONFIG_REPORT}: {e}");
     }
 }

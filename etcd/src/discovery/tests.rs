@@ -6,7 +6,8 @@ use super::*;
 use crate::testutil::{canned_routes, free_port};
 
 const T: Duration = Duration::from_secs(5);
-const SIZE_3: &str = r#"{"action":"get","node":{"key":"/discovery/abc/_config/size","value":"3","createdIndex":1}}"#;
+const SIZE_3: &str =
+    r#"{"action":"get","node":{"key":"/discovery/abc/_config/size","value":"3","createdIndex":1}}"#;
 
 fn dir(values: &[&str]) -> String {
     let nodes: Vec<String> = values
@@ -42,10 +43,18 @@ fn registered_waiting_and_full_as_the_token_answers() {
         ("/discovery/abc", three),
     ]);
     match check(&url, &me(2), T) {
-        Finding::Registered { size, registered, me } => {
+        Finding::Registered {
+            size,
+            registered,
+            me,
+        } => {
             assert_eq!((size, me.as_str()), (3, "node2"));
             let names: Vec<&str> = registered.iter().map(|r| r.name.as_str()).collect();
-            assert_eq!(names, ["node1", "node2", "node3"], "in the order they registered");
+            assert_eq!(
+                names,
+                ["node1", "node2", "node3"],
+                "in the order they registered"
+            );
         }
         other => panic!("{other:?}"),
     }
@@ -65,7 +74,10 @@ fn registered_waiting_and_full_as_the_token_answers() {
         ("/discovery/abc", dir(&["node1=http://10.77.0.1:2380"])),
     ]);
     let waiting = check(&url, &me(2), T);
-    assert!(matches!(&waiting, Finding::Waiting { size: 3, registered } if registered.len() == 1), "{waiting:?}");
+    assert!(
+        matches!(&waiting, Finding::Waiting { size: 3, registered } if registered.len() == 1),
+        "{waiting:?}"
+    );
     let text = waiting.message(&url, &me(2));
     assert!(
         text.contains("1 of the 3 members registered") && text.contains("waits for 2 more"),
@@ -79,7 +91,10 @@ fn a_url_that_is_no_token_or_cannot_be_reached_is_said_plainly() {
     let f = check(&url, &me(1), T);
     assert!(matches!(f, Finding::NotAToken(_)), "{f:?}");
     let text = f.message(&url, &me(1));
-    assert!(text.contains("HTTP 404") && text.contains("kiln-server discovery new"), "{text}");
+    assert!(
+        text.contains("HTTP 404") && text.contains("kiln-server discovery new"),
+        "{text}"
+    );
     let url = format!("http://127.0.0.1:{}/discovery/abc", free_port());
     let f = check(&url, &me(1), T);
     assert!(matches!(f, Finding::Unreachable(_)), "{f:?}");

@@ -34,7 +34,10 @@ fn settings_name_the_members_and_the_listen_address() {
     let cfg = GatewayConfig::from_env(env(&[
         ("ETCD_INITIAL_CLUSTER", "a=http://10.0.0.1:2380"),
         ("ETCD_DISCOVERY", "http://10.0.2.2:8470/discovery/abc/"),
-        ("ETCD_LISTEN_CLIENT_URLS", "http://0.0.0.0:2379,http://127.0.0.1:4001"),
+        (
+            "ETCD_LISTEN_CLIENT_URLS",
+            "http://0.0.0.0:2379,http://127.0.0.1:4001",
+        ),
     ]))
     .unwrap();
     assert_eq!(cfg.listen, "0.0.0.0:2379");
@@ -58,7 +61,10 @@ fn settings_without_members_or_with_a_bad_address_say_what_to_write() {
     ]))
     .unwrap_err()
     .to_string();
-    assert!(e.contains("listen-client-urls \"unix:///run/etcd.sock\""), "{e}");
+    assert!(
+        e.contains("listen-client-urls \"unix:///run/etcd.sock\""),
+        "{e}"
+    );
 }
 
 #[test]
@@ -86,19 +92,30 @@ fn a_discovery_directory_gives_the_registered_peer_urls() {
 #[test]
 fn a_missing_empty_or_unreachable_discovery_url_is_said_plainly() {
     let url = canned_routes(vec![]);
-    let e = peer_urls(&Seeds::Discovery(url.clone()), T).unwrap_err().to_string();
+    let e = peer_urls(&Seeds::Discovery(url.clone()), T)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains(&url) && e.contains("does not exist"), "{e}");
     let url = canned_routes(vec![(
         "/discovery/abc",
         r#"{"action":"get","node":{"key":"/discovery/abc","dir":true}}"#.to_string(),
     )]);
-    let e = peer_urls(&Seeds::Discovery(url), T).unwrap_err().to_string();
+    let e = peer_urls(&Seeds::Discovery(url), T)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("no member registered yet"), "{e}");
     let url = canned_routes(vec![("/discovery/abc", "<html>a login page</html>".into())]);
-    let e = peer_urls(&Seeds::Discovery(url), T).unwrap_err().to_string();
-    assert!(e.contains("did not answer with etcd's discovery JSON"), "{e}");
+    let e = peer_urls(&Seeds::Discovery(url), T)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("did not answer with etcd's discovery JSON"),
+        "{e}"
+    );
     let url = format!("http://127.0.0.1:{}/discovery/abc", free_port());
-    let e = peer_urls(&Seeds::Discovery(url.clone()), T).unwrap_err().to_string();
+    let e = peer_urls(&Seeds::Discovery(url.clone()), T)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains(&url), "{e}");
 }
 
@@ -128,7 +145,10 @@ fn the_gateway_is_started_on_the_members_client_addresses() {
     };
     let args = gateway_args(
         &cfg,
-        &["http://10.77.0.1:2379".into(), "http://10.77.0.2:2379".into()],
+        &[
+            "http://10.77.0.1:2379".into(),
+            "http://10.77.0.2:2379".into(),
+        ],
     );
     assert_eq!(
         args,

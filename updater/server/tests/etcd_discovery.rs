@@ -245,10 +245,15 @@ fn etcd_bootstraps_from_the_servers_discovery_url_and_a_fourth_member_finds_it_f
         other => panic!("m2's check: {other:?}"),
     }
     let fourth_peer = format!("http://127.0.0.1:{}", free_port());
-    let full = check(&url, &[fourth_peer.clone()], t);
+    let full = check(&url, std::slice::from_ref(&fourth_peer), t);
     assert!(matches!(full, Finding::Full { size: 3, .. }), "{full:?}");
-    eprintln!("a fourth machine's check: {}", full.message(&url, &[fourth_peer]));
-    let mut peers = kiln_etcd::gateway::peer_urls(&kiln_etcd::gateway::Seeds::Discovery(url.clone()), t).unwrap();
+    eprintln!(
+        "a fourth machine's check: {}",
+        full.message(&url, &[fourth_peer])
+    );
+    let mut peers =
+        kiln_etcd::gateway::peer_urls(&kiln_etcd::gateway::Seeds::Discovery(url.clone()), t)
+            .unwrap();
     peers.sort();
     let mut want: Vec<String> = members.iter().map(|m| m.peer_url.clone()).collect();
     want.sort();
