@@ -265,6 +265,15 @@ fn etcd(node: &Node, path: &str, ctx: &mut Ctx) -> Result<Etcd, ConfigError> {
         }
         etcd.settings.insert(key.to_string(), value);
     }
+    let bootstraps: Vec<&str> = ["initial-cluster", "discovery", "discovery-srv"]
+        .into_iter()
+        .filter(|k| etcd.settings.contains_key(*k))
+        .collect();
+    if !etcd.proxy && bootstraps.len() > 1 {
+        if let Some(pos) = f.key_pos(bootstraps[1]) {
+            ctx.warn(pos, &f.path_of(bootstraps[1]), format!("etcd refuses to start a member given more than one of {}: give one (a discovery URL bootstraps a new cluster; `initial-cluster` names its members)", bootstraps.join(", ")));
+        }
+    }
     if etcd.proxy
         && !etcd.settings.contains_key("discovery")
         && !etcd.settings.contains_key("initial-cluster")

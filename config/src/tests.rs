@@ -927,6 +927,12 @@ fn etcd_proxy_and_fallback_settings_that_cannot_work_are_said() {
         w.iter().any(|(l, m)| *l == 5 && m.contains("proxy: on")),
         "{w:?}"
     );
+    let w = warnings_of("#cloud-config\ncoreos:\n  etcd2:\n    initial-cluster: a=http://10.0.0.1:2380\n    discovery: http://d.example/x\n");
+    assert!(
+        w.iter()
+            .any(|(l, m)| *l == 5 && m.contains("more than one of initial-cluster, discovery")),
+        "{w:?}"
+    );
     let e = error("#cloud-config\ncoreos:\n  etcd2:\n    proxy: sometimes\n");
     assert!(
         e.to_string().contains("none of `on`, `off`, `readonly`"),
