@@ -346,6 +346,21 @@ fn watch_cluster(members: Vec<SocketAddr>, stop: Arc<AtomicBool>) -> Arc<Mutex<W
     watch
 }
 
+impl Watch {
+    /// The writer's outages (see [`write_outages`]), the longest of them, and how many rounds
+    /// failed.
+    fn outages(&self) -> (Vec<(Instant, Instant)>, Duration, usize) {
+        let outages = write_outages(&self.writes);
+        let longest = outages
+            .iter()
+            .map(|(a, b)| *b - *a)
+            .max()
+            .unwrap_or_default();
+        let failed = self.writes.iter().filter(|(_, ok)| !ok).count();
+        (outages, longest, failed)
+    }
+}
+
 /// Each stretch from a failed write to the next successful one (or the last write).
 fn write_outages(writes: &[(Instant, bool)]) -> Vec<(Instant, Instant)> {
     let mut outages = Vec::new();
@@ -829,13 +844,7 @@ fn three_nodes_form_an_etcd_cluster_find_each_others_services_and_update_one_at_
             );
         }
     }
-    let outages = write_outages(&watch.writes);
-    let outage = outages
-        .iter()
-        .map(|(a, b)| *b - *a)
-        .max()
-        .unwrap_or_default();
-    let failed = watch.writes.iter().filter(|(_, ok)| !ok).count();
+    let (outages, outage, failed) = watch.outages();
     eprintln!(
         "writer: {} writes, {failed} failed, longest outage {:.1} s (at most {} s); outages (s into the update): {:?}",
         watch.writes.len(),
@@ -1129,18 +1138,16 @@ fn three_nodes_form_an_etcd_cluster_find_each_others_services_and_update_one_at_
     stop.store(true, Ordering::SeqCst);
     std::thread::sleep(Duration::from_secs(4));
     let watch = watch.lock().unwrap();
-    let outages = write_outages(&watch.writes);
-    let outage = outages
-        .iter()
-        .map(|(a, b)| *b - *a)
-        .max()
-        .unwrap_or_default();
-    let failed = watch.writes.iter().filter(|(_, ok)| !ok).count();
+    let (outages, outage, failed) = watch.outages();
     eprintln!(
-        "membership change (added, joined, removed) in {:.0} s; writer: {} writes, {failed} failed, longest outage {:.1} s",
+        "membership change (added, joined, removed) in {:.0} s; writer: {} writes, {failed} failed, longest outage {:.1} s; outages (s into the change): {:?}",
         t.elapsed().as_secs_f64(),
         watch.writes.len(),
-        outage.as_secs_f64()
+        outage.as_secs_f64(),
+        outages
+            .iter()
+            .map(|(a, b)| format!("{:.1}..{:.1}", (*a - t).as_secs_f64(), (*b - t).as_secs_f64()))
+            .collect::<Vec<_>>()
     );
     assert!(
         outage <= WRITE_OUTAGE_GOAL,
