@@ -6,8 +6,8 @@
 //! (restricted) carries ssh and etcd's client port (etcd listens on every address) from the
 //! host, and the agents' and etcd's requests to the update server on the host.
 //!
-//! A fourth machine is a worker (`etcd2: proxy: on`): no member, etcd's gateway to the members on
-//! 127.0.0.1:2379, flannel and the update agent through it. A fifth, given the same discovery URL
+//! A fourth machine is a worker (`etcd2: proxy: on`): no member, Kiln's etcd proxy to the members
+//! on 127.0.0.1:2379, flannel and the update agent through it. A fifth, given the same discovery URL
 //! once the cluster is full, is refused and says why; at the end it is provisioned again as a new
 //! member added to the running cluster, and removed again, while a writer runs.
 //!
@@ -75,7 +75,7 @@ const NODES: [Node; 3] = [
     },
 ];
 
-/// A worker: no etcd member, but etcd's gateway to the members (`etcd2: proxy: on`), with
+/// A worker: no etcd member, but a proxy to the members (`etcd2: proxy: on`), with
 /// flannel and the update agent (its reboot lock taken through the gateway) as on a member.
 const WORKER: Node = Node {
     name: "node4",
@@ -490,7 +490,7 @@ fn check_refused(vm: &Vm, key: &Path, discovery: &str) {
     );
 }
 
-/// The worker runs no member: etcd's gateway on 127.0.0.1:2379 answers for the cluster with
+/// The worker runs no member: its proxy on 127.0.0.1:2379 answers for the cluster with
 /// etcdctl's defaults, and passes a watch of a key written on a member (`tag` names the key).
 fn check_worker(worker: &Vm, member: &Vm, key: &Path, tag: &str) {
     wait_in_guest(
@@ -974,7 +974,7 @@ fn three_nodes_form_an_etcd_cluster_find_each_others_services_and_update_one_at_
     let text = String::from_utf8_lossy(&health.stdout).into_owned()
         + &String::from_utf8_lossy(&health.stderr);
     assert_eq!(text.matches("is healthy").count(), 2, "{text}");
-    // The worker's gateway passes over the lost member.
+    // The worker's proxy passes over the lost member (its machine gone: no answer at all).
     assert_eq!(
         guest(
             worker,

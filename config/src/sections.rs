@@ -286,8 +286,8 @@ fn etcd(node: &Node, path: &str, ctx: &mut Ctx) -> Result<Etcd, ConfigError> {
     Ok(etcd)
 }
 
-/// `proxy:` as CoreOS's etcd2 read it: `on` runs no member but a gateway to the cluster's
-/// members (Kiln's gateway; `readonly` is read as `on`, saying so), `off` a member.
+/// `proxy:` as CoreOS's etcd2 read it: `on` runs no member but a proxy to the cluster's
+/// members (Kiln's; `readonly` is read as `on`, saying so), `off` a member.
 fn proxy(node: &Node, path: &str, ctx: &mut Ctx) -> Result<bool, ConfigError> {
     let text = string(node, path)?;
     match text.to_ascii_lowercase().as_str() {
@@ -295,7 +295,7 @@ fn proxy(node: &Node, path: &str, ctx: &mut Ctx) -> Result<bool, ConfigError> {
             ctx.warn(
                 node.place(),
                 path,
-                "Kiln's etcd proxy (etcd's gateway) passes writes too; `readonly` is read as `on`",
+                "Kiln's etcd proxy passes writes too; `readonly` is read as `on`",
             );
             Ok(true)
         }

@@ -12,8 +12,8 @@ pub const UNITS_TO_START: &str = kiln_contract::paths::UNITS_TO_START;
 /// Debian's etcd.service reads `EnvironmentFile=-/etc/default/%p`.
 pub const ETCD_ENV_FILE: &str = "/etc/default/etcd";
 pub const ETCD_DEFAULT_DATA_DIR: &str = "/var/lib/etcd/default";
-/// A worker's etcd (`proxy: on`): `etcd gateway` to the members, reading the same
-/// environment file.
+/// A worker's etcd (`proxy: on`): `kiln-etcd gateway`, a proxy to the members, reading the
+/// same environment file.
 const ETCD_GATEWAY_UNIT: &str = "kiln-etcd-gateway.service";
 /// Kiln's settings for Debian's etcd.service.
 const ETCD_DROP_IN: &str = "/etc/systemd/system/etcd.service.d/10-kiln.conf";

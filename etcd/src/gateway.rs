@@ -1,15 +1,14 @@
-//! A worker's etcd: `etcd gateway` (etcd's own layer-4 proxy) on the machine's client address,
-//! to the cluster's members, so everything local that talks to etcd (the update agent's lock,
-//! fleet, flannel, containers) works unchanged on a machine that runs no member.
+//! A worker's etcd: a proxy on the machine's client address to the cluster's members
+//! (`proxy.rs`), so everything local that talks to etcd (the update agent's lock, fleet,
+//! flannel, containers) works unchanged on a machine that runs no member.
 //!
-//! Why the gateway and not etcd's `--proxy on`: that v2 proxy passes neither gRPC nor the JSON
-//! gateway's streaming watches, which fleet and flannel live on; the gateway passes bytes.
+//! Why not etcd's `--proxy on`: that v2 proxy passes neither gRPC nor the JSON gateway's
+//! streaming watches, which fleet and flannel live on; a layer-4 proxy passes bytes.
 //!
-//! The gateway has no `--discovery` of its own and keeps the endpoints it was started with, so
-//! this module finds them: from the cloud-config's `initial-cluster` or discovery URL (the
-//! members' peer URLs), then each member's client URLs from a peer's `/members`. The supervisor
-//! (`kiln-etcd gateway`) asks the cluster for its members again every little while and starts
-//! the gateway again when they changed (a member added or removed).
+//! This module finds the members: from the cloud-config's `initial-cluster` or discovery URL
+//! (the members' peer URLs), then each member's client URLs from a peer's `/members`; and, while
+//! the proxy runs, from the cluster's own member list, asked every little while, so a member
+//! added or removed is followed.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -217,23 +216,6 @@ fn urls_of_members(members: &Value, field: &str) -> Vec<String> {
         .map(|u| u.trim_end_matches('/').to_string())
         .collect();
     set.into_iter().collect()
-}
-
-/// The arguments of `etcd` that start the gateway.
-pub fn gateway_args(cfg: &GatewayConfig, client_urls: &[String]) -> Vec<String> {
-    let endpoints: Vec<String> = client_urls
-        .iter()
-        .map(|u| host_port(u).unwrap_or_else(|| u.clone()))
-        .collect();
-    vec![
-        "gateway".into(),
-        "start".into(),
-        format!("--endpoints={}", endpoints.join(",")),
-        format!("--listen-addr={}", cfg.listen),
-        // A member that failed (restarting, or being replaced) is tried again after this, not
-        // after the default minute.
-        "--retry-delay=5s".into(),
-    ]
 }
 
 #[cfg(test)]

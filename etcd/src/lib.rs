@@ -2,13 +2,14 @@
 //! blocking HTTP: the one etcd client of the update agent's reboot lock, fleet and the benches.
 //!
 //! Why the gateway and not gRPC: no protoc in the build, the same small HTTP stack the agent
-//! already carries, and it works unchanged through `etcd gateway` on worker machines. The gateway's
+//! already carries, and it works unchanged through a worker's proxy (`proxy.rs`). The gateway's
 //! quirks are handled here once: keys and values are base64, int64 fields are strings, and false
 //! booleans and zero numbers are left out of answers (a txn that failed has no `succeeded`).
 
 mod client;
 pub mod discovery;
 pub mod gateway;
+pub mod proxy;
 #[cfg(any(test, feature = "testutil"))]
 pub mod testutil;
 mod watch;

@@ -1,5 +1,5 @@
-//! `kiln-etcd gateway` as a worker runs it: etcd's settings in the environment, the real
-//! `etcd gateway` in front of a real 3-member cluster on 127.0.0.1.
+//! `kiln-etcd gateway` as a worker runs it: etcd's settings in the environment,
+//! its proxy in front of a real 3-member cluster on 127.0.0.1.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

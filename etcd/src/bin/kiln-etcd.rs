@@ -2,21 +2,24 @@
 //!
 //! - `kiln-etcd gateway` (kiln-etcd-gateway.service): a worker machine's etcd (`etcd2: proxy:
 //!   on`). Finds the cluster's members from etcd's own settings (`/etc/default/etcd`, read by
-//!   the unit), runs `etcd gateway start` to them on the machine's client address, and starts it
-//!   again when the members change. Until a member answers it retries, saying why, every few
-//!   seconds.
+//!   the unit), passes every connection on the machine's client address to one of them
+//!   (`proxy.rs`), and follows the members as they change. Until a member answers it retries,
+//!   saying why, every few seconds.
 //! - `kiln-etcd check-discovery` (before a member's etcd starts, from kiln-config's drop-in):
 //!   when the member has not joined yet and has a discovery URL, says what the URL answers for
 //!   this machine (not a token, waiting for others, registered, the cluster full) in the
 //!   member's journal and in the cloud-config report. Never fails: etcd decides.
 
-use std::process::{Child, Command, ExitCode};
+use std::net::TcpListener;
+use std::process::ExitCode;
+use std::sync::Arc;
 use std::thread::sleep;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kiln_contract::paths::CLOUD_CONFIG_REPORT;
 use kiln_etcd::discovery;
 use kiln_etcd::gateway::{self, GatewayConfig, GatewayError};
+use kiln_etcd::proxy::{self, Members};
 
 /// Every question to a member or the discovery service is bounded by this.
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -24,7 +27,6 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 const RETRY: Duration = Duration::from_secs(5);
 /// How often the members are asked again (etcd's v2 proxy refreshed every 30 s too).
 const REFRESH: Duration = Duration::from_secs(30);
-const ETCD: &str = "/usr/bin/etcd";
 /// The report's line this writes (one, replaced at each check).
 const REPORT_LINE: &str = "etcd discovery: ";
 
@@ -91,38 +93,54 @@ fn gateway_main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let mut members = find_members(&cfg);
-    loop {
-        let mut child = start(&cfg, &members);
-        let mut next = Instant::now() + REFRESH;
+    let listener = match TcpListener::bind(&cfg.listen) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("kiln-etcd: listening on {}: {e}", cfg.listen);
+            return ExitCode::FAILURE;
+        }
+    };
+    let urls = find_members(&cfg);
+    let members = Members::new(&endpoints(&urls));
+    eprintln!(
+        "kiln-etcd: passing connections on {} to the members",
+        cfg.listen
+    );
+    let refreshed = Arc::clone(&members);
+    std::thread::spawn(move || {
+        let mut urls = urls;
         loop {
-            sleep(Duration::from_millis(500));
-            if let Ok(Some(status)) = child.try_wait() {
-                eprintln!("kiln-etcd: etcd gateway ended ({status}); starting it again");
-                sleep(Duration::from_secs(1));
-                break;
-            }
-            if Instant::now() < next {
-                continue;
-            }
-            next = Instant::now() + REFRESH;
-            match gateway::current_client_urls(&members, TIMEOUT) {
-                Ok(now) if now != members => {
+            sleep(REFRESH);
+            match gateway::current_client_urls(&urls, TIMEOUT) {
+                Ok(now) if now != urls => {
                     eprintln!(
-                        "kiln-etcd: the cluster's members changed: {} (were {}); starting the gateway again",
+                        "kiln-etcd: the cluster's members changed: {} (were {})",
                         now.join(", "),
-                        members.join(", ")
+                        urls.join(", ")
                     );
-                    members = now;
-                    stop(&mut child);
-                    break;
+                    refreshed.set(&endpoints(&now));
+                    urls = now;
                 }
                 Ok(_) => {}
-                // The gateway goes on with the members it has; they may be back soon.
+                // The proxy goes on with the members it has; they may be back soon.
                 Err(e) => eprintln!("kiln-etcd: asking the cluster for its members: {e}"),
             }
         }
+    });
+    match proxy::serve(listener, members, |m| eprintln!("kiln-etcd: {m}")) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kiln-etcd: {e}");
+            ExitCode::FAILURE
+        }
     }
+}
+
+/// Client URLs as the proxy dials them (`host:port`).
+fn endpoints(urls: &[String]) -> Vec<String> {
+    urls.iter()
+        .map(|u| gateway::host_port(u).unwrap_or_else(|| u.clone()))
+        .collect()
 }
 
 /// The members' client URLs, retried until some member answers.
@@ -150,29 +168,4 @@ fn find_members(cfg: &GatewayConfig) -> Vec<String> {
             }
         }
     }
-}
-
-fn start(cfg: &GatewayConfig, members: &[String]) -> Child {
-    let args = gateway::gateway_args(cfg, members);
-    eprintln!("kiln-etcd: {ETCD} {}", args.join(" "));
-    let mut cmd = Command::new(ETCD);
-    cmd.args(&args);
-    // The member settings in the environment are not the gateway's.
-    for (name, _) in std::env::vars() {
-        if name.starts_with("ETCD_") {
-            cmd.env_remove(name);
-        }
-    }
-    match cmd.spawn() {
-        Ok(child) => child,
-        Err(e) => {
-            eprintln!("kiln-etcd: starting {ETCD}: {e}; is etcd-server in the image?");
-            std::process::exit(1);
-        }
-    }
-}
-
-fn stop(child: &mut Child) {
-    let _ = child.kill();
-    let _ = child.wait();
 }

@@ -136,28 +136,3 @@ fn the_members_client_urls_come_from_any_peer_that_answers() {
         .to_string();
     assert!(e.contains("no member of the cluster answered"), "{e}");
 }
-
-#[test]
-fn the_gateway_is_started_on_the_members_client_addresses() {
-    let cfg = GatewayConfig {
-        listen: "127.0.0.1:2379".into(),
-        seeds: Seeds::PeerUrls(vec![]),
-    };
-    let args = gateway_args(
-        &cfg,
-        &[
-            "http://10.77.0.1:2379".into(),
-            "http://10.77.0.2:2379".into(),
-        ],
-    );
-    assert_eq!(
-        args,
-        [
-            "gateway",
-            "start",
-            "--endpoints=10.77.0.1:2379,10.77.0.2:2379",
-            "--listen-addr=127.0.0.1:2379",
-            "--retry-delay=5s"
-        ]
-    );
-}
