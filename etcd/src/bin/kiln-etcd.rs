@@ -93,6 +93,8 @@ fn gateway_main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Members first: until one answers, local clients are refused at once rather than held.
+    let urls = find_members(&cfg);
     let listener = match TcpListener::bind(&cfg.listen) {
         Ok(l) => l,
         Err(e) => {
@@ -100,7 +102,6 @@ fn gateway_main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let urls = find_members(&cfg);
     let members = Members::new(&endpoints(&urls));
     eprintln!(
         "kiln-etcd: passing connections on {} to the members",
