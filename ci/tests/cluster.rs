@@ -613,14 +613,14 @@ fn three_nodes_form_an_etcd_cluster_find_each_others_services_and_update_one_at_
     let mcast_port = free_port().unwrap();
     let private_key = std::fs::read_to_string(&key).unwrap();
     // Writes `node`'s cloud-config with `etcd` as its etcd2 section and starts it on a fresh
-    // copy of v1's disk.
-    let provision = |node: &Node, etcd: &str| {
+    // copy of `v`'s disk.
+    let provision = |node: &Node, etcd: &str, v: &Version| {
         let doc = cloud_config(node, &public, &private_key, etcd);
         kiln_config::parse(&doc).expect("the scenario's cloud-config is valid");
         assert!(kiln_config::addresses::uses_addresses(&doc));
         let path = work.join(format!("{}.yml", node.name));
         std::fs::write(&path, doc).unwrap();
-        start_node(node, &work, &v1.disk(), mcast_port, &path, &server)
+        start_node(node, &work, &v.disk(), mcast_port, &path, &server)
     };
     let started = Instant::now();
     let nodes: Vec<Started> = NODES
@@ -629,9 +629,10 @@ fn three_nodes_form_an_etcd_cluster_find_each_others_services_and_update_one_at_
             provision(
                 node,
                 &member_etcd(node, &format!("    discovery: {discovery}\n")),
+                &v1,
             )
         })
-        .chain([provision(&WORKER, &worker_etcd(&discovery))])
+        .chain([provision(&WORKER, &worker_etcd(&discovery), &v1)])
         .collect();
     // `all`: the four machines; `vms`: the three members.
     let all: Vec<&Vm> = nodes.iter().map(|n| &n.vm).collect();
@@ -672,6 +673,7 @@ fn three_nodes_form_an_etcd_cluster_find_each_others_services_and_update_one_at_
     let refused = provision(
         &NEWCOMER,
         &member_etcd(&NEWCOMER, &format!("    discovery: {discovery}\n")),
+        &v1,
     );
     check_worker(worker, vms[0], &key, "first");
     guest(
@@ -1088,12 +1090,14 @@ fn three_nodes_form_an_etcd_cluster_find_each_others_services_and_update_one_at_
         .unwrap_or_else(|| {
             panic!("no ETCD_INITIAL_CLUSTER in `etcdctl member add`'s answer:\n{added}")
         });
+    // A new machine is provisioned with the version the cluster runs (v2), not updated into it.
     let newcomer = provision(
         &NEWCOMER,
         &member_etcd(
             &NEWCOMER,
             &format!("    initial-cluster: {initial}\n    initial-cluster-state: existing\n"),
         ),
+        &v2,
     );
     newcomer
         .vm
@@ -1114,8 +1118,9 @@ fn three_nodes_form_an_etcd_cluster_find_each_others_services_and_update_one_at_
             &key,
             "etcdctl get --consistency=s --print-value-only /kiln-ci/after-loss || true",
             CLUSTER_TIMEOUT,
-            |o| o == "still-writable",
-        ),
+            |o| o.trim() == "still-writable",
+        )
+        .trim(),
         "still-writable"
     );
     eprintln!(
