@@ -287,7 +287,8 @@ fn etcd(node: &Node, path: &str, ctx: &mut Ctx) -> Result<Etcd, ConfigError> {
 }
 
 /// `proxy:` as CoreOS's etcd2 read it: `on` runs no member but a proxy to the cluster's
-/// members (Kiln's; `readonly` is read as `on`, saying so), `off` a member.
+/// members (Kiln's; `readonly` is read as `on`, saying so), `off` a member; anything else is
+/// read as `off`, saying so.
 fn proxy(node: &Node, path: &str, ctx: &mut Ctx) -> Result<bool, ConfigError> {
     let text = string(node, path)?;
     match text.to_ascii_lowercase().as_str() {
@@ -299,13 +300,16 @@ fn proxy(node: &Node, path: &str, ctx: &mut Ctx) -> Result<bool, ConfigError> {
             );
             Ok(true)
         }
-        _ => boolean(Some(node), path).map_err(|_| {
-            ConfigError::invalid(
-                node,
+        // As coreos-cloudinit, which passed any value on: the document is applied, and the
+        // machine runs a member, as without the key.
+        _ => Ok(boolean(Some(node), path).unwrap_or_else(|_| {
+            ctx.warn(
+                node.place(),
                 path,
-                format!("{text:?} is none of `on`, `off`, `readonly`"),
-            )
-        }),
+                format!("{text:?} is none of `on`, `off`, `readonly`; read as `off`: this machine runs an etcd member"),
+            );
+            false
+        })),
     }
 }
 
