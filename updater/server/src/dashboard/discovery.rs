@@ -13,7 +13,7 @@ use super::text::{datetime, escape};
 use super::Session;
 
 /// The page's path.
-pub const PAGE: &str = "/dashboard/discovery";
+pub use super::render::DISCOVERY_PAGE as PAGE;
 
 /// Where the form deleting a token posts.
 pub fn token_delete_href(token: &str) -> String {

@@ -52,7 +52,7 @@ pub(super) fn layout(title: &str, session: Option<&Session>, body: &str) -> Stri
             "<nav><a href=\"/dashboard/\">Apps</a><a href=\"{}\">etcd discovery</a></nav>\
              <form method=\"post\" action=\"/dashboard/logout\" class=\"logout\">\
              <input type=\"hidden\" name=\"csrf\" value=\"{}\"><button>Log out</button></form>",
-            super::discovery::PAGE,
+            DISCOVERY_PAGE,
             escape(&s.csrf)
         ),
         None => String::new(),
@@ -480,3 +480,6 @@ mod tests {
         assert_eq!(duration(90), "90 s");
     }
 }
+
+/// The discovery tokens' page (in the navigation here, its content in `discovery.rs`).
+pub const DISCOVERY_PAGE: &str = "/dashboard/discovery";
