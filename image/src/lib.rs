@@ -18,6 +18,8 @@ pub mod kmod;
 pub mod region;
 pub mod rootfs;
 pub mod tree;
+#[cfg(feature = "build")]
+pub mod tree_codec;
 pub mod verity;
 
 #[doc(hidden)]

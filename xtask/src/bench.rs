@@ -34,6 +34,9 @@ pub enum BenchCommand {
     /// to place them all, etcd writes per unit, CPU and memory per pass, a lost machine's units
     /// moved; vs one single-key write per unit.
     Fleet(crate::bench_fleet::FleetBenchConfig),
+    /// `build-image` with everything afresh (`--no-cache`), with nothing changed and with one
+    /// overlay file changed, vs hashing the inputs and copying a finished disk.raw once.
+    Build(crate::bench_build::BuildBenchConfig),
 }
 
 #[derive(clap::Args)]
@@ -45,8 +48,8 @@ pub struct FormatsConfig {
 
 pub fn run(cmd: &BenchCommand) -> Result<()> {
     // Timings of unoptimised code say nothing: a debug xtask hands the benchmark to a release
-    // build of itself.
-    if cfg!(debug_assertions) {
+    // build of itself. Not the build's: it times `cargo xtask build-image` as users run it.
+    if cfg!(debug_assertions) && !matches!(cmd, BenchCommand::Build(_)) {
         let args: Vec<String> = std::env::args().skip(1).collect();
         return host::run(
             Command::new("cargo")
@@ -62,7 +65,31 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
         BenchCommand::Server(cfg) => crate::bench_server::server(cfg),
         BenchCommand::Boot(cfg) => crate::bench_boot::boot(cfg),
         BenchCommand::Fleet(cfg) => crate::bench_fleet::fleet(cfg),
+        BenchCommand::Build(cfg) => crate::bench_build::build(cfg),
     }
+}
+
+/// The median of `values` (NaN when there are none).
+pub fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.collect();
+    v.sort_by(|a, b| a.total_cmp(b));
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// The machine's load, to print beside the figures: it is shared.
+pub fn load_line() -> String {
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    format!(
+        "load average (1, 5, 15 min): {}",
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    )
 }
 
 /// Generated files added to the kernel's modules: small, many, deterministic.

@@ -27,6 +27,7 @@ use kiln_image::definition::Definition;
 use kiln_image::tree::{Content, Entry, Kind, Meta, Tree};
 use kiln_qemu::{ssh_keygen, Accel, Firmware, Vm, VmConfig};
 
+use crate::bench::{load_line, median};
 use crate::host;
 
 #[derive(clap::Args)]
@@ -308,26 +309,4 @@ fn floor_initramfs(dir: &Path) -> Result<PathBuf> {
         std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
     kiln_image::cpio::write_newc(&tree, std::io::BufWriter::new(out))?;
     Ok(path)
-}
-
-fn median(values: impl Iterator<Item = f64>) -> f64 {
-    let mut v: Vec<f64> = values.collect();
-    v.sort_by(|a, b| a.total_cmp(b));
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
-/// The machine's load, to print beside the figures: it is shared.
-fn load_line() -> String {
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    format!(
-        "load average (1, 5, 15 min): {}",
-        load.split_whitespace()
-            .take(3)
-            .collect::<Vec<_>>()
-            .join(" ")
-    )
 }

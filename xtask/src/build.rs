@@ -9,8 +9,14 @@
 //! `payload.rs`, `release_files.rs` and `report.rs`. `context.rs` makes the context from the
 //! command line, `key.rs` is the update signing key, and `binaries.rs` builds the static
 //! device binaries the rootfs and the initramfs take.
+//!
+//! Work is skipped when its inputs did not change: `stamp.rs` reuses the outputs already in
+//! `build/<version>/` when the whole build's key is theirs, and `cache.rs` is the stage cache
+//! that keeps the package tree, the initramfs and the compressed chunks of the disk between
+//! builds. `--no-cache` does without both.
 
 mod binaries;
+pub mod cache;
 mod context;
 mod disk;
 mod initramfs;
@@ -18,11 +24,14 @@ mod key;
 pub mod packages;
 mod partitions;
 mod payload;
+pub mod rebuild;
 mod release_files;
 mod report;
 mod rootfs;
+mod stamp;
 mod usr;
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -69,7 +78,17 @@ pub struct BuildConfig {
     /// while the machine starts to get it, and pick the other slot by hand.
     #[arg(long, default_value_t = DEFAULT_BOOT_MENU_TIMEOUT)]
     pub boot_menu_timeout: u32,
+    /// Run every stage afresh: neither reuse the outputs already in `<out>/<version>/` nor read
+    /// or write the stage cache (`~/.cache/kiln/stages/`).
+    #[arg(long)]
+    pub no_cache: bool,
 }
+
+/// The stages whose outputs the stage cache keeps, and the one that reuses an earlier build's
+/// outputs whole (named in the stage table; tests look for them).
+pub const PACKAGES_STAGE: &str = "packages (fetch + extract)";
+pub const INITRAMFS_STAGE: &str = "initramfs";
+pub const EARLIER_OUTPUTS_STAGE: &str = "earlier outputs";
 
 /// `--boot-menu-timeout` when not given: no menu shown.
 pub const DEFAULT_BOOT_MENU_TIMEOUT: u32 = 0;
@@ -98,9 +117,26 @@ pub struct Build {
     pub work_dir: PathBuf,
     /// Every time in every artifact (`SOURCE_DATE_EPOCH`).
     pub epoch: i64,
-    pub timings: Vec<(&'static str, Duration)>,
+    pub timings: Vec<StageTime>,
+    /// Set by a stage that took its output from the cache (or an earlier build).
+    reused: bool,
+    /// The stage cache (disabled by `--no-cache`).
+    pub cache: cache::StageCache,
+    /// The SHA-256 of the running build tool ([`Build::code_digest`]).
+    code: Option<[u8; 32]>,
+    /// The SHA-256 of outputs that a stage already took on the way (for the report).
+    digests: BTreeMap<PathBuf, [u8; 32]>,
+    /// The report's lines above the stage table, when the outputs were reused.
+    report_header: Option<String>,
     /// Signs the update payload; its public key goes into `/usr` (see [`Build::signing_key`]).
     pub signing: BuildKey,
+}
+
+/// One row of the stage table: how long the stage took and whether its output was reused.
+pub struct StageTime {
+    pub name: &'static str,
+    pub took: Duration,
+    pub reused: bool,
 }
 
 /// What the build made, for the report and for callers (tests, `qemu`).
@@ -116,12 +152,20 @@ pub struct Artifacts {
 }
 
 impl Build {
-    /// Every stage, top to bottom.
+    /// Every stage, top to bottom; or none, when the outputs of a build with the same inputs
+    /// are in place and intact.
     pub fn run(&mut self) -> Result<Artifacts> {
-        let debs = self.stage("fetch packages", Build::fetch_packages)?;
-        let tree = self.stage("extract packages", |b| b.extract(&debs))?;
+        let key = self.stage("inputs", Build::input_key)?;
+        if self.cache.is_enabled() {
+            if let Some(artifacts) = self.stage(EARLIER_OUTPUTS_STAGE, |b| b.reuse_outputs(&key))? {
+                self.reused_report()?;
+                return Ok(artifacts);
+            }
+        }
+        self.clear_stamp()?;
+        let tree = self.stage(PACKAGES_STAGE, Build::package_tree)?;
         let (tree, kver, kernel) = self.stage("rootfs", |b| b.rootfs(tree))?;
-        let initrd = self.stage("initramfs", |b| b.initramfs(&tree, &kver))?;
+        let initrd = self.stage(INITRAMFS_STAGE, |b| b.initramfs(&tree, &kver))?;
         let (usr_image, usr) = self.stage("usr filesystem + verity", |b| b.usr(&tree))?;
         let kernel_path = self.work_dir.join("vmlinuz");
         std::fs::write(&kernel_path, kernel.read_all()?).context("writing the kernel")?;
@@ -153,14 +197,24 @@ impl Build {
             usr_hash: usr.root_hash_hex(),
             payload,
         };
-        if self.release_files {
-            self.stage("release files", Build::release_files)?;
+        let chunks = if self.release_files {
+            self.stage("release files", Build::release_files)?
+        } else {
+            self.stage("disk chunks", Build::work_chunks)?
+        };
+        let (header, files) = self.stage("report", |b| b.report(&artifacts, &tree))?;
+        self.write_stamp(&key, &artifacts, &files, &chunks, &header)?;
+        let freed = self.cache.prune(cache::MAX_BYTES)?;
+        if freed > 0 {
+            eprintln!(
+                "    stage cache: {} MiB of entries used longest ago removed",
+                freed >> 20
+            );
         }
-        self.stage("report", |b| b.report(&artifacts, &tree))?;
         Ok(artifacts)
     }
 
-    /// Runs one named stage, timing it.
+    /// Runs one named stage, timing it and noting whether it reused its output.
     fn stage<T>(
         &mut self,
         name: &'static str,
@@ -168,9 +222,24 @@ impl Build {
     ) -> Result<T> {
         eprintln!("==> {name}");
         let start = Instant::now();
+        self.reused = false;
         let result = f(self).with_context(|| format!("stage `{name}`"));
-        self.timings.push((name, start.elapsed()));
+        if self.reused {
+            eprintln!("    reused");
+        }
+        self.timings.push(StageTime {
+            name,
+            took: start.elapsed(),
+            reused: self.reused,
+        });
         result
+    }
+
+    /// The stage cache's entry `kind`/`key`, when it holds one; marks the stage reused.
+    fn cached(&mut self, kind: &str, key: &cache::Key) -> Option<Vec<u8>> {
+        let bytes = self.cache.load(kind, key)?;
+        self.reused = true;
+        Some(bytes)
     }
 
     /// A GUID, UUID or salt derived from the build's inputs, never from randomness.

@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_boot;
+mod bench_build;
 mod bench_flash;
 mod bench_fleet;
 mod bench_server;
@@ -50,10 +51,20 @@ enum Command {
     Publish(publish::PublishConfig),
     /// Run the update server (state under build/server/).
     Serve(serve::ServeArgs),
+    /// Empty the build's stage cache (~/.cache/kiln/stages/); --packages also the downloaded
+    /// Debian packages.
+    Clean(CleanConfig),
     /// Run the unit tests, the format checks against the reference tools, and the VM scenarios.
     Test(test::TestConfig),
     /// Check cloud-config documents with the parser first boot uses (line and column in errors).
     ValidateConfig(validate::ValidateConfig),
+}
+
+#[derive(clap::Args)]
+struct CleanConfig {
+    /// Also remove the downloaded Debian packages and indices (~/.cache/kiln/).
+    #[arg(long)]
+    packages: bool,
 }
 
 fn main() {
@@ -67,6 +78,7 @@ fn main() {
         Command::Qemu(cfg) => qemu::run(&cfg),
         Command::Publish(cfg) => publish::run(&cfg),
         Command::Serve(args) => serve::run(&args),
+        Command::Clean(cfg) => build::cache::clean(cfg.packages),
         Command::Test(cfg) => test::run(&cfg),
         Command::ValidateConfig(cfg) => validate::run(&cfg),
     };

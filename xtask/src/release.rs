@@ -15,12 +15,13 @@ pub mod signature;
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{self, BufReader, BufWriter, Write};
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use kiln_contract::digest::Hashing;
 use kiln_contract::hex;
+use sha2::Digest;
 
 pub const SUMS_FILE: &str = "SHA256SUMS";
 pub const SIG_FILE: &str = "SHA256SUMS.sig";
@@ -37,38 +38,174 @@ pub const SUMMED_FILES: [&str; 4] = [DISK_FILE, CHUNKS_FILE, ZST_FILE, "update.p
 /// higher levels cost minutes on the filesystems for a few percent.
 const ZSTD_LEVEL: i32 = 3;
 const IO_BUF: usize = 4 << 20;
+/// Threads compressing chunks (a third hashes the whole disk meanwhile).
+const COMPRESS_THREADS: usize = 2;
+/// The first frame of `disk.raw.zst`: a skippable frame (every zstd decoder passes over it)
+/// holding [`SIZE_TAG`] and the disk's size (u64 little-endian), so that `flash` knows the
+/// size before it decompresses.
+const SIZE_FRAME_MAGIC: u32 = 0x184D_2A5E;
+const SIZE_TAG: &[u8; 8] = b"kilndisk";
+/// The size frame's length: magic, frame size, tag, disk size.
+const SIZE_FRAME_LEN: usize = 4 + 4 + 8 + 8;
 
-/// Compresses `src` into `dst` as one zstd frame that records the content size (so `flash`
-/// knows the disk's size before it decompresses) and a checksum. Single-threaded on purpose:
-/// zstd's output then depends only on the input, the level and the library version.
-/// Written to a temporary file, synced, then renamed. Returns the SHA-256 of `src` and of
-/// `dst`, taken on the way (one read of the disk instead of two).
-pub fn compress(src: &Path, dst: &Path) -> Result<([u8; 32], [u8; 32])> {
+/// Where compressed chunks are kept between builds (the build's stage cache), by the SHA-256
+/// of the chunk they hold.
+pub trait FrameCache: Sync {
+    fn get(&self, chunk_sha256: &[u8; 32]) -> Option<Vec<u8>>;
+    fn put(&self, chunk_sha256: &[u8; 32], frame: &[u8]);
+}
+
+/// No cache: every chunk is compressed.
+#[cfg(test)]
+pub struct NoFrameCache;
+
+#[cfg(test)]
+impl FrameCache for NoFrameCache {
+    fn get(&self, _: &[u8; 32]) -> Option<Vec<u8>> {
+        None
+    }
+    fn put(&self, _: &[u8; 32], _: &[u8]) {}
+}
+
+/// Compresses `src` into `dst`: a size frame ([`SIZE_FRAME_MAGIC`]), then one zstd frame per
+/// chunk of `list` (the chunk list of `src`), each recording its content size and a checksum;
+/// `zstd -d` gives back `src`. Frames are independent, so equal chunks compress once, chunks
+/// compress on [`COMPRESS_THREADS`] threads, and a chunk whose frame is in `cache` is not
+/// compressed again. Each frame depends only on its chunk, the level and the zstd library, so
+/// the output does not depend on threads or cache. Written to a temporary file, synced, then
+/// renamed. Returns the SHA-256 of `src` (taken on another thread meanwhile) and of `dst`.
+pub fn compress(
+    src: &Path,
+    dst: &Path,
+    list: &chunks::ChunkList,
+    cache: &dyn FrameCache,
+) -> Result<([u8; 32], [u8; 32])> {
     let input = File::open(src).with_context(|| format!("opening {}", src.display()))?;
-    let len = input.metadata()?.len();
+    if input.metadata()?.len() != list.size {
+        bail!(
+            "{} changed size since its chunks were hashed",
+            src.display()
+        );
+    }
+    // The first chunk of each content: the ones to compress or take from the cache.
+    let mut firsts: BTreeMap<[u8; 32], usize> = BTreeMap::new();
+    for (i, hash) in list.hashes.iter().enumerate() {
+        firsts.entry(*hash).or_insert(i);
+    }
+    let mut frames: BTreeMap<[u8; 32], Vec<u8>> = BTreeMap::new();
+    let mut todo = Vec::new();
+    for (hash, i) in &firsts {
+        match cache.get(hash) {
+            Some(frame) => {
+                frames.insert(*hash, frame);
+            }
+            None => todo.push((*hash, *i)),
+        }
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let (disk_hash, compressed) = std::thread::scope(|s| {
+        let whole = s.spawn(|| digest_of(src));
+        let workers: Vec<_> = (0..COMPRESS_THREADS)
+            .map(|_| {
+                s.spawn(|| -> Result<Vec<([u8; 32], Vec<u8>)>> {
+                    let mut zstd = zstd::bulk::Compressor::new(ZSTD_LEVEL)?;
+                    zstd.include_checksum(true)?;
+                    zstd.include_contentsize(true)?;
+                    let mut buf = vec![0u8; list.chunk];
+                    let mut out = Vec::new();
+                    while let Some(&(hash, i)) =
+                        todo.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+                    {
+                        let offset = i as u64 * list.chunk as u64;
+                        let len = (list.size - offset).min(list.chunk as u64) as usize;
+                        let piece = &mut buf[..len];
+                        std::os::unix::fs::FileExt::read_exact_at(&input, piece, offset)?;
+                        if <[u8; 32]>::from(sha2::Sha256::digest(&*piece)) != hash {
+                            bail!(
+                                "{} changed while it was compressed (chunk {i}): build it again",
+                                src.display()
+                            );
+                        }
+                        let frame = zstd.compress(piece)?;
+                        cache.put(&hash, &frame);
+                        out.push((hash, frame));
+                    }
+                    Ok(out)
+                })
+            })
+            .collect();
+        let compressed: Result<Vec<_>> = workers
+            .into_iter()
+            .map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect();
+        let whole = whole
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        Ok::<_, anyhow::Error>((whole?, compressed?))
+    })?;
+    frames.extend(compressed.into_iter().flatten());
     let tmp = temp_path(dst);
     let out = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let out = Hashing::new(BufWriter::with_capacity(IO_BUF, out));
-    let mut enc = zstd::stream::Encoder::new(out, ZSTD_LEVEL)?;
-    enc.include_contentsize(true)?;
-    enc.include_checksum(true)?;
-    enc.set_pledged_src_size(Some(len))?;
-    let mut input = Hashing::new(BufReader::with_capacity(IO_BUF, input));
-    io::copy(&mut input, &mut enc)
-        .with_context(|| format!("compressing {} into {}", src.display(), tmp.display()))?;
-    let out = enc.finish()?;
+    let mut out = Hashing::new(BufWriter::with_capacity(IO_BUF, out));
+    out.write_all(&size_frame(list.size))?;
+    for hash in &list.hashes {
+        out.write_all(&frames[hash])
+            .with_context(|| format!("writing {}", tmp.display()))?;
+    }
+    out.flush()?;
     let zst_hash = out.digest();
     let file = out.inner.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()?;
     rename_synced(&tmp, dst)?;
-    Ok((input.digest(), zst_hash))
+    Ok((disk_hash, zst_hash))
 }
 
-/// SHA-256 of a whole file, as bytes.
+/// What a chunk's frame depends on besides the chunk: the library, its level and the frame's
+/// flags (the stage cache keys frames by it).
+pub fn frame_recipe() -> String {
+    format!(
+        "zstd {} level {ZSTD_LEVEL} checksum contentsize",
+        zstd::zstd_safe::version_string()
+    )
+}
+
+fn size_frame(size: u64) -> [u8; SIZE_FRAME_LEN] {
+    let mut f = [0u8; SIZE_FRAME_LEN];
+    f[..4].copy_from_slice(&SIZE_FRAME_MAGIC.to_le_bytes());
+    f[4..8].copy_from_slice(&16u32.to_le_bytes());
+    f[8..16].copy_from_slice(SIZE_TAG);
+    f[16..].copy_from_slice(&size.to_le_bytes());
+    f
+}
+
+/// The disk size a `disk.raw.zst` records in its first bytes: the size frame the build writes,
+/// or (a build before it, or `zstd` run by hand on a file) the content size of its only frame.
+pub fn zst_disk_size(head: &[u8]) -> Option<u64> {
+    if head.len() >= SIZE_FRAME_LEN
+        && head[..4] == SIZE_FRAME_MAGIC.to_le_bytes()
+        && head[4..8] == 16u32.to_le_bytes()
+        && head[8..16] == SIZE_TAG[..]
+    {
+        return Some(u64::from_le_bytes(
+            head[16..24].try_into().expect("8 bytes"),
+        ));
+    }
+    zstd::zstd_safe::get_frame_content_size(head).ok().flatten()
+}
+
+/// [`compress`] without a cache, the chunk list made on the way (tests and their fixtures).
+#[cfg(test)]
+pub fn compress_plain(src: &Path, dst: &Path) -> Result<([u8; 32], [u8; 32])> {
+    let list = chunks::ChunkList::of_file(src, chunks::CHUNK)?;
+    compress(src, dst, &list, &NoFrameCache)
+}
+
+/// How many bytes [`zst_disk_size`] needs at most.
+pub const ZST_HEAD_LEN: usize = SIZE_FRAME_LEN;
+
+/// SHA-256 of a whole file, as bytes (its holes not read: [`chunks::sha256_sparse`]).
 pub fn digest_of(path: &Path) -> Result<[u8; 32]> {
-    kiln_contract::digest::sha256_file(path)
-        .map(|(digest, _)| digest)
-        .with_context(|| format!("reading {}", path.display()))
+    chunks::sha256_sparse(path)
 }
 
 /// `SHA256SUMS` text: `<hex>  <name>` a line, as `sha256sum` prints it, in the given order.
@@ -170,34 +307,77 @@ mod tests {
         }
     }
 
+    /// Remembers the frames it was given and counts the chunks it was asked for.
+    #[derive(Default)]
+    struct Recording {
+        frames: std::sync::Mutex<BTreeMap<[u8; 32], Vec<u8>>>,
+        asked: std::sync::atomic::AtomicUsize,
+    }
+
+    impl FrameCache for Recording {
+        fn get(&self, chunk: &[u8; 32]) -> Option<Vec<u8>> {
+            self.asked
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.frames.lock().unwrap().get(chunk).cloned()
+        }
+        fn put(&self, chunk: &[u8; 32], frame: &[u8]) {
+            self.frames.lock().unwrap().insert(*chunk, frame.to_vec());
+        }
+    }
+
     #[test]
-    fn compression_is_deterministic_and_zstd_decompresses_it_to_the_input() {
+    fn compression_is_deterministic_with_or_without_its_cache_and_zstd_decompresses_it() {
         let dir = Scratch::new("release-zst");
         let disk = dir.path().join(DISK_FILE);
         sample_disk(&disk);
-        let (a, b) = (dir.path().join("a.zst"), dir.path().join("b.zst"));
-        let (disk_hash, zst_hash) = compress(&disk, &a).unwrap();
+        let list = chunks::ChunkList::of_file(&disk, 4 << 20).unwrap();
+        let (a, b, c) = (
+            dir.path().join("a.zst"),
+            dir.path().join("b.zst"),
+            dir.path().join("c.zst"),
+        );
+        let (disk_hash, zst_hash) = compress(&disk, &a, &list, &NoFrameCache).unwrap();
         assert_eq!(disk_hash, digest_of(&disk).unwrap());
         assert_eq!(zst_hash, digest_of(&a).unwrap());
-        compress(&disk, &b).unwrap();
+        let cache = Recording::default();
+        compress(&disk, &b, &list, &cache).unwrap();
+        // 10 chunks of 4 MiB, of which 3 hold data and 7 are zeros: 4 frames made.
+        assert_eq!(cache.frames.lock().unwrap().len(), 4);
+        compress(&disk, &c, &list, &cache).unwrap();
         let bytes = std::fs::read(&a).unwrap();
         assert_eq!(bytes, std::fs::read(&b).unwrap(), "two compressions differ");
-        assert!(bytes.len() < 2 << 20, "{} bytes", bytes.len());
         assert_eq!(
-            zstd::zstd_safe::get_frame_content_size(&bytes).unwrap(),
-            Some(40 << 20)
+            bytes,
+            std::fs::read(&c).unwrap(),
+            "the cached frames differ"
         );
+        assert!(bytes.len() < 2 << 20, "{} bytes", bytes.len());
+        assert_eq!(zst_disk_size(&bytes[..ZST_HEAD_LEN]), Some(40 << 20));
         let zstd = kiln_image::testutil::require_tool("zstd", "zstd");
-        let out = dir.path().join("out.raw");
-        let st = Command::new(zstd)
-            .args(["-q", "-d", "-f"])
-            .arg(&a)
+        for file in [&a, &c] {
+            let out = dir.path().join("out.raw");
+            let st = Command::new(&zstd)
+                .args(["-q", "-d", "-f"])
+                .arg(file)
+                .arg("-o")
+                .arg(&out)
+                .status()
+                .unwrap();
+            assert!(st.success());
+            assert_eq!(digest_of(&out).unwrap(), digest_of(&disk).unwrap());
+        }
+        // A file zstd made from the disk (one frame) tells its size too.
+        let single = dir.path().join("single.zst");
+        let st = Command::new(&zstd)
+            .args(["-q", "-f"])
+            .arg(&disk)
             .arg("-o")
-            .arg(&out)
+            .arg(&single)
             .status()
             .unwrap();
         assert!(st.success());
-        assert_eq!(digest_of(&out).unwrap(), digest_of(&disk).unwrap());
+        let head = std::fs::read(&single).unwrap();
+        assert_eq!(zst_disk_size(&head[..ZST_HEAD_LEN]), Some(40 << 20));
     }
 
     #[test]
@@ -205,7 +385,7 @@ mod tests {
         let dir = Scratch::new("release-sums");
         let disk = dir.path().join(DISK_FILE);
         sample_disk(&disk);
-        let (d, z) = compress(&disk, &dir.path().join(ZST_FILE)).unwrap();
+        let (d, z) = compress_plain(&disk, &dir.path().join(ZST_FILE)).unwrap();
         let text =
             String::from_utf8(write_sums(dir.path(), &[(DISK_FILE, d), (ZST_FILE, z)]).unwrap())
                 .unwrap();

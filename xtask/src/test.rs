@@ -3,7 +3,8 @@
 //! 1. the host tools our formats are checked against are installed (as root) or named;
 //! 2. every crate's tests (formats against their reference tools, protocol, harness);
 //! 3. the image is built as `cargo xtask build-image` builds it, and two more versions of it
-//!    for the update scenarios (a good one and a bad one);
+//!    for the update scenarios (a good one and a bad one); then the stage cache is checked to
+//!    give the bytes of a build without it (`build::rebuild`);
 //! 4. the checks of the built image and the VM scenarios in `ci/`, one at a time.
 
 use std::path::{Path, PathBuf};
@@ -143,6 +144,7 @@ fn images_and_scenarios(cfg: &TestConfig, times: &mut Timings) -> Result<()> {
         signing_key: None,
         usr_overlays: Vec::new(),
         boot_menu_timeout: build::DEFAULT_BOOT_MENU_TIMEOUT,
+        no_cache: false,
     };
     let mut build = build::Build::new(&build_cfg)?;
     let artifacts = times.phase("image build", || build.run())?;
@@ -159,6 +161,13 @@ fn images_and_scenarios(cfg: &TestConfig, times: &mut Timings) -> Result<()> {
             &[PathBuf::from("ci/fixtures/broken-usr")],
         )
     })?;
+    let same = times.phase("image build: the cache gives the same bytes", || {
+        build::rebuild::check_same_bytes(
+            &build_cfg,
+            &host::workspace_root().join("build/ci/rebuild"),
+        )
+    })?;
+    eprintln!("{same}");
     let junit = junit_path();
     let _ = std::fs::remove_file(&junit);
     let scenarios = times.phase("scenarios", || {

@@ -60,6 +60,11 @@ impl Build {
             work_dir,
             epoch: source_date_epoch(&root)?,
             timings: Vec::new(),
+            reused: false,
+            cache: super::cache::StageCache::open(cfg.no_cache)?,
+            code: None,
+            digests: Default::default(),
+            report_header: None,
             // The development key lives in the checkout's build/, whatever --out says: every build
             // of one checkout trusts the same key (and gives the same bytes).
             signing: BuildKey::load(cfg.signing_key.as_deref(), &root.join("build"))?,

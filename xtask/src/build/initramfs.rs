@@ -1,21 +1,43 @@
 //! The initramfs stage: the static init, the kernel modules it needs to find and mount the
 //! disk, and busybox for the emergency shell, as a zstd-compressed cpio archive (`initrd`).
 
-use std::fs::File;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
 use kiln_image::tree::{Content, Entry, Kind, Meta, Tree, TreePath};
-use kiln_image::{cpio, kmod};
+use kiln_image::{cpio, kmod, tree_codec};
 
+use super::cache::KeyBuilder;
 use super::Build;
+
+/// The emergency shell, taken from the image's tree.
+const BUSYBOX: &str = "usr/bin/busybox";
 
 impl Build {
     /// The static init, the module subset, busybox for the emergency shell → `initrd`.
     pub(super) fn initramfs(&mut self, tree: &Tree, kver: &str) -> Result<PathBuf> {
         let t = self.epoch;
         let init = self.static_binaries()?.join("init");
+        let path = self.work_dir.join("initrd");
+        // What it reads: the init, the kernel's modules and busybox of the tree, the module list.
+        let key = KeyBuilder::new("initramfs")
+            .with("code", &self.code_digest()?)
+            .with("init", &crate::release::digest_of(&init)?)
+            .with(
+                "tree",
+                &tree_codec::digest_under(tree, &[&kmod::modules_dir(kver), BUSYBOX])?,
+            )
+            .with(
+                "always",
+                self.def.kernel.initramfs_modules.join("\n").as_bytes(),
+            )
+            .with("epoch", &t.to_le_bytes())
+            .finish();
+        if let Some(bytes) = self.cached("initramfs", &key) {
+            std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
+            return Ok(path);
+        }
         let always: Vec<&str> = self
             .def
             .kernel
@@ -45,7 +67,7 @@ impl Build {
             "init",
             Entry::new(Kind::File(Content::host(&init)?), Meta::root(0o755, t)),
         )?;
-        let busybox = tree.get("usr/bin/busybox").context(
+        let busybox = tree.get(BUSYBOX).context(
             "busybox is not in the image: add it to packages.include (the emergency shell)",
         )?;
         initrd.insert("bin/busybox", busybox.clone())?;
@@ -59,9 +81,10 @@ impl Build {
             set.modules.len(),
             initrd.len()
         );
-        let path = self.work_dir.join("initrd");
-        let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-        cpio::write_initramfs(&initrd, std::io::BufWriter::new(file), 19)?;
+        let mut bytes = Vec::new();
+        cpio::write_initramfs(&initrd, &mut bytes, 19)?;
+        std::fs::write(&path, &bytes).with_context(|| format!("writing {}", path.display()))?;
+        self.cache.store("initramfs", &key, &bytes);
         Ok(path)
     }
 }

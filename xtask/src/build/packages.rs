@@ -9,6 +9,9 @@ use anyhow::{bail, Context, Result};
 use kiln_image::debian::{self, Cache, Lock, Mirror, Sources};
 use kiln_image::definition::Definition;
 use kiln_image::tree::{Meta, Tree};
+use kiln_image::tree_codec;
+
+use super::cache::KeyBuilder;
 
 use super::Build;
 use crate::host;
@@ -24,7 +27,7 @@ pub struct LockConfig {
 }
 
 /// The lock file sits beside the definition.
-fn lock_path(definition: &Path) -> PathBuf {
+pub(super) fn lock_path(definition: &Path) -> PathBuf {
     definition.with_file_name("packages.lock")
 }
 
@@ -79,7 +82,9 @@ pub fn lock(cfg: &LockConfig) -> Result<()> {
 }
 
 impl Build {
-    pub(super) fn fetch_packages(&mut self) -> Result<Vec<PathBuf>> {
+    /// The extracted packages: from the stage cache when it holds them for this lock file,
+    /// else fetched (`~/.cache/kiln/debs/`), extracted and stored there.
+    pub(super) fn package_tree(&mut self) -> Result<Tree> {
         let lock_path = lock_path(&self.def_path);
         if !lock_path.exists() {
             bail!(
@@ -87,7 +92,36 @@ impl Build {
                 lock_path.display()
             );
         }
-        let lock = Lock::read(&lock_path)?;
+        let lock_bytes = std::fs::read(&lock_path)
+            .with_context(|| format!("reading {}", lock_path.display()))?;
+        let key = KeyBuilder::new("packages")
+            .with("code", &self.code_digest()?)
+            .with("packages.lock", &lock_bytes)
+            .with("epoch", &self.epoch.to_le_bytes())
+            .finish();
+        if let Some(bytes) = self.cached(CACHE_KIND, &key) {
+            match tree_codec::decode(&bytes) {
+                Ok(tree) => return Ok(tree),
+                // Intact bytes that do not decode: written by a build tool with another
+                // encoding under the same key, which the key's code digest rules out; say it.
+                Err(e) => eprintln!(
+                    "warning: stage cache entry {CACHE_KIND}/{}: {e}; extracting afresh",
+                    key.hex()
+                ),
+            }
+            self.reused = false;
+        }
+        let debs = self.fetch_packages(&lock_path)?;
+        let tree = self.extract(&debs)?;
+        if self.cache.is_enabled() {
+            self.cache
+                .store(CACHE_KIND, &key, &tree_codec::encode(&tree)?);
+        }
+        Ok(tree)
+    }
+
+    fn fetch_packages(&mut self, lock_path: &Path) -> Result<Vec<PathBuf>> {
+        let lock = Lock::read(lock_path)?;
         let wanted: std::collections::BTreeSet<&str> = self
             .def
             .packages
@@ -108,7 +142,7 @@ impl Build {
         Ok(fetched.into_iter().map(|f| f.path).collect())
     }
 
-    pub(super) fn extract(&mut self, debs: &[PathBuf]) -> Result<Tree> {
+    fn extract(&mut self, debs: &[PathBuf]) -> Result<Tree> {
         let extracted = debian::extract_all(debs, Tree::new(Meta::root(0o755, self.epoch)), 2)?;
         for warning in &extracted.warnings {
             eprintln!("warning: {warning}");
@@ -116,3 +150,6 @@ impl Build {
         Ok(extracted.tree)
     }
 }
+
+/// The stage cache's kind for extracted package trees.
+const CACHE_KIND: &str = "packages";

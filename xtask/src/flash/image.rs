@@ -19,7 +19,8 @@ use kiln_contract::hex;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
     Raw,
-    /// One zstd frame that records the disk's size (as the build writes it).
+    /// zstd frames that record the disk's size (the build's size frame and a frame per
+    /// chunk, or one frame).
     Zstd,
 }
 
@@ -216,22 +217,19 @@ fn check_hash(
     Ok(map)
 }
 
-/// The disk's size: the file's, or the content size recorded in the zstd frame header.
+/// The disk's size: the file's, or the one `disk.raw.zst` records ([`release::zst_disk_size`]).
 fn disk_size(path: &Path, format: Format) -> Result<u64> {
     let size = match format {
         Format::Raw => std::fs::metadata(path)?.len(),
         Format::Zstd => {
-            let mut header = [0u8; 18];
-            let n = File::open(path)?.read(&mut header)?;
-            zstd::zstd_safe::get_frame_content_size(&header[..n])
-                .ok()
-                .flatten()
-                .with_context(|| {
-                    format!(
-                        "{} records no content size in its zstd frame: compress it as `cargo xtask build-image` does (or with `zstd` from a file)",
-                        path.display()
-                    )
-                })?
+            let mut head = [0u8; release::ZST_HEAD_LEN];
+            let n = File::open(path)?.read(&mut head)?;
+            release::zst_disk_size(&head[..n]).with_context(|| {
+                format!(
+                    "{} records no disk size (no size frame, no content size in its zstd frame): compress it as `cargo xtask build-image` does (or with `zstd` from a file)",
+                    path.display()
+                )
+            })?
         }
     };
     if size < 2 << 20 || size % 512 != 0 {

@@ -163,8 +163,11 @@ pub fn small_image(dir: &Path) -> PathBuf {
     .unwrap();
     std::fs::remove_file(&usr_img).unwrap();
     std::fs::remove_file(&oem_img).unwrap();
-    release::compress(&disk_path, &dir.join(release::ZST_FILE)).unwrap();
-    ChunkList::write_for(&disk_path, &dir.join(release::CHUNKS_FILE)).unwrap();
+    release::compress_plain(&disk_path, &dir.join(release::ZST_FILE)).unwrap();
+    ChunkList::of_file(&disk_path, release::chunks::CHUNK)
+        .unwrap()
+        .write_to(&dir.join(release::CHUNKS_FILE))
+        .unwrap();
     // Hashed again here rather than taken from compress: the sums are what is under test.
     release::write_sums(dir, &[]).unwrap();
     disk_path
