@@ -126,6 +126,9 @@ pub struct Build {
     code: Option<[u8; 32]>,
     /// The SHA-256 of outputs that a stage already took on the way (for the report).
     digests: BTreeMap<PathBuf, [u8; 32]>,
+    /// The SHA-256 of `disk.raw`, taken on a thread of its own while the stages after the
+    /// disk run ([`Build::disk_digest`]).
+    disk_hashing: Option<std::thread::JoinHandle<Result<[u8; 32]>>>,
     /// The report's lines above the stage table, when the outputs were reused.
     report_header: Option<String>,
     /// Signs the update payload; its public key goes into `/usr` (see [`Build::signing_key`]).
@@ -180,6 +183,10 @@ impl Build {
         let root = self.stage("root filesystem", Build::root_fs)?;
         let oem = self.stage("oem", Build::oem)?;
         let disk = self.stage("disk", |b| b.disk(&esp, &usr_image, &oem, &root))?;
+        let whole = disk.clone();
+        self.disk_hashing = Some(std::thread::spawn(move || {
+            crate::release::digest_of(&whole)
+        }));
         let payload = self.stage("payload", |b| {
             b.payload(&usr_image, &kernel_path, &initrd, &usr)
         })?;
@@ -233,6 +240,22 @@ impl Build {
             reused: self.reused,
         });
         result
+    }
+
+    /// The SHA-256 of `disk` (`disk.raw`): from the thread hashing it since the disk stage, or
+    /// hashed now; kept for the report.
+    fn disk_digest(&mut self, disk: &Path) -> Result<[u8; 32]> {
+        if let Some(d) = self.digests.get(disk) {
+            return Ok(*d);
+        }
+        let d = match self.disk_hashing.take() {
+            Some(thread) => thread
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p))?,
+            None => crate::release::digest_of(disk)?,
+        };
+        self.digests.insert(disk.to_owned(), d);
+        Ok(d)
     }
 
     /// The stage cache's entry `kind`/`key`, when it holds one; marks the stage reused.

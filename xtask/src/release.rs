@@ -38,7 +38,7 @@ pub const SUMMED_FILES: [&str; 4] = [DISK_FILE, CHUNKS_FILE, ZST_FILE, "update.p
 /// higher levels cost minutes on the filesystems for a few percent.
 const ZSTD_LEVEL: i32 = 3;
 const IO_BUF: usize = 4 << 20;
-/// Threads compressing chunks (a third hashes the whole disk meanwhile).
+/// Threads compressing chunks.
 const COMPRESS_THREADS: usize = 2;
 /// The first frame of `disk.raw.zst`: a skippable frame (every zstd decoder passes over it)
 /// holding [`SIZE_TAG`] and the disk's size (u64 little-endian), so that `flash` knows the
@@ -73,13 +73,13 @@ impl FrameCache for NoFrameCache {
 /// compress on [`COMPRESS_THREADS`] threads, and a chunk whose frame is in `cache` is not
 /// compressed again. Each frame depends only on its chunk, the level and the zstd library, so
 /// the output does not depend on threads or cache. Written to a temporary file, synced, then
-/// renamed. Returns the SHA-256 of `src` (taken on another thread meanwhile) and of `dst`.
+/// renamed. Returns the SHA-256 of `dst`.
 pub fn compress(
     src: &Path,
     dst: &Path,
     list: &chunks::ChunkList,
     cache: &dyn FrameCache,
-) -> Result<([u8; 32], [u8; 32])> {
+) -> Result<[u8; 32]> {
     let input = File::open(src).with_context(|| format!("opening {}", src.display()))?;
     if input.metadata()?.len() != list.size {
         bail!(
@@ -103,8 +103,7 @@ pub fn compress(
         }
     }
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let (disk_hash, compressed) = std::thread::scope(|s| {
-        let whole = s.spawn(|| digest_of(src));
+    let compressed = std::thread::scope(|s| {
         let workers: Vec<_> = (0..COMPRESS_THREADS)
             .map(|_| {
                 s.spawn(|| -> Result<Vec<([u8; 32], Vec<u8>)>> {
@@ -134,14 +133,10 @@ pub fn compress(
                 })
             })
             .collect();
-        let compressed: Result<Vec<_>> = workers
+        workers
             .into_iter()
             .map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-            .collect();
-        let whole = whole
-            .join()
-            .unwrap_or_else(|p| std::panic::resume_unwind(p));
-        Ok::<_, anyhow::Error>((whole?, compressed?))
+            .collect::<Result<Vec<_>>>()
     })?;
     frames.extend(compressed.into_iter().flatten());
     let tmp = temp_path(dst);
@@ -157,7 +152,7 @@ pub fn compress(
     let file = out.inner.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()?;
     rename_synced(&tmp, dst)?;
-    Ok((disk_hash, zst_hash))
+    Ok(zst_hash)
 }
 
 /// What a chunk's frame depends on besides the chunk: the library, its level and the frame's
@@ -197,7 +192,8 @@ pub fn zst_disk_size(head: &[u8]) -> Option<u64> {
 #[cfg(test)]
 pub fn compress_plain(src: &Path, dst: &Path) -> Result<([u8; 32], [u8; 32])> {
     let list = chunks::ChunkList::of_file(src, chunks::CHUNK)?;
-    compress(src, dst, &list, &NoFrameCache)
+    let zst = compress(src, dst, &list, &NoFrameCache)?;
+    Ok((digest_of(src)?, zst))
 }
 
 /// How many bytes [`zst_disk_size`] needs at most.
@@ -336,8 +332,7 @@ mod tests {
             dir.path().join("b.zst"),
             dir.path().join("c.zst"),
         );
-        let (disk_hash, zst_hash) = compress(&disk, &a, &list, &NoFrameCache).unwrap();
-        assert_eq!(disk_hash, digest_of(&disk).unwrap());
+        let zst_hash = compress(&disk, &a, &list, &NoFrameCache).unwrap();
         assert_eq!(zst_hash, digest_of(&a).unwrap());
         let cache = Recording::default();
         compress(&disk, &b, &list, &cache).unwrap();

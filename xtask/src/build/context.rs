@@ -64,6 +64,7 @@ impl Build {
             cache: super::cache::StageCache::open(cfg.no_cache)?,
             code: None,
             digests: Default::default(),
+            disk_hashing: None,
             report_header: None,
             // The development key lives in the checkout's build/, whatever --out says: every build
             // of one checkout trusts the same key (and gives the same bytes).

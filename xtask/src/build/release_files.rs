@@ -20,10 +20,10 @@ impl Build {
         let list = ChunkList::of_file(&disk, release::chunks::CHUNK)?;
         let chunks_hash = list.write_to(&self.out_dir.join(release::CHUNKS_FILE))?;
         let frames = Frames::new(&self.cache);
-        let (disk_hash, zst_hash) = release::compress(&disk, &zst, &list, &frames)?;
-        self.reused =
-            frames.made.load(std::sync::atomic::Ordering::Relaxed) == 0 && self.cache.is_enabled();
-        self.digests.insert(disk.clone(), disk_hash);
+        let zst_hash = release::compress(&disk, &zst, &list, &frames)?;
+        let made = frames.made.load(std::sync::atomic::Ordering::Relaxed);
+        self.reused = made == 0 && self.cache.is_enabled();
+        let disk_hash = self.disk_digest(&disk)?;
         let known = [
             (release::DISK_FILE, disk_hash),
             (release::CHUNKS_FILE, chunks_hash),
@@ -35,7 +35,7 @@ impl Build {
         eprintln!(
             "    {} MiB compressed ({} of {} chunks compressed, the others the same as another or in the stage cache), {}, {}, {}",
             std::fs::metadata(&zst)?.len() >> 20,
-            frames.made.load(std::sync::atomic::Ordering::Relaxed),
+            made,
             list.hashes.len(),
             release::CHUNKS_FILE,
             release::SUMS_FILE,

@@ -56,6 +56,7 @@ impl Build {
         .map(|f| self.out_dir.join(f))
         .filter(|p| p.exists())
         .collect();
+        self.disk_digest(&a.disk)?;
         let digests = self.digests_of(listed.iter().copied().chain(&others))?;
         text += "artifacts (sha256):\n";
         for path in &listed {
