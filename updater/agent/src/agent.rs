@@ -339,10 +339,13 @@ impl<'a> Agent<'a> {
         if self.strategy.kind == RebootStrategy::Off {
             return Ok(Next::Wait(self.config.check_interval));
         }
+        // Held since the install (`lock_install`): renewed while the window is awaited.
+        self.renew_lock();
         if let Some(window) = &self.strategy.window {
             let wait = window.wait_secs(self.host.now());
             if wait > 0 {
-                return Ok(Next::Wait(Duration::from_secs(wait).min(BACKOFF_MAX)));
+                let wait = Duration::from_secs(wait).min(BACKOFF_MAX);
+                return Ok(Next::Wait(self.lock_renewal_due(wait)));
             }
         }
         if let Some(wait) = self.take_lock("the reboot lock")? {
@@ -378,6 +381,8 @@ impl<'a> Agent<'a> {
             );
             return self.idle_after(Some(why));
         }
+        // The lease ran on while the machine rebooted: renewed before the health wait.
+        self.renew_lock();
         let units = self.config.health_units.clone();
         let timeout = self.config.health_timeout;
         if let Err(why) = host::wait_healthy(&mut *self.host, &units, timeout, HEALTH_POLL) {
@@ -510,12 +515,44 @@ impl<'a> Agent<'a> {
                 self.status.lock_held = true;
                 Ok(None)
             }
-            Ok(false) => Ok(Some(Next::Wait(self.jittered(self.config.lock_retry)))),
+            Ok(false) => {
+                self.status.lock_held = false;
+                Ok(Some(Next::Wait(self.jittered(self.config.lock_retry))))
+            }
             Err(e) => {
                 self.status.last_error = Some(format!("taking {what}: {e}"));
                 self.save()?;
                 Ok(Some(Next::Wait(self.jittered(self.config.lock_retry))))
             }
+        }
+    }
+
+    /// Renews the reboot lock this machine holds (an etcd lease would otherwise free it a TTL
+    /// after it was taken); says so if it was lost meanwhile.
+    fn renew_lock(&mut self) {
+        let (Some(lock), true) = (&self.strategy.lock, self.status.lock_held) else {
+            return;
+        };
+        match lock.renew() {
+            Ok(true) => {}
+            Ok(false) => {
+                self.status.lock_held = false;
+                self.status.last_error = Some(
+                    "the reboot lock this machine held expired and another machine holds it now"
+                        .into(),
+                );
+            }
+            Err(e) => self.status.last_error = Some(format!("renewing the reboot lock: {e}")),
+        }
+    }
+
+    /// `wait`, or less: while an expiring lock is held, the agent wakes to renew it every
+    /// third of its TTL.
+    fn lock_renewal_due(&self, wait: Duration) -> Duration {
+        if self.status.lock_held && self.strategy.kind == RebootStrategy::EtcdLock {
+            wait.min(self.config.etcd_lock_ttl / 3)
+        } else {
+            wait
         }
     }
 

@@ -23,12 +23,20 @@ pub enum LockError {
     Etcd(#[from] kiln_etcd::EtcdError),
     #[error("{} needs `{}` in {}", .0.as_str(), .0.required_key().unwrap_or("?"), kiln_contract::paths::UPDATE_CONF)]
     NotConfigured(RebootStrategy),
+    #[error("lock_group {0:?} in {path}: FleetLock groups are letters, digits, `.` and `-` (e.g. \"default\")", path = kiln_contract::paths::UPDATE_CONF)]
+    BadGroup(String),
 }
 
 /// A cluster-wide reboot lock.
 pub trait RebootLock {
-    /// Takes the lock for this machine: `true` if held now (also if it already was).
+    /// Takes the lock for this machine: `true` if held now (also if it already was; a lock
+    /// that expires is then renewed).
     fn acquire(&self) -> Result<bool, LockError>;
+    /// Keeps a held lock from expiring: `false` if it is not this machine's any more. A lock
+    /// that does not expire (FleetLock's) needs nothing.
+    fn renew(&self) -> Result<bool, LockError> {
+        Ok(true)
+    }
     /// Gives it back, if this machine holds it.
     fn release(&self) -> Result<(), LockError>;
 }
@@ -57,6 +65,9 @@ impl Strategy {
                 local_member: std::path::Path::new(kiln_contract::paths::ETCD_MEMBER_ENABLED)
                     .exists(),
             })),
+            RebootStrategy::FleetLock if !fleetlock_group_ok(&config.lock_group) => {
+                return Err(LockError::BadGroup(config.lock_group.clone()))
+            }
             RebootStrategy::FleetLock => Some(Box::new(FleetLock {
                 http: http.clone(),
                 base: config
@@ -75,10 +86,19 @@ impl Strategy {
     }
 }
 
+/// A FleetLock group name as the protocol allows it: `^[a-zA-Z0-9.-]+$`.
+pub fn fleetlock_group_ok(group: &str) -> bool {
+    !group.is_empty()
+        && group
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+}
+
 /// etcd v3 (through its JSON gateway, `kiln-etcd`): a semaphore key created only if absent
 /// (compare-and-swap on `create_revision == 0`) under a lease, holding the machine's id. The
-/// lease's TTL frees the lock if the machine never comes back; a healthy machine deletes the key
-/// itself.
+/// lease's TTL frees the lock if the machine never comes back; while the agent runs, each
+/// `acquire` of a lock it holds renews the lease (the agent asks at least every third of the
+/// TTL while it holds it); a healthy machine deletes the key itself.
 pub struct EtcdLock {
     pub etcd: kiln_etcd::Client,
     pub key: String,
@@ -151,17 +171,23 @@ impl RebootLock for EtcdLock {
         let held = answer.succeeded || {
             // Best effort: the unused lease expires by itself anyway.
             let _ = self.etcd.revoke(lease);
-            answer
-                .ranges
-                .first()
-                .and_then(|kvs| kvs.first())
-                .map(|kv| kv.value.as_slice())
-                == Some(self.holder.as_bytes())
+            match answer.ranges.first().and_then(|kvs| kvs.first()) {
+                // Ours already: its lease renewed, or it would free itself a TTL after it was
+                // taken, whatever this machine is doing. Gone meanwhile: not held.
+                Some(kv) if kv.value == self.holder.as_bytes() => {
+                    kv.lease == 0 || self.etcd.keep_alive(kv.lease)?.is_some()
+                }
+                _ => false,
+            }
         };
         if held && self.local_member {
             self.hand_off_leadership();
         }
         Ok(held)
+    }
+
+    fn renew(&self) -> Result<bool, LockError> {
+        self.acquire()
     }
 
     fn release(&self) -> Result<(), LockError> {
@@ -193,7 +219,12 @@ impl FleetLock {
         let url = format!("{}{path}", self.base.trim_end_matches('/'));
         let body = json!({ "client_params": { "group": self.group, "id": self.id } });
         match post_json(&self.http, &url, &body, &[("fleet-lock-protocol", "true")]) {
-            Ok(_) => Ok(true),
+            Ok((200, _)) => Ok(true),
+            // The protocol's success is 200 and nothing else.
+            Ok((status, answer)) => Err(LockError::Answer {
+                url,
+                problem: format!("status {status} ({answer}); FleetLock's success is 200"),
+            }),
             // A refusal (lock held by another machine) is a normal answer, not an error.
             Err(LockError::Http(HttpError::Status { status, .. })) if status < 500 => Ok(false),
             Err(e) => Err(e),

@@ -88,6 +88,26 @@ fn etcd_lock_has_one_holder_at_a_time() {
     assert_eq!(etcd_holder(&etcd.url).as_deref(), Some("machine-b"));
 }
 
+/// The lease is renewed each time the holder takes the lock again (the agent does while it
+/// waits with the lock held): it does not free itself a TTL after it was first taken.
+#[test]
+fn etcd_lock_held_is_renewed_not_freed_by_its_first_ttl() {
+    let etcd = start_etcd();
+    let mut a = etcd_lock(&etcd.url, "machine-a");
+    a.ttl = Duration::from_secs(3);
+    let b = etcd_lock(&etcd.url, "machine-b");
+    assert!(a.acquire().unwrap());
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(a.acquire().unwrap(), "renewed by its holder");
+    std::thread::sleep(Duration::from_secs(2));
+    // 4 s after it was taken, 2 s after it was renewed: still a's.
+    assert!(!b.acquire().unwrap(), "the lock freed itself while held");
+    assert_eq!(etcd_holder(&etcd.url).as_deref(), Some("machine-a"));
+    // Not renewed, it does expire: a machine that never comes back frees it.
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(b.acquire().unwrap());
+}
+
 /// An agent environment with `etcd-lock` on `etcd`, whose lock another machine holds.
 fn env_with_lock_held_elsewhere(etcd: &TestEtcd) -> (Env, EtcdLock) {
     let mut env = Env::new();
@@ -235,6 +255,44 @@ fn fleetlock_asks_before_rebooting_and_reports_steady_state() {
     );
     assert_eq!(host.reboots, 1);
     assert_eq!(installer.blessed, 1);
+}
+
+/// Only 200 takes or gives back a FleetLock; a group the protocol does not allow is refused
+/// when the strategy is made.
+#[test]
+fn fleetlock_success_is_200_only_and_its_group_is_checked() {
+    let server = MockServer::start(|_| Reply::status(204, ""));
+    let lock = FleetLock {
+        http: crate::http::agent(Duration::from_secs(5)),
+        base: server.url.clone(),
+        group: "default".into(),
+        id: MACHINE_ID.into(),
+    };
+    let e = lock.acquire().unwrap_err();
+    assert!(e.to_string().contains("status 204"), "{e}");
+    assert!(lock.release().is_err());
+    let mut config = Env::new().config;
+    config.reboot_strategy = RebootStrategy::FleetLock;
+    config.fleetlock_url = Some(server.url.clone());
+    for bad in ["", "my group", "a/b", "grüppe"] {
+        config.lock_group = bad.into();
+        let made = crate::strategy::Strategy::from_config(
+            &config,
+            &crate::http::agent(Duration::from_secs(1)),
+            MACHINE_ID,
+        );
+        assert!(
+            matches!(made, Err(crate::strategy::LockError::BadGroup(_))),
+            "{bad:?} taken"
+        );
+    }
+    config.lock_group = "workers-1.eu".into();
+    assert!(crate::strategy::Strategy::from_config(
+        &config,
+        &crate::http::agent(Duration::from_secs(1)),
+        MACHINE_ID
+    )
+    .is_ok());
 }
 
 #[test]
