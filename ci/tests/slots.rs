@@ -18,6 +18,14 @@ use kiln_image::testutil::require_tool;
 use kiln_updater::install::{self, boot_entries, Phase, Target};
 use kiln_updater::keys::{SigningKey, VerifyingKey};
 use kiln_updater::payload::{self, Manifest, ManifestInput};
+
+/// What the disk under test takes: the fixture's app, at a version below the fixture's 99.0.0.
+const ACCEPT: install::Accept<'static> = install::Accept {
+    app_id: "kiln-ci",
+    running_version: "0",
+    allow_downgrade: false,
+    bad_versions: &[],
+};
 use sha2::{Digest, Sha256};
 
 /// One payload for every test of this file (making it compresses 570 MiB).
@@ -126,7 +134,7 @@ fn an_update_writes_usr_b_only_and_its_entry_follows_boot_counting() {
     };
     let mut writing = None;
     let start = std::time::Instant::now();
-    let done = install::install(&t, &fx.payload, &fx.key, &mut |phase, _, _| {
+    let done = install::install(&t, &fx.payload, &fx.key, &ACCEPT, &mut |phase, _, _| {
         if phase == Phase::ReadingBack && writing.is_none() {
             writing = Some(start.elapsed());
         }
@@ -280,7 +288,7 @@ fn a_payload_with_one_byte_flipped_is_rejected_and_changes_nothing() {
     ];
     for (what, at) in flips {
         flip(&bad, at);
-        let result = install::install(&t, &bad, &fx.key, &mut |_, _, _| {});
+        let result = install::install(&t, &bad, &fx.key, &ACCEPT, &mut |_, _, _| {});
         flip(&bad, at);
         let err = result.expect_err(what);
         assert!(

@@ -990,7 +990,8 @@ fn every_agent_setting_goes_from_the_cloud_config_to_the_agent() {
         "#cloud-config\ncoreos:\n  update:\n    server: http://10.0.0.1:8000/v1/update/\n    \
         app-id: 0d1a2b3c-0000-4000-8000-000000000001\n    group: beta\n    \
         reboot-strategy: fleet-lock\n    check-interval: 20m\n    http-timeout: 45\n    \
-        health-units: [etcd.service, docker.service]\n    health-timeout: 5m\n  \
+        health-units: [etcd.service, docker.service]\n    health-timeout: 5m\n    \
+        allow-downgrade: true\n  \
         locksmith:\n    endpoint: http://10.0.0.1:2379,http://10.0.0.2:2379\n    \
         group: web\n    window-start: Sun 03:30\n    window-length: 2h\n    \
         etcd-lock-key: /site/reboot\n    etcd-lock-ttl: 30m\n    lock-retry: 10s\n    \
@@ -1029,6 +1030,7 @@ fn every_agent_setting_goes_from_the_cloud_config_to_the_agent() {
         fleetlock_url: Some("http://10.0.0.9:8080".into()),
         health_units: vec!["etcd.service".into(), "docker.service".into()],
         health_timeout: Duration::from_secs(5 * 60),
+        allow_downgrade: true,
     };
     assert_eq!(read_back, expected);
     assert_eq!(read_back, given.settings);

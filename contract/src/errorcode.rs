@@ -27,10 +27,23 @@ pub const BOOT_FALLBACK: i64 = 1000;
 /// Kiln: the new slot booted but was not healthy in time, so it was not blessed.
 pub const UNHEALTHY: i64 = 1001;
 
+/// Kiln: the signed payload is not newer than the running version (a downgrade, refused unless
+/// the machine allows it), or the running version is older than the payload's
+/// `min_from_version`. Nothing was written.
+pub const REFUSED_VERSION: i64 = 1002;
+/// Kiln: the signed payload is of another app. Nothing was written.
+pub const REFUSED_APP: i64 = 1003;
+/// Kiln: the signed payload's version failed to boot on this machine before. Nothing was
+/// written.
+pub const REFUSED_BAD_VERSION: i64 = 1004;
+
 /// Kiln's own codes and their names.
-const KILN: [(i64, &str); 2] = [
+const KILN: [(i64, &str); 5] = [
     (BOOT_FALLBACK, "KilnBootFallback"),
     (UNHEALTHY, "KilnUnhealthy"),
+    (REFUSED_VERSION, "KilnRefusedVersion"),
+    (REFUSED_APP, "KilnRefusedApp"),
+    (REFUSED_BAD_VERSION, "KilnRefusedBadVersion"),
 ];
 
 /// Flag bits update_engine may set on a reported code (`kActionCodeDevModeFlag` and friends).
@@ -150,7 +163,10 @@ mod tests {
     fn names_kiln_agent_codes() {
         assert_eq!(describe(BOOT_FALLBACK), "KilnBootFallback");
         assert_eq!(describe(UNHEALTHY), "KilnUnhealthy");
-        assert_eq!(describe(1002), "Unknown(1002)");
+        assert_eq!(describe(REFUSED_VERSION), "KilnRefusedVersion");
+        assert_eq!(describe(REFUSED_APP), "KilnRefusedApp");
+        assert_eq!(describe(REFUSED_BAD_VERSION), "KilnRefusedBadVersion");
+        assert_eq!(describe(1005), "Unknown(1005)");
     }
 
     #[test]

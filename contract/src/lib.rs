@@ -19,6 +19,7 @@ pub mod fleet_conf;
 pub mod hex;
 pub mod paths;
 pub mod update_conf;
+pub mod version;
 
 /// Whether Kiln acts on a setting it reads under another project's name (fleet.conf's and
 /// flannel's keys).

@@ -101,10 +101,18 @@ pub fn update(cfg: &UpdateConfig) -> Result<()> {
 /// report to its first `ReadingBack` report.
 fn timed_install(target: &Target, payload: &Path, key: &SigningKey) -> Result<(Duration, f64)> {
     let (mut start, mut end) = (None, None);
+    // The bench's payload (99.0.0) over whatever the disk copy runs.
+    let accept = install::Accept {
+        app_id: "bench",
+        running_version: "0",
+        allow_downgrade: false,
+        bad_versions: &[],
+    };
     install::install(
         target,
         payload,
         &key.verifying_key(),
+        &accept,
         &mut |phase, _, _| match phase {
             Phase::Writing if start.is_none() => {
                 start = Some((Instant::now(), cpu_seconds(libc::RUSAGE_SELF)))

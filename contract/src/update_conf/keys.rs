@@ -215,6 +215,16 @@ pub const KEYS: &[Key] = &[
         doc: "",
         example: None,
     },
+    Key {
+        name: "allow_downgrade",
+        old_names: &[],
+        section: Section::Update,
+        cloud_config: &["allow-downgrade"],
+        kind: Kind::Bool,
+        doc: "Install a signed payload that is not newer than the running version (a downgrade the\n\
+              operator wants). Off, the agent refuses one, whatever version the server offers it as.",
+        example: None,
+    },
 ];
 
 /// The key `name` stands for in `update.conf` (its name or an older one).

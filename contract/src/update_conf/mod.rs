@@ -60,6 +60,8 @@ pub struct Settings {
     pub health_units: Vec<String>,
     /// How long the rebooted machine may take to become healthy before it is not blessed.
     pub health_timeout: Duration,
+    /// Whether this machine installs a signed payload that is not newer than what runs.
+    pub allow_downgrade: bool,
 }
 
 /// The lock group every machine is in unless told otherwise.
@@ -84,6 +86,7 @@ impl Default for Settings {
             fleetlock_url: None,
             health_units: Vec::new(),
             health_timeout: Duration::from_secs(600),
+            allow_downgrade: false,
         }
     }
 }
@@ -225,6 +228,7 @@ impl Settings {
             "fleetlock_url" => self.fleetlock_url = raw.optional_url().map_err(refused)?,
             "health_units" => self.health_units = raw.list().map_err(refused)?,
             "health_timeout" => self.health_timeout = raw.duration().map_err(refused)?,
+            "allow_downgrade" => self.allow_downgrade = raw.boolean().map_err(refused)?,
             other => {
                 unreachable!("update.conf key {other} has no setting; add it to Settings::set")
             }
@@ -276,6 +280,7 @@ impl Settings {
             "fleetlock_url" => self.fleetlock_url.as_deref().and_then(text),
             "health_units" => list(&self.health_units),
             "health_timeout" => duration(&self.health_timeout),
+            "allow_downgrade" => Some(self.allow_downgrade.to_string()),
             other => unreachable!("update.conf key {other} has no setting; add it to render_value"),
         }
     }

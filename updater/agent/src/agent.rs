@@ -14,7 +14,7 @@ use crate::client::{ClientError, OmahaClient};
 use crate::download::{self, DownloadError};
 use crate::host::{self, Host};
 use crate::identity::Paths;
-use crate::installer::{Installer, Phase};
+use crate::installer::{Accept, Installer, Phase};
 use crate::state::{Offer, Pending, Progress, State, StateError, Status};
 use crate::strategy::Strategy;
 use kiln_contract::errorcode;
@@ -193,6 +193,23 @@ impl<'a> Agent<'a> {
                 if offer.version == self.client.identity().version {
                     return self.idle_after(None);
                 }
+                if !self.config.allow_downgrade
+                    && kiln_contract::version::compare_versions(
+                        &offer.version,
+                        &self.client.identity().version,
+                    )
+                    .is_lt()
+                {
+                    // The signed manifest is what the installer checks; an offer that says
+                    // it is older is not even downloaded.
+                    let why = format!(
+                        "the server offers {}, older than the running {}: a downgrade, refused (allow_downgrade in {})",
+                        offer.version,
+                        self.client.identity().version,
+                        kiln_contract::paths::UPDATE_CONF
+                    );
+                    return self.idle_after(Some(why));
+                }
                 if self.status.bad_versions.contains(&offer.version) {
                     let why = format!(
                         "version {} failed to boot on this machine before; not installing it again",
@@ -277,31 +294,42 @@ impl<'a> Agent<'a> {
             offer: offer.clone(),
         })?;
         let state_file = self.paths.state_file();
+        // What the signed manifest must say, whatever the offer said.
+        let bad_versions: Vec<String> = self.status.bad_versions.iter().cloned().collect();
+        let identity = self.client.identity();
+        let accept = Accept {
+            app_id: &identity.app_id,
+            running_version: &identity.version,
+            allow_downgrade: self.config.allow_downgrade,
+            bad_versions: &bad_versions,
+        };
         let status = &mut self.status;
         let mut last_phase = Phase::Writing;
-        let result = self.installer.install(&payload, &mut |phase, done, total| {
-            if phase != last_phase {
-                last_phase = phase;
-                status.state = match phase {
-                    Phase::Writing => State::Writing {
-                        offer: offer.clone(),
-                    },
-                    Phase::Verifying => State::Verifying {
-                        offer: offer.clone(),
-                    },
-                    Phase::Finalizing => State::Finalizing {
-                        offer: offer.clone(),
-                    },
-                };
-                // The state on disk only says where to resume; a failed save resumes earlier.
-                let _ = status.save(&state_file);
-            }
-            status.progress = Some(Progress {
-                phase: phase.name().to_owned(),
-                done,
-                total,
+        let result = self
+            .installer
+            .install(&payload, &accept, &mut |phase, done, total| {
+                if phase != last_phase {
+                    last_phase = phase;
+                    status.state = match phase {
+                        Phase::Writing => State::Writing {
+                            offer: offer.clone(),
+                        },
+                        Phase::Verifying => State::Verifying {
+                            offer: offer.clone(),
+                        },
+                        Phase::Finalizing => State::Finalizing {
+                            offer: offer.clone(),
+                        },
+                    };
+                    // The state on disk only says where to resume; a failed save resumes earlier.
+                    let _ = status.save(&state_file);
+                }
+                status.progress = Some(Progress {
+                    phase: phase.name().to_owned(),
+                    done,
+                    total,
+                });
             });
-        });
         match result {
             Ok(installed) => {
                 // The payload is on the slot now; hundreds of MiB on /var are not needed.

@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use kiln_contract::boot::Slot;
+pub use kiln_updater::install::Accept;
 
 /// The step of an installation, for progress and for the persisted state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,11 +51,13 @@ pub trait Installer {
     /// The slot the running system booted from.
     fn running_slot(&self) -> Option<Slot>;
 
-    /// Checks the payload's signature, writes the inactive slot, verifies it and makes it the
-    /// next boot with tries left. Never writes the running slot.
+    /// Checks the payload's signature and its signed manifest against `accept`, writes the
+    /// inactive slot, verifies it and makes it the next boot with tries left. Never writes the
+    /// running slot.
     fn install(
         &mut self,
         payload: &Path,
+        accept: &Accept,
         progress: &mut dyn FnMut(Phase, u64, u64),
     ) -> Result<Installed, InstallFailure>;
 

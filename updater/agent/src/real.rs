@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use kiln_contract::boot::Slot;
-use kiln_updater::install::{self, InstallError, Target};
+use kiln_updater::install::{self, Accept, InstallError, Refusal, Target};
 use kiln_updater::keys::VerifyingKey;
 use kiln_updater::payload::PayloadError;
 
@@ -160,6 +160,12 @@ pub fn error_code(e: &InstallError) -> i64 {
         InstallError::Mismatch { .. } | InstallError::Verity { .. } => {
             errorcode::ROOTFS_VERIFICATION
         }
+        InstallError::OtherApp { .. } => errorcode::REFUSED_APP,
+        InstallError::Refused {
+            why: Refusal::FailedHere,
+            ..
+        } => errorcode::REFUSED_BAD_VERSION,
+        InstallError::Refused { .. } => errorcode::REFUSED_VERSION,
         InstallError::InUse { .. }
         | InstallError::NoPartition { .. }
         | InstallError::TooLarge { .. }
@@ -183,15 +189,22 @@ impl Installer for RealInstaller {
     fn install(
         &mut self,
         payload: &Path,
+        accept: &Accept,
         progress: &mut dyn FnMut(Phase, u64, u64),
     ) -> Result<Installed, InstallFailure> {
         let freeze = self.freeze_file.clone();
-        let done = install::install(&self.target, payload, &self.key, &mut |p, done, total| {
-            if let Some(file) = &freeze {
-                maybe_freeze(file, p, done, total);
-            }
-            progress(phase(p), done, total)
-        })
+        let done = install::install(
+            &self.target,
+            payload,
+            &self.key,
+            accept,
+            &mut |p, done, total| {
+                if let Some(file) = &freeze {
+                    maybe_freeze(file, p, done, total);
+                }
+                progress(phase(p), done, total)
+            },
+        )
         .map_err(failure)?;
         Ok(Installed {
             slot: done.slot,

@@ -20,44 +20,7 @@ pub fn in_percent(machine_id: &str, percent: u8) -> bool {
     bucket(machine_id) < u64::from(percent.min(100)) * 100
 }
 
-/// Orders versions such as `1.2.10` > `1.2.9` > `1.2.9-rc1`: dot-separated parts compare as
-/// numbers when both are numbers, a pre-release suffix sorts before the release.
-pub fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
-    use std::cmp::Ordering;
-    let (a_core, a_pre) = split_pre(a);
-    let (b_core, b_pre) = split_pre(b);
-    let mut left = a_core.split('.');
-    let mut right = b_core.split('.');
-    loop {
-        let ordering = match (left.next(), right.next()) {
-            (None, None) => break,
-            (Some(_), None) => Ordering::Greater,
-            (None, Some(_)) => Ordering::Less,
-            (Some(x), Some(y)) => match (x.parse::<u64>(), y.parse::<u64>()) {
-                (Ok(x), Ok(y)) => x.cmp(&y),
-                _ => x.cmp(y),
-            },
-        };
-        if ordering != Ordering::Equal {
-            return ordering;
-        }
-    }
-    match (a_pre, b_pre) {
-        (None, None) => Ordering::Equal,
-        (None, Some(_)) => Ordering::Greater,
-        (Some(_), None) => Ordering::Less,
-        (Some(x), Some(y)) => x.cmp(y),
-    }
-}
-
-fn split_pre(version: &str) -> (&str, Option<&str>) {
-    // Build metadata (`+…`) does not order versions.
-    let version = version.split('+').next().unwrap_or(version);
-    match version.split_once('-') {
-        Some((core, pre)) => (core, Some(pre)),
-        None => (version, None),
-    }
-}
+pub use kiln_contract::version::compare_versions;
 
 /// Why a channel should halt, if the version's failures pass the policy's threshold.
 pub fn halt_reason(policy: &Policy, version: &str, errors: u64, completes: u64) -> Option<String> {
@@ -96,18 +59,6 @@ pub fn validate(policy: &Policy) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::cmp::Ordering::*;
-
-    #[test]
-    fn versions_compare_numerically_with_prereleases_first() {
-        assert_eq!(compare_versions("1.2.10", "1.2.9"), Greater);
-        assert_eq!(compare_versions("1.2.9", "1.2.9"), Equal);
-        assert_eq!(compare_versions("1.2", "1.2.1"), Less);
-        assert_eq!(compare_versions("1.3.0-rc1", "1.3.0"), Less);
-        assert_eq!(compare_versions("1.3.0-rc2", "1.3.0-rc1"), Greater);
-        assert_eq!(compare_versions("1.3.0+build5", "1.3.0"), Equal);
-        assert_eq!(compare_versions("3732.0.0", "2512.2.0"), Greater);
-    }
 
     #[test]
     fn percentage_is_stable_and_roughly_proportional() {

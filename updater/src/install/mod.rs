@@ -6,7 +6,8 @@
 //! without mounting anything.
 //!
 //! The order of [`install`] is what keeps a power cut harmless: the manifest's signature and
-//! every part's hash are checked first; then the inactive slot's boot entries are removed, so
+//! every part's hash are checked first, and what the manifest says against what the machine
+//! accepts ([`Accept`]: its app, newer than what runs, not a version that failed here); then the inactive slot's boot entries are removed, so
 //! a half-written slot is never bootable; the USR image, kernel and initramfs are written and
 //! read back; and the slot's entry, with tries left, is written last. Until that entry exists,
 //! the running slot is the only one systemd-boot can pick.
@@ -65,6 +66,73 @@ pub enum Phase {
     Esp,
     /// The new slot's boot entry.
     Entry,
+}
+
+/// What the running system takes from a payload, checked on its signed manifest after the
+/// signature and before anything is written: a man-in-the-middle may offer any validly signed
+/// payload under any label, so the offer's label decides nothing.
+#[derive(Clone, Debug)]
+pub struct Accept<'a> {
+    /// The running system's app id: a payload of another app is refused.
+    pub app_id: &'a str,
+    /// The running version: a payload not newer is refused (unless `allow_downgrade`), and so
+    /// is one whose `min_from_version` is newer.
+    pub running_version: &'a str,
+    /// The operator allows this machine to install an older (or the same) version.
+    pub allow_downgrade: bool,
+    /// Versions that failed to boot here before.
+    pub bad_versions: &'a [String],
+}
+
+impl Accept<'_> {
+    /// Why the signed `manifest` of `path` is refused, if it is.
+    pub fn check(&self, manifest: &Manifest, path: &Path) -> Result<(), InstallError> {
+        use kiln_contract::version::{compare_versions, same_app_id};
+        if !same_app_id(&manifest.app_id, self.app_id) {
+            return Err(InstallError::OtherApp {
+                path: path.to_owned(),
+                app_id: manifest.app_id.clone(),
+                running: self.app_id.to_owned(),
+            });
+        }
+        let running = self.running_version.to_owned();
+        let why = if self.bad_versions.contains(&manifest.version) {
+            Some(Refusal::FailedHere)
+        } else if !self.allow_downgrade
+            && compare_versions(&manifest.version, self.running_version).is_le()
+        {
+            Some(Refusal::NotNewer { running })
+        } else {
+            match &manifest.min_from_version {
+                Some(min) if compare_versions(self.running_version, min).is_lt() => {
+                    Some(Refusal::TooOldToUpdate {
+                        min: min.clone(),
+                        running,
+                    })
+                }
+                _ => None,
+            }
+        };
+        match why {
+            Some(why) => Err(InstallError::Refused {
+                path: path.to_owned(),
+                version: manifest.version.clone(),
+                why,
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Why a validly signed payload is refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("it failed to boot on this machine before (`kiln-update status` lists it under bad versions)")]
+    FailedHere,
+    #[error("it is not newer than the running {running}: a downgrade; to allow one on this machine, set `allow_downgrade = true` in {}", kiln_contract::paths::UPDATE_CONF)]
+    NotNewer { running: String },
+    #[error("it installs only over {min} or newer, and this machine runs {running}: install {min} first")]
+    TooOldToUpdate { min: String, running: String },
 }
 
 /// What [`install`] did.
@@ -147,6 +215,18 @@ pub enum InstallError {
         #[source]
         source: VerityError,
     },
+    #[error("{path} is signed for app {app_id}, this machine runs app {running}: nothing was written; publish this app's payload")]
+    OtherApp {
+        path: PathBuf,
+        app_id: String,
+        running: String,
+    },
+    #[error("{path} is version {version}, refused: {why}; nothing was written")]
+    Refused {
+        path: PathBuf,
+        version: String,
+        why: Refusal,
+    },
     #[error("cannot roll back to slot {slot} of {path}: {reason}")]
     NoRollback {
         path: PathBuf,
@@ -161,14 +241,16 @@ pub(crate) fn io_err(op: impl Into<String>, path: &Path) -> impl FnOnce(io::Erro
 }
 
 /// Installs `payload` into the slot that is not `t.running`, in the order the module
-/// documentation gives; `progress` hears each phase's bytes done and total.
+/// documentation gives, if its signed manifest passes `accept`; `progress` hears each phase's
+/// bytes done and total.
 pub fn install(
     t: &Target,
     payload: &Path,
     key: &VerifyingKey,
+    accept: &Accept,
     progress: &mut dyn FnMut(Phase, u64, u64),
 ) -> Result<Installed, InstallError> {
-    install_with(t, payload, key, &SysPaths::default(), progress)
+    install_with(t, payload, key, accept, &SysPaths::default(), progress)
 }
 
 /// [`install`] with the `/proc` and `/sys` files the in-use check reads named (for tests).
@@ -176,10 +258,12 @@ pub fn install_with(
     t: &Target,
     payload: &Path,
     key: &VerifyingKey,
+    accept: &Accept,
     sys: &SysPaths,
     progress: &mut dyn FnMut(Phase, u64, u64),
 ) -> Result<Installed, InstallError> {
     let manifest = verify_payload(payload, key, progress)?;
+    accept.check(&manifest, payload)?;
     let slot = t.running.other();
     let disk = Disk::open(&t.disk, true)?;
     let (number, part) = disk.partition(slot.partition_name())?;

@@ -19,6 +19,14 @@ use crate::keys::SigningKey;
 use crate::payload::tests::{inputs, make};
 use crate::payload::{write_payload, ManifestInput};
 
+/// What a machine running `{app}` 1.0.0 accepts.
+const ON_1_0_0: Accept<'static> = Accept {
+    app_id: "{app}",
+    running_version: "1.0.0",
+    allow_downgrade: false,
+    bad_versions: &[],
+};
+
 const T: i64 = 1_700_000_000;
 const CMDLINE: &str = "console=ttyS0,115200n8 quiet";
 
@@ -137,11 +145,17 @@ fn install_writes_the_other_slot_then_its_entry_and_bless_and_rollback_rename() 
     assert_eq!(entry_names(&t), ["kiln-a.conf"]);
 
     let mut phases = Vec::new();
-    let done = install(&t, &payload, &key.verifying_key(), &mut |p, _, _| {
-        if phases.last() != Some(&p) {
-            phases.push(p);
-        }
-    })
+    let done = install(
+        &t,
+        &payload,
+        &key.verifying_key(),
+        &ON_1_0_0,
+        &mut |p, _, _| {
+            if phases.last() != Some(&p) {
+                phases.push(p);
+            }
+        },
+    )
     .unwrap();
     assert_eq!(done.slot, Slot::B);
     assert_eq!(done.manifest, m);
@@ -177,12 +191,19 @@ fn install_writes_the_other_slot_then_its_entry_and_bless_and_rollback_rename() 
     assert_eq!(entry_names(&t), ["kiln-a+0-1.conf", "kiln-b+3.conf"]);
     assert_esp_clean(&disk, dir.path());
 
-    // Installing again over B (running A) replaces B's entry and files.
+    // Installing again over B (running A, back on 1.0.0) replaces B's entry and files.
     let a_again = Target {
         disk: disk.clone(),
         running: Slot::A,
     };
-    install(&a_again, &payload, &key.verifying_key(), &mut |_, _, _| {}).unwrap();
+    install(
+        &a_again,
+        &payload,
+        &key.verifying_key(),
+        &ON_1_0_0,
+        &mut |_, _, _| {},
+    )
+    .unwrap();
     assert_eq!(entry_names(&t), ["kiln-a+0-1.conf", "kiln-b+3.conf"]);
     assert_esp_clean(&disk, dir.path());
 }
@@ -199,7 +220,7 @@ fn damaged_or_foreign_payloads_change_nothing_on_the_disk() {
     };
     // A first good install, so B has an entry that a bad payload must not remove.
     let (good, m) = make(dir.path(), "good", "2.0.0", &key);
-    install(&t, &good, &vk, &mut |_, _, _| {}).unwrap();
+    install(&t, &good, &vk, &ON_1_0_0, &mut |_, _, _| {}).unwrap();
     let before = std::fs::read(&disk).unwrap();
     let bytes = std::fs::read(&good).unwrap();
     let bad = dir.path().join("bad");
@@ -212,7 +233,8 @@ fn damaged_or_foreign_payloads_change_nothing_on_the_disk() {
         let mut b = bytes.clone();
         b[at] ^= 1;
         std::fs::write(&bad, &b).unwrap();
-        let err = install(&t, &bad, &vk, &mut |_, _, _| {}).expect_err(&format!("flip at {at}"));
+        let err = install(&t, &bad, &vk, &ON_1_0_0, &mut |_, _, _| {})
+            .expect_err(&format!("flip at {at}"));
         assert!(matches!(err, InstallError::Payload(_)), "{at}: {err}");
         assert!(
             std::fs::read(&disk).unwrap() == before,
@@ -222,16 +244,91 @@ fn damaged_or_foreign_payloads_change_nothing_on_the_disk() {
     // Signed by another key.
     let other = SigningKey::generate().unwrap();
     let (foreign, _) = make(dir.path(), "foreign", "2.0.0", &other);
-    assert!(install(&t, &foreign, &vk, &mut |_, _, _| {}).is_err());
+    assert!(install(&t, &foreign, &vk, &ON_1_0_0, &mut |_, _, _| {}).is_err());
     // Another board.
     let inp = inputs(dir.path(), 5);
     let mut input = ManifestInput::new("{app}", "2.0.0", inp.verity.hash_offset);
     input.board = "arm64-usr".into();
     let arm = dir.path().join("arm");
     write_payload(&arm, input, &inp.usr, &inp.kernel, &inp.initrd, &key).unwrap();
-    let err = install(&t, &arm, &vk, &mut |_, _, _| {}).unwrap_err();
+    let err = install(&t, &arm, &vk, &ON_1_0_0, &mut |_, _, _| {}).unwrap_err();
     assert!(matches!(err, InstallError::WrongBoard { .. }), "{err}");
     assert!(std::fs::read(&disk).unwrap() == before);
+}
+
+/// A validly signed payload is still refused, with nothing on the disk changed, when its
+/// signed manifest names another app, a version not newer than the running one (a downgrade a
+/// man-in-the-middle can offer under any label), a version that failed on this machine, or a
+/// `min_from_version` newer than what runs. An operator's `allow_downgrade` lets an older one
+/// in.
+#[test]
+fn validly_signed_payloads_for_another_app_older_or_failed_here_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = make_disk(dir.path());
+    let key = SigningKey::generate().unwrap();
+    let vk = key.verifying_key();
+    let t = Target {
+        disk: disk.clone(),
+        running: Slot::A,
+    };
+    let before = std::fs::read(&disk).unwrap();
+    let (older, _) = make(dir.path(), "older", "0.9.0", &key);
+    let (same, _) = make(dir.path(), "same", "1.0.0", &key);
+    let (newer, _) = make(dir.path(), "newer", "2.0.0", &key);
+    let inp = inputs(dir.path(), 6);
+    let other_app = dir.path().join("other-app");
+    let input = ManifestInput::new("{another-app}", "3.0.0", inp.verity.hash_offset);
+    write_payload(&other_app, input, &inp.usr, &inp.kernel, &inp.initrd, &key).unwrap();
+    let needs_1_5 = dir.path().join("needs-1.5");
+    let mut input = ManifestInput::new("{app}", "3.0.0", inp.verity.hash_offset);
+    input.min_from_version = Some("1.5.0".into());
+    write_payload(&needs_1_5, input, &inp.usr, &inp.kernel, &inp.initrd, &key).unwrap();
+    let bad = ["2.0.0".to_owned()];
+    let failed_here = Accept {
+        bad_versions: &bad,
+        ..ON_1_0_0
+    };
+    let cases: [(&Path, &Accept, &str); 5] = [
+        (&older, &ON_1_0_0, "not newer than the running 1.0.0"),
+        (&same, &ON_1_0_0, "not newer than the running 1.0.0"),
+        (&other_app, &ON_1_0_0, "signed for app {another-app}"),
+        (&needs_1_5, &ON_1_0_0, "installs only over 1.5.0 or newer"),
+        (
+            &newer,
+            &failed_here,
+            "failed to boot on this machine before",
+        ),
+    ];
+    for (payload, accept, said) in cases {
+        let err = install(&t, payload, &vk, accept, &mut |_, _, _| {}).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                InstallError::Refused { .. } | InstallError::OtherApp { .. }
+            ),
+            "{}: {err}",
+            payload.display()
+        );
+        assert!(err.to_string().contains(said), "{err}");
+        assert!(
+            std::fs::read(&disk).unwrap() == before,
+            "{} changed the disk",
+            payload.display()
+        );
+    }
+    // The app id as update_engine sends it (braces, another case) is the same app.
+    let braced = Accept {
+        app_id: "{APP}",
+        ..ON_1_0_0
+    };
+    install(&t, &newer, &vk, &braced, &mut |_, _, _| {}).unwrap();
+    // Allowed by the operator, an older version installs.
+    let downgrade = Accept {
+        allow_downgrade: true,
+        ..ON_1_0_0
+    };
+    let done = install(&t, &older, &vk, &downgrade, &mut |_, _, _| {}).unwrap();
+    assert_eq!(done.manifest.version, "0.9.0");
 }
 
 #[test]

@@ -51,8 +51,10 @@ impl Build {
         if let Some(d) = self.code {
             return Ok(d);
         }
-        let exe = std::env::current_exe().context("finding the running xtask binary")?;
-        let d = crate::release::digest_of(&exe)?;
+        // Through /proc: the file at the binary's path may have been replaced since it started
+        // (the test command's crate tests build xtask again), while this is what runs.
+        let d = crate::release::digest_of(Path::new("/proc/self/exe"))
+            .context("reading the running xtask binary")?;
         self.code = Some(d);
         Ok(d)
     }

@@ -238,3 +238,89 @@ fn a_flipped_byte_in_a_signed_payload_changes_no_entry() {
         );
     }
 }
+
+/// What a man-in-the-middle can offer over plain HTTP: a validly signed older payload under a
+/// newer label, and a version that failed on this machine relabelled. The offer's label says
+/// nothing: the real installer checks the signed manifest, refuses both before writing, and the
+/// server hears why.
+#[test]
+fn signed_downgrades_and_relabelled_bad_versions_are_refused_whatever_the_offer_says() {
+    let work = tempfile::tempdir().unwrap();
+    let disk = make_disk(work.path());
+    let key = SigningKey::generate().unwrap();
+    let (usr, kernel, initrd, verity) = slot_files(&work.path().join("b"), 3);
+    let signed = |version: &str| {
+        let payload = work.path().join(format!("payload-{version}"));
+        let input = ManifestInput::new(APP_ID, version, verity.hash_offset);
+        write_payload(&payload, input, &usr, &kernel, &initrd, &key).unwrap();
+        std::fs::read(&payload).unwrap()
+    };
+    let mut real = RealInstaller {
+        target: Target {
+            disk: disk.clone(),
+            running: Slot::A,
+        },
+        key: key.verifying_key(),
+        freeze_file: None,
+    };
+    let before = std::fs::read(&disk).unwrap();
+    // (signed version, offered as, versions that failed here, the code the server hears)
+    let cases = [
+        ("0.0.9", "0.3.0", vec![], errorcode::REFUSED_VERSION),
+        (
+            "0.2.0",
+            "0.2.0.1",
+            vec!["0.2.0"],
+            errorcode::REFUSED_BAD_VERSION,
+        ),
+    ];
+    for (version, offered, bad, code) in cases {
+        let env = Env::new();
+        env.script().payload = signed(version);
+        env.script().offer = Some(offered.into());
+        let status = Status {
+            bad_versions: bad.iter().map(|v| v.to_string()).collect(),
+            ..Status::default()
+        };
+        std::fs::create_dir_all(env.paths.state_file().parent().unwrap()).unwrap();
+        status.save(&env.paths.state_file()).unwrap();
+        let mut host = FakeHost::new();
+        {
+            let mut agent = env.agent(&mut real, &mut host);
+            step_until(&mut agent, "writing", 3);
+            agent.step().unwrap();
+            assert_eq!(state_name(agent.status()), "idle");
+        }
+        assert_eq!(
+            env.events(),
+            ["13/1", "14/1", &format!("3/0 code={code}")],
+            "{version} offered as {offered}"
+        );
+        let said = env.saved().last_error.unwrap_or_default();
+        assert!(
+            said.contains(&format!("version {version}, refused")),
+            "{said}"
+        );
+        assert!(
+            std::fs::read(&disk).unwrap() == before,
+            "{version} offered as {offered} changed the disk"
+        );
+        assert_eq!(host.reboots, 0);
+    }
+    // An offer that says it is older is not downloaded at all.
+    let env = Env::new();
+    env.script().offer = Some("0.0.9".into());
+    let mut host = FakeHost::new();
+    {
+        let mut agent = env.agent(&mut real, &mut host);
+        agent.step().unwrap();
+        agent.step().unwrap();
+        assert_eq!(state_name(agent.status()), "idle");
+    }
+    assert!(env.events().is_empty(), "{:?}", env.events());
+    assert!(env
+        .saved()
+        .last_error
+        .unwrap_or_default()
+        .contains("a downgrade, refused"));
+}

@@ -66,6 +66,7 @@ impl Installer for FakeInstaller {
     fn install(
         &mut self,
         payload: &Path,
+        _accept: &crate::installer::Accept,
         progress: &mut dyn FnMut(Phase, u64, u64),
     ) -> Result<Installed, InstallFailure> {
         let bytes = std::fs::read(payload).map_err(|e| InstallFailure {

@@ -463,6 +463,9 @@ fn machines_table(instances: &[Instance], now: Timestamp) -> String {
     out
 }
 
+/// The discovery tokens' page (in the navigation here, its content in `discovery.rs`).
+pub const DISCOVERY_PAGE: &str = "/dashboard/discovery";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -480,6 +483,3 @@ mod tests {
         assert_eq!(duration(90), "90 s");
     }
 }
-
-/// The discovery tokens' page (in the navigation here, its content in `discovery.rs`).
-pub const DISCOVERY_PAGE: &str = "/dashboard/discovery";
