@@ -156,8 +156,9 @@ impl EtcdLock {
     }
 }
 
-impl RebootLock for EtcdLock {
-    fn acquire(&self) -> Result<bool, LockError> {
+impl EtcdLock {
+    /// Takes the key, or renews its lease if this machine holds it: whether it holds it now.
+    fn take(&self) -> Result<bool, LockError> {
         let lease = self.etcd.grant(self.ttl)?;
         let answer = self.etcd.txn(
             &[Compare::CreateRevision(self.key.clone(), 0)],
@@ -180,14 +181,22 @@ impl RebootLock for EtcdLock {
                 _ => false,
             }
         };
+        Ok(held)
+    }
+}
+
+impl RebootLock for EtcdLock {
+    fn acquire(&self) -> Result<bool, LockError> {
+        let held = self.take()?;
         if held && self.local_member {
             self.hand_off_leadership();
         }
         Ok(held)
     }
 
+    /// Renewing hands no leadership on: the machine is not about to go away because of it.
     fn renew(&self) -> Result<bool, LockError> {
-        self.acquire()
+        self.take()
     }
 
     fn release(&self) -> Result<(), LockError> {
