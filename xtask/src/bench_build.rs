@@ -15,7 +15,7 @@ use anyhow::Result;
 
 use crate::bench::{load_line, median};
 use crate::build::rebuild::Rebuilds;
-use crate::build::{self, BuildConfig};
+use crate::build::BuildConfig;
 use crate::host;
 
 #[derive(clap::Args)]
@@ -31,17 +31,7 @@ pub struct BuildBenchConfig {
 pub fn build(cfg: &BuildBenchConfig) -> Result<()> {
     let dir = host::workspace_root().join(&cfg.dir);
     let _ = std::fs::remove_dir_all(&dir);
-    let base = BuildConfig {
-        version: None,
-        mirror: None,
-        definition: "image/image.toml".into(),
-        out: "build".into(),
-        debug_ssh_key: None,
-        signing_key: None,
-        usr_overlays: Vec::new(),
-        boot_menu_timeout: build::DEFAULT_BOOT_MENU_TIMEOUT,
-        no_cache: false,
-    };
+    let base = BuildConfig::image_defaults();
     let r = Rebuilds::new(&base, &dir)?;
     // The stage cache holds this build tool's package tree and initramfs (not timed).
     r.set_file("warm-up\n")?;

@@ -84,6 +84,23 @@ pub struct BuildConfig {
     pub no_cache: bool,
 }
 
+impl BuildConfig {
+    /// What `cargo xtask build-image` builds with no flags.
+    pub fn image_defaults() -> BuildConfig {
+        BuildConfig {
+            version: None,
+            mirror: None,
+            definition: "image/image.toml".into(),
+            out: "build".into(),
+            debug_ssh_key: None,
+            signing_key: None,
+            usr_overlays: Vec::new(),
+            boot_menu_timeout: DEFAULT_BOOT_MENU_TIMEOUT,
+            no_cache: false,
+        }
+    }
+}
+
 /// The stages whose outputs the stage cache keeps, and the one that reuses an earlier build's
 /// outputs whole (named in the stage table; tests look for them).
 pub const PACKAGES_STAGE: &str = "packages (fetch + extract)";

@@ -135,17 +135,7 @@ pub fn run(cfg: &TestConfig) -> Result<()> {
 
 /// The image, its two update versions, and the scenarios that boot them.
 fn images_and_scenarios(cfg: &TestConfig, times: &mut Timings) -> Result<()> {
-    let build_cfg = BuildConfig {
-        version: None,
-        mirror: None,
-        definition: "image/image.toml".into(),
-        out: "build".into(),
-        debug_ssh_key: None,
-        signing_key: None,
-        usr_overlays: Vec::new(),
-        boot_menu_timeout: build::DEFAULT_BOOT_MENU_TIMEOUT,
-        no_cache: false,
-    };
+    let build_cfg = BuildConfig::image_defaults();
     let mut build = build::Build::new(&build_cfg)?;
     let artifacts = times.phase("image build", || build.run())?;
     let disk = artifacts.disk.to_string_lossy().into_owned();

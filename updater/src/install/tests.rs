@@ -19,6 +19,14 @@ use crate::keys::SigningKey;
 use crate::payload::tests::{inputs, make};
 use crate::payload::{write_payload, ManifestInput};
 
+/// `disk` with slot A running.
+fn running_a(disk: &Path) -> Target {
+    Target {
+        disk: disk.to_owned(),
+        running: Slot::A,
+    }
+}
+
 /// What a machine running `{app}` 1.0.0 accepts.
 const ON_1_0_0: Accept<'static> = Accept {
     app_id: "{app}",
@@ -137,10 +145,7 @@ fn install_writes_the_other_slot_then_its_entry_and_bless_and_rollback_rename() 
     let disk = make_disk(dir.path());
     let key = SigningKey::generate().unwrap();
     let (payload, m) = make(dir.path(), "p", "2.0.0", &key);
-    let t = Target {
-        disk: disk.clone(),
-        running: Slot::A,
-    };
+    let t = running_a(&disk);
     let usr_a = sha(&partition_bytes(&disk, disk::USR_A));
     assert_eq!(entry_names(&t), ["kiln-a.conf"]);
 
@@ -214,10 +219,7 @@ fn damaged_or_foreign_payloads_change_nothing_on_the_disk() {
     let disk = make_disk(dir.path());
     let key = SigningKey::generate().unwrap();
     let vk = key.verifying_key();
-    let t = Target {
-        disk: disk.clone(),
-        running: Slot::A,
-    };
+    let t = running_a(&disk);
     // A first good install, so B has an entry that a bad payload must not remove.
     let (good, m) = make(dir.path(), "good", "2.0.0", &key);
     install(&t, &good, &vk, &ON_1_0_0, &mut |_, _, _| {}).unwrap();
@@ -267,10 +269,7 @@ fn validly_signed_payloads_for_another_app_older_or_failed_here_change_nothing()
     let disk = make_disk(dir.path());
     let key = SigningKey::generate().unwrap();
     let vk = key.verifying_key();
-    let t = Target {
-        disk: disk.clone(),
-        running: Slot::A,
-    };
+    let t = running_a(&disk);
     let before = std::fs::read(&disk).unwrap();
     let (older, _) = make(dir.path(), "older", "0.9.0", &key);
     let (same, _) = make(dir.path(), "same", "1.0.0", &key);

@@ -121,6 +121,18 @@ fn partition_sha(disk: &Path, name: &str) -> String {
     kiln_contract::hex::encode(&Sha256::digest(&bytes[start..end]))
 }
 
+/// The real installer on `disk`, running slot A, trusting `key`.
+fn installer_on(disk: &Path, key: &SigningKey) -> RealInstaller {
+    RealInstaller {
+        target: Target {
+            disk: disk.to_owned(),
+            running: Slot::A,
+        },
+        key: key.verifying_key(),
+        freeze_file: None,
+    }
+}
+
 #[test]
 fn real_install_through_the_agent_then_bless() {
     let work = tempfile::tempdir().unwrap();
@@ -134,14 +146,7 @@ fn real_install_through_the_agent_then_bless() {
     let env = Env::new();
     env.script().payload = std::fs::read(&payload).unwrap();
     let usr_a_before = partition_sha(&disk, disk::USR_A);
-    let mut real = RealInstaller {
-        target: Target {
-            disk: disk.clone(),
-            running: Slot::A,
-        },
-        key: key.verifying_key(),
-        freeze_file: None,
-    };
+    let mut real = installer_on(&disk, &key);
     let mut host = FakeHost::new();
     {
         let mut agent = env.agent(&mut real, &mut host);
@@ -194,14 +199,7 @@ fn a_flipped_byte_in_a_signed_payload_changes_no_entry() {
     let input = ManifestInput::new(APP_ID, "0.2.0", verity.hash_offset);
     write_payload(&payload, input, &usr, &kernel, &initrd, &key).unwrap();
     let good = std::fs::read(&payload).unwrap();
-    let mut real = RealInstaller {
-        target: Target {
-            disk: disk.clone(),
-            running: Slot::A,
-        },
-        key: key.verifying_key(),
-        freeze_file: None,
-    };
+    let mut real = installer_on(&disk, &key);
     let before = real.boot_entries().unwrap();
     let usr_a_before = partition_sha(&disk, disk::USR_A);
     let allowed = [
@@ -255,14 +253,7 @@ fn signed_downgrades_and_relabelled_bad_versions_are_refused_whatever_the_offer_
         write_payload(&payload, input, &usr, &kernel, &initrd, &key).unwrap();
         std::fs::read(&payload).unwrap()
     };
-    let mut real = RealInstaller {
-        target: Target {
-            disk: disk.clone(),
-            running: Slot::A,
-        },
-        key: key.verifying_key(),
-        freeze_file: None,
-    };
+    let mut real = installer_on(&disk, &key);
     let before = std::fs::read(&disk).unwrap();
     // (signed version, offered as, versions that failed here, the code the server hears)
     let cases = [
