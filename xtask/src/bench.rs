@@ -69,29 +69,6 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
     }
 }
 
-/// The median of `values` (NaN when there are none).
-pub fn median(values: impl Iterator<Item = f64>) -> f64 {
-    let mut v: Vec<f64> = values.collect();
-    v.sort_by(|a, b| a.total_cmp(b));
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
-/// The machine's load, to print beside the figures: it is shared.
-pub fn load_line() -> String {
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    format!(
-        "load average (1, 5, 15 min): {}",
-        load.split_whitespace()
-            .take(3)
-            .collect::<Vec<_>>()
-            .join(" ")
-    )
-}
-
 /// Generated files added to the kernel's modules: small, many, deterministic.
 const GENERATED_FILES: usize = 50_000;
 const GENERATED_BYTES: usize = 2_500;

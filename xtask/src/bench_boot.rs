@@ -27,8 +27,8 @@ use kiln_image::definition::Definition;
 use kiln_image::tree::{Content, Entry, Kind, Meta, Tree};
 use kiln_qemu::{ssh_keygen, Accel, Firmware, Vm, VmConfig};
 
-use crate::bench::{load_line, median};
 use crate::host;
+use crate::measure::{load_line, median};
 
 #[derive(clap::Args)]
 pub struct BootBenchConfig {

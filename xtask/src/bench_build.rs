@@ -13,10 +13,10 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use crate::bench::{load_line, median};
 use crate::build::rebuild::Rebuilds;
 use crate::build::BuildConfig;
 use crate::host;
+use crate::measure::{load_line, median};
 
 #[derive(clap::Args)]
 pub struct BuildBenchConfig {

@@ -319,7 +319,6 @@ pub fn fleet(cfg: &FleetBenchConfig) -> Result<()> {
         moved_in.as_secs_f64(),
         passes_after
     );
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    println!("load average at the end: {}", load.trim());
+    println!("{} (at the end)", crate::measure::load_line());
     Ok(())
 }

@@ -12,6 +12,7 @@ mod build;
 mod flash;
 mod host;
 mod keygen;
+mod measure;
 mod publish;
 mod qemu;
 mod release;
