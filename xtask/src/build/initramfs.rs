@@ -11,6 +11,8 @@ use kiln_image::{cpio, kmod, tree_codec};
 use super::cache::KeyBuilder;
 use super::Build;
 
+/// The stage cache's kind for initramfs images.
+const CACHE_KIND: &str = "initramfs";
 /// The emergency shell, taken from the image's tree.
 const BUSYBOX: &str = "usr/bin/busybox";
 
@@ -34,7 +36,7 @@ impl Build {
             )
             .with("epoch", &t.to_le_bytes())
             .finish();
-        if let Some(bytes) = self.cached("initramfs", &key) {
+        if let Some(bytes) = self.cached(CACHE_KIND, &key) {
             std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
             return Ok(path);
         }
@@ -84,7 +86,7 @@ impl Build {
         let mut bytes = Vec::new();
         cpio::write_initramfs(&initrd, &mut bytes, 19)?;
         std::fs::write(&path, &bytes).with_context(|| format!("writing {}", path.display()))?;
-        self.cache.store("initramfs", &key, &bytes);
+        self.cache.store(CACHE_KIND, &key, &bytes);
         Ok(path)
     }
 }

@@ -94,6 +94,23 @@ impl Build {
         }
         let lock_bytes = std::fs::read(&lock_path)
             .with_context(|| format!("reading {}", lock_path.display()))?;
+        // Checked whether or not the tree comes from the cache.
+        let lock = Lock::read(&lock_path)?;
+        let wanted: std::collections::BTreeSet<&str> = self
+            .def
+            .packages
+            .include
+            .iter()
+            .map(String::as_str)
+            .collect();
+        let locked: std::collections::BTreeSet<&str> =
+            lock.packages.iter().map(|p| p.name.as_str()).collect();
+        if let Some(missing) = wanted.iter().find(|p| !locked.contains(**p)) {
+            bail!(
+                "{missing} is in image.toml but not in {}: run `cargo xtask lock`",
+                lock_path.display()
+            );
+        }
         let key = KeyBuilder::new("packages")
             .with("code", &self.code_digest()?)
             .with("packages.lock", &lock_bytes)
@@ -111,7 +128,7 @@ impl Build {
             }
             self.reused = false;
         }
-        let debs = self.fetch_packages(&lock_path)?;
+        let debs = self.fetch_packages(&lock)?;
         let tree = self.extract(&debs)?;
         if self.cache.is_enabled() {
             self.cache
@@ -120,25 +137,9 @@ impl Build {
         Ok(tree)
     }
 
-    fn fetch_packages(&mut self, lock_path: &Path) -> Result<Vec<PathBuf>> {
-        let lock = Lock::read(lock_path)?;
-        let wanted: std::collections::BTreeSet<&str> = self
-            .def
-            .packages
-            .include
-            .iter()
-            .map(String::as_str)
-            .collect();
-        let locked: std::collections::BTreeSet<&str> =
-            lock.packages.iter().map(|p| p.name.as_str()).collect();
-        if let Some(missing) = wanted.iter().find(|p| !locked.contains(**p)) {
-            bail!(
-                "{missing} is in image.toml but not in {}: run `cargo xtask lock`",
-                lock_path.display()
-            );
-        }
+    fn fetch_packages(&mut self, lock: &Lock) -> Result<Vec<PathBuf>> {
         let mirrors = mirrors(&self.def, self.mirror_flag.as_deref())?;
-        let fetched = debian::fetch(&lock, &Cache::from_env()?, &mirrors, debian::DEFAULT_JOBS)?;
+        let fetched = debian::fetch(lock, &Cache::from_env()?, &mirrors, debian::DEFAULT_JOBS)?;
         Ok(fetched.into_iter().map(|f| f.path).collect())
     }
 
