@@ -41,18 +41,6 @@ fn split_pre(version: &str) -> (&str, Option<&str>) {
     }
 }
 
-/// Whether two Omaha app ids name the same app: update_engine sends them in braces, builds
-/// write them bare; case does not matter.
-pub fn same_app_id(a: &str, b: &str) -> bool {
-    let bare = |s: &str| {
-        s.trim()
-            .trim_start_matches('{')
-            .trim_end_matches('}')
-            .to_ascii_lowercase()
-    };
-    bare(a) == bare(b)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -69,11 +57,5 @@ mod tests {
         assert_eq!(compare_versions("3732.0.0", "2512.2.0"), Greater);
         assert_eq!(compare_versions("0.1.0.2", "0.1.0"), Greater);
         assert_eq!(compare_versions("0.0.9.1", "0.1.0"), Less);
-    }
-
-    #[test]
-    fn app_ids_compare_without_braces_or_case() {
-        assert!(same_app_id("{D57468FA-057a}", "d57468fa-057a"));
-        assert!(!same_app_id("{d57468fa-057a}", "d57468fa-057b"));
     }
 }

@@ -87,8 +87,8 @@ pub struct Accept<'a> {
 impl Accept<'_> {
     /// Why the signed `manifest` of `path` is refused, if it is.
     pub fn check(&self, manifest: &Manifest, path: &Path) -> Result<(), InstallError> {
-        use kiln_contract::version::{compare_versions, same_app_id};
-        if !same_app_id(&manifest.app_id, self.app_id) {
+        use kiln_contract::version::compare_versions;
+        if !crate::omaha::ids_equal(&manifest.app_id, self.app_id) {
             return Err(InstallError::OtherApp {
                 path: path.to_owned(),
                 app_id: manifest.app_id.clone(),
