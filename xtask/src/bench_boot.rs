@@ -82,7 +82,7 @@ pub fn boot(cfg: &BootBenchConfig) -> Result<()> {
             root.join("build").join(def.image.version)
         }
     };
-    let disk = build.join("disk.raw");
+    let disk = build.join(crate::release::DISK_FILE);
     let kernel = build.join("work/vmlinuz");
     if !disk.exists() || !kernel.exists() {
         bail!(

@@ -34,7 +34,9 @@ pub fn run(cfg: &FlashBenchConfig) -> Result<()> {
         Some(p) => p.clone(),
         None => {
             let def = kiln_image::definition::Definition::load(&root.join("image/image.toml"))?;
-            root.join("build").join(def.image.version).join("disk.raw")
+            root.join("build")
+                .join(def.image.version)
+                .join(crate::release::DISK_FILE)
         }
     };
     let dir = root.join(&cfg.dir);

@@ -49,7 +49,7 @@ pub fn update(cfg: &UpdateConfig) -> Result<()> {
     host::run(
         Command::new("cp")
             .arg("--sparse=always")
-            .arg(build.join("disk.raw"))
+            .arg(build.join(crate::release::DISK_FILE))
             .arg(&disk),
     )?;
     let payload_path = dir.join("update.payload");

@@ -107,6 +107,13 @@ pub const PACKAGES_STAGE: &str = "packages (fetch + extract)";
 pub const INITRAMFS_STAGE: &str = "initramfs";
 pub const EARLIER_OUTPUTS_STAGE: &str = "earlier outputs";
 
+/// The build's outputs besides the release files, under `build/<version>/`: the stages write
+/// them there, and a later build finds them again through the stamp.
+pub const QCOW2_FILE: &str = "disk.qcow2";
+pub const USR_IMAGE_FILE: &str = "work/usr.img";
+pub const KERNEL_FILE: &str = "work/vmlinuz";
+pub const INITRD_FILE: &str = "work/initrd";
+
 /// `--boot-menu-timeout` when not given: no menu shown.
 pub const DEFAULT_BOOT_MENU_TIMEOUT: u32 = 0;
 
@@ -139,9 +146,8 @@ pub struct Build {
     reused: bool,
     /// The stage cache (disabled by `--no-cache`).
     pub cache: cache::StageCache,
-    /// The SHA-256 of the running build tool ([`Build::code_digest`]).
-    code: Option<[u8; 32]>,
-    /// The SHA-256 of outputs that a stage already took on the way (for the report).
+    /// The SHA-256 of files hashed once in this build (inputs, and outputs a stage already
+    /// hashed on the way): [`Build::file_digest`].
     digests: BTreeMap<PathBuf, [u8; 32]>,
     /// The SHA-256 of `disk.raw`, taken on a thread of its own while the stages after the
     /// disk run ([`Build::disk_digest`]).
@@ -187,7 +193,7 @@ impl Build {
         let (tree, kver, kernel) = self.stage("rootfs", |b| b.rootfs(tree))?;
         let initrd = self.stage(INITRAMFS_STAGE, |b| b.initramfs(&tree, &kver))?;
         let (usr_image, usr) = self.stage("usr filesystem + verity", |b| b.usr(&tree))?;
-        let kernel_path = self.work_dir.join("vmlinuz");
+        let kernel_path = self.out_dir.join(KERNEL_FILE);
         std::fs::write(&kernel_path, kernel.read_all()?).context("writing the kernel")?;
         let entry = BootEntry::new(
             Slot::A,
@@ -257,6 +263,16 @@ impl Build {
             reused: self.reused,
         });
         result
+    }
+
+    /// The SHA-256 of the file at `path`, hashed once per build.
+    fn file_digest(&mut self, path: &Path) -> Result<[u8; 32]> {
+        if let Some(d) = self.digests.get(path) {
+            return Ok(*d);
+        }
+        let d = crate::release::digest_of(path)?;
+        self.digests.insert(path.to_owned(), d);
+        Ok(d)
     }
 
     /// The SHA-256 of `disk` (`disk.raw`): from the thread hashing it since the disk stage, or

@@ -13,6 +13,7 @@ mod flash;
 mod host;
 mod keygen;
 mod measure;
+mod parallel;
 mod publish;
 mod qemu;
 mod release;

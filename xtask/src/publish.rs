@@ -32,7 +32,7 @@ pub struct PublishConfig {
 
 pub fn run(cfg: &PublishConfig) -> Result<()> {
     let root = host::workspace_root();
-    let payload = root.join(&cfg.build_dir).join("update.payload");
+    let payload = root.join(&cfg.build_dir).join(crate::release::PAYLOAD_FILE);
     if !payload.is_file() {
         bail!(
             "{} does not exist; build it with `cargo xtask build-image` first",

@@ -85,7 +85,9 @@ pub fn run(cfg: &QemuConfig) -> Result<()> {
         None => {
             let def = Definition::load(&root.join("image/image.toml"))?;
             let version = cfg.version.clone().unwrap_or(def.image.version);
-            root.join("build").join(version).join("disk.raw")
+            root.join("build")
+                .join(version)
+                .join(crate::release::DISK_FILE)
         }
     };
     if !disk.exists() {

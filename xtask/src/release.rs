@@ -31,8 +31,10 @@ pub const DISK_FILE: &str = "disk.raw";
 /// The SHA-256 of each chunk of `disk.raw` (see [`chunks`]).
 pub const CHUNKS_FILE: &str = "disk.raw.chunks";
 pub const ZST_FILE: &str = "disk.raw.zst";
+/// The update payload the build writes beside the disk.
+pub const PAYLOAD_FILE: &str = "update.payload";
 /// The files `SHA256SUMS` covers, in its order, when they exist.
-pub const SUMMED_FILES: [&str; 4] = [DISK_FILE, CHUNKS_FILE, ZST_FILE, "update.payload"];
+pub const SUMMED_FILES: [&str; 4] = [DISK_FILE, CHUNKS_FILE, ZST_FILE, PAYLOAD_FILE];
 
 /// zstd's default level: the disk is mostly zeros, which every level compresses to nothing;
 /// higher levels cost minutes on the filesystems for a few percent.
@@ -102,43 +104,32 @@ pub fn compress(
             None => todo.push((*hash, *i)),
         }
     }
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let compressed = std::thread::scope(|s| {
-        let workers: Vec<_> = (0..COMPRESS_THREADS)
-            .map(|_| {
-                s.spawn(|| -> Result<Vec<([u8; 32], Vec<u8>)>> {
-                    let mut zstd = zstd::bulk::Compressor::new(ZSTD_LEVEL)?;
-                    zstd.include_checksum(true)?;
-                    zstd.include_contentsize(true)?;
-                    let mut buf = vec![0u8; list.chunk];
-                    let mut out = Vec::new();
-                    while let Some(&(hash, i)) =
-                        todo.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
-                    {
-                        let offset = i as u64 * list.chunk as u64;
-                        let len = (list.size - offset).min(list.chunk as u64) as usize;
-                        let piece = &mut buf[..len];
-                        std::os::unix::fs::FileExt::read_exact_at(&input, piece, offset)?;
-                        if <[u8; 32]>::from(sha2::Sha256::digest(&*piece)) != hash {
-                            bail!(
-                                "{} changed while it was compressed (chunk {i}): build it again",
-                                src.display()
-                            );
-                        }
-                        let frame = zstd.compress(piece)?;
-                        cache.put(&hash, &frame);
-                        out.push((hash, frame));
-                    }
-                    Ok(out)
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-            .collect::<Result<Vec<_>>>()
-    })?;
-    frames.extend(compressed.into_iter().flatten());
+    let compressed = crate::parallel::map(
+        &todo,
+        COMPRESS_THREADS,
+        || -> Result<_> {
+            let mut zstd = zstd::bulk::Compressor::new(ZSTD_LEVEL)?;
+            zstd.include_checksum(true)?;
+            zstd.include_contentsize(true)?;
+            Ok((zstd, vec![0u8; list.chunk]))
+        },
+        |(zstd, buf), &(hash, i)| -> Result<([u8; 32], Vec<u8>)> {
+            let offset = i as u64 * list.chunk as u64;
+            let len = (list.size - offset).min(list.chunk as u64) as usize;
+            let piece = &mut buf[..len];
+            std::os::unix::fs::FileExt::read_exact_at(&input, piece, offset)?;
+            if <[u8; 32]>::from(sha2::Sha256::digest(&*piece)) != hash {
+                bail!(
+                    "{} changed while it was compressed (chunk {i}): build it again",
+                    src.display()
+                );
+            }
+            let frame = zstd.compress(piece)?;
+            cache.put(&hash, &frame);
+            Ok((hash, frame))
+        },
+    )?;
+    frames.extend(compressed);
     let tmp = temp_path(dst);
     let out = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let mut out = Hashing::new(BufWriter::with_capacity(IO_BUF, out));
@@ -202,6 +193,11 @@ pub const ZST_HEAD_LEN: usize = SIZE_FRAME_LEN;
 /// SHA-256 of a whole file, as bytes (its holes not read: [`chunks::sha256_sparse`]).
 pub fn digest_of(path: &Path) -> Result<[u8; 32]> {
     chunks::sha256_sparse(path)
+}
+
+/// [`digest_of`] each of `paths`, a thread each, in their order.
+pub fn digests_of(paths: &[PathBuf]) -> Result<Vec<[u8; 32]>> {
+    crate::parallel::map(paths, paths.len(), || Ok(()), |_, p| digest_of(p))
 }
 
 /// `SHA256SUMS` text: `<hex>  <name>` a line, as `sha256sum` prints it, in the given order.

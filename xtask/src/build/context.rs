@@ -62,7 +62,6 @@ impl Build {
             timings: Vec::new(),
             reused: false,
             cache: super::cache::StageCache::open(cfg.no_cache)?,
-            code: None,
             digests: Default::default(),
             disk_hashing: None,
             report_header: None,

@@ -45,7 +45,7 @@ impl Build {
                 image: Some(root),
             },
         ];
-        let path = self.out_dir.join("disk.raw");
+        let path = self.out_dir.join(crate::release::DISK_FILE);
         assemble(&path, &layout, &contents, |name| {
             Guid::from_hash(&self.derived(&format!("gpt/{name}")))
         })?;
@@ -58,7 +58,7 @@ impl Build {
             eprintln!("    qemu-img not found: no disk.qcow2 (apt-get install qemu-utils)");
             return Ok(None);
         }
-        let path = self.out_dir.join("disk.qcow2");
+        let path = self.out_dir.join(super::QCOW2_FILE);
         host::run(
             Command::new("qemu-img")
                 .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])

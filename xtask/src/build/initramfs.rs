@@ -21,11 +21,11 @@ impl Build {
     pub(super) fn initramfs(&mut self, tree: &Tree, kver: &str) -> Result<PathBuf> {
         let t = self.epoch;
         let init = self.static_binaries()?.join("init");
-        let path = self.work_dir.join("initrd");
+        let path = self.out_dir.join(super::INITRD_FILE);
         // What it reads: the init, the kernel's modules and busybox of the tree, the module list.
         let key = KeyBuilder::new("initramfs")
             .with("code", &self.code_digest()?)
-            .with("init", &crate::release::digest_of(&init)?)
+            .with("init", &self.file_digest(&init)?)
             .with(
                 "tree",
                 &tree_codec::digest_under(tree, &[&kmod::modules_dir(kver), BUSYBOX])?,

@@ -21,7 +21,7 @@ impl Build {
     ) -> Result<PathBuf> {
         use kiln_updater::payload::{write_payload, ManifestInput};
         self.signing.warn();
-        let path = self.out_dir.join("update.payload");
+        let path = self.out_dir.join(crate::release::PAYLOAD_FILE);
         let input = ManifestInput::new(&self.def.image.app_id, &self.version, usr.hash_offset);
         let m = write_payload(&path, input, usr_image, kernel, initrd, &self.signing.key)
             .with_context(|| format!("writing {}", path.display()))?;

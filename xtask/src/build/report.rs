@@ -92,27 +92,19 @@ impl Build {
         Ok(())
     }
 
-    /// The SHA-256 of each of `paths`: taken on the way by an earlier stage, or hashed here on
-    /// a thread each.
+    /// The SHA-256 of each of `paths`: taken on the way by an earlier stage, or hashed here.
     fn digests_of<'p>(
         &self,
         paths: impl Iterator<Item = &'p PathBuf>,
     ) -> Result<std::collections::BTreeMap<PathBuf, [u8; 32]>> {
-        let paths: Vec<&PathBuf> = paths.collect();
-        std::thread::scope(|s| {
-            let jobs: Vec<_> = paths
-                .iter()
-                .map(|p| {
-                    let known = self.digests.get(*p).copied();
-                    s.spawn(move || match known {
-                        Some(d) => Ok(((*p).clone(), d)),
-                        None => release::digest_of(p).map(|d| ((*p).clone(), d)),
-                    })
-                })
-                .collect();
-            jobs.into_iter()
-                .map(|j| j.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-                .collect()
-        })
+        let (known, todo): (Vec<&PathBuf>, Vec<&PathBuf>) =
+            paths.partition(|p| self.digests.contains_key(*p));
+        let todo: Vec<PathBuf> = todo.into_iter().cloned().collect();
+        let hashed = release::digests_of(&todo)?;
+        Ok(known
+            .into_iter()
+            .map(|p| (p.clone(), self.digests[p]))
+            .chain(todo.into_iter().zip(hashed))
+            .collect())
     }
 }

@@ -12,7 +12,7 @@
 //! removed when a build starts and written when one ends, so a build that stopped half-way
 //! never leaves a stamp beside outputs it did not finish.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
@@ -46,17 +46,12 @@ struct Stamp {
 }
 
 impl Build {
-    /// The SHA-256 of the running build tool, once per build.
+    /// The SHA-256 of the running build tool, once per build. Through /proc: the file at the
+    /// binary's path may have been replaced since it started (the test command's crate tests
+    /// build xtask again), while this is what runs.
     pub(super) fn code_digest(&mut self) -> Result<[u8; 32]> {
-        if let Some(d) = self.code {
-            return Ok(d);
-        }
-        // Through /proc: the file at the binary's path may have been replaced since it started
-        // (the test command's crate tests build xtask again), while this is what runs.
-        let d = crate::release::digest_of(Path::new("/proc/self/exe"))
-            .context("reading the running xtask binary")?;
-        self.code = Some(d);
-        Ok(d)
+        self.file_digest(Path::new("/proc/self/exe"))
+            .context("reading the running xtask binary")
     }
 
     /// The key of the whole build.
@@ -65,7 +60,7 @@ impl Build {
         let mut k = KeyBuilder::new("build").with("code", &self.code_digest()?);
         let bins = self.static_binaries()?;
         for (_, bin) in STATIC_BINARIES {
-            k = k.with(bin, &crate::release::digest_of(&bins.join(bin))?);
+            k = k.with(bin, &self.file_digest(&bins.join(bin))?);
         }
         let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
         k = k.with("image.toml", &read(&self.def_path)?).with(
@@ -135,46 +130,31 @@ impl Build {
         let has = |rel: &str| stamp.files.iter().any(|(_, f)| f == rel);
         Ok(Some(Artifacts {
             disk: at(crate::release::DISK_FILE),
-            qcow2: has("disk.qcow2").then(|| at("disk.qcow2")),
-            usr_image: at("work/usr.img"),
-            kernel: at("work/vmlinuz"),
-            initrd: at("work/initrd"),
+            qcow2: has(super::QCOW2_FILE).then(|| at(super::QCOW2_FILE)),
+            usr_image: at(super::USR_IMAGE_FILE),
+            kernel: at(super::KERNEL_FILE),
+            initrd: at(super::INITRD_FILE),
             usr_hash: stamp.usr_hash,
-            payload: at("update.payload"),
+            payload: at(crate::release::PAYLOAD_FILE),
         }))
     }
 
-    /// Every file the stamp names has its SHA-256, and `disk.raw` matches its chunk list
-    /// (hashed on as many threads as there are files).
+    /// Every file the stamp names has its SHA-256, and `disk.raw` matches its chunk list.
     fn check_outputs(&self, stamp: &Stamp) -> Result<()> {
         let dir = &self.out_dir;
-        std::thread::scope(|s| {
-            let files: Vec<_> = stamp
-                .files
-                .iter()
-                .map(|(want, rel)| {
-                    s.spawn(move || -> Result<()> {
-                        let got = hex::encode(&crate::release::digest_of(&dir.join(rel))?);
-                        if &got != want {
-                            bail!("{rel} has another SHA-256");
-                        }
-                        Ok(())
-                    })
-                })
-                .collect();
-            let list_path = dir.join(&stamp.disk_chunks);
-            let disk = (|| -> Result<()> {
-                let text = std::fs::read_to_string(&list_path)
-                    .with_context(|| format!("reading {}", list_path.display()))?;
-                let list = ChunkList::parse(&text, &list_path)?;
-                chunks::check_image(&dir.join(crate::release::DISK_FILE), &list, &list_path)?;
-                Ok(())
-            })();
-            for f in files {
-                f.join().unwrap_or_else(|p| std::panic::resume_unwind(p))?;
+        let paths: Vec<PathBuf> = stamp.files.iter().map(|(_, rel)| dir.join(rel)).collect();
+        let got = crate::release::digests_of(&paths)?;
+        for ((want, rel), got) in stamp.files.iter().zip(got) {
+            if &hex::encode(&got) != want {
+                bail!("{rel} has another SHA-256");
             }
-            disk
-        })
+        }
+        let list_path = dir.join(&stamp.disk_chunks);
+        let text = std::fs::read_to_string(&list_path)
+            .with_context(|| format!("reading {}", list_path.display()))?;
+        let list = ChunkList::parse(&text, &list_path)?;
+        chunks::check_image(&dir.join(crate::release::DISK_FILE), &list, &list_path)?;
+        Ok(())
     }
 
     /// Writes the stamp of this build's outputs (`files`: paths relative to the output

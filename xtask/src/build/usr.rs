@@ -26,7 +26,7 @@ impl Build {
             journal: false,
             timestamp: self.epoch,
         };
-        let path = self.work_dir.join("usr.img");
+        let path = self.out_dir.join(super::USR_IMAGE_FILE);
         let file = create_rw(&path)?;
         let stats = ext4::write(&usr, &opts, &file)?;
         let params = verity::VerityParams {

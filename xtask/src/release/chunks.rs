@@ -26,7 +26,6 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
@@ -201,35 +200,21 @@ fn hash_chunks(file: &File, size: u64, chunk: usize) -> io::Result<Vec<[u8; 32]>
     };
     let mut hashes: Vec<[u8; 32]> = (0..count).map(zero_of).collect();
     let todo = chunks_with_data(&data_ranges(file, size)?, chunk as u64);
-    let next = AtomicUsize::new(0);
-    let results = std::thread::scope(|s| {
-        let workers: Vec<_> = (0..THREADS)
-            .map(|_| {
-                s.spawn(|| -> io::Result<Vec<(usize, [u8; 32])>> {
-                    let mut buf = vec![0u8; chunk];
-                    let mut out = Vec::new();
-                    loop {
-                        let Some(&i) = todo.get(next.fetch_add(1, Ordering::Relaxed)) else {
-                            return Ok(out);
-                        };
-                        let piece = &mut buf[..len_of(i)];
-                        file.read_exact_at(piece, i as u64 * chunk as u64)?;
-                        let hash = if blockmap::is_zero(piece) {
-                            zero_of(i)
-                        } else {
-                            Sha256::digest(&*piece).into()
-                        };
-                        out.push((i, hash));
-                    }
-                })
+    let found = crate::parallel::map(
+        &todo,
+        THREADS,
+        || Ok(vec![0u8; chunk]),
+        |buf, &i| -> io::Result<[u8; 32]> {
+            let piece = &mut buf[..len_of(i)];
+            file.read_exact_at(piece, i as u64 * chunk as u64)?;
+            Ok(if blockmap::is_zero(piece) {
+                zero_of(i)
+            } else {
+                Sha256::digest(&*piece).into()
             })
-            .collect();
-        workers
-            .into_iter()
-            .map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-            .collect::<io::Result<Vec<_>>>()
-    })?;
-    for (i, hash) in results.into_iter().flatten() {
+        },
+    )?;
+    for (i, hash) in todo.into_iter().zip(found) {
         hashes[i] = hash;
     }
     Ok(hashes)
@@ -237,15 +222,20 @@ fn hash_chunks(file: &File, size: u64, chunk: usize) -> io::Result<Vec<[u8; 32]>
 
 /// The SHA-256 of `len` zero bytes.
 fn zero_hash(len: usize) -> [u8; 32] {
-    let zeros = [0u8; 64 << 10];
     let mut h = Sha256::new();
+    hash_zeros(&mut h, len as u64);
+    h.finalize().into()
+}
+
+/// Feeds `len` zero bytes to `hasher`.
+fn hash_zeros(hasher: &mut Sha256, len: u64) {
+    let zeros = [0u8; 64 << 10];
     let mut left = len;
     while left > 0 {
-        let n = left.min(zeros.len());
-        h.update(&zeros[..n]);
-        left -= n;
+        let n = left.min(zeros.len() as u64) as usize;
+        hasher.update(&zeros[..n]);
+        left -= n as u64;
     }
-    h.finalize().into()
 }
 
 /// The indexes of the chunks that `ranges` touch, in order.
@@ -271,19 +261,10 @@ pub fn sha256_sparse(path: &Path) -> Result<[u8; 32]> {
     let size = file.metadata()?.len();
     let ranges = data_ranges(&file, size).with_context(|| format!("reading {}", path.display()))?;
     let mut hasher = Sha256::new();
-    let zeros = vec![0u8; 1 << 20];
     let mut buf = vec![0u8; 1 << 20];
     let mut pos = 0;
-    let zeros_to = |hasher: &mut Sha256, from: u64, to: u64| {
-        let mut left = to - from;
-        while left > 0 {
-            let n = left.min(zeros.len() as u64) as usize;
-            hasher.update(&zeros[..n]);
-            left -= n as u64;
-        }
-    };
     for (start, end) in ranges.into_iter().chain([(size, size)]) {
-        zeros_to(&mut hasher, pos, start);
+        hash_zeros(&mut hasher, start - pos);
         let mut at = start;
         while at < end {
             let n = (end - at).min(buf.len() as u64) as usize;
