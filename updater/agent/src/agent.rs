@@ -14,7 +14,7 @@ use crate::client::{ClientError, OmahaClient};
 use crate::download::{self, DownloadError};
 use crate::host::{self, Host};
 use crate::identity::Paths;
-use crate::installer::{Accept, Installer, Phase};
+use crate::installer::{Accept, Installer, Phase, Refusal};
 use crate::state::{Offer, Pending, Progress, State, StateError, Status};
 use crate::strategy::Strategy;
 use kiln_contract::errorcode;
@@ -193,28 +193,22 @@ impl<'a> Agent<'a> {
                 if offer.version == self.client.identity().version {
                     return self.idle_after(None);
                 }
-                if !self.config.allow_downgrade
-                    && kiln_contract::version::compare_versions(
-                        &offer.version,
-                        &self.client.identity().version,
-                    )
-                    .is_lt()
-                {
-                    // The signed manifest is what the installer checks; an offer that says
-                    // it is older is not even downloaded.
-                    let why = format!(
-                        "the server offers {}, older than the running {}: a downgrade, refused (allow_downgrade in {})",
-                        offer.version,
-                        self.client.identity().version,
-                        kiln_contract::paths::UPDATE_CONF
-                    );
-                    return self.idle_after(Some(why));
-                }
-                if self.status.bad_versions.contains(&offer.version) {
-                    let why = format!(
-                        "version {} failed to boot on this machine before; not installing it again",
-                        offer.version
-                    );
+                // The installer checks the signed manifest against the same rule; an offer
+                // that is refused by its own label is not even downloaded.
+                let bad = self.bad_versions();
+                let refusal = accept(self.client.identity(), self.config.allow_downgrade, &bad)
+                    .refusal(&offer.version, None);
+                if let Some(refusal) = refusal {
+                    let why = match refusal {
+                        Refusal::FailedHere => format!(
+                            "version {} failed to boot on this machine before; not installing it again",
+                            offer.version
+                        ),
+                        other => format!(
+                            "the server offers {}, a downgrade, refused before downloading: {other}",
+                            offer.version
+                        ),
+                    };
                     return self.idle_after(Some(why));
                 }
                 self.status.failures = 0;
@@ -295,14 +289,8 @@ impl<'a> Agent<'a> {
         })?;
         let state_file = self.paths.state_file();
         // What the signed manifest must say, whatever the offer said.
-        let bad_versions: Vec<String> = self.status.bad_versions.iter().cloned().collect();
-        let identity = self.client.identity();
-        let accept = Accept {
-            app_id: &identity.app_id,
-            running_version: &identity.version,
-            allow_downgrade: self.config.allow_downgrade,
-            bad_versions: &bad_versions,
-        };
+        let bad = self.bad_versions();
+        let accept = accept(self.client.identity(), self.config.allow_downgrade, &bad);
         let status = &mut self.status;
         let mut last_phase = Phase::Writing;
         let result = self
@@ -555,6 +543,11 @@ impl<'a> Agent<'a> {
         }
     }
 
+    /// The versions that failed to boot here, for [`accept`].
+    fn bad_versions(&self) -> Vec<String> {
+        self.status.bad_versions.iter().cloned().collect()
+    }
+
     /// Renews the reboot lock this machine holds (an etcd lease would otherwise free it a TTL
     /// after it was taken); says so if it was lost meanwhile.
     fn renew_lock(&mut self) {
@@ -687,4 +680,19 @@ fn event_label(event: &Event) -> String {
         u32::from(event.eventtype),
         u32::from(event.eventresult)
     )
+}
+
+/// What this machine accepts of a payload: its app and running version, whether its operator
+/// allows a downgrade, and the versions that failed to boot here (`bad_versions`).
+fn accept<'a>(
+    identity: &'a crate::identity::Identity,
+    allow_downgrade: bool,
+    bad_versions: &'a [String],
+) -> Accept<'a> {
+    Accept {
+        app_id: &identity.app_id,
+        running_version: &identity.version,
+        allow_downgrade,
+        bad_versions,
+    }
 }

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use kiln_contract::boot::Slot;
-pub use kiln_updater::install::Accept;
+pub use kiln_updater::install::{Accept, Refusal};
 
 /// The step of an installation, for progress and for the persisted state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,7 +7,8 @@
 //!
 //! The order of [`install`] is what keeps a power cut harmless: the manifest's signature and
 //! every part's hash are checked first, and what the manifest says against what the machine
-//! accepts ([`Accept`]: its app, newer than what runs, not a version that failed here); then the inactive slot's boot entries are removed, so
+//! accepts ([`Accept`]: its app, newer than what runs, not a version that failed here); then
+//! the inactive slot's boot entries are removed, so
 //! a half-written slot is never bootable; the USR image, kernel and initramfs are written and
 //! read back; and the slot's entry, with tries left, is written last. Until that entry exists,
 //! the running slot is the only one systemd-boot can pick.
@@ -87,7 +88,6 @@ pub struct Accept<'a> {
 impl Accept<'_> {
     /// Why the signed `manifest` of `path` is refused, if it is.
     pub fn check(&self, manifest: &Manifest, path: &Path) -> Result<(), InstallError> {
-        use kiln_contract::version::compare_versions;
         if !crate::omaha::ids_equal(&manifest.app_id, self.app_id) {
             return Err(InstallError::OtherApp {
                 path: path.to_owned(),
@@ -95,31 +95,36 @@ impl Accept<'_> {
                 running: self.app_id.to_owned(),
             });
         }
-        let running = self.running_version.to_owned();
-        let why = if self.bad_versions.contains(&manifest.version) {
-            Some(Refusal::FailedHere)
-        } else if !self.allow_downgrade
-            && compare_versions(&manifest.version, self.running_version).is_le()
-        {
-            Some(Refusal::NotNewer { running })
-        } else {
-            match &manifest.min_from_version {
-                Some(min) if compare_versions(self.running_version, min).is_lt() => {
-                    Some(Refusal::TooOldToUpdate {
-                        min: min.clone(),
-                        running,
-                    })
-                }
-                _ => None,
-            }
-        };
-        match why {
+        match self.refusal(&manifest.version, manifest.min_from_version.as_deref()) {
             Some(why) => Err(InstallError::Refused {
                 path: path.to_owned(),
                 version: manifest.version.clone(),
                 why,
             }),
             None => Ok(()),
+        }
+    }
+
+    /// Why a payload of `version` (installing only over `min_from` or newer) is refused, if
+    /// it is: the rule [`Accept::check`] applies to a signed manifest, and the agent to an
+    /// offer before downloading it.
+    pub fn refusal(&self, version: &str, min_from: Option<&str>) -> Option<Refusal> {
+        use kiln_contract::version::compare_versions;
+        let running = self.running_version.to_owned();
+        if self.bad_versions.iter().any(|v| v == version) {
+            Some(Refusal::FailedHere)
+        } else if !self.allow_downgrade && compare_versions(version, self.running_version).is_le() {
+            Some(Refusal::NotNewer { running })
+        } else {
+            match min_from {
+                Some(min) if compare_versions(self.running_version, min).is_lt() => {
+                    Some(Refusal::TooOldToUpdate {
+                        min: min.to_owned(),
+                        running,
+                    })
+                }
+                _ => None,
+            }
         }
     }
 }
