@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::sync::Arc;
 
-use sha2::{Digest, Sha256};
+use kiln_contract::digest::Hashing;
 
 use crate::tree::{Content, Entry, Kind, Meta, Tree, TreePath};
 
@@ -100,7 +100,7 @@ pub fn decode(bytes: &[u8]) -> Result<Tree, CodecError> {
 /// The SHA-256 of the entries at or below each of `prefixes` (in the tree's order, as
 /// [`encode`] writes them): what a stage that reads only those parts of a tree depends on.
 pub fn digest_under(tree: &Tree, prefixes: &[&str]) -> Result<[u8; 32], CodecError> {
-    let mut hasher = HashWriter(Sha256::new());
+    let mut hasher = Hashing::new(io::sink());
     for (path, entry) in tree.iter() {
         let p = path.as_bytes();
         let wanted = prefixes.iter().any(|pre| {
@@ -111,19 +111,7 @@ pub fn digest_under(tree: &Tree, prefixes: &[&str]) -> Result<[u8; 32], CodecErr
             write_entry(&mut hasher, path, entry)?;
         }
     }
-    Ok(hasher.0.finalize().into())
-}
-
-struct HashWriter(Sha256);
-
-impl Write for HashWriter {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.update(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
+    Ok(hasher.finish().0)
 }
 
 fn write_entry(out: &mut impl Write, path: &TreePath, entry: &Entry) -> Result<(), CodecError> {
