@@ -17,6 +17,8 @@ pub const PAYLOAD_HASH_MISMATCH: i64 = 10;
 pub const PAYLOAD_SIZE_MISMATCH: i64 = 11;
 /// `kActionCodeDownloadPayloadVerificationError`: the payload is damaged or not a payload.
 pub const PAYLOAD_VERIFICATION: i64 = 12;
+/// `kActionCodeDownloadWriteError`: the payload cannot be stored (no room on `/var`).
+pub const DOWNLOAD_WRITE: i64 = 14;
 /// `kActionCodeNewRootfsVerificationError`: read-back or dm-verity root hash mismatch.
 pub const ROOTFS_VERIFICATION: i64 = 15;
 /// `kActionCodeDownloadPayloadPubKeyVerificationError`: the manifest signature is bad.
@@ -178,6 +180,7 @@ mod tests {
             (PAYLOAD_HASH_MISMATCH, "PayloadHashMismatchError"),
             (PAYLOAD_SIZE_MISMATCH, "PayloadSizeMismatchError"),
             (PAYLOAD_VERIFICATION, "DownloadPayloadVerificationError"),
+            (DOWNLOAD_WRITE, "DownloadWriteError"),
             (ROOTFS_VERIFICATION, "NewRootfsVerificationError"),
             (SIGNATURE, "DownloadPayloadPubKeyVerificationError"),
         ];

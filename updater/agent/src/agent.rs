@@ -30,6 +30,9 @@ const REBOOT_WAIT: Duration = Duration::from_secs(300);
 const HEALTH_POLL: Duration = Duration::from_secs(5);
 /// Save download progress at most this often (bytes).
 const PROGRESS_SAVE_STEP: u64 = 32 << 20;
+/// Failed attempts in a row at one payload's download (each resuming the last) before its
+/// partial file is deleted and the update fails; the backoff between them reaches an hour.
+const MAX_DOWNLOAD_ATTEMPTS: u32 = 8;
 /// At most this many events wait for the server; the oldest go first when more come.
 const MAX_UNSENT_EVENTS: usize = 16;
 /// How soon an idle agent tries unsent events again (checks may be an hour apart).
@@ -211,6 +214,15 @@ impl<'a> Agent<'a> {
                     };
                     return self.idle_after(Some(why));
                 }
+                if let Some(room) = self.installer.payload_room() {
+                    if offer.size > room {
+                        let why = format!(
+                            "the server announces a payload of {} bytes for {}, more than this machine's slot and ESP hold ({room}); refused before downloading",
+                            offer.size, offer.version
+                        );
+                        return self.fail(errorcode::PAYLOAD_SIZE_MISMATCH, why);
+                    }
+                }
                 self.status.failures = 0;
                 self.report(Event::download_started());
                 self.set(State::Downloading { offer })?;
@@ -257,9 +269,20 @@ impl<'a> Agent<'a> {
                 self.set(State::Writing { offer })?;
                 Ok(Next::Now)
             }
-            Err(e) if e.is_transient() => self.enter_backoff(e.to_string(), Some(offer)),
+            Err(e) if e.is_transient() && self.status.failures + 1 < MAX_DOWNLOAD_ATTEMPTS => {
+                self.enter_backoff(e.to_string(), Some(offer))
+            }
+            Err(e) if e.is_transient() => {
+                // What was kept for resuming is unverified bytes on /var: not kept for ever.
+                let _ = std::fs::remove_file(download::payload_path(&dir, &offer));
+                let why = format!(
+                    "{e}; {MAX_DOWNLOAD_ATTEMPTS} attempts in a row failed: the partial payload was deleted, the next check starts afresh"
+                );
+                self.fail(errorcode::DOWNLOAD_TRANSFER, why)
+            }
             Err(e) => {
                 let code = match e {
+                    DownloadError::NoRoom { .. } => errorcode::DOWNLOAD_WRITE,
                     DownloadError::HashMismatch { .. } => errorcode::PAYLOAD_HASH_MISMATCH,
                     DownloadError::TooLarge { .. } => errorcode::PAYLOAD_SIZE_MISMATCH,
                     _ => errorcode::DOWNLOAD_TRANSFER,

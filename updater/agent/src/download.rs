@@ -15,6 +15,8 @@ use crate::state::Offer;
 
 /// Bytes between two progress calls.
 const PROGRESS_STEP: u64 = 4 << 20;
+/// Free space a download leaves on the filesystem of the download directory.
+pub const RESERVE: u64 = 64 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DownloadError {
@@ -25,6 +27,13 @@ pub enum DownloadError {
         path: PathBuf,
         #[source]
         source: std::io::Error,
+    },
+    #[error("payload {url} needs {need} more bytes in {dir}, which has {free} free (and keeps {RESERVE} for the system); the partial payload was deleted: free space on /var")]
+    NoRoom {
+        url: String,
+        dir: PathBuf,
+        need: u64,
+        free: u64,
     },
     #[error(
         "payload {url} is larger than the {expected} bytes the Omaha response announced; refused"
@@ -77,6 +86,19 @@ pub fn download(
         file.set_len(0).map_err(local)?;
     }
     let have = have.min(offer.size);
+    if let Some(free) = free_bytes(dir) {
+        let need = offer.size - have;
+        if free < need.saturating_add(RESERVE) {
+            drop(file);
+            let _ = std::fs::remove_file(&path);
+            return Err(DownloadError::NoRoom {
+                url: offer.url.clone(),
+                dir: dir.to_owned(),
+                need,
+                free,
+            });
+        }
+    }
     if have < offer.size {
         fetch(http, offer, &mut file, have, &path, progress)?;
     }
@@ -196,6 +218,20 @@ fn check_hash(offer: &Offer, file: &mut File, path: &Path) -> Result<(), Downloa
         expected: offer.sha256.clone(),
         actual,
     })
+}
+
+/// The bytes an unprivileged writer may still use on the filesystem of `dir`.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: statvfs fills the struct it is given for a NUL-terminated path.
+    if unsafe { libc::statvfs(path.as_ptr(), st.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so the struct is filled.
+    let st = unsafe { st.assume_init() };
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 /// Payloads of other offers are dead weight on /var once a new one is being fetched.

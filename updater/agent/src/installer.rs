@@ -61,6 +61,11 @@ pub trait Installer {
         progress: &mut dyn FnMut(Phase, u64, u64),
     ) -> Result<Installed, InstallFailure>;
 
+    /// The most bytes a payload can hold on this machine (`None`: not known).
+    fn payload_room(&self) -> Option<u64> {
+        None
+    }
+
     /// Removes the running slot's boot counter; `true` if there was one.
     fn bless(&mut self) -> Result<bool, InstallFailure>;
 

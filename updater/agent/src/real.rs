@@ -212,6 +212,10 @@ impl Installer for RealInstaller {
         })
     }
 
+    fn payload_room(&self) -> Option<u64> {
+        install::payload_room(&self.target).ok()
+    }
+
     fn bless(&mut self) -> Result<bool, InstallFailure> {
         install::bless(&self.target).map_err(failure)
     }

@@ -567,6 +567,16 @@ pub fn rollback(t: &Target) -> Result<Slot, InstallError> {
     Ok(other)
 }
 
+/// The most bytes a payload for `t` can hold: its USR image fits the inactive slot's partition,
+/// and its kernel and initramfs the ESP. An offer announcing more is refused before it is
+/// downloaded.
+pub fn payload_room(t: &Target) -> Result<u64, InstallError> {
+    let disk = Disk::open(&t.disk, false)?;
+    let (_, usr) = disk.partition(t.running.other().partition_name())?;
+    let (_, esp) = disk.partition(kiln_contract::disk::ESP)?;
+    Ok(crate::payload::PARTS_OFFSET + usr.size_bytes() + esp.size_bytes())
+}
+
 /// The slot named by `kiln.slot=` on a kernel command line (the last one, as the kernel's own
 /// parameters go).
 pub fn running_slot(cmdline: &str) -> Option<Slot> {

@@ -331,6 +331,20 @@ fn validly_signed_payloads_for_another_app_older_or_failed_here_change_nothing()
 }
 
 #[test]
+fn a_payload_may_hold_the_inactive_slot_and_the_esp() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = make_disk(dir.path());
+    let bytes = std::fs::read(&disk).unwrap();
+    let gpt =
+        kiln_image::gpt::Gpt::read(&mut std::io::Cursor::new(&bytes), bytes.len() as u64).unwrap();
+    let size = |name| gpt.find_by_name(name).unwrap().1.size_bytes();
+    assert_eq!(
+        payload_room(&running_a(&disk)).unwrap(),
+        crate::payload::PARTS_OFFSET + size(disk::USR_B) + size(disk::ESP)
+    );
+}
+
+#[test]
 fn a_usr_image_that_does_not_match_its_tree_makes_no_payload() {
     // A payload whose image would fail the device's verity check after writing is never
     // made: write_payload checks the tree first.

@@ -615,3 +615,90 @@ fn an_unreachable_server_right_after_start_is_tried_again_within_seconds() {
     };
     assert!((30..=38).contains(&later.as_secs()), "{later:?}");
 }
+
+/// A server that announces more than the slot holds is refused before anything is downloaded.
+#[test]
+fn an_offer_larger_than_the_slot_is_refused_before_downloading() {
+    let env = Env::new();
+    let (mut installer, mut host) = (FakeInstaller::new(Slot::A), FakeHost::new());
+    installer.room = Some(200_000);
+    {
+        let mut agent = env.agent(&mut installer, &mut host);
+        agent.step().unwrap();
+        agent.step().unwrap();
+        assert_eq!(state_name(agent.status()), "idle");
+    }
+    assert!(env.payload_gets().is_empty());
+    assert_eq!(
+        env.events(),
+        [format!("3/0 code={}", errorcode::PAYLOAD_SIZE_MISMATCH)]
+    );
+    assert!(env
+        .saved()
+        .last_error
+        .unwrap()
+        .contains("refused before downloading"));
+}
+
+/// A server that announces more than it sends: each attempt resumes, and after the last one
+/// the unverified partial payload is deleted instead of kept on /var for ever.
+#[test]
+fn a_download_that_keeps_failing_is_given_up_and_its_partial_file_deleted() {
+    let env = Env::new();
+    env.script().announced_size = Some(600_000);
+    let (mut installer, mut host) = (FakeInstaller::new(Slot::A), FakeHost::new());
+    {
+        let mut agent = env.agent(&mut installer, &mut host);
+        step_until(&mut agent, "downloading", 2);
+    }
+    for attempt in 1..=20 {
+        {
+            let mut agent = env.agent(&mut installer, &mut host);
+            agent.step().unwrap();
+            if state_name(agent.status()) == "idle" {
+                break;
+            }
+            assert_eq!(state_name(agent.status()), "backoff", "attempt {attempt}");
+        }
+        host.now += 7200;
+        let mut agent = env.agent(&mut installer, &mut host);
+        step_until(&mut agent, "downloading", 1);
+    }
+    assert_eq!(state_name(&env.saved()), "idle");
+    assert_eq!(env.payload_gets().len(), 8);
+    assert!(std::fs::read_dir(env.paths.download_dir())
+        .unwrap()
+        .next()
+        .is_none());
+    let events = env.events();
+    assert_eq!(
+        events.last().unwrap(),
+        &format!("3/0 code={}", errorcode::DOWNLOAD_TRANSFER)
+    );
+    assert!(installer.payloads.is_empty());
+}
+
+/// A payload the download directory's filesystem has no room for is not started (and what
+/// was there is deleted): /var stays usable.
+#[test]
+fn a_payload_without_room_on_var_is_not_downloaded() {
+    let env = Env::new();
+    env.script().announced_size = Some(1 << 50);
+    let (mut installer, mut host) = (FakeInstaller::new(Slot::A), FakeHost::new());
+    {
+        let mut agent = env.agent(&mut installer, &mut host);
+        step_until(&mut agent, "downloading", 2);
+        agent.step().unwrap();
+        assert_eq!(state_name(agent.status()), "idle");
+    }
+    assert!(env.payload_gets().is_empty());
+    assert_eq!(
+        env.events().last().unwrap(),
+        &format!("3/0 code={}", errorcode::DOWNLOAD_WRITE)
+    );
+    assert!(env
+        .saved()
+        .last_error
+        .unwrap()
+        .contains("free space on /var"));
+}

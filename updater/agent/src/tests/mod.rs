@@ -43,6 +43,8 @@ pub struct FakeInstaller {
     pub blessed: u32,
     /// The version the "signed manifest" names.
     pub version: String,
+    /// What it says a payload can hold.
+    pub room: Option<u64>,
 }
 
 impl FakeInstaller {
@@ -54,6 +56,7 @@ impl FakeInstaller {
             fail: None,
             blessed: 0,
             version: "0.2.0".into(),
+            room: None,
         }
     }
 }
@@ -61,6 +64,10 @@ impl FakeInstaller {
 impl Installer for FakeInstaller {
     fn running_slot(&self) -> Option<Slot> {
         Some(self.running)
+    }
+
+    fn payload_room(&self) -> Option<u64> {
+        self.room
     }
 
     fn install(
@@ -159,6 +166,8 @@ pub struct Script {
     pub payload: Vec<u8>,
     /// The SHA-256 the response announces (defaults to the payload's).
     pub announced_sha256: Option<[u8; 32]>,
+    /// The size the response announces (defaults to the payload's).
+    pub announced_size: Option<u64>,
     /// The next payload GET sends only this many bytes.
     pub truncate_next: Option<usize>,
 }
@@ -182,6 +191,7 @@ impl Env {
             omaha_failures: VecDeque::new(),
             payload,
             announced_sha256: None,
+            announced_size: None,
             truncate_next: None,
         }));
         let server = {
@@ -331,7 +341,7 @@ fn handle(script: &Mutex<Script>, seen: &Seen) -> Reply {
             version,
             &format!("http://{host}/payload/"),
             "kiln_update.payload",
-            s.payload.len() as u64,
+            s.announced_size.unwrap_or(s.payload.len() as u64),
             &sha,
         )
         .acknowledge(app)
