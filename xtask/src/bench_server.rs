@@ -12,6 +12,7 @@ use kiln_server::context::ServerContext;
 use kiln_server::http::RunningServer;
 use kiln_server::model::PackageRecord;
 use kiln_server::store::SqliteStore;
+use kiln_server::engine::AdmissionLimits;
 use kiln_server::{Engine, EngineConfig};
 use kiln_updater::omaha::{App, Event, Os, Ping, Request, Response, UpdateCheck};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -49,8 +50,11 @@ pub fn server(cfg: &ServerBenchConfig) -> Result<()> {
     let engine = Arc::new(Engine::open(
         Box::new(store),
         Arc::new(SystemClock),
+        // Every client speaks for machines the server has not seen, from 127.0.0.1: the
+        // admission of new machines (a defence against floods) would turn most away.
         EngineConfig {
-            public_url: "http://127.0.0.1:8470/".into(),
+            admission: AdmissionLimits::UNLIMITED,
+            ..EngineConfig::new("http://127.0.0.1:8470/")
         },
     )?);
     engine.publish(bench_package(), Some("stable"))?;

@@ -77,6 +77,9 @@ impl AdminClient {
         };
         let file = File::open(payload).map_err(io)?;
         let length = file.metadata().map_err(io)?.len();
+        // A refused token is learned before the upload: the server reads only a little of a
+        // refused request's body before it closes the connection.
+        self.apps()?;
         let url = format!("{}/apps/{app}/publish", self.base);
         let mut request = self
             .request("POST", &url)

@@ -8,7 +8,7 @@ use std::path::{Path as FsPath, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
@@ -25,6 +25,7 @@ use crate::context::{Refusal, ServerContext};
 use crate::discovery::error::DiscoveryError;
 use crate::engine::error::{checked_name, EngineError};
 use crate::engine::Engine;
+use crate::listen::Limits;
 use crate::model::{PackageRecord, Policy, Status};
 use crate::range::{self, Span};
 use crate::verify::PayloadVerifier;
@@ -39,7 +40,6 @@ pub fn router(ctx: Arc<ServerContext>) -> Router {
     let public = Router::new()
         .route("/v1/update", post(update))
         .route("/v1/update/", post(update))
-        .layer(DefaultBodyLimit::max(MAX_DOCUMENT_BYTES))
         .route("/v1/payloads/{app}/{version}/{file}", get(payload))
         .route("/healthz", get(|| async { "ok\n" }))
         .merge(crate::discovery::router());
@@ -73,15 +73,45 @@ pub fn router(ctx: Arc<ServerContext>) -> Router {
         .merge(crate::dashboard::router(ctx))
 }
 
+/// How long a client has to send an Omaha request's body (at most [`MAX_DOCUMENT_BYTES`]).
+pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// `POST /v1/update/`: an Omaha request in, an Omaha response out.
-async fn update(State(ctx): Ctx, body: Bytes) -> Response {
+async fn update(State(ctx): Ctx, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let source = crate::listen::peer(&parts).map(|peer| peer.ip());
+    let body = match tokio::time::timeout(
+        BODY_TIMEOUT,
+        axum::body::to_bytes(body, MAX_DOCUMENT_BYTES),
+    )
+    .await
+    {
+        Ok(Ok(body)) => body,
+        Ok(Err(_)) => {
+            ctx.engine.counters.rejected();
+            return plain(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("an Omaha request is at most {MAX_DOCUMENT_BYTES} bytes"),
+            );
+        }
+        Err(_) => {
+            ctx.engine.counters.rejected();
+            return plain(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request's body did not arrive within {} s",
+                    BODY_TIMEOUT.as_secs()
+                ),
+            );
+        }
+    };
     let Ok(text) = std::str::from_utf8(&body) else {
         ctx.engine.counters.rejected();
         return plain(StatusCode::BAD_REQUEST, "Omaha request is not UTF-8".into());
     };
     match omaha::Request::parse(text) {
         Ok(request) => {
-            let xml = ctx.engine.handle(&request).to_xml();
+            let xml = ctx.engine.handle(&request, source).to_xml();
             ([(header::CONTENT_TYPE, "application/xml")], xml).into_response()
         }
         Err(err @ OmahaError::TooLarge { .. }) => {
@@ -190,9 +220,10 @@ async fn require_token(State(ctx): Ctx, request: Request, next: Next) -> Respons
     }
 }
 
-/// The most of a refused request's body [`require_token`] reads (an update payload is a few
-/// hundred MiB); beyond it the connection is closed.
-const MAX_DRAINED_BYTES: u64 = 1 << 30;
+/// The most of a refused request's body [`require_token`] reads; beyond it the connection is
+/// closed. Enough for any request but an upload, whose client checks its token first
+/// (`client::AdminClient::publish`): a stranger cannot make the server read a payload's worth.
+const MAX_DRAINED_BYTES: u64 = 64 << 10;
 
 /// Reads and drops up to `limit` bytes of `body`.
 async fn drain(body: axum::body::Body, limit: u64) {
@@ -569,8 +600,19 @@ pub struct RunningServer {
 }
 
 impl RunningServer {
-    /// Binds `listen` (port 0 picks one) and serves on a runtime of `threads` workers.
+    /// Binds `listen` (port 0 picks one) and serves on a runtime of `threads` workers, with the
+    /// default connection limits.
     pub fn start(ctx: Arc<ServerContext>, listen: SocketAddr, threads: usize) -> io::Result<Self> {
+        Self::start_with(ctx, listen, threads, Limits::default())
+    }
+
+    /// The same, with the connection limits given.
+    pub fn start_with(
+        ctx: Arc<ServerContext>,
+        listen: SocketAddr,
+        threads: usize,
+        limits: Limits,
+    ) -> io::Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads.max(1))
             .enable_all()
@@ -586,11 +628,10 @@ impl RunningServer {
                     let Ok(listener) = tokio::net::TcpListener::from_std(std_listener) else {
                         return;
                     };
-                    let _ = axum::serve(listener, router(ctx))
-                        .with_graceful_shutdown(async {
-                            let _ = stopped.await;
-                        })
-                        .await;
+                    crate::listen::serve(listener, router(ctx), &limits.effective(), async {
+                        let _ = stopped.await;
+                    })
+                    .await;
                 });
             })?;
         Ok(Self {

@@ -11,6 +11,7 @@ pub mod discovery;
 pub mod engine;
 mod form;
 pub mod http;
+pub mod listen;
 pub mod metrics;
 pub mod model;
 mod random;

@@ -56,6 +56,12 @@ pub fn render(counters: &Counters, apps: &[AppView]) -> String {
         "Error events reported by machines.",
         &counters.error_events,
     );
+    counter(
+        &mut out,
+        "kiln_omaha_unrecorded_total",
+        "Check-ins answered without recording the machine: no id, an id, version or channel the server does not keep, or more new machines than admitted per minute.",
+        &counters.unrecorded,
+    );
 
     let _ = writeln!(
         out,

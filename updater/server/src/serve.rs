@@ -12,7 +12,9 @@ use axum::Router;
 
 use crate::clock::SystemClock;
 use crate::context::ServerContext;
+use crate::engine::AdmissionLimits;
 use crate::http::router;
+use crate::listen::Limits;
 use crate::shared::{self, Shared};
 use crate::store::{SqliteStore, Store};
 use crate::verify::{KeyVerifier, PayloadVerifier};
@@ -55,6 +57,55 @@ pub struct ServeConfig {
     /// Forget machines that have not checked in for this many days (0: never).
     #[arg(long, default_value_t = 30)]
     pub stale_after_days: u64,
+    #[command(flatten)]
+    pub limits: ServeLimits,
+}
+
+/// What one client may cost the server (see `listen` and the engine's admission).
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServeLimits {
+    /// Open connections in all (lowered to fit the file-descriptor limit).
+    #[arg(long, default_value_t = Limits::default().max_connections)]
+    pub max_connections: usize,
+    /// Open connections from one address.
+    #[arg(long, default_value_t = Limits::default().max_per_source)]
+    pub max_connections_per_source: usize,
+    /// New machines recorded per minute from one address (more are answered "no update" and
+    /// recorded on a later check).
+    #[arg(long, default_value_t = AdmissionLimits::default().per_source)]
+    pub new_machines_per_source: u32,
+    /// New machines recorded per minute per app, whatever their address.
+    #[arg(long, default_value_t = AdmissionLimits::default().per_app)]
+    pub new_machines_per_app: u32,
+}
+
+impl Default for ServeLimits {
+    fn default() -> Self {
+        let (connections, admission) = (Limits::default(), AdmissionLimits::default());
+        Self {
+            max_connections: connections.max_connections,
+            max_connections_per_source: connections.max_per_source,
+            new_machines_per_source: admission.per_source,
+            new_machines_per_app: admission.per_app,
+        }
+    }
+}
+
+impl ServeLimits {
+    fn connections(&self) -> Limits {
+        Limits {
+            max_connections: self.max_connections,
+            max_per_source: self.max_connections_per_source,
+            ..Limits::default()
+        }
+    }
+
+    fn admission(&self) -> AdmissionLimits {
+        AdmissionLimits {
+            per_source: self.new_machines_per_source,
+            per_app: self.new_machines_per_app,
+        }
+    }
 }
 
 /// Serves until Ctrl-C.
@@ -266,6 +317,7 @@ struct Parts {
     verifier: Option<Arc<dyn PayloadVerifier>>,
     data_dir: PathBuf,
     public_url: String,
+    admission: AdmissionLimits,
 }
 
 impl Parts {
@@ -300,6 +352,7 @@ impl Parts {
             verifier,
             data_dir,
             public_url,
+            admission: cfg.limits.admission(),
         })
     }
 
@@ -310,6 +363,7 @@ impl Parts {
             Arc::new(SystemClock),
             EngineConfig {
                 public_url: self.public_url.clone(),
+                admission: self.admission,
             },
         )?);
         Ok(Arc::new(ServerContext {
@@ -355,8 +409,12 @@ async fn serve(
             }
         });
     }
-    axum::serve(listener, front.router())
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("serving HTTP")
+    crate::listen::serve(
+        listener,
+        front.router(),
+        &cfg.limits.connections().effective(),
+        shutdown,
+    )
+    .await;
+    Ok(())
 }

@@ -2,10 +2,12 @@
 //! here; the thread gathers them for up to [`WINDOW`] and commits them in one transaction, so a
 //! burst of 10,000 check-ins costs a handful of commits rather than 10,000. Within a batch, a
 //! machine's instance row is written once, with its latest state. The thread sleeps while it
-//! gathers: queuing a write never wakes it, only a flush (which is then committed at once) does.
+//! gathers: queuing a write never wakes it, only a flush (which is then committed at once) or a
+//! full queue does. The queue is bounded ([`QUEUE`]): when the store falls behind, the engine
+//! waits for it (backpressure) instead of holding an ever longer queue in memory.
 
 use std::collections::HashMap;
-use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TryRecvError};
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
@@ -14,6 +16,9 @@ use crate::store::{Store, StoreError, Write};
 
 /// The most writes committed in one transaction; bounds the time a reader waits for the store.
 const MAX_BATCH: usize = 8192;
+
+/// The most writes queued before a writer waits for the store: eight full transactions.
+const QUEUE: usize = 8 * MAX_BATCH;
 
 /// How long the thread gathers writes before it commits them: what a crash can lose beyond
 /// what was queued, and how stale a reader that does not flush may be.
@@ -27,7 +32,7 @@ enum Job {
 
 /// The queue in front of the writer thread, and shared access to the store for reads.
 pub struct Writer {
-    queue: Mutex<Option<Sender<Job>>>,
+    queue: Mutex<Option<SyncSender<Job>>>,
     store: Arc<Mutex<Box<dyn Store>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     /// The writer thread, to wake it for a flush.
@@ -37,7 +42,7 @@ pub struct Writer {
 impl Writer {
     pub fn start(store: Box<dyn Store>) -> Self {
         let store = Arc::new(Mutex::new(store));
-        let (queue, jobs) = mpsc::channel();
+        let (queue, jobs) = mpsc::sync_channel(QUEUE);
         let thread_store = Arc::clone(&store);
         let thread = std::thread::Builder::new()
             .name("kiln-server-writer".into())
@@ -51,13 +56,16 @@ impl Writer {
         }
     }
 
-    /// Queues one write. Called with the engine's lock held, so writes reach the store in the
-    /// order the engine made them.
+    /// Queues one write; waits while the queue is full. Called with the engine's lock held, so
+    /// writes reach the store in the order the engine made them.
     pub fn send(&self, write: Write) {
         if let Some(queue) = lock(&self.queue).as_ref() {
             // A send fails only when the thread has gone (after `stop`); the write is then lost,
             // which `flush` reports.
-            let _ = queue.send(Job::Write(write));
+            if let Err(TrySendError::Full(job)) = queue.try_send(Job::Write(write)) {
+                self.wake();
+                let _ = queue.send(job);
+            }
         }
     }
 
@@ -286,5 +294,77 @@ mod tests {
         batch.clear();
         batch.push(instance("m1", "4"));
         assert_eq!(shape(&batch), vec![s("instance", "m1", "4")]);
+    }
+
+    /// A store that blocks in `apply` until the gate opens, and counts what it applied.
+    struct GatedStore {
+        gate: Arc<(Mutex<bool>, std::sync::Condvar)>,
+        applied: Arc<Mutex<usize>>,
+    }
+
+    impl Store for GatedStore {
+        fn load(&mut self) -> Result<crate::store::Snapshot, StoreError> {
+            Ok(crate::store::Snapshot::default())
+        }
+        fn apply(&mut self, writes: &[Write]) -> Result<(), StoreError> {
+            let (open, changed) = &*self.gate;
+            let mut open = lock(open);
+            while !*open {
+                open = changed.wait(open).unwrap_or_else(|p| p.into_inner());
+            }
+            *lock(&self.applied) += writes.len();
+            Ok(())
+        }
+        fn events(&mut self, _: &str, _: &str, _: u32) -> Result<Vec<InstanceEvent>, StoreError> {
+            Ok(Vec::new())
+        }
+        fn recent_errors(&mut self, _: &str, _: u32) -> Result<Vec<InstanceEvent>, StoreError> {
+            Ok(Vec::new())
+        }
+        fn describe(&self) -> String {
+            "gated".into()
+        }
+    }
+
+    #[test]
+    fn a_store_that_falls_behind_holds_back_the_writers_instead_of_queuing_without_end() {
+        let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+        let applied = Arc::new(Mutex::new(0));
+        let writer = Arc::new(Writer::start(Box::new(GatedStore {
+            gate: Arc::clone(&gate),
+            applied: Arc::clone(&applied),
+        })));
+        // More than the queue and the batch being committed hold.
+        let total = QUEUE + 2 * MAX_BATCH + 10;
+        let sent = Arc::new(Mutex::new(0usize));
+        let sender = {
+            let (writer, sent) = (Arc::clone(&writer), Arc::clone(&sent));
+            std::thread::spawn(move || {
+                for _ in 0..total {
+                    writer.send(event("m1"));
+                    *lock(&sent) += 1;
+                }
+            })
+        };
+        // The store is stuck: the sender fills the queue and then waits.
+        let mut last = usize::MAX;
+        loop {
+            std::thread::sleep(Duration::from_millis(200));
+            let now = *lock(&sent);
+            if now == last {
+                break;
+            }
+            last = now;
+        }
+        assert!(
+            last < total && last <= QUEUE + MAX_BATCH + 1,
+            "{last} of {total} writes queued while the store took none"
+        );
+        assert!(!sender.is_finished());
+        *lock(&gate.0) = true;
+        gate.1.notify_all();
+        sender.join().unwrap();
+        writer.flush().unwrap();
+        assert_eq!(*lock(&applied), total);
     }
 }

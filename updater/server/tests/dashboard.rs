@@ -48,11 +48,9 @@ fn start() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(START);
     let engine = Engine::open(
-        Box::new(SqliteStore::in_memory().unwrap()),
+        Box::new(store_with_a_hostile_machine()),
         Arc::new(clock.clone()),
-        EngineConfig {
-            public_url: "http://127.0.0.1:1/".into(),
-        },
+        EngineConfig::new("http://127.0.0.1:1/"),
     )
     .unwrap();
     seed(&engine, &clock);
@@ -71,9 +69,37 @@ fn start() -> Fixture {
     }
 }
 
+/// A database holding a machine whose id is markup. The server records no such id today (see
+/// the engine's admission), but a database written by an older one, or by hand, may hold it.
+fn store_with_a_hostile_machine() -> SqliteStore {
+    use kiln_server::model::{AppRecord, Instance, Status};
+    use kiln_server::store::{Store, Write};
+    let mut store = SqliteStore::in_memory().unwrap();
+    let app = AppRecord {
+        id: APP.into(),
+        name: APP.into(),
+    };
+    let machine = Instance {
+        machine_id: HOSTILE.into(),
+        app_id: APP.into(),
+        version: "1.0.0".into(),
+        channel: "beta".into(),
+        status: Status::Idle,
+        target_version: None,
+        granted_at: None,
+        last_check: START,
+        last_error: None,
+        boot_id: None,
+    };
+    store
+        .apply(&[Write::App(app), Write::Instance(machine)])
+        .unwrap();
+    store
+}
+
 fn seed(engine: &Engine, clock: &ManualClock) {
     engine.publish(package("1.0.0"), Some("beta")).unwrap();
-    for machine in ["m1", "m2", "m3", "m4", HOSTILE] {
+    for machine in ["m1", "m2", "m3", "m4"] {
         // Checking in on beta, which offers what they run: nothing is granted yet.
         common::check(engine, common::app(machine, "1.0.0", "beta"));
     }

@@ -36,6 +36,7 @@ fn spawn(dir: &Path) -> Background {
         public_key: None,
         public_url: None,
         stale_after_days: 0,
+        limits: Default::default(),
     })
     .unwrap()
 }

@@ -71,7 +71,7 @@ fn unknown_app_and_braced_ids() {
     unknown.appid = "{00000000-0000-0000-0000-000000000000}".into();
     let mut braced = app("{M2}", "1.0.0", "stable");
     braced.appid = format!("{{{}}}", APP.to_uppercase());
-    let response = engine.handle(&request(vec![unknown, braced.clone()]));
+    let response = engine.handle(&request(vec![unknown, braced.clone()]), None);
     assert_eq!(
         response.apps[0].status.as_deref(),
         Some("error-unknownApplication")

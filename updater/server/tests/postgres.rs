@@ -136,9 +136,7 @@ fn engine_on(params: &str, clock: &ManualClock) -> Engine {
     Engine::open(
         Box::new(PostgresStore::connect(params).unwrap()),
         Arc::new(clock.clone()),
-        EngineConfig {
-            public_url: "http://updates.invalid/".into(),
-        },
+        EngineConfig::new("http://updates.invalid/"),
     )
     .unwrap()
 }
@@ -277,6 +275,7 @@ fn shared_server(params: &str, dir: &Path) -> kiln_server::serve::Background {
         public_key: None,
         public_url: Some("http://updates.invalid/".into()),
         stale_after_days: 0,
+        limits: Default::default(),
     })
     .unwrap()
 }

@@ -27,7 +27,7 @@ fn stage_timing() {
         .publish(common::package("1.1.0"), Some("stable"))
         .unwrap();
     let t = Instant::now();
-    let responses: Vec<_> = requests.iter().map(|r| engine.handle(r)).collect();
+    let responses: Vec<_> = requests.iter().map(|r| engine.handle(r, None)).collect();
     let handle = t.elapsed() / n;
     let t = Instant::now();
     let xml: usize = responses.iter().map(|r| r.to_xml().len()).sum();

@@ -16,15 +16,19 @@ pub struct Counters {
     pub unknown_apps: AtomicU64,
     pub events: AtomicU64,
     pub error_events: AtomicU64,
+    /// `<app>`s of known apps whose machine was not recorded: no id, a name the server does not
+    /// keep, or more new machines than admitted this minute.
+    pub unrecorded: AtomicU64,
 }
 
 impl Counters {
     /// Counts one answered request.
-    pub fn record(&self, request: &Request, response: &Response) {
+    pub fn record(&self, request: &Request, response: &Response, unrecorded: usize) {
         let add = |counter: &AtomicU64, n: usize| {
             counter.fetch_add(n as u64, Ordering::Relaxed);
         };
         add(&self.requests, 1);
+        add(&self.unrecorded, unrecorded);
         for app in &request.apps {
             add(&self.update_checks, usize::from(app.updatecheck.is_some()));
             add(&self.events, app.events.len());

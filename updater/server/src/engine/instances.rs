@@ -2,6 +2,8 @@
 //! machine reports (version, channel, boot id, events) and then gets its answer; instances that
 //! stop checking in are forgotten.
 
+use std::net::IpAddr;
+
 use kiln_updater::omaha::{self, normalize_id, App, EventType, ResponseApp};
 
 use crate::clock::Timestamp;
@@ -9,27 +11,39 @@ use crate::model::{Instance, Status};
 use crate::store::{self, Write};
 use crate::writer::Writer;
 
+use super::admission::{events_to_apply, valid_machine_id, Admission, AdmissionLimits};
+use super::error::checked_name;
 use super::state::AppState;
+
+/// Who may be recorded: the admission counts, their limits and the request's source.
+pub(super) struct Gate<'a> {
+    pub(super) admission: &'a mut Admission,
+    pub(super) limits: AdmissionLimits,
+    pub(super) source: Option<IpAddr>,
+}
 
 /// The channel of a machine that names none (`track` absent).
 pub const DEFAULT_CHANNEL: &str = "stable";
 
 impl AppState {
     /// The `<app>` answer for one app of a request, recording what the machine said.
-    pub(super) fn answer(&mut self, app: &App, now: Timestamp, writer: &Writer) -> ResponseApp {
+    /// With it, whether the machine was recorded (see [`Gate`]).
+    pub(super) fn answer(
+        &mut self,
+        app: &App,
+        now: Timestamp,
+        writer: &Writer,
+        gate: &mut Gate,
+    ) -> (ResponseApp, bool) {
         self.expire_grants(now, writer);
-        let machine = app
-            .machineid
-            .as_deref()
-            .map(normalize_id)
-            .filter(|m| !m.is_empty());
-        let Some(machine) = machine else {
-            // A machine that does not say who it is cannot be counted by the rollout policy:
-            // it is acknowledged and offered nothing.
-            return match app.updatecheck {
+        let Some(machine) = self.admitted(app, now, gate) else {
+            // A machine that does not say who it is, in names the server keeps, cannot be
+            // counted by the rollout policy: it is acknowledged and offered nothing.
+            let response = match app.updatecheck {
                 Some(_) => ResponseApp::noupdate(&app.appid).acknowledge(app),
                 None => ResponseApp::ack_only(app),
             };
+            return (response, false);
         };
         self.check_in(&machine, app, now, writer);
         let response = match app.updatecheck {
@@ -44,7 +58,30 @@ impl AppState {
             },
         };
         self.persist(&machine, writer);
-        response
+        (response, true)
+    }
+
+    /// The normalized id of the machine of `app` if it may be recorded: a known machine, or a
+    /// new one the gate admits; its id, version and channel valid names.
+    fn admitted(&self, app: &App, now: Timestamp, gate: &mut Gate) -> Option<String> {
+        let machine = normalize_id(app.machineid.as_deref()?);
+        let version = app.version.as_deref().unwrap_or_default();
+        let channel = app.track.as_deref().unwrap_or_default();
+        let valid = valid_machine_id(&machine)
+            && (version.is_empty() || checked_name("version", version).is_ok())
+            && (channel.is_empty() || checked_name("channel", channel).is_ok());
+        if !valid {
+            return None;
+        }
+        if self.instances.contains_key(&machine)
+            || gate
+                .admission
+                .admit(gate.limits, now, gate.source, &self.record.id)
+        {
+            Some(machine)
+        } else {
+            None
+        }
     }
 
     /// Updates the instance from the request's attributes and events.
@@ -93,7 +130,7 @@ impl AppState {
             instance.channel = channel.to_owned();
         }
         instance.last_check = now;
-        for event in &app.events {
+        for event in events_to_apply(&app.events) {
             self.apply_event(&mut instance, event, now, writer);
         }
         if rebooted_on_old_version {

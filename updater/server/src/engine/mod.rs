@@ -10,6 +10,7 @@
 //! the refusals and name checks. The etcd discovery tokens (`crate::discovery`) are loaded and
 //! written with the rest, through the same writer.
 
+mod admission;
 mod events;
 mod grants;
 mod state;
@@ -22,6 +23,7 @@ pub mod offer;
 pub mod view;
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use kiln_updater::omaha::{self, normalize_id, Response, ResponseApp};
@@ -35,7 +37,10 @@ use crate::rollout;
 use crate::store::{Store, Write};
 use crate::writer::{lock, Writer};
 
+pub use admission::{AdmissionLimits, MAX_EVENTS_PER_APP, MAX_MACHINE_ID};
+use admission::Admission;
 use counters::Counters;
+use instances::Gate;
 use error::{checked_app_id, checked_name, EngineError};
 use offer::offer_for;
 use state::{build_state, AppState};
@@ -47,11 +52,25 @@ pub struct EngineConfig {
     /// The server's URL as machines reach it, ending in `/`; payloads served by the server are
     /// at `{public_url}v1/payloads/{app}/{version}/{file}`.
     pub public_url: String,
+    /// How many new machines are recorded per minute.
+    pub admission: AdmissionLimits,
+}
+
+impl EngineConfig {
+    /// Served at `public_url`, with the default admission limits.
+    pub fn new(public_url: impl Into<String>) -> Self {
+        Self {
+            public_url: public_url.into(),
+            admission: AdmissionLimits::default(),
+        }
+    }
 }
 
 /// The server state and the writer that persists it.
 pub struct Engine {
     state: Mutex<HashMap<String, AppState>>,
+    /// New machines recorded this minute; locked only while `state` is.
+    admission: Mutex<Admission>,
     /// Shared with `discovery`, so that all the server's writes reach the store in one order.
     writer: Arc<Writer>,
     clock: Arc<dyn Clock>,
@@ -85,6 +104,7 @@ impl Engine {
         let state = build_state(snapshot, &config.public_url, clock.now());
         Ok(Self {
             state: Mutex::new(state),
+            admission: Mutex::new(Admission::default()),
             writer,
             clock,
             config,
@@ -97,21 +117,35 @@ impl Engine {
         self.clock.now()
     }
 
-    /// Answers an Omaha request: one `<app>` per app asked about, in order.
-    pub fn handle(&self, request: &omaha::Request) -> Response {
+    /// Answers an Omaha request: one `<app>` per app asked about, in order. `source` is the
+    /// client's address (`None` for a request that did not come over the network), which the
+    /// admission of new machines counts by.
+    pub fn handle(&self, request: &omaha::Request, source: Option<IpAddr>) -> Response {
         let now = self.clock.now();
         let mut state = lock(&self.state);
+        let mut admission = lock(&self.admission);
+        let mut gate = Gate {
+            admission: &mut admission,
+            limits: self.config.admission,
+            source,
+        };
+        let mut unrecorded = 0;
         let apps = request
             .apps
             .iter()
             .map(|app| match state.get_mut(&normalize_id(&app.appid)) {
-                Some(app_state) => app_state.answer(app, now, &self.writer),
+                Some(app_state) => {
+                    let (answer, recorded) = app_state.answer(app, now, &self.writer, &mut gate);
+                    unrecorded += usize::from(!recorded);
+                    answer
+                }
                 None => ResponseApp::error_unknown_application(&app.appid).acknowledge(app),
             })
             .collect();
+        drop(admission);
         drop(state);
         let response = Response::new(apps);
-        self.counters.record(request, &response);
+        self.counters.record(request, &response, unrecorded);
         response
     }
 

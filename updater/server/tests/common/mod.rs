@@ -20,9 +20,7 @@ pub fn engine() -> (Engine, ManualClock) {
     let engine = Engine::open(
         Box::new(store),
         Arc::new(clock.clone()),
-        EngineConfig {
-            public_url: "http://updates.invalid:8470".into(),
-        },
+        EngineConfig::new("http://updates.invalid:8470"),
     )
     .expect("engine");
     (engine, clock)
@@ -33,9 +31,7 @@ pub fn engine_on_file(db: &std::path::Path, clock: &ManualClock) -> Engine {
     Engine::open(
         Box::new(SqliteStore::open(db).expect("SQLite file")),
         Arc::new(clock.clone()),
-        EngineConfig {
-            public_url: "http://h/".into(),
-        },
+        EngineConfig::new("http://h/"),
     )
     .expect("engine")
 }
@@ -79,7 +75,7 @@ pub fn request(apps: Vec<App>) -> Request {
 
 /// Sends one app's check and returns its answer, after a round trip through XML both ways.
 pub fn check(engine: &Engine, app: App) -> ResponseApp {
-    let xml = engine.handle(&request(vec![app])).to_xml();
+    let xml = engine.handle(&request(vec![app]), None).to_xml();
     let response = Response::parse(&xml).expect("the server's response parses");
     response.apps.into_iter().next().expect("one app answered")
 }
@@ -101,9 +97,7 @@ pub fn engine_with_url(public_url: &str) -> (Engine, ManualClock) {
     let engine = Engine::open(
         Box::new(store),
         Arc::new(clock.clone()),
-        EngineConfig {
-            public_url: public_url.into(),
-        },
+        EngineConfig::new(public_url),
     )
     .expect("engine");
     (engine, clock)
