@@ -1,6 +1,9 @@
 //! `cargo xtask bench server`: update checks per second and latency of the update server on
 //! loopback, 64 concurrent clients each posting update_engine-shaped requests, against the same
-//! HTTP stack answering a fixed response, in one run. Printed, never asserted: the machine is shared.
+//! HTTP stack answering a fixed response, in one run; then the server with its default limits
+//! under a flood (hostile clients on another loopback address posting fresh machine ids and
+//! requests stuffed with events) beside honest clients, with the honest clients' latency alone
+//! measured in the same run. Printed, never asserted: the machine is shared.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,11 +36,30 @@ pub struct ServerBenchConfig {
     /// Server worker threads.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
+    /// Seconds of the flood run (honest clients alone, then beside as many hostile ones); 0
+    /// skips it.
+    #[arg(long, default_value_t = 30)]
+    pub flood_seconds: u64,
+    /// Internal: serve this database as `kiln-server serve` would, print the address, and stop
+    /// when stdin closes (the flood run's server, in a process of its own so that its memory
+    /// is measured apart from the clients').
+    #[arg(long, hide = true)]
+    pub serve_db: Option<std::path::PathBuf>,
 }
+
+/// The honest machines per client in the flood run: few enough that the server's default
+/// admission records them all within its first minute.
+const FLOOD_MACHINES_PER_CLIENT: usize = 20;
+
+/// The hostile clients' address: loopback, but not the honest ones'.
+const HOSTILE_SOURCE: &str = "127.0.0.2";
 
 const APP_ID: &str = "e96281a6-d1af-4bde-9a0a-97b76e56dc57";
 
 pub fn server(cfg: &ServerBenchConfig) -> Result<()> {
+    if let Some(db) = &cfg.serve_db {
+        return serve_until_stdin_closes(db);
+    }
     let dir = host::workspace_root().join("build/bench/server");
     if dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
@@ -88,8 +110,233 @@ pub fn server(cfg: &ServerBenchConfig) -> Result<()> {
         "ratio {ratio:.2} of the fixed-answer baseline (target >= 0.5); targets >= 10000 checks/s, p99 < 20 ms; {} clients, {} server threads, 2 cores shared",
         cfg.clients, cfg.threads
     );
+    if cfg.flood_seconds > 0 {
+        flood(cfg, &dir)?;
+    }
     Ok(())
 }
+
+/// The server as deployed (`kiln-server serve`'s defaults, its own process) answering honest
+/// clients alone, then beside as many hostile ones; prints the honest clients' latencies of
+/// both, and the server process's memory.
+fn flood(cfg: &ServerBenchConfig, dir: &std::path::Path) -> Result<()> {
+    let honest = request_bodies(&ServerBenchConfig {
+        machines_per_client: FLOOD_MACHINES_PER_CLIENT,
+        serve_db: None,
+        ..*cfg
+    });
+    let db = dir.join("flood.db");
+    prepare_flood_db(&db, &honest)?;
+    let server = FloodServer::start(&db)?;
+    let hostile = hostile_bodies(cfg.clients);
+    let run = ServerBenchConfig {
+        seconds: cfg.flood_seconds,
+        serve_db: None,
+        ..*cfg
+    };
+    let before = server.memory_kib("VmRSS")?;
+    let alone = load(server.addr, &honest, &run)?;
+    let after_alone = server.memory_kib("VmHWM")?;
+    let (beside, flooded) = load_beside(server.addr, &honest, &hostile, &run)?;
+    let peak = server.memory_kib("VmHWM")?;
+    server.stop()?;
+    let engine = Engine::open(
+        Box::new(SqliteStore::open(&db)?),
+        Arc::new(SystemClock),
+        EngineConfig::new("http://127.0.0.1:8470/"),
+    )?;
+    let machines = engine.instances(APP_ID, None, None)?.len();
+    println!(
+        "flood, honest alone: {:.0} checks/s, p50 {:.2} ms, p99 {:.2} ms ({} clients, {} machines known)",
+        alone.per_second,
+        alone.p50_ms,
+        alone.p99_ms,
+        cfg.clients,
+        cfg.clients * FLOOD_MACHINES_PER_CLIENT
+    );
+    println!(
+        "flood, honest beside {} hostile clients from {HOSTILE_SOURCE} ({:.0} hostile requests/s, each a fresh machine id with {} events): {:.0} checks/s, p50 {:.2} ms, p99 {:.2} ms (target p99 < 50 ms)",
+        cfg.clients, flooded, HOSTILE_EVENTS, beside.per_second, beside.p50_ms, beside.p99_ms
+    );
+    println!(
+        "flood: server process memory {} MiB at the start, peak {} MiB honest alone, peak {} MiB with the flood (target < 256 MiB); {machines} machines recorded in all",
+        before / 1024,
+        after_alone / 1024,
+        peak / 1024
+    );
+    Ok(())
+}
+
+/// The flood run's database: the bench package on `stable`, and the honest machines known
+/// (they checked in before: the flood is about machines the server has never seen).
+fn prepare_flood_db(db: &std::path::Path, honest: &[Vec<Vec<u8>>]) -> Result<()> {
+    let engine = Engine::open(
+        Box::new(SqliteStore::open(db)?),
+        Arc::new(SystemClock),
+        EngineConfig {
+            admission: AdmissionLimits::UNLIMITED,
+            ..EngineConfig::new("http://127.0.0.1:8470/")
+        },
+    )?;
+    engine.publish(bench_package(), Some("stable"))?;
+    for body in honest.iter().flatten() {
+        let request = Request::parse(std::str::from_utf8(body)?)?;
+        engine.handle(&request, None);
+    }
+    engine.flush()?;
+    engine.shutdown();
+    Ok(())
+}
+
+/// `cargo xtask bench server --serve-db`: the child side of [`FloodServer`].
+fn serve_until_stdin_closes(db: &std::path::Path) -> Result<()> {
+    use kiln_server::serve::{self, ServeConfig};
+    let dir = db.parent().context("the database's directory")?;
+    let server = serve::spawn(&ServeConfig {
+        db: db.to_owned(),
+        postgres: None,
+        peer_url: None,
+        data_dir: dir.join("flood-data"),
+        listen: "127.0.0.1:0".parse()?,
+        token: Some("bench-token-not-used-0000".into()),
+        public_key: None,
+        public_url: None,
+        stale_after_days: 0,
+        limits: Default::default(),
+    })?;
+    println!("{}", server.addr);
+    std::io::Write::flush(&mut std::io::stdout())?;
+    let mut rest = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::stdin(), &mut rest)?;
+    drop(server);
+    Ok(())
+}
+
+/// The flood run's server: this program again, serving the database in a process of its own.
+struct FloodServer {
+    child: std::process::Child,
+    addr: SocketAddr,
+}
+
+impl FloodServer {
+    fn start(db: &std::path::Path) -> Result<FloodServer> {
+        use std::io::BufRead;
+        use std::process::{Command, Stdio};
+        // This program, as it runs now (the file behind it may be rebuilt meanwhile).
+        let mut child = Command::new("/proc/self/exe")
+            .args(["bench", "server", "--serve-db"])
+            .arg(db)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting the flood run's server")?;
+        let stdout = child.stdout.take().context("the server's stdout")?;
+        let mut line = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut line)?;
+        let addr = line.trim().parse().with_context(|| {
+            format!("the flood run's server did not say where it listens: {line:?}")
+        })?;
+        Ok(FloodServer { child, addr })
+    }
+
+    /// A line of the server process's `/proc/<pid>/status` in KiB (`VmRSS`, `VmHWM`).
+    fn memory_kib(&self, field: &str) -> Result<u64> {
+        let path = format!("/proc/{}/status", self.child.id());
+        let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .with_context(|| format!("no {field} in {path}"))
+    }
+
+    /// Closes its stdin and waits for it to commit and stop.
+    fn stop(mut self) -> Result<()> {
+        drop(self.child.stdin.take());
+        let status = self.child.wait()?;
+        if !status.success() {
+            bail!("the flood run's server stopped with {status}");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for FloodServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Distinct error events in each hostile request.
+const HOSTILE_EVENTS: usize = 200;
+
+/// Per hostile client, requests each from a machine id never seen before (as far as the
+/// pool goes), stuffed with distinct error events.
+fn hostile_bodies(clients: usize) -> Vec<Vec<Vec<u8>>> {
+    (0..clients)
+        .map(|c| {
+            (0..50)
+                .map(|m| {
+                    let app = App {
+                        appid: APP_ID.into(),
+                        version: Some("1.2.3".into()),
+                        track: Some("stable".into()),
+                        machineid: Some(format!("f100d{c:011x}{m:016x}")),
+                        updatecheck: Some(UpdateCheck::default()),
+                        events: (0..HOSTILE_EVENTS as i64).map(Event::error).collect(),
+                        ..App::default()
+                    };
+                    Request::new("flood", Os::default(), vec![app])
+                        .to_xml()
+                        .into_bytes()
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Honest and hostile clients at once; the honest clients' figures and the hostile requests
+/// answered per second.
+fn load_beside(
+    addr: SocketAddr,
+    honest: &[Vec<Vec<u8>>],
+    hostile: &[Vec<Vec<u8>>],
+    cfg: &ServerBenchConfig,
+) -> Result<(Measured, f64)> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let warmup = Duration::from_secs(1);
+    let measure = Duration::from_secs(cfg.seconds);
+    let (honest, hostile) = runtime.block_on(async {
+        let start = Instant::now();
+        let (from, until) = (start + warmup, start + warmup + measure);
+        let spawn = |bodies: &[Vec<Vec<u8>>], source: Option<&'static str>| -> Vec<_> {
+            bodies
+                .iter()
+                .cloned()
+                .map(|mine| tokio::spawn(client(addr, source, mine, from, until)))
+                .collect()
+        };
+        let hostile = spawn(hostile, Some(HOSTILE_SOURCE));
+        let honest = spawn(honest, None);
+        anyhow::Ok((gather(honest).await?, gather(hostile).await?))
+    })?;
+    let flooded = hostile.len() as f64 / measure.as_secs_f64();
+    Ok((measured(honest, measure)?, flooded))
+}
+
+async fn gather(
+    tasks: Vec<tokio::task::JoinHandle<Result<Vec<Duration>>>>,
+) -> Result<Vec<Duration>> {
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.context("a client task failed")??);
+    }
+    Ok(all)
+}
+
 
 fn bench_package() -> PackageRecord {
     PackageRecord {
@@ -227,20 +474,28 @@ fn load(addr: SocketAddr, bodies: &[Vec<Vec<u8>>], cfg: &ServerBenchConfig) -> R
         .build()?;
     let warmup = Duration::from_secs(1);
     let measure = Duration::from_secs(cfg.seconds);
-    let results = runtime.block_on(async {
+    let latencies = runtime.block_on(async {
         let start = Instant::now();
         let tasks: Vec<_> = bodies
             .iter()
             .cloned()
-            .map(|mine| tokio::spawn(client(addr, mine, start + warmup, start + warmup + measure)))
+            .map(|mine| {
+                tokio::spawn(client(
+                    addr,
+                    None,
+                    mine,
+                    start + warmup,
+                    start + warmup + measure,
+                ))
+            })
             .collect();
-        let mut all = Vec::new();
-        for task in tasks {
-            all.push(task.await.context("a client task failed")??);
-        }
-        anyhow::Ok(all)
+        gather(tasks).await
     })?;
-    let mut latencies: Vec<Duration> = results.into_iter().flatten().collect();
+    measured(latencies, measure)
+}
+
+/// Rate and quantiles of the latencies measured over `measure`.
+fn measured(mut latencies: Vec<Duration>, measure: Duration) -> Result<Measured> {
     if latencies.is_empty() {
         bail!("no request finished in the measured window");
     }
@@ -254,15 +509,20 @@ fn load(addr: SocketAddr, bodies: &[Vec<Vec<u8>>], cfg: &ServerBenchConfig) -> R
     })
 }
 
-/// One keep-alive connection posting its machines' requests in turn; the latencies of requests
-/// that started inside the measured window.
+/// One keep-alive connection (from `source`, default 127.0.0.1) posting its machines' requests
+/// in turn; the latencies of requests that started inside the measured window.
 async fn client(
     addr: SocketAddr,
+    source: Option<&str>,
     bodies: Vec<Vec<u8>>,
     from: Instant,
     until: Instant,
 ) -> Result<Vec<Duration>> {
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    if let Some(source) = source {
+        socket.bind(format!("{source}:0").parse()?)?;
+    }
+    let mut stream = socket.connect(addr).await?;
     stream.set_nodelay(true)?;
     let mut latencies = Vec::new();
     let mut buffer = Vec::with_capacity(4096);
