@@ -1,6 +1,7 @@
 //! Helpers for the flash scenario: the image with its checksums, a loop device that detaches
 //! itself, running `cargo xtask flash`, and checking a flashed disk's partition table.
 
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -11,12 +12,37 @@ use kiln_image::gpt::{Gpt, TableSource};
 
 use crate::{check, run};
 
-/// A directory holding the image as `disk.raw` with a `SHA256SUMS` flash accepts: the build's
-/// own directory when it has one; otherwise `work/image/` with a link to the disk and sums
-/// made by `sha256sum` (the reference tool).
-pub fn image_with_sums(disk: &Path, work: &Path) -> Result<PathBuf> {
+/// The image for `cargo xtask flash --image`, and the arguments that tell flash to trust it.
+pub struct FlashImage {
+    pub path: PathBuf,
+    trust: Vec<OsString>,
+}
+
+impl FlashImage {
+    /// `--image PATH` and the trust arguments.
+    pub fn args(&self) -> Vec<&OsStr> {
+        let mut args = vec![OsStr::new("--image"), self.path.as_os_str()];
+        args.extend(self.trust.iter().map(OsString::as_os_str));
+        args
+    }
+}
+
+/// The image as `disk.raw` with a `SHA256SUMS` flash accepts: the build's own directory when it
+/// has one, with `--public-key` naming the build's key (this run built the image, so it trusts
+/// that key, as a user names the key they build with); otherwise `work/image/` with a link to
+/// the disk and sums made by `sha256sum` (the reference tool), unsigned, so `--allow-unsigned`.
+pub fn image_with_sums(disk: &Path, work: &Path) -> Result<FlashImage> {
     if disk.with_file_name("SHA256SUMS").exists() {
-        return Ok(disk.to_owned());
+        let key = disk.with_file_name("update-key.pub.pem");
+        let trust = if key.exists() {
+            vec!["--public-key".into(), key.into_os_string()]
+        } else {
+            vec!["--allow-unsigned".into()]
+        };
+        return Ok(FlashImage {
+            path: disk.to_owned(),
+            trust,
+        });
     }
     let dir = work.join("image");
     std::fs::create_dir_all(&dir)?;
@@ -25,7 +51,10 @@ pub fn image_with_sums(disk: &Path, work: &Path) -> Result<PathBuf> {
     std::os::unix::fs::symlink(disk, &link)?;
     let sums = check(Command::new("sha256sum").arg("disk.raw").current_dir(&dir))?;
     std::fs::write(dir.join("SHA256SUMS"), sums)?;
-    Ok(link)
+    Ok(FlashImage {
+        path: link,
+        trust: vec!["--allow-unsigned".into()],
+    })
 }
 
 /// A loop device over a file, detached on drop.

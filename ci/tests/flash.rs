@@ -47,16 +47,15 @@ fn a_flashed_loop_device_boots_with_the_oem_cloud_config_and_grows_root() {
     File::create(&backing).unwrap().set_len(size).unwrap();
     let lo = LoopDevice::attach(&backing).unwrap();
     let started = Instant::now();
-    let out = xtask_flash(&[
+    let mut args = vec![
         OsStr::new("--device"),
         lo.path.as_os_str(),
-        OsStr::new("--image"),
-        image.as_os_str(),
         OsStr::new("--config"),
         config.as_os_str(),
         OsStr::new("--yes"),
-    ])
-    .unwrap();
+    ];
+    args.extend(image.args());
+    let out = xtask_flash(&args).unwrap();
     let log = assert_flashed(&out);
     eprintln!(
         "flash: {:.1} s\n{}",
@@ -130,13 +129,9 @@ fn flashing_into_a_larger_file_gives_a_clean_table_with_the_backup_at_the_end() 
     let target = work.join("disk.img");
     let size = std::fs::metadata(&disk).unwrap().len() + EXTRA;
     File::create(&target).unwrap().set_len(size).unwrap();
-    let out = xtask_flash(&[
-        OsStr::new("--to-file"),
-        target.as_os_str(),
-        OsStr::new("--image"),
-        image.as_os_str(),
-    ])
-    .unwrap();
+    let mut args = vec![OsStr::new("--to-file"), target.as_os_str()];
+    args.extend(image.args());
+    let out = xtask_flash(&args).unwrap();
     assert_flashed(&out);
     assert_eq!(std::fs::metadata(&target).unwrap().len(), size);
     let gpt = check_flashed_table(&target).unwrap();

@@ -168,6 +168,18 @@ impl VerifyingKey {
         write_new(path, self.to_pem()?.as_bytes(), 0o644)
     }
 
+    /// `SHA256:` and the unpadded base64 of the SHA-256 of the key's 32 raw bytes, the form
+    /// `ssh-keygen -l` prints, so two keys can be told apart in a message without their PEM.
+    pub fn fingerprint(&self) -> String {
+        use base64::Engine;
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(self.0.as_bytes());
+        format!(
+            "SHA256:{}",
+            base64::engine::general_purpose::STANDARD_NO_PAD.encode(digest)
+        )
+    }
+
     /// Checks a pure Ed25519 signature over the 32 digest bytes. Uses the strict check (no
     /// small-order keys, canonical `S`), which OpenSSL's also is.
     pub fn verify_digest(
@@ -331,6 +343,23 @@ mod tests {
             Err(KeyError::BadSignature)
         ));
         assert!(vk.verify_digest(&digest("other"), &sig).is_err());
+    }
+
+    #[test]
+    fn fingerprint_is_sha256_of_the_raw_key_in_unpadded_base64() {
+        // RFC 8410's example public key. The expected value is what
+        // `openssl pkey -pubin -outform DER | tail -c 32 | openssl dgst -sha256 -binary | base64`
+        // prints, without the `=` padding.
+        let rfc = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=\n-----END PUBLIC KEY-----\n";
+        let key = VerifyingKey::from_pem(rfc).unwrap();
+        assert_eq!(
+            key.fingerprint(),
+            "SHA256:50TAeRMgwyhUYO3bUj8UyI2FetpGuXpWkNiM+Xi5GR8"
+        );
+        let other = SigningKey::generate().unwrap().verifying_key();
+        assert_ne!(other.fingerprint(), key.fingerprint());
+        let again = VerifyingKey::from_pem(&other.to_pem().unwrap()).unwrap();
+        assert_eq!(again.fingerprint(), other.fingerprint());
     }
 
     #[test]

@@ -44,6 +44,7 @@ use kiln_image::definition::Definition;
 use kiln_image::gpt::Guid;
 
 use key::BuildKey;
+pub use key::{dev_key_path, SIGNING_KEY_ENV};
 
 #[derive(clap::Args, Clone)]
 pub struct BuildConfig {
@@ -60,7 +61,7 @@ pub struct BuildConfig {
     #[arg(long, default_value = "build")]
     pub out: PathBuf,
     /// The update signing key (PKCS#8 PEM, mode 0600, from `cargo xtask keygen`); else env
-    /// `KILN_SIGNING_KEY`; else a development key made once under `<out>/keys/`.
+    /// `KILN_SIGNING_KEY`; else a development key made once under the checkout's `build/keys/`.
     #[arg(long)]
     pub signing_key: Option<PathBuf>,
     /// A public key file (`ssh-ed25519 AAAA…` lines) that may log in as `core` whatever the

@@ -2,8 +2,10 @@
 //! with its cloud-config on the OEM partition. Every check runs before the first write
 //! (`prepare`), the user confirms, then `write` does the writing in its safe order.
 //!
-//! The image check: `SHA256SUMS` must verify with its signature, then the image must match
-//! its line there. A `disk.raw` is checked through its chunk list (`disk.raw.chunks`, itself
+//! The image check: `SHA256SUMS.sig` must verify with a key the user trusts (see [`trust`]:
+//! named with `--public-key`, else the keys this user and checkout build with; never by itself
+//! the key that came beside the image), then the image must match its line in `SHA256SUMS`. An
+//! image without a signature is refused unless `--allow-unsigned`. A `disk.raw` is checked through its chunk list (`disk.raw.chunks`, itself
 //! a line of `SHA256SUMS`): the SHA-256 of every 16 MiB chunk, so holes in the file count as
 //! zeros without being read, all-zero chunks are compared with the hash of zeros, and only
 //! the chunks with data are hashed, on two threads. That is as strong as one SHA-256 of the
@@ -15,6 +17,7 @@
 
 mod image;
 mod target;
+mod trust;
 mod write;
 
 #[cfg(test)]
@@ -29,8 +32,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-pub use image::{Image, Trust};
+pub use image::Image;
 pub use target::{human, Device};
+pub use trust::{KeySources, TrustedKeys};
 pub use write::{Outcome, OEM_CONFIG};
 
 use crate::host;
@@ -54,9 +58,19 @@ pub struct FlashConfig {
     /// A cloud-config to put on the OEM partition as cloud-config.yml, validated first.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// The key SHA256SUMS.sig must verify with (default: update-key.pub.pem beside the image).
+    /// A public key you trust to have signed the image (SPKI PEM); repeat for several. Default:
+    /// the keys you build with: ~/.config/kiln/update-key.pub.pem (`cargo xtask keygen`), the
+    /// public half of $KILN_SIGNING_KEY, this checkout's development key. The update-key.pub.pem
+    /// beside the image is trusted only when named here.
     #[arg(long)]
-    pub public_key: Option<PathBuf>,
+    pub public_key: Vec<PathBuf>,
+    /// Flash an image whose SHA256SUMS has no signature (its checksums then catch a corrupted
+    /// image, not a substituted one).
+    #[arg(long)]
+    pub allow_unsigned: bool,
+    /// Where the default trusted keys are looked for (none: this user's and this checkout's).
+    #[arg(skip)]
+    pub key_sources: Option<KeySources>,
     /// Do not ask to type the device name to confirm.
     #[arg(long)]
     pub yes: bool,
@@ -124,7 +138,12 @@ pub fn prepare(cfg: &FlashConfig) -> Result<Plan> {
         Some(p) => p.clone(),
         None => default_image()?,
     };
-    let image = Image::open_verified(&image_path, cfg.public_key.as_deref())?;
+    let sources = cfg
+        .key_sources
+        .clone()
+        .unwrap_or_else(KeySources::of_this_user);
+    let trusted = TrustedKeys::for_flash(&cfg.public_key, &sources)?;
+    let image = Image::open_verified(&image_path, &trusted, cfg.allow_unsigned)?;
     let target = match target {
         Target::Device(d) => {
             d.check_size(image.size)?;
@@ -256,15 +275,12 @@ fn default_image() -> Result<PathBuf> {
 /// Shows the target and the image and, unless `--yes`, has the user type the device name.
 fn confirm(plan: &Plan, yes: bool) -> Result<()> {
     let image = &plan.image;
-    let trust = match &image.trust {
-        Trust::Signed { key } => format!("signature verified with {}", key.display()),
-        Trust::Unsigned => "unsigned build".to_owned(),
-    };
     eprintln!(
-        "image: {}, {}, SHA-256 {} ({trust})",
+        "image: {}, {}, SHA-256 {} ({})",
         image.path.display(),
         human(image.size),
-        hex::encode(&image.disk_sha256)
+        hex::encode(&image.disk_sha256),
+        image.trust
     );
     let Target::Device(dev) = &plan.target else {
         return Ok(());

@@ -42,7 +42,12 @@ pub fn run(cfg: &KeygenConfig) -> Result<()> {
 fn default_dir() -> Result<PathBuf> {
     let home =
         std::env::var_os("HOME").context("HOME is not set: name the directory with --out")?;
-    Ok(PathBuf::from(home).join(".config/kiln"))
+    Ok(dir_in_home(Path::new(&home)))
+}
+
+/// Where keygen puts the keys by default, under the home directory `home`.
+pub fn dir_in_home(home: &Path) -> PathBuf {
+    home.join(".config/kiln")
 }
 
 /// Writes a new key pair into `dir` (created with mode 0700 if missing); refuses if either file

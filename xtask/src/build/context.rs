@@ -67,7 +67,7 @@ impl Build {
             report_header: None,
             // The development key lives in the checkout's build/, whatever --out says: every build
             // of one checkout trusts the same key (and gives the same bytes).
-            signing: BuildKey::load(cfg.signing_key.as_deref(), &root.join("build"))?,
+            signing: BuildKey::load(cfg.signing_key.as_deref(), &root)?,
         })
     }
 }

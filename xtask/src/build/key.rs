@@ -14,18 +14,26 @@ pub struct BuildKey {
     pub development: bool,
 }
 
-/// Where a build keeps its development key, under the output directory (which git ignores).
-const DEV_KEY: &str = "keys/dev-update-signing-key.pem";
+/// Where a checkout keeps its development key, under its `build/` (which git ignores).
+const DEV_KEY: &str = "build/keys/dev-update-signing-key.pem";
+
+/// The environment variable naming the signing key when `--signing-key` does not.
+pub const SIGNING_KEY_ENV: &str = "KILN_SIGNING_KEY";
+
+/// The development key of the checkout at `checkout` (which may not exist yet).
+pub fn dev_key_path(checkout: &Path) -> PathBuf {
+    checkout.join(DEV_KEY)
+}
 
 impl BuildKey {
-    /// `--signing-key`, else `KILN_SIGNING_KEY`, else the development key under `build_root`
-    /// (the checkout's `build/`; made on first use, the same key every build after, so builds
-    /// stay reproducible).
-    pub(super) fn load(signing_key: Option<&Path>, build_root: &Path) -> Result<BuildKey> {
+    /// `--signing-key`, else `KILN_SIGNING_KEY`, else the development key of `checkout`
+    /// ([`dev_key_path`]; made on first use, the same key every build after, so builds stay
+    /// reproducible).
+    pub(super) fn load(signing_key: Option<&Path>, checkout: &Path) -> Result<BuildKey> {
         use kiln_updater::keys::SigningKey;
         let named = signing_key
             .map(Path::to_path_buf)
-            .or_else(|| std::env::var_os("KILN_SIGNING_KEY").map(PathBuf::from));
+            .or_else(|| std::env::var_os(SIGNING_KEY_ENV).map(PathBuf::from));
         if let Some(path) = named {
             let key = SigningKey::load_pem(&path)
                 .with_context(|| format!("loading the signing key {}", path.display()))?;
@@ -35,7 +43,7 @@ impl BuildKey {
                 development: false,
             });
         }
-        let path = build_root.join(DEV_KEY);
+        let path = dev_key_path(checkout);
         if !path.exists() {
             let dir = path.parent().expect("a file under keys/");
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

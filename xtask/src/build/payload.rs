@@ -11,7 +11,8 @@ use super::Build;
 
 impl Build {
     /// `update.payload`: the USR image, kernel and initramfs with a signed manifest; and the
-    /// public key beside it as `update-key.pub.pem` (for `publish`, `flash` and the server).
+    /// public key beside it as `update-key.pub.pem` (for `publish` and the server; `flash`
+    /// trusts it only when named with `--public-key`).
     pub(super) fn payload(
         &mut self,
         usr_image: &Path,

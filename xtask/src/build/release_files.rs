@@ -10,9 +10,10 @@ impl Build {
     /// What `flash` takes: `disk.raw.zst` (deterministic), `disk.raw.chunks` (the SHA-256 of
     /// each 16 MiB of disk.raw, so flash checks it without hashing its holes), `SHA256SUMS`
     /// over disk.raw, the chunk list, disk.raw.zst and update.payload, and `SHA256SUMS.sig` by
-    /// the update signing key (checked with the `update-key.pub.pem` beside it). The chunks
-    /// whose compressed frame is in the stage cache are not compressed again. Returns the chunk
-    /// list's path under the output directory.
+    /// the update signing key (which flash checks with the keys the user trusts, see
+    /// `flash/trust.rs`, not with the `update-key.pub.pem` beside it). The chunks whose
+    /// compressed frame is in the stage cache are not compressed again. Returns the chunk list's
+    /// path under the output directory.
     pub(super) fn release_files(&mut self) -> Result<String> {
         use crate::release::signature;
         let disk = self.out_dir.join(release::DISK_FILE);

@@ -2,6 +2,7 @@
 //! build's `SHA256SUMS` (and its signature) before anything is written, and read as a stream.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -14,6 +15,9 @@ use crate::release::chunks::{self, ChunkList};
 use crate::release::signature;
 use crate::release::{self, CHUNKS_FILE, DISK_FILE, KEY_FILE, SIG_FILE, SUMS_FILE};
 use kiln_contract::hex;
+use kiln_updater::keys::{VerifyingKey, SIGNATURE_LEN};
+
+use super::trust::{TrustedKey, TrustedKeys};
 
 /// How the image file is stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,11 +31,21 @@ pub enum Format {
 /// Whether `SHA256SUMS` was signed, for the summary.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Trust {
-    Signed {
-        key: PathBuf,
-    },
-    /// The build has no signing key: the sums guard against corruption, not substitution.
+    /// `SHA256SUMS.sig` verified with this trusted key (boxed: an Ed25519 key in memory is about
+    /// 200 bytes).
+    Signed(Box<TrustedKey>),
+    /// No signature, flashed as `--allow-unsigned` says: the sums guard against corruption,
+    /// not substitution.
     Unsigned,
+}
+
+impl fmt::Display for Trust {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Trust::Signed(key) => write!(f, "signature verified with {key}"),
+            Trust::Unsigned => f.write_str("UNSIGNED, flashed as --allow-unsigned says"),
+        }
+    }
 }
 
 /// A checked image: its file, and what the disk it holds must hash to.
@@ -50,11 +64,15 @@ pub struct Image {
 }
 
 impl Image {
-    /// Checks `path` against the `SHA256SUMS` beside it (and `SHA256SUMS.sig` against
-    /// `public_key`, default `update-key.pub.pem` beside it), and reads the disk's size.
-    /// A `disk.raw` with its chunk list is checked chunk by chunk (reading only what is not a
-    /// hole); any other image is hashed whole. Writes nothing.
-    pub fn open_verified(path: &Path, public_key: Option<&Path>) -> Result<Image> {
+    /// Checks `path` against the `SHA256SUMS` beside it, `SHA256SUMS.sig` against the
+    /// `trusted` keys (an image without one only if `allow_unsigned`), and reads the disk's
+    /// size. A `disk.raw` with its chunk list is checked chunk by chunk (reading only what is
+    /// not a hole); any other image is hashed whole. Writes nothing.
+    pub fn open_verified(
+        path: &Path,
+        trusted: &TrustedKeys,
+        allow_unsigned: bool,
+    ) -> Result<Image> {
         let dir = path.parent().unwrap_or(Path::new("."));
         let name = file_name(path)?;
         let format = if name.ends_with(".zst") {
@@ -69,7 +87,7 @@ impl Image {
                 sums_path.display()
             )
         })?;
-        let trust = check_signature(dir, &sums_text, public_key)?;
+        let trust = check_signature(dir, &sums_text, trusted, allow_unsigned)?;
         let sums = release::parse_sums(&String::from_utf8_lossy(&sums_text), &sums_path)?;
         let listed = |n: &str| {
             sums.get(n).copied().with_context(|| {
@@ -121,35 +139,112 @@ fn file_name(path: &Path) -> Result<String> {
         .with_context(|| format!("--image {} names no file", path.display()))
 }
 
-/// The signature policy: a build that has a key (or a `--public-key` given) must have a valid
-/// `SHA256SUMS.sig`; a build without either is flashed as unsigned, with a warning.
-fn check_signature(dir: &Path, sums: &[u8], public_key: Option<&Path>) -> Result<Trust> {
+/// The signature policy: `SHA256SUMS.sig` must verify with one of the `trusted` keys (never by
+/// itself the key beside the image, which came with it); an image without a signature is
+/// refused unless `allow_unsigned`.
+fn check_signature(
+    dir: &Path,
+    sums: &[u8],
+    trusted: &TrustedKeys,
+    allow_unsigned: bool,
+) -> Result<Trust> {
     let sig_path = dir.join(SIG_FILE);
-    let key_path = public_key.map_or_else(|| dir.join(KEY_FILE), Path::to_owned);
-    let (has_sig, has_key) = (sig_path.exists(), key_path.exists());
-    if !has_sig && !has_key && public_key.is_none() {
-        eprintln!(
-            "warning: {} has no {SIG_FILE} and no {KEY_FILE}: the checksums catch a corrupted image, not a substituted one",
-            dir.display()
-        );
-        return Ok(Trust::Unsigned);
+    if !sig_path.exists() {
+        return unsigned(&sig_path, allow_unsigned);
     }
-    if !has_key {
+    if trusted.keys.is_empty() {
+        return Err(no_trusted_key(dir, sums, trusted));
+    }
+    let sig = signature::read(&sig_path)?;
+    match trusted.signer(sums, &sig) {
+        Some(key) => Ok(Trust::Signed(Box::new(key.clone()))),
+        None => Err(not_trusted(dir, sums, &sig, trusted)),
+    }
+}
+
+/// A signed image and no trusted key at all: where they were looked for, and what to do.
+fn no_trusted_key(dir: &Path, sums: &[u8], trusted: &TrustedKeys) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{} is signed, but no key you trust exists to check it: looked for {}. Make your key with `cargo xtask keygen` (and build with it), or name the key you trust with --public-key PATH (under sudo, $HOME and $KILN_SIGNING_KEY may be root's); {} (nothing was written)",
+        dir.join(SUMS_FILE).display(),
+        list_paths(&trusted.looked_at),
+        beside_key(dir, trusted, sums, None)
+            .unwrap_or_else(|| format!("the {KEY_FILE} beside an image is never trusted by itself"))
+    )
+}
+
+/// A signature no trusted key made: the keys tried, the key beside the image, what to do.
+fn not_trusted(
+    dir: &Path,
+    sums: &[u8],
+    sig: &[u8; SIGNATURE_LEN],
+    trusted: &TrustedKeys,
+) -> anyhow::Error {
+    let tried: Vec<String> = trusted.keys.iter().map(ToString::to_string).collect();
+    anyhow::anyhow!(
+        "{} does not verify with any key you trust, so the image may not be one you built: tried {}; {}If you trust the image, name the key that signed it with --public-key PATH (nothing was written)",
+        dir.join(SIG_FILE).display(),
+        tried.join(", "),
+        beside_key(dir, trusted, sums, Some(sig))
+            .map(|b| format!("{b}. "))
+            .unwrap_or_default()
+    )
+}
+
+/// No `SHA256SUMS.sig`: refused, or a warning with `--allow-unsigned`.
+fn unsigned(sig_path: &Path, allow_unsigned: bool) -> Result<Trust> {
+    if !allow_unsigned {
         bail!(
-            "{} is signed but the public key {} does not exist: name the build's key with --public-key",
-            dir.join(SUMS_FILE).display(),
-            key_path.display()
+            "{} is missing: the image's checksums are unsigned, so nothing shows the image is one you built (they catch a corrupted image, not a substituted one). Flash a build of `cargo xtask build-image`, which signs them, or pass --allow-unsigned if you trust this image by other means (nothing was written)",
+            sig_path.display()
         );
     }
-    if !has_sig {
-        bail!(
-            "{} is missing while the key {} is there: the checksums are unsigned; rebuild, or fetch the signature with the image",
-            sig_path.display(),
-            key_path.display()
-        );
+    eprintln!(
+        "warning: {} is missing: flashing an unsigned image as --allow-unsigned says; its checksums catch a corrupted image, not a substituted one",
+        sig_path.display()
+    );
+    Ok(Trust::Unsigned)
+}
+
+/// What to say of the key beside the image when it is not one of the `trusted`: that it is not
+/// trusted by itself, its fingerprint, and whether `sig` verifies with it.
+fn beside_key(
+    dir: &Path,
+    trusted: &TrustedKeys,
+    sums: &[u8],
+    sig: Option<&[u8; SIGNATURE_LEN]>,
+) -> Option<String> {
+    let path = dir.join(KEY_FILE);
+    if !path.exists() {
+        return None;
     }
-    signature::verify(sums, &sig_path, &key_path)?;
-    Ok(Trust::Signed { key: key_path })
+    let key = match VerifyingKey::load_pem(&path) {
+        Ok(key) => key,
+        Err(e) => return Some(format!("the key beside the image is not one ({e})")),
+    };
+    if trusted.contains(&key) {
+        return None;
+    }
+    let verdict = match sig {
+        Some(sig) if signature::verifies(sums, sig, &key) => {
+            "; the signature is by that key, so the directory brought its own key pair"
+        }
+        Some(_) => "; the signature does not verify with it either",
+        None => "",
+    };
+    Some(format!(
+        "the key beside the image, {} ({}), is not trusted by itself, since whoever made the directory could have made that key too{verdict}",
+        path.display(),
+        key.fingerprint()
+    ))
+}
+
+fn list_paths(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The signed chunk list beside a raw image, when the build made one (see [`chunks`]): read,

@@ -12,11 +12,16 @@ use kiln_image::gpt::{Gpt, TableSource};
 use kiln_image::region::Region;
 use kiln_image::testutil::require_tool;
 
+use kiln_updater::keys::{SigningKey, VerifyingKey};
+
+use super::image::Trust;
 use super::testutil::{sh, sha256, small_image, target_file, Loop, Scratch};
-use super::{execute, prepare, FlashConfig, Trust, OEM_CONFIG};
+use super::trust::{KeySource, KeySources, TrustedKey};
+use super::{execute, prepare, FlashConfig, OEM_CONFIG};
+use crate::keygen;
 use crate::release::chunks::ChunkList;
 use crate::release::signature::sign;
-use crate::release::{self, CHUNKS_FILE, SIG_FILE, SUMS_FILE, ZST_FILE};
+use crate::release::{self, CHUNKS_FILE, KEY_FILE, SIG_FILE, SUMS_FILE, ZST_FILE};
 
 const GOOD_CONFIG: &str = "#cloud-config\nhostname: flashed\nssh_authorized_keys:\n  - ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGJ4b3dtcmFwcGVkZXhhbXBsZWtleWZvcnRlc3Rz test\n";
 
@@ -24,6 +29,11 @@ struct Fixture {
     dir: Scratch,
     image: PathBuf,
     config: PathBuf,
+    /// The user's key, made by keygen in the fixture's own home directory: it signed the build.
+    key: SigningKey,
+    /// Where flash looks for the keys it trusts by default: that home and a checkout without a
+    /// development key, never the real ones.
+    sources: KeySources,
 }
 
 fn fixture(name: &str) -> Fixture {
@@ -33,7 +43,47 @@ fn fixture(name: &str) -> Fixture {
     let image = small_image(&build);
     let config = dir.path().join("cloud-config.yml");
     std::fs::write(&config, GOOD_CONFIG).unwrap();
-    Fixture { dir, image, config }
+    let home = dir.path().join("home");
+    let (private, _) = keygen::keygen(&keygen::dir_in_home(&home)).unwrap();
+    let key = SigningKey::load_pem(&private).unwrap();
+    sign_build(&build, &key);
+    let sources = KeySources {
+        home: Some(home),
+        signing_key: None,
+        checkout: dir.path().join("checkout"),
+    };
+    Fixture {
+        dir,
+        image,
+        config,
+        key,
+        sources,
+    }
+}
+
+impl Fixture {
+    fn build_dir(&self) -> &Path {
+        self.image.parent().unwrap()
+    }
+
+    /// The public key keygen wrote in the fixture's home.
+    fn trusted_key_path(&self) -> PathBuf {
+        keygen::dir_in_home(self.sources.home.as_ref().unwrap()).join(keygen::PUBLIC_FILE)
+    }
+
+    /// Signs the build's `SHA256SUMS` again with the user's key, after a test rewrote it.
+    fn sign_again(&self) {
+        sign_build(self.build_dir(), &self.key);
+    }
+}
+
+/// Signs `dir/SHA256SUMS` with `key` and puts its public key beside it, as a build does.
+fn sign_build(dir: &Path, key: &SigningKey) {
+    let sums = std::fs::read(dir.join(SUMS_FILE)).unwrap();
+    std::fs::write(dir.join(SIG_FILE), sign(&sums, key)).unwrap();
+    let public = dir.join(KEY_FILE);
+    let _ = std::fs::remove_file(&public);
+    key.verifying_key().write_pem(&public).unwrap();
 }
 
 fn device_cfg(f: &Fixture, dev: &Path) -> FlashConfig {
@@ -42,7 +92,17 @@ fn device_cfg(f: &Fixture, dev: &Path) -> FlashConfig {
         image: Some(f.image.clone()),
         config: Some(f.config.clone()),
         yes: true,
+        key_sources: Some(f.sources.clone()),
         ..FlashConfig::default()
+    }
+}
+
+/// The fixture's image into a new file under its scratch directory.
+fn file_cfg(f: &Fixture) -> FlashConfig {
+    FlashConfig {
+        device: None,
+        to_file: Some(f.dir.path().join("out.img")),
+        ..device_cfg(f, Path::new("/unused"))
     }
 }
 
@@ -222,18 +282,28 @@ fn a_corrupted_image_is_refused_raw_and_compressed() {
 #[test]
 fn signed_sums_verify_and_a_changed_list_or_a_missing_signature_is_refused() {
     let f = fixture("signed");
-    let dir = f.image.parent().unwrap().to_owned();
-    let key = kiln_updater::keys::SigningKey::generate().unwrap();
-    key.verifying_key()
-        .write_pem(&dir.join(release::KEY_FILE))
-        .unwrap();
+    let dir = f.build_dir().to_owned();
     let sums = std::fs::read(dir.join(SUMS_FILE)).unwrap();
-    std::fs::write(dir.join(SIG_FILE), sign(&sums, &key)).unwrap();
-    let mut cfg = device_cfg(&f, Path::new("/unused"));
-    cfg.device = None;
-    cfg.to_file = Some(f.dir.path().join("out.img"));
+    let cfg = file_cfg(&f);
     let plan = prepare(&cfg).unwrap();
-    assert!(matches!(plan.image.trust, Trust::Signed { .. }));
+    // Verified with the key keygen made in (the test's) home, and the summary says which.
+    let trusted = f.trusted_key_path();
+    assert_eq!(
+        plan.image.trust,
+        Trust::Signed(Box::new(TrustedKey {
+            key: f.key.verifying_key(),
+            path: trusted.clone(),
+            source: KeySource::Keygen,
+        }))
+    );
+    let summary = plan.image.trust.to_string();
+    let fingerprint = f.key.verifying_key().fingerprint();
+    assert!(
+        summary.contains(&fingerprint)
+            && summary.contains(&*trusted.to_string_lossy())
+            && summary.contains("keygen"),
+        "{summary}"
+    );
     // OpenSSL (the reference) agrees: Ed25519 over the SHA-256 digest of SHA256SUMS.
     let digest = f.dir.path().join("digest.bin");
     std::fs::write(&digest, sha256(&dir.join(SUMS_FILE))).unwrap();
@@ -249,7 +319,7 @@ fn signed_sums_verify_and_a_changed_list_or_a_missing_signature_is_refused() {
     .unwrap();
     let out = sh(Command::new(require_tool("openssl", "openssl"))
         .args(["pkeyutl", "-verify", "-pubin", "-rawin", "-inkey"])
-        .arg(dir.join(release::KEY_FILE))
+        .arg(&trusted)
         .arg("-in")
         .arg(&digest)
         .arg("-sigfile")
@@ -259,15 +329,121 @@ fn signed_sums_verify_and_a_changed_list_or_a_missing_signature_is_refused() {
     // An attacker who changes the image and rewrites SHA256SUMS cannot sign it.
     std::fs::write(dir.join(SUMS_FILE), [&sums[..], b"\n"].concat()).unwrap();
     let err = format!("{:#}", prepare(&cfg).err().unwrap());
-    assert!(err.contains("does not verify"), "{err}");
+    assert!(
+        err.contains("does not verify with any key you trust") && err.contains(&fingerprint),
+        "{err}"
+    );
     std::fs::write(dir.join(SUMS_FILE), &sums).unwrap();
     std::fs::remove_file(dir.join(SIG_FILE)).unwrap();
     let err = format!("{:#}", prepare(&cfg).err().unwrap());
-    assert!(err.contains("SHA256SUMS.sig is missing"), "{err}");
+    assert!(
+        err.contains("SHA256SUMS.sig is missing") && err.contains("--allow-unsigned"),
+        "{err}"
+    );
     assert!(
         !cfg.to_file.unwrap().exists(),
         "a refused flash created the file"
     );
+}
+
+/// The attack: a build directory swapped for another image, its `SHA256SUMS` signed by a key
+/// pair that came with it (`update-key.pub.pem` beside the image is the attacker's).
+fn substitute_build(f: &Fixture) -> VerifyingKey {
+    let dir = f.build_dir();
+    flip(&f.image, 3 * MIB);
+    ChunkList::of_file(&f.image, release::chunks::CHUNK)
+        .unwrap()
+        .write_to(&dir.join(CHUNKS_FILE))
+        .unwrap();
+    release::write_sums(dir, &[]).unwrap();
+    let theirs = SigningKey::generate().unwrap();
+    sign_build(dir, &theirs);
+    theirs.verifying_key()
+}
+
+#[test]
+fn a_substituted_build_directory_signed_by_its_own_key_pair_is_refused() {
+    let f = fixture("substituted");
+    let theirs = substitute_build(&f);
+    let backing = f.dir.path().join("target.img");
+    target_file(&backing, 64 * MIB);
+    let lo = Loop::attach(&backing);
+    let ours = f.key.verifying_key().fingerprint();
+    let trusted = f.trusted_key_path();
+    let words = [
+        "SHA256SUMS.sig does not verify with any key you trust",
+        &ours,
+        &trusted.to_string_lossy(),
+        "is not trusted by itself",
+        &theirs.fingerprint(),
+        "the signature is by that key",
+        "--public-key",
+        "nothing was written",
+    ];
+    let mut cfg = device_cfg(&f, &lo.dev);
+    assert_refused(&cfg, &lo.dev, &words);
+    // --allow-unsigned lets an image without a signature through, never a bad signature.
+    cfg.allow_unsigned = true;
+    assert_refused(&cfg, &lo.dev, &words);
+    // Trusting the key beside the image takes naming it.
+    cfg.public_key = vec![f.build_dir().join(KEY_FILE)];
+    let plan = prepare(&cfg).unwrap();
+    let Trust::Signed(key) = &plan.image.trust else {
+        panic!("{:?}", plan.image.trust)
+    };
+    assert_eq!((&key.key, key.source), (&theirs, KeySource::Named));
+}
+
+#[test]
+fn a_signed_image_without_any_trusted_key_says_to_make_or_name_one() {
+    let mut f = fixture("no-trusted-key");
+    let dir = f.build_dir().to_owned();
+    f.sources.home = Some(f.dir.path().join("empty-home"));
+    let cfg = file_cfg(&f);
+    let beside = VerifyingKey::load_pem(&dir.join(KEY_FILE)).unwrap();
+    let looked_at = keygen::dir_in_home(f.sources.home.as_ref().unwrap()).join(keygen::PUBLIC_FILE);
+    let err = format!("{:#}", prepare(&cfg).err().unwrap());
+    for w in [
+        "is signed, but no key you trust exists",
+        &looked_at.to_string_lossy(),
+        "cargo xtask keygen",
+        "--public-key",
+        &beside.fingerprint(),
+        "is not trusted by itself",
+        "nothing was written",
+    ] {
+        assert!(err.contains(w), "{w:?} missing from: {err}");
+    }
+    assert!(!cfg.to_file.unwrap().exists());
+}
+
+#[test]
+fn an_unsigned_image_is_refused_unless_allow_unsigned() {
+    // A build without a signing key, as before builds had one: no signature, no key beside.
+    let f = fixture("unsigned");
+    let dir = f.build_dir();
+    std::fs::remove_file(dir.join(SIG_FILE)).unwrap();
+    std::fs::remove_file(dir.join(KEY_FILE)).unwrap();
+    let backing = f.dir.path().join("target.img");
+    target_file(&backing, 64 * MIB);
+    let lo = Loop::attach(&backing);
+    let mut cfg = device_cfg(&f, &lo.dev);
+    assert_refused(
+        &cfg,
+        &lo.dev,
+        &[
+            "SHA256SUMS.sig is missing",
+            "substituted",
+            "--allow-unsigned",
+            "nothing was written",
+        ],
+    );
+    cfg.allow_unsigned = true;
+    let plan = prepare(&cfg).unwrap();
+    assert_eq!(plan.image.trust, Trust::Unsigned);
+    execute(&plan).unwrap();
+    drop(lo);
+    check_flashed(&backing, &f.image, GOOD_CONFIG.as_bytes());
 }
 
 /// Flips the lowest bit of the byte at `at` of the file.
@@ -286,6 +462,7 @@ fn one_mib_chunks(f: &Fixture) -> PathBuf {
     let path = dir.join(CHUNKS_FILE);
     std::fs::write(&path, list.render()).unwrap();
     release::write_sums(dir, &[]).unwrap();
+    f.sign_again();
     path
 }
 
@@ -348,10 +525,8 @@ fn with_a_chunk_list_a_byte_flipped_in_a_data_or_a_zero_chunk_or_in_the_list_is_
 #[test]
 fn without_its_chunk_list_a_raw_image_is_checked_whole() {
     let f = fixture("no-chunks");
-    let dir = f.image.parent().unwrap();
-    let mut cfg = device_cfg(&f, Path::new("/unused"));
-    cfg.device = None;
-    cfg.to_file = Some(f.dir.path().join("out.img"));
+    let dir = f.build_dir();
+    let cfg = file_cfg(&f);
     // Listed in SHA256SUMS but not copied along: the whole image is hashed instead.
     std::fs::remove_file(dir.join(CHUNKS_FILE)).unwrap();
     let plan = prepare(&cfg).unwrap();
@@ -370,6 +545,7 @@ fn without_its_chunk_list_a_raw_image_is_checked_whole() {
     flip(&f.image, 3 * MIB);
     // A build from before the lists: SHA256SUMS without its line.
     release::write_sums(dir, &[]).unwrap();
+    f.sign_again();
     assert!(!std::fs::read_to_string(dir.join(SUMS_FILE))
         .unwrap()
         .contains(CHUNKS_FILE));
@@ -514,6 +690,7 @@ fn a_failure_after_the_first_write_wipes_the_partition_table() {
         ),
     ]);
     std::fs::write(dir.join(SUMS_FILE), sums).unwrap();
+    f.sign_again();
 
     let backing = f.dir.path().join("target.img");
     target_file(&backing, 32 * MIB);
