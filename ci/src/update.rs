@@ -147,7 +147,7 @@ impl UpdateServer {
     /// Uploads `v`'s payload (the server checks its signature) and points the channel at it.
     pub fn publish(&self, v: &Version) {
         self.admin
-            .publish(&self.app, Some(CHANNEL), &v.payload(), None)
+            .publish(&self.app, Some(CHANNEL), &v.payload(), None, false)
             .unwrap_or_else(|e| panic!("publishing {}: {e}", v.version));
         eprintln!("published {} to {CHANNEL}", v.version);
     }

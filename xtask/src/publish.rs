@@ -28,6 +28,10 @@ pub struct PublishConfig {
     /// Machines download from this URL instead of from the server.
     #[arg(long)]
     pub url: Option<String>,
+    /// Replace the version if it was published before with other bytes (machines that
+    /// downloaded the old ones keep them).
+    #[arg(long)]
+    pub replace: bool,
 }
 
 pub fn run(cfg: &PublishConfig) -> Result<()> {
@@ -51,7 +55,13 @@ pub fn run(cfg: &PublishConfig) -> Result<()> {
     };
     let client = AdminClient::new(&cfg.server, &cfg.token);
     let package = client
-        .publish(&app, Some(&cfg.channel), &payload, cfg.url.as_deref())
+        .publish(
+            &app,
+            Some(&cfg.channel),
+            &payload,
+            cfg.url.as_deref(),
+            cfg.replace,
+        )
         .with_context(|| format!("publishing {}", payload.display()))?;
     println!(
         "published {} {} ({} bytes, sha256 {}) to channel {}",

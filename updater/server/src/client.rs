@@ -70,6 +70,7 @@ impl AdminClient {
         channel: Option<&str>,
         payload: &Path,
         download_url: Option<&str>,
+        replace: bool,
     ) -> Result<Value, ClientError> {
         let io = |source| ClientError::Io {
             path: payload.display().to_string(),
@@ -90,6 +91,9 @@ impl AdminClient {
         }
         if let Some(download_url) = download_url {
             request = request.query("url", download_url);
+        }
+        if replace {
+            request = request.query("replace", "true");
         }
         finish("POST", &url, request.send(file))
     }

@@ -39,6 +39,7 @@ impl Refusal for EngineError {
             EngineError::EmptyChannel { .. } | EngineError::Invalid { .. } => {
                 StatusCode::BAD_REQUEST
             }
+            EngineError::AlreadyPublished { .. } => StatusCode::CONFLICT,
             EngineError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -27,10 +27,11 @@ use crate::engine::error::{checked_name, EngineError};
 use crate::engine::Engine;
 use crate::listen::Limits;
 use crate::model::{PackageRecord, Policy, Status};
+use crate::payloads;
 use crate::range::{self, Span};
 use crate::verify::PayloadVerifier;
 
-/// The file name payloads published to this server are stored and served under.
+/// The file name payloads published to this server are served under.
 pub const PAYLOAD_FILE_NAME: &str = "update.payload";
 
 type Ctx = State<Arc<ServerContext>>;
@@ -446,6 +447,9 @@ struct PublishQuery {
     channel: Option<String>,
     /// Machines download from this URL instead of from this server.
     url: Option<String>,
+    /// Replace a version published before with other bytes.
+    #[serde(default)]
+    replace: bool,
 }
 
 /// `POST /admin/v1/apps/<app>/publish?channel=…`: the payload file as the body.
@@ -468,7 +472,7 @@ async fn publish(
             return refused(&err);
         }
     }
-    let incoming = ctx.data_dir.join("incoming");
+    let incoming = ctx.data_dir.join(crate::payloads::INCOMING_DIR);
     let received = match receive(body, &incoming).await {
         Ok(received) => received,
         Err(err) => {
@@ -510,7 +514,12 @@ async fn receive(body: Body, dir: &FsPath) -> io::Result<Received> {
     tokio::fs::create_dir_all(dir).await?;
     let n = UPLOADS.fetch_add(1, Ordering::Relaxed);
     let path = dir.join(format!("upload-{}-{n}", std::process::id()));
-    let mut file = tokio::fs::File::create(&path).await?;
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .await?;
     let mut hasher = Sha256::new();
     let mut size = 0u64;
     let mut body = body;
@@ -530,7 +539,7 @@ async fn receive(body: Body, dir: &FsPath) -> io::Result<Received> {
     })
 }
 
-/// Verifies the upload, moves it into place and registers it.
+/// Verifies the upload, moves it to its content path and registers it (see `payloads`).
 fn register(
     ctx: &ServerContext,
     verifier: &dyn PayloadVerifier,
@@ -557,24 +566,32 @@ fn register(
     let app_id = omaha::normalize_id(app);
     checked_name("app id", &app_id).map_err(|e| Box::new(refused(&e)))?;
     checked_name("version", &manifest.version).map_err(|e| Box::new(refused(&e)))?;
-    let dir = ctx
-        .data_dir
-        .join("payloads")
-        .join(&app_id)
-        .join(&manifest.version);
-    let target = dir.join(PAYLOAD_FILE_NAME);
-    let io_error = |what: &str, err: io::Error| {
+    let target = payloads::content_path(
+        &ctx.data_dir,
+        &app_id,
+        &manifest.version,
+        &received.sha256,
+    );
+    let before = ctx.engine.package(&app_id, &manifest.version);
+    let sha256 = kiln_contract::hex::encode(&received.sha256);
+    if let Some(before) = &before {
+        if before.sha256 != sha256 && !query.replace {
+            // Refused before anything moves (the engine checks again, under its lock).
+            let err = EngineError::AlreadyPublished {
+                app: app_id,
+                version: manifest.version,
+                published: before.sha256.clone(),
+                uploaded: sha256,
+            };
+            return Err(Box::new(refused(&err)));
+        }
+    }
+    payloads::place(&received.path, &target).map_err(|e| {
         Box::new(error(
             StatusCode::INTERNAL_SERVER_ERROR,
-            format!("{what} {}: {err}", target.display()),
+            format!("moving the payload to {}: {e}", target.display()),
         ))
-    };
-    std::fs::create_dir_all(&dir).map_err(|e| io_error("creating the directory of", e))?;
-    std::fs::rename(&received.path, &target).map_err(|e| io_error("moving the payload to", e))?;
-    if let Ok(d) = std::fs::File::open(&dir) {
-        // The rename is durable once the directory is; a failure here only risks a re-publish.
-        let _ = d.sync_all();
-    }
+    })?;
     let package = PackageRecord {
         app_id,
         version: manifest.version,
@@ -582,14 +599,25 @@ fn register(
         path: Some(target.display().to_string()),
         url: query.url.clone(),
         size: received.size,
-        sha256: kiln_contract::hex::encode(&received.sha256),
+        sha256,
         min_from_version: manifest.min_from_version,
         manifest: manifest.manifest_json,
         created_at: ctx.engine.now(),
     };
-    ctx.engine
-        .publish(package, query.channel.as_deref())
-        .map_err(|e| Box::new(refused(&e)))
+    let registered = if query.replace {
+        ctx.engine.republish(package, query.channel.as_deref())
+    } else {
+        ctx.engine.publish(package, query.channel.as_deref())
+    }
+    .map_err(|e| Box::new(refused(&e)))?;
+    // The bytes a replaced version had are no longer served (a download under way keeps its
+    // open file); a file left by a failure here is swept at the next start.
+    if let Some(old) = before.and_then(|b| b.path) {
+        if PathBuf::from(&old) != target && FsPath::new(&old).starts_with(&ctx.data_dir) {
+            let _ = std::fs::remove_file(old);
+        }
+    }
+    Ok(registered)
 }
 
 /// A server running on its own threads, stopped when dropped.

@@ -14,6 +14,7 @@ pub mod http;
 pub mod listen;
 pub mod metrics;
 pub mod model;
+pub mod payloads;
 mod random;
 mod range;
 pub mod rollout;

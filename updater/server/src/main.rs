@@ -50,6 +50,10 @@ enum Command {
         /// Machines download from this URL instead of from the server.
         #[arg(long)]
         url: Option<String>,
+        /// Replace the version if it was published before with other bytes (machines that
+        /// downloaded the old ones keep them).
+        #[arg(long)]
+        replace: bool,
         payload: PathBuf,
     },
     /// Point a channel at the version another channel offers.
@@ -170,8 +174,9 @@ fn run(command: Command) -> Result<()> {
             app,
             channel,
             url,
+            replace,
             payload,
-        } => client(&remote).publish(&app, channel.as_deref(), &payload, url.as_deref())?,
+        } => client(&remote).publish(&app, channel.as_deref(), &payload, url.as_deref(), replace)?,
         Command::Promote {
             remote,
             app,

@@ -336,8 +336,8 @@ impl Parts {
                 None
             }
         };
-        std::fs::create_dir_all(&cfg.data_dir)
-            .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+        crate::payloads::private_data_dir(&cfg.data_dir)
+            .with_context(|| format!("creating {} (mode 0700)", cfg.data_dir.display()))?;
         // Stored payload paths must not depend on the directory the server is started from.
         let data_dir = cfg
             .data_dir
@@ -366,6 +366,18 @@ impl Parts {
                 admission: self.admission,
             },
         )?);
+        let referenced = engine.payload_paths();
+        match crate::payloads::sweep(&self.data_dir, &referenced, crate::payloads::SWEEP_MIN_AGE) {
+            Ok(0) => {}
+            Ok(n) => eprintln!(
+                "kiln-server: removed {n} files under {} that no package refers to (unfinished uploads, replaced payloads)",
+                self.data_dir.display()
+            ),
+            Err(e) => eprintln!(
+                "kiln-server: sweeping {}: {e} (the files stay; nothing served is affected)",
+                self.data_dir.display()
+            ),
+        }
         Ok(Arc::new(ServerContext {
             engine,
             token: self.token.clone(),

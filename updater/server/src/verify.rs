@@ -1,5 +1,7 @@
 //! The publish-time check of a payload: its manifest's signature against the public key the
-//! server was started with. Behind a trait so the server's tests need no signing key.
+//! server was started with, then every part's SHA-256 against the manifest (a damaged upload
+//! is refused here, not by every machine that downloads it). Behind a trait so the server's
+//! tests need no signing key.
 
 use std::path::Path;
 
@@ -20,7 +22,7 @@ pub trait PayloadVerifier: Send + Sync {
 }
 
 /// The real check: the payload's manifest signature against the server's public key
-/// (`kiln_updater::payload::read_verified_manifest`).
+/// (`kiln_updater::payload::read_verified_manifest`), then its parts (`check_parts`).
 pub struct KeyVerifier {
     key: kiln_updater::keys::VerifyingKey,
 }
@@ -41,6 +43,8 @@ impl KeyVerifier {
 impl PayloadVerifier for KeyVerifier {
     fn verify(&self, path: &Path) -> Result<VerifiedPayload, String> {
         let manifest = kiln_updater::payload::read_verified_manifest(path, &self.key)
+            .map_err(|e| e.to_string())?;
+        kiln_updater::payload::check_parts(path, &manifest, &mut |_, _| {})
             .map_err(|e| e.to_string())?;
         let manifest_json = serde_json::to_string(&manifest).map_err(|e| e.to_string())?;
         Ok(VerifiedPayload {
@@ -70,5 +74,24 @@ mod tests {
             err.contains("update.payload"),
             "the error names the file: {err}"
         );
+    }
+
+    #[test]
+    fn a_signed_payload_with_a_damaged_part_is_refused() {
+        use std::io::{Seek, SeekFrom, Write};
+        let key = kiln_updater::keys::SigningKey::generate().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (path, _) =
+            kiln_updater::payload::testutil::make(dir.path(), "update.payload", "2.0.0", &key);
+        let verifier = KeyVerifier::new(key.verifying_key());
+        assert_eq!(verifier.verify(&path).unwrap().version, "2.0.0");
+        // The last byte of the file is the initramfs part's: the signature still checks.
+        let len = std::fs::metadata(&path).unwrap().len();
+        let mut file = std::fs::File::options().write(true).open(&path).unwrap();
+        file.seek(SeekFrom::Start(len - 1)).unwrap();
+        file.write_all(&[0x5a]).unwrap();
+        drop(file);
+        let err = verifier.verify(&path).unwrap_err();
+        assert!(err.contains("initrd"), "the error names the part: {err}");
     }
 }

@@ -275,7 +275,7 @@ fn publish_checks_signature_and_app_id_then_client_drives_channels() {
     )
     .unwrap();
     let err = client
-        .publish(FLATCAR_APP, Some("alpha"), &file, None)
+        .publish(FLATCAR_APP, Some("alpha"), &file, None, false)
         .unwrap_err();
     assert!(err.to_string().contains("not app"), "{err}");
 
@@ -283,13 +283,13 @@ fn publish_checks_signature_and_app_id_then_client_drives_channels() {
     bad.extend(fake_payload(FLATCAR_APP, "1.0.0"));
     std::fs::write(&file, bad).unwrap();
     let err = client
-        .publish(FLATCAR_APP, Some("alpha"), &file, None)
+        .publish(FLATCAR_APP, Some("alpha"), &file, None, false)
         .unwrap_err();
     assert!(err.to_string().contains("signature"), "{err}");
 
     std::fs::write(&file, fake_payload(FLATCAR_APP, "1.2.4")).unwrap();
     client
-        .publish(FLATCAR_APP, Some("alpha"), &file, None)
+        .publish(FLATCAR_APP, Some("alpha"), &file, None, false)
         .unwrap();
     client.promote(FLATCAR_APP, "alpha", "beta").unwrap();
     client.pause(FLATCAR_APP, "beta").unwrap();
@@ -330,4 +330,108 @@ fn publish_checks_signature_and_app_id_then_client_drives_channels() {
     assert!(client
         .instances(FLATCAR_APP, None, Some("sideways"))
         .is_err());
+}
+
+/// What the server serves for a version of the Flatcar app.
+fn served(f: &Fixture, version: &str) -> Vec<u8> {
+    let url = format!(
+        "{}v1/payloads/{FLATCAR_APP}/{version}/update.payload",
+        f.server.url()
+    );
+    let mut bytes = Vec::new();
+    ureq::get(&url)
+        .call()
+        .unwrap()
+        .into_reader()
+        .read_to_end(&mut bytes)
+        .unwrap();
+    bytes
+}
+
+#[test]
+fn republishing_a_version_with_other_bytes_is_refused_unless_replaced() {
+    let f = start();
+    let client = kiln_server::client::AdminClient::new(&f.server.url(), TOKEN);
+    let dir = tempfile::tempdir().unwrap();
+    let (first, second) = (dir.path().join("first"), dir.path().join("second"));
+    let first_bytes = fake_payload(FLATCAR_APP, "1.3.0");
+    let mut second_bytes = first_bytes.clone();
+    second_bytes.extend(b"changed");
+    std::fs::write(&first, &first_bytes).unwrap();
+    std::fs::write(&second, &second_bytes).unwrap();
+    let published = |file: &Path, replace: bool| {
+        client.publish(FLATCAR_APP, Some("alpha"), file, None, replace)
+    };
+    let hash = |bytes: &[u8]| kiln_contract::hex::encode(&Sha256::digest(bytes));
+
+    let one = published(&first, false).unwrap();
+    assert_eq!(one["sha256"], hash(&first_bytes));
+    // Other bytes under the same version: refused, and nothing served or stored changes.
+    let err = published(&second, false).unwrap_err().to_string();
+    assert!(err.contains("409") && err.contains("already published"), "{err}");
+    assert!(err.contains(&hash(&first_bytes)) && err.contains("--replace"), "{err}");
+    assert_eq!(served(&f, "1.3.0"), first_bytes);
+    let app = client.app(FLATCAR_APP).unwrap();
+    assert_eq!(app["packages"][0]["sha256"], hash(&first_bytes), "{app}");
+    // The same bytes again: accepted, as before.
+    assert_eq!(published(&first, false).unwrap()["sha256"], hash(&first_bytes));
+    // Replaced on purpose: the new bytes are served, and the old file is gone.
+    assert_eq!(published(&second, true).unwrap()["sha256"], hash(&second_bytes));
+    assert_eq!(served(&f, "1.3.0"), second_bytes);
+    let files: Vec<_> = std::fs::read_dir(
+        f._dir
+            .path()
+            .join(kiln_server::payloads::PAYLOADS_DIR)
+            .join(FLATCAR_APP)
+            .join("1.3.0"),
+    )
+    .unwrap()
+    .map(|e| e.unwrap().file_name().into_string().unwrap())
+    .collect();
+    assert_eq!(files, [format!("{}.payload", hash(&second_bytes))]);
+}
+
+#[test]
+fn the_data_directory_and_the_database_are_private_and_leftovers_are_swept() {
+    use std::os::unix::fs::PermissionsExt;
+    use kiln_server::payloads::{content_path, INCOMING_DIR};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // What a crash leaves: an upload half received, and a payload renamed into place whose
+    // database row was never committed. Both from over an hour ago.
+    let upload = data.join(INCOMING_DIR).join("upload-1-0");
+    let orphan = content_path(&data, FLATCAR_APP, "9.9.9", &[7; 32]);
+    for path in [&upload, &orphan] {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, b"left over").unwrap();
+        let file = std::fs::File::options().write(true).open(path).unwrap();
+        let hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+        file.set_modified(hours_ago).unwrap();
+    }
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let server = kiln_server::serve::spawn(&kiln_server::serve::ServeConfig {
+        db: dir.path().join("kiln.db"),
+        postgres: None,
+        peer_url: None,
+        data_dir: data.clone(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        token: Some(TOKEN.to_owned()),
+        public_key: None,
+        public_url: None,
+        stale_after_days: 0,
+        limits: Default::default(),
+    })
+    .unwrap();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700);
+    assert_eq!(mode(&dir.path().join("kiln.db")), 0o600);
+    for journal in ["kiln.db-wal", "kiln.db-shm"] {
+        let path = dir.path().join(journal);
+        if path.exists() {
+            assert_eq!(mode(&path), 0o600, "{journal}");
+        }
+    }
+    assert!(!upload.exists(), "an unfinished upload was kept");
+    assert!(!orphan.exists(), "a payload no package refers to was kept");
+    drop(server);
 }

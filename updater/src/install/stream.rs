@@ -394,7 +394,7 @@ fn decompress_stream(reader: impl Read, free: Receiver<Buf>, out: SyncSender<io:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::payload::tests::pattern;
+    use crate::payload::testutil::pattern;
 
     /// `data` compressed as frames of `frame` bytes, as the payload writer does.
     fn framed(data: &[u8], frame: usize) -> Vec<u8> {

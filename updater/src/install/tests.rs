@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 
 use super::*;
 use crate::keys::SigningKey;
-use crate::payload::tests::{inputs, make};
+use crate::payload::testutil::{inputs, make};
 use crate::payload::{write_payload, ManifestInput};
 
 /// `disk` with slot A running.

@@ -24,6 +24,8 @@ mod write;
 
 #[cfg(test)]
 pub(crate) mod tests;
+#[cfg(any(test, feature = "testutil"))]
+pub mod testutil;
 
 use std::io;
 use std::path::PathBuf;

@@ -1,71 +1,16 @@
 //! Payload round trips, the zstd reference tool, determinism, and rejection of every damaged
 //! byte.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use kiln_image::testutil::require_tool;
 use kiln_image::verity;
 
+use super::testutil::{inputs, make, pattern};
 use super::*;
 use crate::keys::{SigningKey, VerifyingKey};
 use kiln_contract::hex;
-
-/// Bytes that differ everywhere but compress (a filesystem is not random either).
-pub(crate) fn pattern(len: usize, seed: u32) -> Vec<u8> {
-    (0..len as u32)
-        .map(|i| ((i / 7).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 27) as u8)
-        .collect()
-}
-
-/// The files a payload is made of: a 1 MiB "filesystem" with its verity tree appended, a
-/// kernel and an initramfs. Returns them and the verity info.
-pub(crate) struct Inputs {
-    pub usr: PathBuf,
-    pub kernel: PathBuf,
-    pub initrd: PathBuf,
-    pub verity: verity::VerityInfo,
-}
-
-pub(crate) fn inputs(dir: &Path, seed: u32) -> Inputs {
-    let usr = dir.join("usr.img");
-    std::fs::write(&usr, pattern(1 << 20, seed)).unwrap();
-    let file = std::fs::File::options()
-        .read(true)
-        .write(true)
-        .open(&usr)
-        .unwrap();
-    let params = verity::VerityParams {
-        salt: vec![seed as u8; 32],
-        uuid: [7; 16],
-    };
-    let info = verity::append(&file, 1 << 20, &params).unwrap();
-    let kernel = dir.join("vmlinuz");
-    std::fs::write(&kernel, pattern(20_000, seed + 1)).unwrap();
-    let initrd = dir.join("initrd");
-    std::fs::write(&initrd, pattern(9_000, seed + 2)).unwrap();
-    Inputs {
-        usr,
-        kernel,
-        initrd,
-        verity: info,
-    }
-}
-
-pub(crate) fn make(dir: &Path, name: &str, version: &str, key: &SigningKey) -> (PathBuf, Manifest) {
-    let inp = inputs(dir, 3);
-    let out = dir.join(name);
-    let m = write_payload(
-        &out,
-        ManifestInput::new("{app}", version, inp.verity.hash_offset),
-        &inp.usr,
-        &inp.kernel,
-        &inp.initrd,
-        key,
-    )
-    .unwrap();
-    (out, m)
-}
 
 fn sha_hex(path: &Path) -> String {
     hex::encode(&kiln_contract::digest::sha256_file(path).unwrap().0)

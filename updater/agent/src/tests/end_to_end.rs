@@ -22,32 +22,14 @@ use kiln_contract::errorcode;
 
 const T: i64 = 1_700_000_000;
 
-/// Deterministic filler bytes.
-fn pattern(len: usize, seed: u32) -> Vec<u8> {
-    (0..len as u32)
-        .map(|i| ((i / 7).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 27) as u8)
-        .collect()
-}
-
 /// A 1 MiB "USR filesystem" with its verity tree, a kernel and an initramfs in `dir`.
 fn slot_files(
     dir: &Path,
     seed: u32,
 ) -> (PathBuf, PathBuf, PathBuf, kiln_image::verity::VerityInfo) {
     std::fs::create_dir_all(dir).unwrap();
-    let usr = dir.join("usr.img");
-    std::fs::write(&usr, pattern(1 << 20, seed)).unwrap();
-    let file = File::options().read(true).write(true).open(&usr).unwrap();
-    let params = kiln_image::verity::VerityParams {
-        salt: vec![seed as u8; 32],
-        uuid: [7; 16],
-    };
-    let info = kiln_image::verity::append(&file, 1 << 20, &params).unwrap();
-    let kernel = dir.join("vmlinuz");
-    std::fs::write(&kernel, pattern(20_000, seed + 1)).unwrap();
-    let initrd = dir.join("initrd");
-    std::fs::write(&initrd, pattern(9_000, seed + 2)).unwrap();
-    (usr, kernel, initrd, info)
+    let i = kiln_updater::payload::testutil::inputs(dir, seed);
+    (i.usr, i.kernel, i.initrd, i.verity)
 }
 
 /// A disk laid out as the build's (small): slot A installed and blessed, USR-B empty.

@@ -15,6 +15,16 @@ pub enum EngineError {
     UnknownChannel { app: String, channel: String },
     #[error("app {app} has no published version {version}; publish it first")]
     UnknownVersion { app: String, version: String },
+    #[error(
+        "version {version} of app {app} is already published with other bytes (sha256 {published}, \
+         this upload {uploaded}): publish the change as a new version, or replace it with --replace"
+    )]
+    AlreadyPublished {
+        app: String,
+        version: String,
+        published: String,
+        uploaded: String,
+    },
     #[error("channel {channel} of app {app} has no version to promote")]
     EmptyChannel { app: String, channel: String },
     #[error("invalid {what} {value:?}: {why}")]

@@ -181,10 +181,30 @@ impl Engine {
     }
 
     /// Registers a verified package, creating its app if needed, and points `channel` at it.
+    /// A version published before is refused unless its bytes are the same (then this only
+    /// points the channel at it again).
     pub fn publish(
         &self,
         package: PackageRecord,
         channel: Option<&str>,
+    ) -> Result<PackageRecord, EngineError> {
+        self.register(package, channel, false)
+    }
+
+    /// [`Engine::publish`], replacing a version published before with other bytes (`--replace`).
+    pub fn republish(
+        &self,
+        package: PackageRecord,
+        channel: Option<&str>,
+    ) -> Result<PackageRecord, EngineError> {
+        self.register(package, channel, true)
+    }
+
+    fn register(
+        &self,
+        package: PackageRecord,
+        channel: Option<&str>,
+        replace: bool,
     ) -> Result<PackageRecord, EngineError> {
         let app_id = checked_app_id(&package.app_id)?;
         checked_name("version", &package.version)?;
@@ -206,6 +226,16 @@ impl Engine {
                 self.writer.send(Write::App(record.clone()));
                 AppState::new(record)
             });
+            if let Some(published) = app.packages.get(&package.version) {
+                if published.sha256 != package.sha256 && !replace {
+                    return Err(EngineError::AlreadyPublished {
+                        app: app_id,
+                        version: package.version,
+                        published: published.sha256.clone(),
+                        uploaded: package.sha256,
+                    });
+                }
+            }
             let offer = offer_for(&package, &self.config.public_url)?;
             app.offers.insert(package.version.clone(), Arc::new(offer));
             app.packages
@@ -392,6 +422,17 @@ impl Engine {
         };
         self.flush()?;
         Ok(removed)
+    }
+
+    /// Where every package this server serves itself is on its disk (for sweeping the files
+    /// no package refers to).
+    pub fn payload_paths(&self) -> std::collections::HashSet<std::path::PathBuf> {
+        let state = lock(&self.state);
+        state
+            .values()
+            .flat_map(|app| app.packages.values())
+            .filter_map(|p| p.path.as_deref().map(std::path::PathBuf::from))
+            .collect()
     }
 
     /// The package a payload request names, for serving it.

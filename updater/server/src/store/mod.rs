@@ -64,6 +64,12 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
+    #[error("making database {path} readable by this user only (mode 0600): {source}; check that this user owns it")]
+    Private {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(
         "database {path} has schema version {found}, newer than the {known} this server knows; \
          run a newer kiln-server"

@@ -26,8 +26,14 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and brings its schema up to date.
+    /// Opens (or creates) the database at `path`, readable by this user only (mode 0600, which
+    /// SQLite gives its journal files too).
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let name = path.display().to_string();
+        private_file(path).map_err(|source| StoreError::Private {
+            path: name.clone(),
+            source,
+        })?;
         let conn = Connection::open(path).map_err(|source| StoreError::Open {
             path: name.clone(),
             source,
@@ -375,6 +381,23 @@ fn event_from_row(r: &Row<'_>) -> rusqlite::Result<InstanceEvent> {
         version: r.get(7)?,
         previous_version: r.get(8)?,
     })
+}
+
+/// Creates `path` empty with mode 0600 if it is missing, or sets an existing one's mode to 0600.
+fn private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 #[cfg(test)]
