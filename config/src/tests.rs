@@ -991,7 +991,7 @@ fn every_agent_setting_goes_from_the_cloud_config_to_the_agent() {
         app-id: 0d1a2b3c-0000-4000-8000-000000000001\n    group: beta\n    \
         reboot-strategy: fleet-lock\n    check-interval: 20m\n    http-timeout: 45\n    \
         health-units: [etcd.service, docker.service]\n    health-timeout: 5m\n    \
-        allow-downgrade: true\n  \
+        allow-downgrade: true\n    ca-file: /etc/kiln/update-ca.pem\n  \
         locksmith:\n    endpoint: http://10.0.0.1:2379,http://10.0.0.2:2379\n    \
         group: web\n    window-start: Sun 03:30\n    window-length: 2h\n    \
         etcd-lock-key: /site/reboot\n    etcd-lock-ttl: 30m\n    lock-retry: 10s\n    \
@@ -1031,6 +1031,7 @@ fn every_agent_setting_goes_from_the_cloud_config_to_the_agent() {
         health_units: vec!["etcd.service".into(), "docker.service".into()],
         health_timeout: Duration::from_secs(5 * 60),
         allow_downgrade: true,
+        ca_file: Some("/etc/kiln/update-ca.pem".into()),
     };
     assert_eq!(read_back, expected);
     assert_eq!(read_back, given.settings);

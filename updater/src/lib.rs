@@ -4,3 +4,4 @@ pub mod install;
 pub mod keys;
 pub mod omaha;
 pub mod payload;
+pub mod tls;

@@ -203,6 +203,7 @@ fn serve_until_stdin_closes(db: &std::path::Path) -> Result<()> {
         public_url: None,
         stale_after_days: 0,
         limits: Default::default(),
+        tls: Default::default(),
     })?;
     println!("{}", server.addr);
     std::io::Write::flush(&mut std::io::stdout())?;

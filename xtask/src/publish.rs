@@ -22,6 +22,10 @@ pub struct PublishConfig {
     /// The admin API's bearer token.
     #[arg(long, env = "KILN_SERVER_TOKEN", hide_env_values = true)]
     pub token: String,
+    /// Check an https:// server against the CA certificates in this PEM file (default: the
+    /// built-in Mozilla roots).
+    #[arg(long, env = "KILN_SERVER_CA")]
+    pub ca_file: Option<PathBuf>,
     /// The app id [default: image/image.toml's app_id].
     #[arg(long)]
     pub app: Option<String>,
@@ -53,7 +57,7 @@ pub fn run(cfg: &PublishConfig) -> Result<()> {
                 .app_id
         }
     };
-    let client = AdminClient::new(&cfg.server, &cfg.token);
+    let client = AdminClient::with_ca_file(&cfg.server, &cfg.token, cfg.ca_file.as_deref())?;
     let package = client
         .publish(
             &app,

@@ -56,6 +56,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         public_url: args.public_url.clone(),
         stale_after_days: 30,
         limits: Default::default(),
+        tls: Default::default(),
     })
 }
 

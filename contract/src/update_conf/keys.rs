@@ -225,6 +225,16 @@ pub const KEYS: &[Key] = &[
               operator wants). Off, the agent refuses one, whatever version the server offers it as.",
         example: None,
     },
+    Key {
+        name: "ca_file",
+        old_names: &[],
+        section: Section::Update,
+        cloud_config: &["ca-file"],
+        kind: Kind::Text,
+        doc: "The CA certificates (PEM) an https:// server (and FleetLock) must be signed by: a pinned\n\
+              CA, e.g. one the cloud-config writes with write_files. Empty: the Mozilla roots built in.",
+        example: Some("\"/etc/kiln/update-ca.pem\""),
+    },
 ];
 
 /// The key `name` stands for in `update.conf` (its name or an older one).

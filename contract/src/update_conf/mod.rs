@@ -62,6 +62,9 @@ pub struct Settings {
     pub health_timeout: Duration,
     /// Whether this machine installs a signed payload that is not newer than what runs.
     pub allow_downgrade: bool,
+    /// The CA certificates (PEM) an `https://` update server and FleetLock server are checked
+    /// against; `None`: the Mozilla roots built into the agent.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// The lock group every machine is in unless told otherwise.
@@ -87,6 +90,7 @@ impl Default for Settings {
             health_units: Vec::new(),
             health_timeout: Duration::from_secs(600),
             allow_downgrade: false,
+            ca_file: None,
         }
     }
 }
@@ -154,6 +158,15 @@ impl Raw {
                 .collect()),
             Raw::List(items) => Ok(items.clone()),
             _ => Err("expected a list of strings or \"a, b\"".to_owned()),
+        }
+    }
+
+    fn optional_absolute_path(&self) -> Result<Option<PathBuf>, String> {
+        match non_empty(self.text()?) {
+            Some(p) if !p.starts_with('/') => {
+                Err("expected an absolute path, e.g. \"/etc/kiln/update-ca.pem\"".to_owned())
+            }
+            p => Ok(p.map(PathBuf::from)),
         }
     }
 
@@ -229,6 +242,7 @@ impl Settings {
             "health_units" => self.health_units = raw.list().map_err(refused)?,
             "health_timeout" => self.health_timeout = raw.duration().map_err(refused)?,
             "allow_downgrade" => self.allow_downgrade = raw.boolean().map_err(refused)?,
+            "ca_file" => self.ca_file = raw.optional_absolute_path().map_err(refused)?,
             other => {
                 unreachable!("update.conf key {other} has no setting; add it to Settings::set")
             }
@@ -281,6 +295,10 @@ impl Settings {
             "health_units" => list(&self.health_units),
             "health_timeout" => duration(&self.health_timeout),
             "allow_downgrade" => Some(self.allow_downgrade.to_string()),
+            "ca_file" => self
+                .ca_file
+                .as_deref()
+                .and_then(|p| text(&p.display().to_string())),
             other => unreachable!("update.conf key {other} has no setting; add it to render_value"),
         }
     }

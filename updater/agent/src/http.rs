@@ -1,16 +1,31 @@
-//! The one HTTP client the agent uses (ureq, blocking, plain http), and how its failures are
-//! sorted: worth retrying later (network, timeouts, 5xx) or not (4xx, an answer we cannot use).
+//! The one HTTP client the agent uses (ureq, blocking; `https://` through rustls, see
+//! `kiln_updater::tls`), and how its failures are sorted: worth retrying later (network,
+//! timeouts, 5xx) or not (4xx, an answer we cannot use).
 
 use std::time::Duration;
 
-/// An HTTP agent whose every exchange is bounded by `timeout` (connect, and each read or write).
+use kiln_contract::update_conf::Settings;
+use kiln_updater::tls::TlsError;
+
+/// The agent's HTTP client as `update.conf` sets it: `http_timeout`, and `https://` servers
+/// checked against `ca_file` (or the built-in Mozilla roots).
+pub fn agent_for(config: &Settings) -> Result<ureq::Agent, TlsError> {
+    let tls = kiln_updater::tls::client_config(config.ca_file.as_deref())?;
+    Ok(builder(config.http_timeout).tls_config(tls).build())
+}
+
+/// An HTTP agent whose every exchange is bounded by `timeout` (connect, and each read or
+/// write); `https://` checked against the built-in Mozilla roots.
 pub fn agent(timeout: Duration) -> ureq::Agent {
+    builder(timeout).build()
+}
+
+fn builder(timeout: Duration) -> ureq::AgentBuilder {
     ureq::AgentBuilder::new()
         .timeout_connect(timeout)
         .timeout_read(timeout)
         .timeout_write(timeout)
         .user_agent(concat!("kiln-update-agent/", env!("CARGO_PKG_VERSION")))
-        .build()
 }
 
 /// Why an HTTP exchange failed.

@@ -32,6 +32,8 @@ pub enum ClientError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Tls(#[from] kiln_updater::tls::TlsError),
     #[error("reading {path}: {source}")]
     Io {
         path: String,
@@ -48,10 +50,30 @@ pub struct AdminClient {
 }
 
 impl AdminClient {
-    /// `server` is the server's base URL (`http://127.0.0.1:8470/`).
+    /// `server` is the server's base URL (`http://127.0.0.1:8470/`); an `https://` server is
+    /// checked against the built-in Mozilla roots.
     pub fn new(server: &str, token: &str) -> Self {
+        Self::with_agent(server, token, ureq::AgentBuilder::new())
+    }
+
+    /// The same, checking an `https://` server against the CAs in `ca_file` instead (a pinned
+    /// CA) when one is given.
+    pub fn with_ca_file(
+        server: &str,
+        token: &str,
+        ca_file: Option<&Path>,
+    ) -> Result<Self, ClientError> {
+        let builder = ureq::AgentBuilder::new();
+        let builder = match ca_file {
+            Some(path) => builder.tls_config(kiln_updater::tls::client_config(Some(path))?),
+            None => builder,
+        };
+        Ok(Self::with_agent(server, token, builder))
+    }
+
+    fn with_agent(server: &str, token: &str, builder: ureq::AgentBuilder) -> Self {
         let base = format!("{}/admin/v1", server.trim_end_matches('/'));
-        let agent = ureq::AgentBuilder::new()
+        let agent = builder
             .timeout_connect(Duration::from_secs(10))
             // Publishing streams hundreds of MiB; the read timeout covers the server's check.
             .timeout_read(Duration::from_secs(600))

@@ -656,7 +656,7 @@ impl RunningServer {
                     let Ok(listener) = tokio::net::TcpListener::from_std(std_listener) else {
                         return;
                     };
-                    crate::listen::serve(listener, router(ctx), &limits.effective(), async {
+                    crate::listen::serve(listener, router(ctx), &limits.effective(), None, async {
                         let _ = stopped.await;
                     })
                     .await;

@@ -1,4 +1,5 @@
-//! The accept loop in front of the routes. It bounds what a client that never finishes its
+//! The accept loop in front of the routes, speaking plain HTTP/1.1 or, given a certificate,
+//! HTTPS (rustls; the handshake counts against the request-head deadline). It bounds what a client that never finishes its
 //! request can hold: connections are capped (in all and per source address) below the process's
 //! file-descriptor limit, and a connection that has not sent a whole request head within
 //! [`Limits::header_timeout`] (a new connection, or a kept-alive one waiting for its next
@@ -155,13 +156,15 @@ impl Drop for Slot {
     }
 }
 
-/// Serves `app` on `listener` until `shutdown` completes.
+/// Serves `app` on `listener` until `shutdown` completes; over TLS when `tls` is given.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
     limits: &Limits,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
+    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     let slots = Arc::new(Slots {
         limits: limits.clone(),
         open: Mutex::new((0, HashMap::new())),
@@ -198,10 +201,25 @@ pub async fn serve(
             request.extensions_mut().insert(ConnectInfo(peer));
             app.clone().oneshot(request.map(axum::body::Body::new))
         });
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), tls.clone());
+        let deadline = limits.header_timeout;
         tokio::spawn(async move {
             // A client that goes away or times out ends its own connection; nothing to report.
-            let _ = connection.await;
+            match tls {
+                None => {
+                    let connection = builder.serve_connection(TokioIo::new(stream), service);
+                    let _ = watcher.watch(connection).await;
+                }
+                Some(acceptor) => {
+                    let Ok(Ok(stream)) =
+                        tokio::time::timeout(deadline, acceptor.accept(stream)).await
+                    else {
+                        return;
+                    };
+                    let connection = builder.serve_connection(TokioIo::new(stream), service);
+                    let _ = watcher.watch(connection).await;
+                }
+            }
             drop(slot);
         });
     }

@@ -23,6 +23,10 @@ struct Remote {
     /// The admin API's bearer token.
     #[arg(long, env = "KILN_SERVER_TOKEN", hide_env_values = true)]
     token: String,
+    /// Check an https:// server against the CA certificates in this PEM file (default: the
+    /// built-in Mozilla roots).
+    #[arg(long, env = "KILN_SERVER_CA")]
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -158,16 +162,20 @@ fn main() {
     }
 }
 
-fn client(remote: &Remote) -> AdminClient {
-    AdminClient::new(&remote.server, &remote.token)
+fn client(remote: &Remote) -> Result<AdminClient> {
+    Ok(AdminClient::with_ca_file(
+        &remote.server,
+        &remote.token,
+        remote.ca_file.as_deref(),
+    )?)
 }
 
 fn run(command: Command) -> Result<()> {
     let answer = match command {
         Command::Serve(cfg) => return serve::run(&cfg),
-        Command::Apps(remote) => client(&remote).apps()?,
+        Command::Apps(remote) => client(&remote)?.apps()?,
         Command::CreateApp { remote, id, name } => {
-            client(&remote).create_app(&id, name.as_deref().unwrap_or(&id))?
+            client(&remote)?.create_app(&id, name.as_deref().unwrap_or(&id))?
         }
         Command::Publish {
             remote,
@@ -176,23 +184,23 @@ fn run(command: Command) -> Result<()> {
             url,
             replace,
             payload,
-        } => client(&remote).publish(&app, channel.as_deref(), &payload, url.as_deref(), replace)?,
+        } => client(&remote)?.publish(&app, channel.as_deref(), &payload, url.as_deref(), replace)?,
         Command::Promote {
             remote,
             app,
             from,
             to,
-        } => client(&remote).promote(&app, &from, &to)?,
+        } => client(&remote)?.promote(&app, &from, &to)?,
         Command::Pause {
             remote,
             app,
             channel,
-        } => client(&remote).pause(&app, &channel)?,
+        } => client(&remote)?.pause(&app, &channel)?,
         Command::Resume {
             remote,
             app,
             channel,
-        } => client(&remote).resume(&app, &channel)?,
+        } => client(&remote)?.resume(&app, &channel)?,
         Command::Policy {
             remote,
             app,
@@ -201,33 +209,33 @@ fn run(command: Command) -> Result<()> {
         } => {
             let policy: Policy = serde_json::from_str(&policy)
                 .map_err(|e| anyhow::anyhow!("reading the policy JSON {policy:?}: {e}"))?;
-            client(&remote).set_policy(&app, &channel, &policy)?
+            client(&remote)?.set_policy(&app, &channel, &policy)?
         }
         Command::Instances {
             remote,
             app,
             channel,
             status,
-        } => client(&remote).instances(&app, channel.as_deref(), status.as_deref())?,
+        } => client(&remote)?.instances(&app, channel.as_deref(), status.as_deref())?,
         Command::Expire {
             remote,
             max_age_secs,
-        } => client(&remote).expire(max_age_secs)?,
+        } => client(&remote)?.expire(max_age_secs)?,
         Command::Discovery { command } => match command {
             DiscoveryCommand::New { remote, size } => {
-                let answer = client(&remote).discovery_new(size)?;
+                let answer = client(&remote)?.discovery_new(size)?;
                 let url = answer["url"].as_str().ok_or_else(|| {
                     anyhow::anyhow!("the server's answer has no discovery URL: {answer}")
                 })?;
                 println!("{url}");
                 return Ok(());
             }
-            DiscoveryCommand::List(remote) => client(&remote).discovery_list()?,
+            DiscoveryCommand::List(remote) => client(&remote)?.discovery_list()?,
             DiscoveryCommand::Delete {
                 remote,
                 discovery_token,
                 member_id,
-            } => client(&remote).discovery_delete(&discovery_token, member_id.as_deref())?,
+            } => client(&remote)?.discovery_delete(&discovery_token, member_id.as_deref())?,
         },
     };
     println!("{}", serde_json::to_string_pretty(&answer)?);

@@ -59,6 +59,31 @@ pub struct ServeConfig {
     pub stale_after_days: u64,
     #[command(flatten)]
     pub limits: ServeLimits,
+    #[command(flatten)]
+    pub tls: ServeTls,
+}
+
+/// HTTPS on the server itself.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ServeTls {
+    /// Answer HTTPS with this certificate chain (PEM, the server's certificate first); with
+    /// --tls-key. The default public URL is then https://<listen>/.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl ServeTls {
+    /// The server's TLS settings, if it speaks HTTPS.
+    fn config(&self) -> Result<Option<Arc<rustls::ServerConfig>>> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Ok(Some(kiln_updater::tls::server_config(cert, key)?)),
+            (None, None) => Ok(None),
+            _ => bail!("give --tls-cert and --tls-key together"),
+        }
+    }
 }
 
 /// What one client may cost the server (see `listen` and the engine's admission).
@@ -115,8 +140,9 @@ pub fn run(cfg: &ServeConfig) -> Result<()> {
         .block_on(tokio::net::TcpListener::bind(cfg.listen))
         .with_context(|| format!("listening on {}", cfg.listen))?;
     let addr = listener.local_addr().context("the listening address")?;
-    let mut front = Front::start(cfg, addr)?;
-    let result = runtime.block_on(serve(&front, cfg, listener, stop_signal()));
+    let tls = cfg.tls.config()?;
+    let mut front = Front::start(cfg, addr, tls.is_some())?;
+    let result = runtime.block_on(serve(&front, cfg, listener, tls, stop_signal()));
     front.stop();
     result
 }
@@ -163,7 +189,8 @@ pub fn spawn(cfg: &ServeConfig) -> Result<Background> {
     listener
         .set_nonblocking(true)
         .context("making the listener non-blocking")?;
-    let front = Front::start(cfg, addr)?;
+    let tls = cfg.tls.config()?;
+    let front = Front::start(cfg, addr, tls.is_some())?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let cfg = cfg.clone();
     let serving = front.clone_for_serving();
@@ -174,7 +201,7 @@ pub fn spawn(cfg: &ServeConfig) -> Result<Background> {
             runtime.block_on(async {
                 let listener = tokio::net::TcpListener::from_std(listener)
                     .context("handing the listener to the runtime")?;
-                serve(&serving, &cfg, listener, async {
+                serve(&serving, &cfg, listener, tls, async {
                     let _ = stopped.await;
                 })
                 .await
@@ -227,8 +254,8 @@ enum Front {
 }
 
 impl Front {
-    fn start(cfg: &ServeConfig, addr: SocketAddr) -> Result<Self> {
-        let parts = Parts::checked(cfg, addr)?;
+    fn start(cfg: &ServeConfig, addr: SocketAddr, https: bool) -> Result<Self> {
+        let parts = Parts::checked(cfg, addr, https)?;
         let Some(params) = cfg.postgres.clone() else {
             let store = SqliteStore::open(&cfg.db)?;
             return Ok(Front::Alone(parts.context(Box::new(store))?));
@@ -321,7 +348,8 @@ struct Parts {
 }
 
 impl Parts {
-    fn checked(cfg: &ServeConfig, addr: SocketAddr) -> Result<Self> {
+    /// `https`: whether the server answers HTTPS (its default public URL).
+    fn checked(cfg: &ServeConfig, addr: SocketAddr, https: bool) -> Result<Self> {
         let token = match cfg.token.as_deref() {
             Some(t) if t.len() >= 16 => t.to_owned(),
             Some(_) => bail!("the admin token is shorter than 16 characters; choose a longer one"),
@@ -343,10 +371,17 @@ impl Parts {
             .data_dir
             .canonicalize()
             .with_context(|| format!("resolving {}", cfg.data_dir.display()))?;
+        if https && cfg.postgres.is_some() {
+            bail!(
+                "--tls-cert with --postgres: servers sharing a database forward requests to \
+                 each other over plain HTTP; terminate TLS in front of them (the load balancer)"
+            );
+        }
+        let scheme = if https { "https" } else { "http" };
         let public_url = cfg
             .public_url
             .clone()
-            .unwrap_or_else(|| format!("http://{addr}/"));
+            .unwrap_or_else(|| format!("{scheme}://{addr}/"));
         Ok(Self {
             token,
             verifier,
@@ -391,15 +426,17 @@ async fn serve(
     front: &Front,
     cfg: &ServeConfig,
     listener: tokio::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let addr = listener.local_addr().context("the listening address")?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let database = match &cfg.postgres {
         Some(_) => "PostgreSQL, shared".to_owned(),
         None => cfg.db.display().to_string(),
     };
     eprintln!(
-        "kiln-server: Omaha endpoint http://{addr}/v1/update/, admin API under /admin/v1/, database {database}"
+        "kiln-server: Omaha endpoint {scheme}://{addr}/v1/update/, admin API under /admin/v1/, database {database}"
     );
     if cfg.stale_after_days > 0 {
         let front = front.clone_for_serving();
@@ -425,6 +462,7 @@ async fn serve(
         listener,
         front.router(),
         &cfg.limits.connections().effective(),
+        tls,
         shutdown,
     )
     .await;

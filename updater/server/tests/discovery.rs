@@ -37,6 +37,7 @@ fn spawn(dir: &Path) -> Background {
         public_url: None,
         stale_after_days: 0,
         limits: Default::default(),
+        tls: Default::default(),
     })
     .unwrap()
 }

@@ -134,6 +134,7 @@ fn etcd_bootstraps_from_the_servers_discovery_url_and_a_fourth_member_finds_it_f
         public_url: None,
         stale_after_days: 0,
         limits: Default::default(),
+        tls: Default::default(),
     })
     .unwrap();
     // Short holds, so that the members waiting for the third go through etcd's "ask again" on

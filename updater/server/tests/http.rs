@@ -420,6 +420,7 @@ fn the_data_directory_and_the_database_are_private_and_leftovers_are_swept() {
         public_url: None,
         stale_after_days: 0,
         limits: Default::default(),
+        tls: Default::default(),
     })
     .unwrap();
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
@@ -434,4 +435,48 @@ fn the_data_directory_and_the_database_are_private_and_leftovers_are_swept() {
     assert!(!upload.exists(), "an unfinished upload was kept");
     assert!(!orphan.exists(), "a payload no package refers to was kept");
     drop(server);
+}
+
+#[test]
+fn the_server_answers_https_that_a_client_with_its_pinned_ca_trusts_and_others_refuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = kiln_updater::tls::testutil::make_ca(dir.path(), "server");
+    let server = kiln_server::serve::spawn(&kiln_server::serve::ServeConfig {
+        db: dir.path().join("kiln.db"),
+        postgres: None,
+        peer_url: None,
+        data_dir: dir.path().join("data"),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        token: Some(TOKEN.to_owned()),
+        public_key: None,
+        public_url: None,
+        stale_after_days: 0,
+        limits: Default::default(),
+        tls: kiln_server::serve::ServeTls {
+            tls_cert: Some(ca.cert.clone()),
+            tls_key: Some(ca.key.clone()),
+        },
+    })
+    .unwrap();
+    let url = format!("https://{}/", server.addr);
+    let pinned =
+        kiln_server::client::AdminClient::with_ca_file(&url, TOKEN, Some(&ca.ca)).unwrap();
+    assert_eq!(pinned.apps().unwrap(), serde_json::json!([]));
+    // The Omaha endpoint too, through the same TLS settings the agent uses.
+    let agent = ureq::AgentBuilder::new()
+        .tls_config(kiln_updater::tls::client_config(Some(&ca.ca)).unwrap())
+        .build();
+    let answer = agent
+        .post(&format!("{url}v1/update/"))
+        .send_bytes(&interop("flatcar-request.xml"))
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert!(Response::parse(&answer).is_ok(), "{answer}");
+    // A client trusting only the public roots refuses the certificate; plain HTTP gets nowhere.
+    let public = kiln_server::client::AdminClient::new(&url, TOKEN);
+    let err = public.apps().unwrap_err().to_string();
+    assert!(err.contains("UnknownIssuer"), "{err}");
+    let plain = ureq::get(&format!("http://{}/healthz", server.addr)).call();
+    assert!(plain.is_err(), "plain HTTP answered on the HTTPS port");
 }

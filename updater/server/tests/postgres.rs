@@ -276,6 +276,7 @@ fn shared_server(params: &str, dir: &Path) -> kiln_server::serve::Background {
         public_url: Some("http://updates.invalid/".into()),
         stale_after_days: 0,
         limits: Default::default(),
+        tls: Default::default(),
     })
     .unwrap()
 }

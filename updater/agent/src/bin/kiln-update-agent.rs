@@ -36,7 +36,7 @@ fn run() -> anyhow::Result<()> {
         eprintln!("warning: {warning}");
     }
     let identity = Identity::read(&paths, &config).context("reading the machine's identity")?;
-    let http = kiln_agent::http::agent(config.http_timeout);
+    let http = kiln_agent::http::agent_for(&config).context("setting up HTTPS")?;
     let strategy = Strategy::from_config(&config, &http, &identity.machine_id)
         .context("setting up the reboot strategy")?;
     let mut installer = RealInstaller::for_machine(&paths, Path::new("/sys/class/block"))

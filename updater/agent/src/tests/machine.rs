@@ -702,3 +702,37 @@ fn a_payload_without_room_on_var_is_not_downloaded() {
         .unwrap()
         .contains("free space on /var"));
 }
+
+/// Over HTTPS, with a certificate no public CA signed: with that CA pinned in `ca_file` the
+/// agent checks, downloads and installs; with only the built-in roots it installs nothing,
+/// says why, and tries again later (the server may be fixed, or the network stop lying).
+#[test]
+fn an_https_server_is_used_with_its_pinned_ca_and_refused_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = kiln_updater::tls::testutil::make_ca(dir.path(), "agent");
+    let tls = kiln_updater::tls::server_config(&ca.cert, &ca.key).unwrap();
+
+    let env = Env::with_tls(Some(Arc::clone(&tls)));
+    assert!(env.server.url.starts_with("https://"));
+    let (mut installer, mut host) = (FakeInstaller::new(Slot::A), FakeHost::new());
+    {
+        let mut agent = env.agent(&mut installer, &mut host);
+        step_until(&mut agent, "checking", 2);
+        agent.step().unwrap();
+        assert_eq!(state_name(agent.status()), "backoff");
+        let e = agent.status().last_error.clone().unwrap();
+        assert!(e.contains("UnknownIssuer") && e.contains("will retry"), "{e}");
+    }
+    assert!(installer.payloads.is_empty());
+    assert!(env.payload_gets().is_empty());
+
+    let mut env = Env::with_tls(Some(tls));
+    env.config.ca_file = Some(ca.ca.clone());
+    let (mut installer, mut host) = (FakeInstaller::new(Slot::A), FakeHost::new());
+    {
+        let mut agent = env.agent(&mut installer, &mut host);
+        step_until(&mut agent, "reboot-needed", 6);
+    }
+    assert_eq!(installer.payloads.len(), 1);
+    assert_eq!(env.events(), ["13/1", "14/1", "3/1"]);
+}

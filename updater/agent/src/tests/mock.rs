@@ -1,5 +1,5 @@
-//! A small HTTP/1.1 server on 127.0.0.1 (port 0) for tests: every request is recorded and answered
-//! by a closure, one connection at a time, each closed after its answer.
+//! A small HTTP/1.1 server on 127.0.0.1 (port 0) for tests, plain or over TLS: every request is
+//! recorded and answered by a closure, one connection at a time, each closed after its answer.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -15,6 +15,8 @@ pub struct Seen {
     pub path: String,
     pub headers: Vec<(String, String)>,
     pub body: String,
+    /// Whether it came over TLS.
+    pub tls: bool,
 }
 
 impl Seen {
@@ -73,14 +75,23 @@ pub struct MockServer {
 
 impl MockServer {
     pub fn start(handler: impl Fn(&Seen) -> Reply + Send + Sync + 'static) -> MockServer {
+        Self::start_with(handler, None)
+    }
+
+    /// Over TLS with `tls`'s certificate when given (the URL is then `https://`).
+    pub fn start_with(
+        handler: impl Fn(&Seen) -> Reply + Send + Sync + 'static,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> MockServer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0");
-        let url = format!("http://{}", listener.local_addr().expect("local addr"));
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://{}", listener.local_addr().expect("local addr"));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let handler: Arc<Handler> = Arc::new(handler);
         let thread = {
             let (seen, stop) = (seen.clone(), stop.clone());
-            std::thread::spawn(move || serve(listener, &*handler, &seen, &stop))
+            std::thread::spawn(move || serve(listener, &*handler, &seen, &stop, tls.as_ref()))
         };
         MockServer {
             url,
@@ -100,29 +111,53 @@ impl Drop for MockServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         // Wake the accept call so the thread sees the flag.
-        let _ = TcpStream::connect(self.url.trim_start_matches("http://"));
+        let addr = self.url.split("://").nth(1).unwrap_or_default();
+        let _ = TcpStream::connect(addr);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }
 }
 
-fn serve(listener: TcpListener, handler: &Handler, seen: &Mutex<Vec<Seen>>, stop: &AtomicBool) {
+fn serve(
+    listener: TcpListener,
+    handler: &Handler,
+    seen: &Mutex<Vec<Seen>>,
+    stop: &AtomicBool,
+    tls: Option<&Arc<rustls::ServerConfig>>,
+) {
     for stream in listener.incoming() {
         if stop.load(Ordering::SeqCst) {
             return;
         }
         let Ok(stream) = stream else { continue };
         let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-        let Some(request) = read_request(&stream) else {
-            continue;
-        };
-        seen.lock().expect("mock server lock").push(request.clone());
-        answer(stream, handler(&request));
+        match tls {
+            None => exchange(stream, false, handler, seen),
+            Some(config) => {
+                let Ok(connection) = rustls::ServerConnection::new(Arc::clone(config)) else {
+                    continue;
+                };
+                let mut stream = rustls::StreamOwned::new(connection, stream);
+                exchange(&mut stream, true, handler, seen);
+                stream.conn.send_close_notify();
+                let _ = stream.flush();
+            }
+        }
     }
 }
 
-fn read_request(stream: &TcpStream) -> Option<Seen> {
+/// Reads one request from `stream`, records it, and answers it.
+fn exchange(mut stream: impl Read + Write, tls: bool, handler: &Handler, seen: &Mutex<Vec<Seen>>) {
+    let Some(mut request) = read_request(&mut stream) else {
+        return;
+    };
+    request.tls = tls;
+    seen.lock().expect("mock server lock").push(request.clone());
+    answer(stream, handler(&request));
+}
+
+fn read_request(stream: &mut impl Read) -> Option<Seen> {
     let mut reader = BufReader::new(stream);
     let mut line = String::new();
     reader.read_line(&mut line).ok()?;
@@ -152,10 +187,11 @@ fn read_request(stream: &TcpStream) -> Option<Seen> {
         path,
         headers,
         body: String::from_utf8_lossy(&body).into_owned(),
+        tls: false,
     })
 }
 
-fn answer(mut stream: TcpStream, reply: Reply) {
+fn answer(mut stream: impl Write, reply: Reply) {
     let (status, headers, body, announced) = match reply {
         Reply::Full {
             status,

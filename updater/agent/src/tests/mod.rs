@@ -184,6 +184,11 @@ pub struct Env {
 
 impl Env {
     pub fn new() -> Env {
+        Self::with_tls(None)
+    }
+
+    /// The mock server speaks HTTPS with `tls`'s certificate when given.
+    pub fn with_tls(tls: Option<Arc<rustls::ServerConfig>>) -> Env {
         let payload: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
         let script = Arc::new(Mutex::new(Script {
             offer: Some("0.2.0".into()),
@@ -196,7 +201,7 @@ impl Env {
         }));
         let server = {
             let script = script.clone();
-            MockServer::start(move |seen| handle(&script, seen))
+            MockServer::start_with(move |seen| handle(&script, seen), tls)
         };
         let dir = tempfile::tempdir().expect("temp dir");
         let paths = Paths::under(dir.path());
@@ -232,7 +237,7 @@ impl Env {
 
     /// An agent over these fakes with the config's strategy (`immediate` unless changed).
     pub fn agent<'a>(&self, installer: &'a mut dyn Installer, host: &'a mut FakeHost) -> Agent<'a> {
-        let http = crate::http::agent(self.config.http_timeout);
+        let http = crate::http::agent_for(&self.config).expect("the agent's HTTP client");
         let strategy = Strategy::from_config(&self.config, &http, MACHINE_ID).expect("strategy");
         self.agent_with(installer, host, strategy)
     }
@@ -243,7 +248,7 @@ impl Env {
         host: &'a mut FakeHost,
         strategy: Strategy,
     ) -> Agent<'a> {
-        let http = crate::http::agent(self.config.http_timeout);
+        let http = crate::http::agent_for(&self.config).expect("the agent's HTTP client");
         let url = self.config.server.clone().expect("server");
         let client = OmahaClient::new(http.clone(), &url, self.identity(&host.boot_id.clone()));
         Agent::new(Parts {
@@ -339,7 +344,10 @@ fn handle(script: &Mutex<Script>, seen: &Seen) -> Reply {
         ResponseApp::update_ok(
             &app.appid,
             version,
-            &format!("http://{host}/payload/"),
+            &format!(
+                "{}://{host}/payload/",
+                if seen.tls { "https" } else { "http" }
+            ),
             "kiln_update.payload",
             s.announced_size.unwrap_or(s.payload.len() as u64),
             &sha,
