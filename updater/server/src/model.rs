@@ -179,6 +179,11 @@ pub struct Instance {
     pub last_error: Option<String>,
     /// The boot id of its last check-in; a new one after an install tells a reboot happened.
     pub boot_id: Option<String>,
+    /// When the server first recorded it (0: before servers kept this). A machine takes part
+    /// in a limited rollout, and counts toward halting one, once known for an hour
+    /// (`engine::KNOWN_AFTER`).
+    #[serde(default)]
+    pub first_seen: Timestamp,
 }
 
 /// One event a machine reported (or the server concluded, such as a timeout).

@@ -229,6 +229,7 @@ mod tests {
             last_check: Default::default(),
             last_error: None,
             boot_id: None,
+            first_seen: Default::default(),
         })
     }
 

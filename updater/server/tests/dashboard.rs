@@ -90,6 +90,7 @@ fn store_with_a_hostile_machine() -> SqliteStore {
         last_check: START,
         last_error: None,
         boot_id: None,
+        first_seen: START,
     };
     store
         .apply(&[Write::App(app), Write::Instance(machine)])

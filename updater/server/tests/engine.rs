@@ -127,6 +127,11 @@ fn at_most_n_updates_per_period() {
         ..Policy::default()
     };
     engine.set_policy(APP, "stable", policy).unwrap();
+    let machines: Vec<String> = [0, 10, 20]
+        .iter()
+        .flat_map(|from| (*from..from + 5).map(|i| format!("m{i}")))
+        .collect();
+    meet(&engine, &clock, &machines.iter().map(String::as_str).collect::<Vec<_>>());
     let granted = |from: usize| {
         (from..from + 5)
             .filter(|i| offered(&check(&engine, app(&format!("m{i}"), "1.0.0", "stable"))))
@@ -162,13 +167,14 @@ fn percentage_of_fleet_is_deterministic() {
 
 #[test]
 fn safe_mode_one_at_a_time_until_first_success() {
-    let (engine, _) = engine();
+    let (engine, clock) = engine();
     engine.publish(package("1.1.0"), Some("stable")).unwrap();
     let policy = Policy {
         safe_mode: true,
         ..Policy::default()
     };
     engine.set_policy(APP, "stable", policy).unwrap();
+    meet(&engine, &clock, &["m1", "m2", "m3"]);
     assert!(offered(&check(&engine, app("m1", "1.0.0", "stable"))));
     assert!(!offered(&check(&engine, app("m2", "1.0.0", "stable"))));
     // m1 comes back on 1.1.0: the first success opens the gate.
@@ -189,6 +195,7 @@ fn update_timeout_frees_the_safe_mode_slot_and_counts_as_error() {
         ..Policy::default()
     };
     engine.set_policy(APP, "stable", policy).unwrap();
+    meet(&engine, &clock, &["m1", "m2"]);
     assert!(offered(&check(&engine, app("m1", "1.0.0", "stable"))));
     clock.advance(299);
     assert!(!offered(&check(&engine, app("m2", "1.0.0", "stable"))));
@@ -202,7 +209,7 @@ fn update_timeout_frees_the_safe_mode_slot_and_counts_as_error() {
 
 #[test]
 fn halts_when_the_error_rate_passes_the_threshold() {
-    let (engine, _) = engine();
+    let (engine, clock) = engine();
     engine.publish(package("1.1.0"), Some("stable")).unwrap();
     let policy = Policy {
         halt_error_rate: Some(0.5),
@@ -210,6 +217,7 @@ fn halts_when_the_error_rate_passes_the_threshold() {
         ..Policy::default()
     };
     engine.set_policy(APP, "stable", policy).unwrap();
+    meet(&engine, &clock, &["m1", "m2", "m3", "m4", "m5"]);
     for m in ["m1", "m2", "m3"] {
         assert!(offered(&check(&engine, app(m, "1.0.0", "stable"))));
     }
@@ -336,6 +344,7 @@ fn state_survives_a_restart() {
             ..Policy::default()
         };
         engine.set_policy(APP, "stable", policy).unwrap();
+        meet(&engine, &clock, &["m1", "m2"]);
         assert!(offered(&check(&engine, app("m1", "1.0.0", "stable"))));
         engine.shutdown();
     }
@@ -394,4 +403,62 @@ fn an_instance_reaches_the_store_when_it_changes_and_its_check_in_time_once_a_mi
     );
     // The engine itself always answers with the latest.
     assert_eq!(engine.instance(APP, "m1", 1).unwrap().0.last_check, 10_100);
+}
+
+/// Machine ids anyone can make up: new ones take no place in a limited rollout (safe mode, a
+/// number per period) until the server has known them for an hour, and what they report does
+/// not halt a channel; a machine the server knows is still granted, and new machines update at
+/// once where the rollout has no limits.
+#[test]
+fn machines_the_server_has_just_met_do_not_steer_the_rollout() {
+    let (engine, clock) = engine();
+    engine.publish(package("1.1.0"), Some("stable")).unwrap();
+    meet(&engine, &clock, &["real"]);
+    let limited = Policy {
+        safe_mode: true,
+        max_updates_per_period: 1,
+        period_secs: 3600,
+        ..Policy::default()
+    };
+    engine.set_policy(APP, "stable", limited).unwrap();
+    for n in 0..50 {
+        let fake = app(&format!("fake{n}"), "1.0.0", "stable");
+        assert!(!offered(&check(&engine, fake)), "fake{n} took a place");
+    }
+    assert!(
+        offered(&check(&engine, app("real", "1.0.0", "stable"))),
+        "the known machine's place was used up"
+    );
+
+    // Halting: fake machines granted where nothing limits the rollout report failures.
+    let halting = Policy {
+        halt_error_rate: Some(0.1),
+        halt_min_errors: 2,
+        update_timeout_secs: 0,
+        ..Policy::default()
+    };
+    engine.set_policy(APP, "stable", halting).unwrap();
+    for fake in ["fake-a", "fake-b", "fake-c"] {
+        assert!(offered(&check(&engine, app(fake, "1.0.0", "stable"))), "{fake}");
+        check(
+            &engine,
+            with_events(app(fake, "1.0.0", "stable"), vec![Event::error(10)]),
+        );
+    }
+    let channel = engine.app(APP).unwrap().channels[0].clone();
+    assert_eq!(channel.record.halted, None, "new machines halted the channel");
+    assert_eq!(channel.errors, 3, "the operator still sees every failure");
+    // The same failures from machines the server knows do halt it.
+    meet(&engine, &clock, &["k1", "k2"]);
+    for known in ["k1", "k2"] {
+        assert!(offered(&check(&engine, app(known, "1.0.0", "stable"))));
+    }
+    for known in ["k1", "k2"] {
+        check(
+            &engine,
+            with_events(app(known, "1.0.0", "stable"), vec![Event::error(10)]),
+        );
+    }
+    let channel = engine.app(APP).unwrap().channels[0].clone();
+    assert!(channel.record.halted.is_some(), "{channel:?}");
 }

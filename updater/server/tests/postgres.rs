@@ -155,6 +155,7 @@ fn update_flow_rollout_and_restart_on_postgresql() {
             ..Policy::default()
         };
         engine.set_policy(APP, "stable", policy).unwrap();
+        meet(&engine, &clock, &["m1", "m2", "m3"]);
         // Publish → check → granted → events → complete.
         assert!(offered(&check(&engine, app("m1", "1.0.0", "stable"))));
         assert!(
@@ -302,11 +303,41 @@ fn wait_until(what: &str, done: impl Fn() -> bool) {
     }
 }
 
+/// Machines the database has known since before servers recorded when they met one: they take
+/// part in a limited rollout at once (the servers run on the real clock, which a test cannot
+/// move an hour on).
+fn fleet_known_for_long(params: &str, machines: &[&str]) {
+    use kiln_server::model::{AppRecord, Instance};
+    use kiln_server::store::Write;
+    let mut store = PostgresStore::connect(params).unwrap();
+    let mut writes = vec![Write::App(AppRecord {
+        id: APP.into(),
+        name: APP.into(),
+    })];
+    writes.extend(machines.iter().map(|m| {
+        Write::Instance(Instance {
+            machine_id: (*m).into(),
+            app_id: APP.into(),
+            version: "1.0.0".into(),
+            channel: "stable".into(),
+            status: Status::Idle,
+            target_version: None,
+            granted_at: None,
+            last_check: 0,
+            last_error: None,
+            boot_id: None,
+            first_seen: 0,
+        })
+    }));
+    store.apply(&writes).unwrap();
+}
+
 #[test]
 fn servers_sharing_a_database_follow_one_leader_and_take_over_when_it_stops() {
     let pg = start_postgres();
     let params = pg.params("postgres");
     let dir = tempfile::tempdir().unwrap();
+    fleet_known_for_long(&params, &["m1", "m2", "m3", "m4"]);
     let a = shared_server(&params, &dir.path().join("a"));
     wait_until("the first server leads", || a.leads());
     let b = shared_server(&params, &dir.path().join("b"));

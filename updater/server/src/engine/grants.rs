@@ -13,6 +13,17 @@ use crate::writer::Writer;
 use super::offer::Offer;
 use super::state::AppState;
 
+/// How long the server must have known a machine before it takes a place in a limited rollout
+/// (`max_updates_per_period`, `safe_mode`) and before its outcomes count toward safe mode and
+/// halting: anyone can make up machine ids, but not an hour of history for each (new ones are
+/// admitted at a bounded rate, `admission`). Without limits a new machine updates at once.
+pub const KNOWN_AFTER: Timestamp = 3600;
+
+/// Whether the server had known `instance` for [`KNOWN_AFTER`] at `at`.
+pub(super) fn known(instance: &Instance, at: Timestamp) -> bool {
+    at.saturating_sub(instance.first_seen) >= KNOWN_AFTER
+}
+
 impl AppState {
     /// Ends an instance's update with `status`, counting it once for its target version.
     pub(super) fn finish(
@@ -31,17 +42,9 @@ impl AppState {
         let stats = self.versions.entry(target.clone()).or_default();
         let was_in_flight = stats.finish(&instance.machine_id);
         let was_failed = instance.status.failed();
-        match status {
-            Status::Complete => {
-                stats.completes += 1;
-                // A machine that timed out and then made it after all is not a failure.
-                if was_failed && !was_in_flight {
-                    stats.errors = stats.errors.saturating_sub(1);
-                }
-            }
-            s if s.failed() && was_in_flight => stats.errors += 1,
-            _ => {}
-        }
+        // What a machine the server had just met reports does not steer the rollout.
+        let known = known(instance, instance.granted_at.unwrap_or(now));
+        stats.count(status, was_failed, was_in_flight, known);
         instance.status = status;
         instance.last_error = error;
         if status.failed() {
@@ -60,7 +63,7 @@ impl AppState {
                 continue;
             }
             if let Some(reason) =
-                rollout::halt_reason(&record.policy, version, stats.errors, stats.completes)
+                rollout::halt_reason(&record.policy, version, stats.known.errors, stats.known.completes)
             {
                 record.halted = Some(reason);
                 record.updated_at = now;
@@ -147,11 +150,16 @@ impl AppState {
         if channel.record.paused || channel.record.halted.is_some() {
             return None;
         }
+        if (policy.safe_mode || policy.max_updates_per_period > 0) && !known(instance, now) {
+            // A limited rollout's places go to machines the server has known for a while; a
+            // new one is granted once it has been (see `KNOWN_AFTER`).
+            return None;
+        }
         if !rollout::in_percent(machine, policy.percent) {
             return None;
         }
         let stats = self.versions.entry(version.clone()).or_default();
-        if policy.safe_mode && stats.completes == 0 && !stats.in_flight.is_empty() {
+        if policy.safe_mode && stats.known.completes == 0 && !stats.in_flight.is_empty() {
             return None;
         }
         if policy.max_updates_per_period > 0 {

@@ -106,6 +106,7 @@ impl AppState {
                 last_check: now,
                 last_error: None,
                 boot_id: None,
+                first_seen: now,
             };
             (machine.to_owned(), fresh)
         });

@@ -38,6 +38,7 @@ use crate::store::{Store, Write};
 use crate::writer::{lock, Writer};
 
 pub use admission::{AdmissionLimits, MAX_EVENTS_PER_APP, MAX_MACHINE_ID};
+pub use grants::KNOWN_AFTER;
 use admission::Admission;
 use counters::Counters;
 use instances::Gate;

@@ -6,7 +6,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use crate::clock::Timestamp;
-use crate::model::{AppRecord, ChannelRecord, Instance, PackageRecord, Status};
+use crate::model::{AppRecord, ChannelRecord, Instance, PackageRecord};
 use crate::store::{Snapshot, Write};
 use crate::writer::Writer;
 
@@ -108,11 +108,10 @@ impl AppState {
     pub(super) fn restore(&mut self, instance: Instance, now: Timestamp) {
         if let (Some(target), Some(granted_at)) = (&instance.target_version, instance.granted_at) {
             let stats = self.versions.entry(target.clone()).or_default();
+            let known = super::grants::known(&instance, granted_at);
             match instance.status {
                 s if s.in_flight() => stats.start(&instance.machine_id, granted_at),
-                Status::Complete => stats.completes += 1,
-                s if s.failed() => stats.errors += 1,
-                _ => {}
+                s => stats.count(s, false, true, known),
             }
             if let Some(channel) = self.channels.get_mut(&instance.channel) {
                 if granted_at + channel.record.policy.period_secs > now {
@@ -185,6 +184,7 @@ fn same_but_check_in(a: &Instance, b: &Instance) -> bool {
         last_check: _,
         last_error,
         boot_id,
+        first_seen,
     } = a;
     *machine_id == b.machine_id
         && *app_id == b.app_id
@@ -195,4 +195,5 @@ fn same_but_check_in(a: &Instance, b: &Instance) -> bool {
         && *granted_at == b.granted_at
         && *last_error == b.last_error
         && *boot_id == b.boot_id
+        && *first_seen == b.first_seen
 }

@@ -5,6 +5,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use crate::clock::Timestamp;
+use crate::model::Status;
 
 /// Progress of one version across the fleet, for safe mode and halting.
 #[derive(Debug, Default)]
@@ -13,8 +14,34 @@ pub(super) struct VersionStats {
     pub(super) in_flight: HashMap<String, Timestamp>,
     /// The same, ordered by grant time, so timeouts are found without a scan.
     pub(super) by_grant: BTreeSet<(Timestamp, String)>,
+    /// Every finished update, for the operator.
+    pub(super) all: Tally,
+    /// Those of machines known when granted (`grants::known`): what safe mode and halting go by.
+    pub(super) known: Tally,
+}
+
+/// Finished updates of a version.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Tally {
     pub(super) completes: u64,
     pub(super) errors: u64,
+}
+
+impl Tally {
+    /// Counts an update that ended with `status`: a success (which takes back a failure counted
+    /// for a machine that timed out and then made it after all), or a failure once.
+    fn count(&mut self, status: Status, was_failed: bool, was_in_flight: bool) {
+        match status {
+            Status::Complete => {
+                self.completes += 1;
+                if was_failed && !was_in_flight {
+                    self.errors = self.errors.saturating_sub(1);
+                }
+            }
+            s if s.failed() && was_in_flight => self.errors += 1,
+            _ => {}
+        }
+    }
 }
 
 impl VersionStats {
@@ -33,6 +60,14 @@ impl VersionStats {
                 true
             }
             None => false,
+        }
+    }
+
+    /// Counts a finished update in every tally, and in the known machines' when `known`.
+    pub(super) fn count(&mut self, status: Status, was_failed: bool, was_in_flight: bool, known: bool) {
+        self.all.count(status, was_failed, was_in_flight);
+        if known {
+            self.known.count(status, was_failed, was_in_flight);
         }
     }
 

@@ -47,8 +47,8 @@ impl AppState {
                 ChannelView {
                     record: c.record.clone(),
                     in_flight: stats.map_or(0, |s| s.in_flight.len()),
-                    completes: stats.map_or(0, |s| s.completes),
-                    errors: stats.map_or(0, |s| s.errors),
+                    completes: stats.map_or(0, |s| s.all.completes),
+                    errors: stats.map_or(0, |s| s.all.errors),
                 }
             })
             .collect();

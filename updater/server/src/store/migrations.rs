@@ -101,4 +101,8 @@ CREATE TABLE discovery_registrations (
     PRIMARY KEY (token, id)
 );
 "#,
+    // 5: when each machine was first recorded; machines recorded before count as long known.
+    r#"
+ALTER TABLE instances ADD COLUMN first_seen BIGINT NOT NULL DEFAULT 0;
+"#,
 ];

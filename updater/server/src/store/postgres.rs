@@ -249,6 +249,7 @@ impl Store for PostgresStore {
                     last_check: unsigned(r.get(7)),
                     last_error: r.get(8),
                     boot_id: r.get(9),
+                    first_seen: unsigned(r.get(10)),
                 };
                 (instance, r.get::<_, String>(4))
             },

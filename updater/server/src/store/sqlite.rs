@@ -344,6 +344,7 @@ fn instance_from_row(r: &Row<'_>) -> rusqlite::Result<(Instance, String)> {
             last_check: get_u64(r, 7)?,
             last_error: r.get(8)?,
             boot_id: r.get(9)?,
+            first_seen: get_u64(r, 10)?,
         },
         r.get(4)?,
     ))
@@ -416,6 +417,7 @@ mod tests {
             last_check: 10,
             last_error: None,
             boot_id: Some("b1".into()),
+            first_seen: 5,
         }
     }
 

@@ -123,6 +123,7 @@ pub const INSTANCES: Table<Instance> = Table {
         column("last_check",     |i| unsigned(i.last_check)),
         column("last_error",     |i| optional(&i.last_error)),
         column("boot_id",        |i| optional(&i.boot_id)),
+        column("first_seen",     |i| unsigned(i.first_seen)),
     ],
 };
 
@@ -333,13 +334,13 @@ mod tests {
         assert_eq!(
             sql.instance,
             "INSERT INTO instances (app_id, machine_id, version, channel, status, target_version, \
-             granted_at, last_check, last_error, boot_id) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+             granted_at, last_check, last_error, boot_id, first_seen) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
              ON CONFLICT (app_id, machine_id) DO UPDATE SET version = excluded.version, \
              channel = excluded.channel, status = excluded.status, \
              target_version = excluded.target_version, granted_at = excluded.granted_at, \
              last_check = excluded.last_check, last_error = excluded.last_error, \
-             boot_id = excluded.boot_id"
+             boot_id = excluded.boot_id, first_seen = excluded.first_seen"
         );
     }
 

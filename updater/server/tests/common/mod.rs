@@ -80,6 +80,15 @@ pub fn check(engine: &Engine, app: App) -> ResponseApp {
     response.apps.into_iter().next().expect("one app answered")
 }
 
+/// The server meets `machines` (a check-in on 1.0.0 of `stable` without an update check), and
+/// an hour passes: they are known, and take part in a limited rollout (`KNOWN_AFTER`).
+pub fn meet(engine: &Engine, clock: &ManualClock, machines: &[&str]) {
+    for machine in machines {
+        check(engine, with_events(app(machine, "1.0.0", "stable"), Vec::new()));
+    }
+    clock.advance(kiln_server::engine::KNOWN_AFTER);
+}
+
 pub fn with_events(mut app: App, events: Vec<Event>) -> App {
     app.updatecheck = None;
     app.events = events;
