@@ -185,14 +185,31 @@ impl AdminClient {
         status: Option<&str>,
     ) -> Result<Value, ClientError> {
         let url = format!("{}/apps/{app}/instances", self.base);
-        let mut request = self.request("GET", &url);
-        if let Some(channel) = channel {
-            request = request.query("channel", channel);
+        let mut all = Vec::new();
+        // Page by page (the server answers at most `http::MAX_INSTANCES_PAGE` at a time), each
+        // after the last machine id of the one before.
+        loop {
+            let mut request = self.request("GET", &url);
+            if let Some(channel) = channel {
+                request = request.query("channel", channel);
+            }
+            if let Some(status) = status {
+                request = request.query("status", status);
+            }
+            let after = all
+                .last()
+                .and_then(|i: &Value| i["machine_id"].as_str().map(str::to_owned));
+            if let Some(after) = &after {
+                request = request.query("after", after);
+            }
+            let page = finish("GET", &url, request.call())?;
+            let page = page.as_array().cloned().unwrap_or_default();
+            let full = page.len() >= crate::http::MAX_INSTANCES_PAGE;
+            all.extend(page);
+            if !full {
+                return Ok(Value::Array(all));
+            }
         }
-        if let Some(status) = status {
-            request = request.query("status", status);
-        }
-        finish("GET", &url, request.call())
     }
 
     pub fn instance(&self, app: &str, machine: &str) -> Result<Value, ClientError> {

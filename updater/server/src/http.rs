@@ -355,7 +355,15 @@ async fn set_policy(
 struct InstanceFilter {
     channel: Option<String>,
     status: Option<String>,
+    /// A page: at most `limit` instances (default and most [`MAX_INSTANCES_PAGE`]) whose
+    /// machine ids come after `after`, in order.
+    limit: Option<usize>,
+    after: Option<String>,
 }
+
+/// The most instances one `GET …/instances` answers; the client asks for the next page with
+/// `after=<the last machine id>`.
+pub const MAX_INSTANCES_PAGE: usize = 1000;
 
 async fn list_instances(
     State(ctx): Ctx,
@@ -373,8 +381,15 @@ async fn list_instances(
             );
         }
     };
+    let limit = filter.limit.unwrap_or(MAX_INSTANCES_PAGE).min(MAX_INSTANCES_PAGE);
     blocking(&ctx, move |e| {
-        e.instances(&app, filter.channel.as_deref(), status)
+        let all = e.instances(&app, filter.channel.as_deref(), status)?;
+        let page: Vec<_> = all
+            .into_iter()
+            .filter(|i| filter.after.as_deref().is_none_or(|after| i.machine_id.as_str() > after))
+            .take(limit)
+            .collect();
+        Ok::<_, EngineError>(page)
     })
     .await
 }

@@ -462,3 +462,24 @@ fn machines_the_server_has_just_met_do_not_steer_the_rollout() {
     let channel = engine.app(APP).unwrap().channels[0].clone();
     assert!(channel.record.halted.is_some(), "{channel:?}");
 }
+
+/// A machine id seen in one check-in only is forgotten after a day, not after the month the
+/// expiry keeps machines that come back.
+#[test]
+fn machines_seen_once_expire_after_a_day() {
+    let (engine, clock) = engine();
+    engine.publish(package("1.0.0"), Some("stable")).unwrap();
+    check(&engine, app("once", "1.0.0", "stable"));
+    check(&engine, app("regular", "1.0.0", "stable"));
+    clock.advance(3600);
+    check(&engine, app("regular", "1.0.0", "stable"));
+    clock.advance(kiln_server::store::ONCE_SEEN_STALE_AFTER + 1);
+    assert_eq!(engine.expire(30 * 86_400).unwrap(), 1);
+    let left: Vec<String> = engine
+        .instances(APP, None, None)
+        .unwrap()
+        .into_iter()
+        .map(|i| i.machine_id)
+        .collect();
+    assert_eq!(left, ["regular"]);
+}

@@ -47,20 +47,26 @@ impl PayloadVerifier for FakeVerifier {
 
 struct Fixture {
     server: RunningServer,
+    engine: Arc<kiln_server::Engine>,
     _dir: tempfile::TempDir,
 }
 
 fn start() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let (engine, _clock) = common::engine_with_url("http://placeholder/");
+    let engine = Arc::new(engine);
     let ctx = Arc::new(ServerContext {
-        engine: Arc::new(engine),
+        engine: Arc::clone(&engine),
         token: TOKEN.into(),
         data_dir: dir.path().to_owned(),
         verifier: Some(Arc::new(FakeVerifier)),
     });
     let server = RunningServer::start(ctx, "127.0.0.1:0".parse().unwrap(), 2).unwrap();
-    Fixture { server, _dir: dir }
+    Fixture {
+        server,
+        engine,
+        _dir: dir,
+    }
 }
 
 fn fake_payload(app: &str, version: &str) -> Vec<u8> {
@@ -479,4 +485,35 @@ fn the_server_answers_https_that_a_client_with_its_pinned_ca_trusts_and_others_r
     assert!(err.contains("UnknownIssuer"), "{err}");
     let plain = ureq::get(&format!("http://{}/healthz", server.addr)).call();
     assert!(plain.is_err(), "plain HTTP answered on the HTTPS port");
+}
+
+#[test]
+fn instance_lists_come_in_pages_and_the_client_reads_them_all() {
+    let f = start();
+    let client = kiln_server::client::AdminClient::new(&f.server.url(), TOKEN);
+    let n = kiln_server::http::MAX_INSTANCES_PAGE + 5;
+    let engine = &f.engine;
+    engine.publish(common::package("1.0.0"), Some("stable")).unwrap();
+    for i in 0..n {
+        common::check(engine, common::app(&format!("m{i:05}"), "1.0.0", "stable"));
+    }
+    let url = format!("{}admin/v1/apps/{FLATCAR_APP}/instances", f.server.url());
+    let page = |query: &[(&str, &str)]| -> serde_json::Value {
+        let mut request = ureq::get(&url).set("Authorization", &format!("Bearer {TOKEN}"));
+        for (k, v) in query {
+            request = request.query(k, v);
+        }
+        request.call().unwrap().into_json().unwrap()
+    };
+    assert_eq!(page(&[]).as_array().unwrap().len(), n - 5, "one page at most");
+    let two = page(&[("limit", "2"), ("after", "m00003")]);
+    let ids: Vec<&str> = two
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["machine_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["m00004", "m00005"]);
+    let all = client.instances(FLATCAR_APP, None, None).unwrap();
+    assert_eq!(all.as_array().unwrap().len(), n);
 }

@@ -124,7 +124,19 @@ pub trait Store: Send {
     fn describe(&self) -> String;
 }
 
-/// Expiry: instances whose last check-in is older than this are stale.
+/// A machine the server saw in one check-in only (its last within a minute of its first) is
+/// stale after this, whatever the expiry's age: made-up machine ids are not kept for a month.
+pub const ONCE_SEEN_STALE_AFTER: u64 = 86_400;
+
+/// Expiry: instances whose last check-in is older than `max_age_secs` are stale, and those seen
+/// once older than [`ONCE_SEEN_STALE_AFTER`].
 pub fn is_stale(instance: &Instance, now: Timestamp, max_age_secs: u64) -> bool {
-    instance.last_check.saturating_add(max_age_secs) < now
+    let seen_once =
+        instance.first_seen > 0 && instance.last_check.saturating_sub(instance.first_seen) < 60;
+    let max_age = if seen_once {
+        max_age_secs.min(ONCE_SEEN_STALE_AFTER)
+    } else {
+        max_age_secs
+    };
+    instance.last_check.saturating_add(max_age) < now
 }
