@@ -80,7 +80,7 @@ pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10)
 /// `POST /v1/update/`: an Omaha request in, an Omaha response out.
 async fn update(State(ctx): Ctx, request: Request) -> Response {
     let (parts, body) = request.into_parts();
-    let source = crate::listen::peer(&parts).map(|peer| peer.ip());
+    let source = client_address(&ctx.token, &parts);
     let body = match tokio::time::timeout(
         BODY_TIMEOUT,
         axum::body::to_bytes(body, MAX_DOCUMENT_BYTES),
@@ -123,6 +123,19 @@ async fn update(State(ctx): Ctx, request: Request) -> Response {
             ctx.engine.counters.rejected();
             plain(StatusCode::BAD_REQUEST, err.to_string())
         }
+    }
+}
+
+/// The address a request came from: the peer's, or the client's a server sharing the database
+/// forwarded it for, when that server proves it is one (`shared::FORWARDED_BY`).
+fn client_address(token: &str, parts: &axum::http::request::Parts) -> Option<std::net::IpAddr> {
+    let header = |name| parts.headers.get(name).and_then(|v| v.to_str().ok());
+    let vouched = header(crate::shared::FORWARDED_BY)
+        .is_some_and(|by| constant_time_eq(by, &crate::shared::peer_proof(token)));
+    let forwarded = header(crate::shared::FORWARDED_FOR).and_then(|ip| ip.parse().ok());
+    match (vouched, forwarded) {
+        (true, Some(ip)) => Some(ip),
+        _ => crate::listen::peer(parts).map(|peer| peer.ip()),
     }
 }
 
@@ -698,5 +711,36 @@ impl Drop for RunningServer {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(headers: &[(&str, &str)]) -> axum::http::request::Parts {
+        let mut request = axum::http::Request::builder().uri("/v1/update/");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let (mut parts, ()) = request.body(()).unwrap().into_parts();
+        let peer: SocketAddr = "10.0.0.5:40000".parse().unwrap();
+        parts.extensions.insert(axum::extract::ConnectInfo(peer));
+        parts
+    }
+
+    #[test]
+    fn a_forwarded_client_address_counts_only_when_a_server_vouches_for_it() {
+        let token = "server-token-0123456789";
+        let proof = crate::shared::peer_proof(token);
+        let from = crate::shared::FORWARDED_FOR;
+        let by = crate::shared::FORWARDED_BY;
+        let peer = Some("10.0.0.5".parse().unwrap());
+        let client = Some("192.0.2.7".parse().unwrap());
+        assert_eq!(client_address(token, &parts(&[])), peer);
+        assert_eq!(client_address(token, &parts(&[(from, "192.0.2.7"), (by, &proof)])), client);
+        assert_eq!(client_address(token, &parts(&[(from, "192.0.2.7")])), peer, "no proof");
+        let forged = crate::shared::peer_proof("another-token-0123456789");
+        assert_eq!(client_address(token, &parts(&[(from, "192.0.2.7"), (by, &forged)])), peer);
     }
 }

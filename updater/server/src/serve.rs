@@ -273,7 +273,7 @@ impl Front {
                 "--peer-url {peer_url:?}: the servers talk plain http://host:port/ to each other"
             );
         }
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared::new(&parts.token));
         let stop = Arc::new(AtomicBool::new(false));
         let election = {
             let (shared, stop) = (Arc::clone(&shared), Arc::clone(&stop));

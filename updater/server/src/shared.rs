@@ -51,15 +51,34 @@ pub enum Role {
 /// The role, as the HTTP handlers and the election thread share it.
 pub struct Shared {
     role: RwLock<Role>,
+    /// What this server sends the leader with a forwarded request to vouch for the client
+    /// address it names ([`peer_proof`] of the token).
+    proof: String,
 }
 
-impl Default for Shared {
-    fn default() -> Self {
+impl Shared {
+    /// A server that has not yet joined the election; `token` is the admin token every server
+    /// sharing the database is started with.
+    pub fn new(token: &str) -> Self {
         Self {
             role: RwLock::new(Role::Waiting),
+            proof: peer_proof(token),
         }
     }
 }
+
+/// The headers with which a follower tells the leader the address of the client it forwards
+/// for (the admission of new machines counts by it), and proves it is one of the servers: a
+/// hash of the admin token they share, so that a client cannot name an address of its choice.
+pub const FORWARDED_FOR: &str = "x-kiln-forwarded-for";
+pub const FORWARDED_BY: &str = "x-kiln-forwarded-by";
+
+/// The value of [`FORWARDED_BY`] for servers started with `token`.
+pub fn peer_proof(token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    kiln_contract::hex::encode(&Sha256::digest(format!("kiln-server peer {token}").as_bytes()))
+}
+
 
 impl Shared {
     pub fn role(&self) -> Role {
@@ -91,7 +110,7 @@ async fn dispatch(State(shared): State<Arc<Shared>>, request: Request) -> Respon
             Err(never) => match never {},
         },
         Role::Following(leader) if !request.headers().contains_key(FORWARDED) => {
-            match forward(&leader, request).await {
+            match forward(&leader, &shared.proof, request).await {
                 Ok(response) => response,
                 Err(why) => (
                     StatusCode::BAD_GATEWAY,
@@ -116,7 +135,7 @@ async fn dispatch(State(shared): State<Arc<Shared>>, request: Request) -> Respon
 
 /// Sends `request` to the leader and streams its answer back, bodies unbuffered both ways
 /// (a payload download or a publish passes through as it comes).
-async fn forward(leader: &str, request: Request) -> Result<Response, String> {
+async fn forward(leader: &str, proof: &str, request: Request) -> Result<Response, String> {
     let authority = leader
         .strip_prefix("http://")
         .and_then(|rest| rest.split('/').next())
@@ -142,6 +161,16 @@ async fn forward(leader: &str, request: Request) -> Result<Response, String> {
     parts
         .headers
         .insert(FORWARDED, HeaderValue::from_static("1"));
+    parts.headers.remove(FORWARDED_FOR);
+    if let Some(peer) = crate::listen::peer(&parts) {
+        if let (Ok(for_), Ok(by)) = (
+            HeaderValue::from_str(&peer.ip().to_string()),
+            HeaderValue::from_str(proof),
+        ) {
+            parts.headers.insert(FORWARDED_FOR, for_);
+            parts.headers.insert(FORWARDED_BY, by);
+        }
+    }
     let response = sender
         .send_request(Request::from_parts(parts, body))
         .await
