@@ -126,8 +126,8 @@ impl UpdateServer {
             public_key: Some(public_key.to_owned()),
             public_url: Some(format!("http://{SERVER_GUEST_ADDR}:{SERVER_GUEST_PORT}/")),
             stale_after_days: 0,
-        limits: Default::default(),
-        tls: Default::default(),
+            limits: Default::default(),
+            tls: Default::default(),
         };
         let server = serve::spawn(&cfg).expect("starting the update server");
         let admin = AdminClient::new(&format!("http://{}/", server.addr), TOKEN);

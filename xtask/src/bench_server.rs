@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use kiln_server::clock::SystemClock;
 use kiln_server::context::ServerContext;
+use kiln_server::engine::AdmissionLimits;
 use kiln_server::http::RunningServer;
 use kiln_server::model::PackageRecord;
 use kiln_server::store::SqliteStore;
-use kiln_server::engine::AdmissionLimits;
 use kiln_server::{Engine, EngineConfig};
 use kiln_updater::omaha::{App, Event, Os, Ping, Request, Response, UpdateCheck};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -337,7 +337,6 @@ async fn gather(
     }
     Ok(all)
 }
-
 
 fn bench_package() -> PackageRecord {
     PackageRecord {

@@ -81,31 +81,29 @@ pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10)
 async fn update(State(ctx): Ctx, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let source = client_address(&ctx.token, &parts);
-    let body = match tokio::time::timeout(
-        BODY_TIMEOUT,
-        axum::body::to_bytes(body, MAX_DOCUMENT_BYTES),
-    )
-    .await
-    {
-        Ok(Ok(body)) => body,
-        Ok(Err(_)) => {
-            ctx.engine.counters.rejected();
-            return plain(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("an Omaha request is at most {MAX_DOCUMENT_BYTES} bytes"),
-            );
-        }
-        Err(_) => {
-            ctx.engine.counters.rejected();
-            return plain(
-                StatusCode::REQUEST_TIMEOUT,
-                format!(
-                    "the request's body did not arrive within {} s",
-                    BODY_TIMEOUT.as_secs()
-                ),
-            );
-        }
-    };
+    let body =
+        match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_DOCUMENT_BYTES))
+            .await
+        {
+            Ok(Ok(body)) => body,
+            Ok(Err(_)) => {
+                ctx.engine.counters.rejected();
+                return plain(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("an Omaha request is at most {MAX_DOCUMENT_BYTES} bytes"),
+                );
+            }
+            Err(_) => {
+                ctx.engine.counters.rejected();
+                return plain(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!(
+                        "the request's body did not arrive within {} s",
+                        BODY_TIMEOUT.as_secs()
+                    ),
+                );
+            }
+        };
     let Ok(text) = std::str::from_utf8(&body) else {
         ctx.engine.counters.rejected();
         return plain(StatusCode::BAD_REQUEST, "Omaha request is not UTF-8".into());
@@ -394,12 +392,20 @@ async fn list_instances(
             );
         }
     };
-    let limit = filter.limit.unwrap_or(MAX_INSTANCES_PAGE).min(MAX_INSTANCES_PAGE);
+    let limit = filter
+        .limit
+        .unwrap_or(MAX_INSTANCES_PAGE)
+        .min(MAX_INSTANCES_PAGE);
     blocking(&ctx, move |e| {
         let all = e.instances(&app, filter.channel.as_deref(), status)?;
         let page: Vec<_> = all
             .into_iter()
-            .filter(|i| filter.after.as_deref().is_none_or(|after| i.machine_id.as_str() > after))
+            .filter(|i| {
+                filter
+                    .after
+                    .as_deref()
+                    .is_none_or(|after| i.machine_id.as_str() > after)
+            })
             .take(limit)
             .collect();
         Ok::<_, EngineError>(page)
@@ -594,12 +600,8 @@ fn register(
     let app_id = omaha::normalize_id(app);
     checked_name("app id", &app_id).map_err(|e| Box::new(refused(&e)))?;
     checked_name("version", &manifest.version).map_err(|e| Box::new(refused(&e)))?;
-    let target = payloads::content_path(
-        &ctx.data_dir,
-        &app_id,
-        &manifest.version,
-        &received.sha256,
-    );
+    let target =
+        payloads::content_path(&ctx.data_dir, &app_id, &manifest.version, &received.sha256);
     let before = ctx.engine.package(&app_id, &manifest.version);
     let sha256 = kiln_contract::hex::encode(&received.sha256);
     if let Some(before) = &before {
@@ -641,7 +643,7 @@ fn register(
     // The bytes a replaced version had are no longer served (a download under way keeps its
     // open file); a file left by a failure here is swept at the next start.
     if let Some(old) = before.and_then(|b| b.path) {
-        if PathBuf::from(&old) != target && FsPath::new(&old).starts_with(&ctx.data_dir) {
+        if FsPath::new(&old) != target && FsPath::new(&old).starts_with(&ctx.data_dir) {
             let _ = std::fs::remove_file(old);
         }
     }
@@ -738,9 +740,19 @@ mod tests {
         let peer = Some("10.0.0.5".parse().unwrap());
         let client = Some("192.0.2.7".parse().unwrap());
         assert_eq!(client_address(token, &parts(&[])), peer);
-        assert_eq!(client_address(token, &parts(&[(from, "192.0.2.7"), (by, &proof)])), client);
-        assert_eq!(client_address(token, &parts(&[(from, "192.0.2.7")])), peer, "no proof");
+        assert_eq!(
+            client_address(token, &parts(&[(from, "192.0.2.7"), (by, &proof)])),
+            client
+        );
+        assert_eq!(
+            client_address(token, &parts(&[(from, "192.0.2.7")])),
+            peer,
+            "no proof"
+        );
         let forged = crate::shared::peer_proof("another-token-0123456789");
-        assert_eq!(client_address(token, &parts(&[(from, "192.0.2.7"), (by, &forged)])), peer);
+        assert_eq!(
+            client_address(token, &parts(&[(from, "192.0.2.7"), (by, &forged)])),
+            peer
+        );
     }
 }

@@ -184,7 +184,9 @@ fn run(command: Command) -> Result<()> {
             url,
             replace,
             payload,
-        } => client(&remote)?.publish(&app, channel.as_deref(), &payload, url.as_deref(), replace)?,
+        } => {
+            client(&remote)?.publish(&app, channel.as_deref(), &payload, url.as_deref(), replace)?
+        }
         Command::Promote {
             remote,
             app,

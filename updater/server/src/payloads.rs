@@ -54,7 +54,11 @@ pub fn private_data_dir(data_dir: &Path) -> io::Result<()> {
 
 /// Removes the uploads left in `incoming/` and the payload files no package refers to
 /// (`referenced`), both when older than `min_age`; returns how many files went.
-pub fn sweep(data_dir: &Path, referenced: &HashSet<PathBuf>, min_age: Duration) -> io::Result<usize> {
+pub fn sweep(
+    data_dir: &Path,
+    referenced: &HashSet<PathBuf>,
+    min_age: Duration,
+) -> io::Result<usize> {
     let now = SystemTime::now();
     let old = |path: &Path| -> bool {
         std::fs::symlink_metadata(path)

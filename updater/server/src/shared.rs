@@ -76,9 +76,10 @@ pub const FORWARDED_BY: &str = "x-kiln-forwarded-by";
 /// The value of [`FORWARDED_BY`] for servers started with `token`.
 pub fn peer_proof(token: &str) -> String {
     use sha2::{Digest, Sha256};
-    kiln_contract::hex::encode(&Sha256::digest(format!("kiln-server peer {token}").as_bytes()))
+    kiln_contract::hex::encode(&Sha256::digest(
+        format!("kiln-server peer {token}").as_bytes(),
+    ))
 }
-
 
 impl Shared {
     pub fn role(&self) -> Role {

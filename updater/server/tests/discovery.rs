@@ -7,6 +7,8 @@
 // ureq's error is large; these helpers only hand it to assertions.
 #![allow(clippy::result_large_err)]
 
+mod common;
+
 use std::io::Write as _;
 use std::net::TcpStream;
 use std::path::Path;
@@ -16,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use kiln_server::client::AdminClient;
 use kiln_server::discovery::Limits;
-use kiln_server::serve::{self, Background, ServeConfig};
+use kiln_server::serve::{self, Background};
 use kiln_server::Engine;
 use serde_json::{json, Value};
 
@@ -26,20 +28,7 @@ const OTHER: &str = "91bc3c398fb3c146";
 
 /// A server on a SQLite file in `dir`, listening on a port of its own.
 fn spawn(dir: &Path) -> Background {
-    serve::spawn(&ServeConfig {
-        db: dir.join("kiln.db"),
-        postgres: None,
-        peer_url: None,
-        data_dir: dir.join("data"),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        token: Some(TOKEN.to_owned()),
-        public_key: None,
-        public_url: None,
-        stale_after_days: 0,
-        limits: Default::default(),
-        tls: Default::default(),
-    })
-    .unwrap()
+    serve::spawn(&common::serve_config(dir, TOKEN)).unwrap()
 }
 
 fn base(server: &Background) -> String {

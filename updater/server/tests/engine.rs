@@ -131,7 +131,11 @@ fn at_most_n_updates_per_period() {
         .iter()
         .flat_map(|from| (*from..from + 5).map(|i| format!("m{i}")))
         .collect();
-    meet(&engine, &clock, &machines.iter().map(String::as_str).collect::<Vec<_>>());
+    meet(
+        &engine,
+        &clock,
+        &machines.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
     let granted = |from: usize| {
         (from..from + 5)
             .filter(|i| offered(&check(&engine, app(&format!("m{i}"), "1.0.0", "stable"))))
@@ -320,12 +324,7 @@ fn stale_instances_expire_from_memory_and_store() {
     clock.advance(3600);
     check(&engine, app("new", "1.1.0", "stable"));
     assert_eq!(engine.expire(1800).unwrap(), 1);
-    let left: Vec<String> = engine
-        .instances(APP, None, None)
-        .unwrap()
-        .into_iter()
-        .map(|i| i.machine_id)
-        .collect();
+    let left = machine_ids(&engine);
     assert_eq!(left, ["new"]);
     assert!(engine.instance(APP, "old", 1).is_err());
 }
@@ -439,14 +438,20 @@ fn machines_the_server_has_just_met_do_not_steer_the_rollout() {
     };
     engine.set_policy(APP, "stable", halting).unwrap();
     for fake in ["fake-a", "fake-b", "fake-c"] {
-        assert!(offered(&check(&engine, app(fake, "1.0.0", "stable"))), "{fake}");
+        assert!(
+            offered(&check(&engine, app(fake, "1.0.0", "stable"))),
+            "{fake}"
+        );
         check(
             &engine,
             with_events(app(fake, "1.0.0", "stable"), vec![Event::error(10)]),
         );
     }
     let channel = engine.app(APP).unwrap().channels[0].clone();
-    assert_eq!(channel.record.halted, None, "new machines halted the channel");
+    assert_eq!(
+        channel.record.halted, None,
+        "new machines halted the channel"
+    );
     assert_eq!(channel.errors, 3, "the operator still sees every failure");
     // The same failures from machines the server knows do halt it.
     meet(&engine, &clock, &["k1", "k2"]);
@@ -475,11 +480,6 @@ fn machines_seen_once_expire_after_a_day() {
     check(&engine, app("regular", "1.0.0", "stable"));
     clock.advance(kiln_server::store::ONCE_SEEN_STALE_AFTER + 1);
     assert_eq!(engine.expire(30 * 86_400).unwrap(), 1);
-    let left: Vec<String> = engine
-        .instances(APP, None, None)
-        .unwrap()
-        .into_iter()
-        .map(|i| i.machine_id)
-        .collect();
+    let left = machine_ids(&engine);
     assert_eq!(left, ["regular"]);
 }

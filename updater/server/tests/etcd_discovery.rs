@@ -4,6 +4,8 @@
 //! cluster is full, exits (`--discovery-fallback=exit`). Every etcd is killed when the test
 //! ends, passing or not.
 
+mod common;
+
 use std::fs::File;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -14,7 +16,7 @@ use kiln_etcd::Client;
 use kiln_image::testutil::require_tool;
 use kiln_server::client::AdminClient;
 use kiln_server::discovery::Limits;
-use kiln_server::serve::{self, ServeConfig};
+use kiln_server::serve;
 use serde_json::{json, Value};
 
 const TOKEN: &str = "etcd-discovery-test-token-0123";
@@ -123,20 +125,7 @@ fn etcd_bootstraps_from_the_servers_discovery_url_and_a_fourth_member_finds_it_f
     let etcd = require_tool("etcd", "etcd-server");
     let dir = tempfile::tempdir().unwrap();
     // Declared before the members, so it is dropped after them: no wait of theirs is held then.
-    let server = serve::spawn(&ServeConfig {
-        db: dir.path().join("kiln.db"),
-        postgres: None,
-        peer_url: None,
-        data_dir: dir.path().join("data"),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        token: Some(TOKEN.to_owned()),
-        public_key: None,
-        public_url: None,
-        stale_after_days: 0,
-        limits: Default::default(),
-        tls: Default::default(),
-    })
-    .unwrap();
+    let server = serve::spawn(&common::serve_config(dir.path(), TOKEN)).unwrap();
     // Short holds, so that the members waiting for the third go through etcd's "ask again" on
     // an empty answer.
     let engine = server.engine().expect("a lone server decides");

@@ -45,8 +45,7 @@ fn start(limits: Limits) -> Fixture {
         data_dir: dir.path().to_owned(),
         verifier: None,
     });
-    let server =
-        RunningServer::start_with(ctx, "127.0.0.1:0".parse().unwrap(), 2, limits).unwrap();
+    let server = RunningServer::start_with(ctx, "127.0.0.1:0".parse().unwrap(), 2, limits).unwrap();
     Fixture {
         server,
         engine,
@@ -115,7 +114,12 @@ fn fresh_machine_ids_from_one_source_are_recorded_at_a_bounded_rate() {
     );
     assert!(kept < flood, "every fresh machine was recorded");
     // A real machine from another address is still recorded and offered the update.
-    let xml = request(vec![app("0123456789abcdef0123456789abcdef", "1.0.0", "stable")]).to_xml();
+    let xml = request(vec![app(
+        "0123456789abcdef0123456789abcdef",
+        "1.0.0",
+        "stable",
+    )])
+    .to_xml();
     let (status, body) = post_omaha(f.server.addr, "127.0.0.1", &xml);
     assert_eq!(status, 200);
     let answer = &Response::parse(&body).unwrap().apps[0];
@@ -138,7 +142,10 @@ fn kilobyte_ids_versions_and_channels_are_not_recorded() {
         let (status, body) = post_omaha(f.server.addr, ATTACKER, &xml);
         assert_eq!(status, 200, "{body}");
         let answer = &Response::parse(&body).unwrap().apps[0];
-        assert!(!common::offered(answer), "a machine not recorded is offered nothing");
+        assert!(
+            !common::offered(answer),
+            "a machine not recorded is offered nothing"
+        );
     }
     assert_eq!(machines(&f), 0, "nothing of them is kept");
     let metrics = ureq::get(&format!("{}admin/v1/metrics", f.server.url()))
@@ -166,12 +173,20 @@ fn a_request_stuffed_with_events_writes_a_few_rows() {
     let (status, body) = post_omaha(f.server.addr, ATTACKER, &xml);
     assert_eq!(status, 200, "{body}");
     let (_, rows) = f.engine.instance(APP, machine, 10_000).unwrap();
-    assert_eq!(rows.len(), MAX_EVENTS_PER_APP, "events of one request written");
+    assert_eq!(
+        rows.len(),
+        MAX_EVENTS_PER_APP,
+        "events of one request written"
+    );
     let codes: Vec<Option<i64>> = rows.iter().map(|r| r.error_code).collect();
     let mut distinct = codes.clone();
     distinct.sort_unstable();
     distinct.dedup();
-    assert_eq!(distinct.len(), codes.len(), "a repeated event written twice");
+    assert_eq!(
+        distinct.len(),
+        codes.len(),
+        "a repeated event written twice"
+    );
 }
 
 /// Opens a connection from the attacker that sends half a request head and then nothing.
@@ -213,9 +228,17 @@ fn slow_clients_hold_neither_the_descriptors_nor_the_honest_machines() {
         .skip(64)
         .map(|s| closed_within(s, Duration::from_secs(5)))
         .collect();
-    assert!(over.iter().all(|c| *c), "connections over the cap left open: {over:?}");
+    assert!(
+        over.iter().all(|c| *c),
+        "connections over the cap left open: {over:?}"
+    );
     // The honest machine is answered meanwhile.
-    let xml = request(vec![app("0123456789abcdef0123456789abcdef", "1.0.0", "stable")]).to_xml();
+    let xml = request(vec![app(
+        "0123456789abcdef0123456789abcdef",
+        "1.0.0",
+        "stable",
+    )])
+    .to_xml();
     let (status, _) = post_omaha(f.server.addr, "127.0.0.1", &xml);
     assert_eq!(status, 200);
     // Those within the cap are closed once their head is late (2 s here, 10 s by default).

@@ -374,15 +374,27 @@ fn republishing_a_version_with_other_bytes_is_refused_unless_replaced() {
     assert_eq!(one["sha256"], hash(&first_bytes));
     // Other bytes under the same version: refused, and nothing served or stored changes.
     let err = published(&second, false).unwrap_err().to_string();
-    assert!(err.contains("409") && err.contains("already published"), "{err}");
-    assert!(err.contains(&hash(&first_bytes)) && err.contains("--replace"), "{err}");
+    assert!(
+        err.contains("409") && err.contains("already published"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&hash(&first_bytes)) && err.contains("--replace"),
+        "{err}"
+    );
     assert_eq!(served(&f, "1.3.0"), first_bytes);
     let app = client.app(FLATCAR_APP).unwrap();
     assert_eq!(app["packages"][0]["sha256"], hash(&first_bytes), "{app}");
     // The same bytes again: accepted, as before.
-    assert_eq!(published(&first, false).unwrap()["sha256"], hash(&first_bytes));
+    assert_eq!(
+        published(&first, false).unwrap()["sha256"],
+        hash(&first_bytes)
+    );
     // Replaced on purpose: the new bytes are served, and the old file is gone.
-    assert_eq!(published(&second, true).unwrap()["sha256"], hash(&second_bytes));
+    assert_eq!(
+        published(&second, true).unwrap()["sha256"],
+        hash(&second_bytes)
+    );
     assert_eq!(served(&f, "1.3.0"), second_bytes);
     let files: Vec<_> = std::fs::read_dir(
         f._dir
@@ -399,8 +411,8 @@ fn republishing_a_version_with_other_bytes_is_refused_unless_replaced() {
 
 #[test]
 fn the_data_directory_and_the_database_are_private_and_leftovers_are_swept() {
-    use std::os::unix::fs::PermissionsExt;
     use kiln_server::payloads::{content_path, INCOMING_DIR};
+    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     // What a crash leaves: an upload half received, and a payload renamed into place whose
@@ -415,20 +427,7 @@ fn the_data_directory_and_the_database_are_private_and_leftovers_are_swept() {
         file.set_modified(hours_ago).unwrap();
     }
     std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let server = kiln_server::serve::spawn(&kiln_server::serve::ServeConfig {
-        db: dir.path().join("kiln.db"),
-        postgres: None,
-        peer_url: None,
-        data_dir: data.clone(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        token: Some(TOKEN.to_owned()),
-        public_key: None,
-        public_url: None,
-        stale_after_days: 0,
-        limits: Default::default(),
-        tls: Default::default(),
-    })
-    .unwrap();
+    let server = kiln_server::serve::spawn(&common::serve_config(dir.path(), TOKEN)).unwrap();
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&data), 0o700);
     assert_eq!(mode(&dir.path().join("kiln.db")), 0o600);
@@ -448,25 +447,15 @@ fn the_server_answers_https_that_a_client_with_its_pinned_ca_trusts_and_others_r
     let dir = tempfile::tempdir().unwrap();
     let ca = kiln_updater::tls::testutil::make_ca(dir.path(), "server");
     let server = kiln_server::serve::spawn(&kiln_server::serve::ServeConfig {
-        db: dir.path().join("kiln.db"),
-        postgres: None,
-        peer_url: None,
-        data_dir: dir.path().join("data"),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        token: Some(TOKEN.to_owned()),
-        public_key: None,
-        public_url: None,
-        stale_after_days: 0,
-        limits: Default::default(),
         tls: kiln_server::serve::ServeTls {
             tls_cert: Some(ca.cert.clone()),
             tls_key: Some(ca.key.clone()),
         },
+        ..common::serve_config(dir.path(), TOKEN)
     })
     .unwrap();
     let url = format!("https://{}/", server.addr);
-    let pinned =
-        kiln_server::client::AdminClient::with_ca_file(&url, TOKEN, Some(&ca.ca)).unwrap();
+    let pinned = kiln_server::client::AdminClient::with_ca_file(&url, TOKEN, Some(&ca.ca)).unwrap();
     assert_eq!(pinned.apps().unwrap(), serde_json::json!([]));
     // The Omaha endpoint too, through the same TLS settings the agent uses.
     let agent = ureq::AgentBuilder::new()
@@ -493,7 +482,9 @@ fn instance_lists_come_in_pages_and_the_client_reads_them_all() {
     let client = kiln_server::client::AdminClient::new(&f.server.url(), TOKEN);
     let n = kiln_server::http::MAX_INSTANCES_PAGE + 5;
     let engine = &f.engine;
-    engine.publish(common::package("1.0.0"), Some("stable")).unwrap();
+    engine
+        .publish(common::package("1.0.0"), Some("stable"))
+        .unwrap();
     for i in 0..n {
         common::check(engine, common::app(&format!("m{i:05}"), "1.0.0", "stable"));
     }
@@ -505,7 +496,11 @@ fn instance_lists_come_in_pages_and_the_client_reads_them_all() {
         }
         request.call().unwrap().into_json().unwrap()
     };
-    assert_eq!(page(&[]).as_array().unwrap().len(), n - 5, "one page at most");
+    assert_eq!(
+        page(&[]).as_array().unwrap().len(),
+        n - 5,
+        "one page at most"
+    );
     let two = page(&[("limit", "2"), ("after", "m00003")]);
     let ids: Vec<&str> = two
         .as_array()

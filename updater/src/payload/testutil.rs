@@ -65,4 +65,3 @@ pub fn make(dir: &Path, name: &str, version: &str, key: &SigningKey) -> (PathBuf
     .expect("writing a test payload");
     (out, m)
 }
-

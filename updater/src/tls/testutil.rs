@@ -26,7 +26,13 @@ pub fn make_ca(dir: &Path, name: &str) -> TestCa {
         file("server.csr"),
         file("server.ext"),
     );
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
     run(Command::new(&openssl)
         .args(["req", "-x509", "-days", "2", "-subj"])
         .arg(format!("/CN=kiln test CA {name}"))
@@ -85,7 +91,9 @@ mod tests {
         crate::tls::client_config(Some(&ca.ca)).unwrap();
         crate::tls::server_config(&ca.cert, &ca.key).unwrap();
         // A file without a certificate is refused by name.
-        let err = crate::tls::client_config(Some(&ca.key)).unwrap_err().to_string();
+        let err = crate::tls::client_config(Some(&ca.key))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("server.key"), "{err}");
     }
 }

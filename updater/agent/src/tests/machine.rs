@@ -721,7 +721,10 @@ fn an_https_server_is_used_with_its_pinned_ca_and_refused_without_it() {
         agent.step().unwrap();
         assert_eq!(state_name(agent.status()), "backoff");
         let e = agent.status().last_error.clone().unwrap();
-        assert!(e.contains("UnknownIssuer") && e.contains("will retry"), "{e}");
+        assert!(
+            e.contains("UnknownIssuer") && e.contains("will retry"),
+            "{e}"
+        );
     }
     assert!(installer.payloads.is_empty());
     assert!(env.payload_gets().is_empty());

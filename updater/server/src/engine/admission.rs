@@ -136,12 +136,21 @@ mod tests {
         let two: IpAddr = "192.0.2.2".parse().unwrap();
         assert!(a.admit(limits, 60, Some(one), "app"));
         assert!(a.admit(limits, 61, Some(one), "app"));
-        assert!(!a.admit(limits, 62, Some(one), "app"), "third from one source");
+        assert!(
+            !a.admit(limits, 62, Some(one), "app"),
+            "third from one source"
+        );
         assert!(a.admit(limits, 63, Some(two), "app"));
         assert!(!a.admit(limits, 64, Some(two), "app"), "fourth for the app");
-        assert!(a.admit(limits, 65, Some(two), "other"), "another app counts apart");
+        assert!(
+            a.admit(limits, 65, Some(two), "other"),
+            "another app counts apart"
+        );
         assert!(a.admit(limits, 120, Some(one), "app"), "a new minute");
-        assert!(a.admit(limits, 121, None, "app"), "no source: the app's cap only");
+        assert!(
+            a.admit(limits, 121, None, "app"),
+            "no source: the app's cap only"
+        );
     }
 
     #[test]

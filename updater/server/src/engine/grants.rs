@@ -62,9 +62,12 @@ impl AppState {
             if record.version.as_deref() != Some(version) || record.halted.is_some() {
                 continue;
             }
-            if let Some(reason) =
-                rollout::halt_reason(&record.policy, version, stats.known.errors, stats.known.completes)
-            {
+            if let Some(reason) = rollout::halt_reason(
+                &record.policy,
+                version,
+                stats.known.errors,
+                stats.known.completes,
+            ) {
                 record.halted = Some(reason);
                 record.updated_at = now;
                 writer.send(Write::Channel(record.clone()));

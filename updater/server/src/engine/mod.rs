@@ -37,12 +37,12 @@ use crate::rollout;
 use crate::store::{Store, Write};
 use crate::writer::{lock, Writer};
 
-pub use admission::{AdmissionLimits, MAX_EVENTS_PER_APP, MAX_MACHINE_ID};
-pub use grants::KNOWN_AFTER;
 use admission::Admission;
+pub use admission::{AdmissionLimits, MAX_EVENTS_PER_APP, MAX_MACHINE_ID};
 use counters::Counters;
-use instances::Gate;
 use error::{checked_app_id, checked_name, EngineError};
+pub use grants::KNOWN_AFTER;
+use instances::Gate;
 use offer::offer_for;
 use state::{build_state, AppState};
 use view::AppView;

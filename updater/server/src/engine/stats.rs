@@ -64,7 +64,13 @@ impl VersionStats {
     }
 
     /// Counts a finished update in every tally, and in the known machines' when `known`.
-    pub(super) fn count(&mut self, status: Status, was_failed: bool, was_in_flight: bool, known: bool) {
+    pub(super) fn count(
+        &mut self,
+        status: Status,
+        was_failed: bool,
+        was_in_flight: bool,
+        known: bool,
+    ) {
         self.all.count(status, was_failed, was_in_flight);
         if known {
             self.known.count(status, was_failed, was_in_flight);

@@ -36,6 +36,34 @@ pub fn engine_on_file(db: &std::path::Path, clock: &ManualClock) -> Engine {
     .expect("engine")
 }
 
+/// A server on a SQLite file and a data directory (`data`) in `dir`, on a port of its own on
+/// 127.0.0.1, the rest as `kiln-server serve` defaults it (no expiry).
+pub fn serve_config(dir: &std::path::Path, token: &str) -> kiln_server::serve::ServeConfig {
+    kiln_server::serve::ServeConfig {
+        db: dir.join("kiln.db"),
+        postgres: None,
+        peer_url: None,
+        data_dir: dir.join("data"),
+        listen: "127.0.0.1:0".parse().expect("an address"),
+        token: Some(token.to_owned()),
+        public_key: None,
+        public_url: None,
+        stale_after_days: 0,
+        limits: Default::default(),
+        tls: Default::default(),
+    }
+}
+
+/// The machine ids of the app's instances, in order.
+pub fn machine_ids(engine: &Engine) -> Vec<String> {
+    engine
+        .instances(APP, None, None)
+        .expect("the app's instances")
+        .into_iter()
+        .map(|i| i.machine_id)
+        .collect()
+}
+
 pub fn package(version: &str) -> PackageRecord {
     PackageRecord {
         app_id: APP.into(),
@@ -84,7 +112,10 @@ pub fn check(engine: &Engine, app: App) -> ResponseApp {
 /// an hour passes: they are known, and take part in a limited rollout (`KNOWN_AFTER`).
 pub fn meet(engine: &Engine, clock: &ManualClock, machines: &[&str]) {
     for machine in machines {
-        check(engine, with_events(app(machine, "1.0.0", "stable"), Vec::new()));
+        check(
+            engine,
+            with_events(app(machine, "1.0.0", "stable"), Vec::new()),
+        );
     }
     clock.advance(kiln_server::engine::KNOWN_AFTER);
 }
