@@ -12,17 +12,7 @@ use crate::writer::Writer;
 
 use super::offer::Offer;
 use super::state::AppState;
-
-/// How long the server must have known a machine before it takes a place in a limited rollout
-/// (`max_updates_per_period`, `safe_mode`) and before its outcomes count toward safe mode and
-/// halting: anyone can make up machine ids, but not an hour of history for each (new ones are
-/// admitted at a bounded rate, `admission`). Without limits a new machine updates at once.
-pub const KNOWN_AFTER: Timestamp = 3600;
-
-/// Whether the server had known `instance` for [`KNOWN_AFTER`] at `at`.
-pub(super) fn known(instance: &Instance, at: Timestamp) -> bool {
-    at.saturating_sub(instance.first_seen) >= KNOWN_AFTER
-}
+use super::stats::known;
 
 impl AppState {
     /// Ends an instance's update with `status`, counting it once for its target version.

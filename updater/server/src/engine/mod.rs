@@ -41,10 +41,10 @@ use admission::Admission;
 pub use admission::{AdmissionLimits, MAX_EVENTS_PER_APP, MAX_MACHINE_ID};
 use counters::Counters;
 use error::{checked_app_id, checked_name, EngineError};
-pub use grants::KNOWN_AFTER;
 use instances::Gate;
 use offer::offer_for;
 use state::{build_state, AppState};
+pub use stats::KNOWN_AFTER;
 use view::AppView;
 
 /// How the engine builds URLs.

@@ -108,7 +108,7 @@ impl AppState {
     pub(super) fn restore(&mut self, instance: Instance, now: Timestamp) {
         if let (Some(target), Some(granted_at)) = (&instance.target_version, instance.granted_at) {
             let stats = self.versions.entry(target.clone()).or_default();
-            let known = super::grants::known(&instance, granted_at);
+            let known = super::stats::known(&instance, granted_at);
             match instance.status {
                 s if s.in_flight() => stats.start(&instance.machine_id, granted_at),
                 s => stats.count(s, false, true, known),

@@ -1,11 +1,23 @@
 //! Progress of one version across the fleet: the machines granted it and not finished (in grant
-//! order, so timeouts are found without a scan), and how many completed or failed. Safe mode,
-//! halting and the operator's view read it.
+//! order, so timeouts are found without a scan), and how many completed or failed, in all and
+//! among machines the server had known for a while ([`known`]). Safe mode, halting and the
+//! operator's view read it.
 
 use std::collections::{BTreeSet, HashMap};
 
 use crate::clock::Timestamp;
-use crate::model::Status;
+use crate::model::{Instance, Status};
+
+/// How long the server must have known a machine before it takes a place in a limited rollout
+/// (`max_updates_per_period`, `safe_mode`) and before its outcomes count toward safe mode and
+/// halting: anyone can make up machine ids, but not an hour of history for each (new ones are
+/// admitted at a bounded rate, `admission`). Without limits a new machine updates at once.
+pub const KNOWN_AFTER: Timestamp = 3600;
+
+/// Whether the server had known `instance` for [`KNOWN_AFTER`] at `at`.
+pub(super) fn known(instance: &Instance, at: Timestamp) -> bool {
+    at.saturating_sub(instance.first_seen) >= KNOWN_AFTER
+}
 
 /// Progress of one version across the fleet, for safe mode and halting.
 #[derive(Debug, Default)]
