@@ -43,6 +43,19 @@ impl TestEtcd {
     }
 
     fn cluster_on(host: &str, size: usize) -> Vec<TestEtcd> {
+        // A port found free can be taken by another test before etcd binds it; etcd then
+        // exits at once, and the cluster is started again on other ports.
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            match TestEtcd::try_cluster_on(host, size) {
+                Ok(members) => return members,
+                Err(why) => failures.push(why),
+            }
+        }
+        panic!("etcd did not start: {}", failures.join("; then "));
+    }
+
+    fn try_cluster_on(host: &str, size: usize) -> Result<Vec<TestEtcd>, String> {
         let etcd = require_tool("etcd", "etcd-server");
         let ports: Vec<(u16, u16)> = (0..size).map(|_| (free_port(), free_port())).collect();
         let initial: Vec<String> = ports
@@ -50,11 +63,12 @@ impl TestEtcd {
             .enumerate()
             .map(|(i, (_, peer))| format!("m{i}=http://{host}:{peer}"))
             .collect();
-        let members: Vec<TestEtcd> = ports
+        let mut members: Vec<TestEtcd> = ports
             .iter()
             .enumerate()
             .map(|(i, (client, peer))| {
                 let dir = tempfile::tempdir().expect("temp dir");
+                let log = std::fs::File::create(dir.path().join("etcd.log")).expect("etcd's log");
                 let url = format!("http://{host}:{client}");
                 let peer_url = format!("http://{host}:{peer}");
                 let child = Command::new(&etcd)
@@ -66,7 +80,7 @@ impl TestEtcd {
                     .arg(format!("--initial-advertise-peer-urls={peer_url}"))
                     .arg(format!("--initial-cluster={}", initial.join(",")))
                     .stdout(Stdio::null())
-                    .stderr(Stdio::null())
+                    .stderr(log)
                     .spawn()
                     .expect("starting etcd");
                 TestEtcd {
@@ -81,7 +95,7 @@ impl TestEtcd {
             .timeout(Duration::from_secs(2))
             .build();
         let deadline = Instant::now() + Duration::from_secs(30);
-        for member in &members {
+        for member in &mut members {
             loop {
                 let healthy = http
                     .get(&format!("{}/health", member.url))
@@ -92,15 +106,21 @@ impl TestEtcd {
                 if healthy {
                     break;
                 }
-                assert!(
-                    Instant::now() < deadline,
-                    "etcd at {} did not become healthy within 30 s",
-                    member.url
-                );
+                let exited = member.child.try_wait().ok().flatten();
+                if exited.is_some() || Instant::now() >= deadline {
+                    let what = match exited {
+                        Some(status) => format!("exited ({status})"),
+                        None => "did not become healthy within 30 s".to_owned(),
+                    };
+                    let log = std::fs::read_to_string(member._dir.path().join("etcd.log"))
+                        .unwrap_or_default();
+                    let tail: Vec<&str> = log.lines().rev().take(3).collect();
+                    return Err(format!("etcd at {} {what}: {}", member.url, tail.join(" | ")));
+                }
                 std::thread::sleep(Duration::from_millis(200));
             }
         }
-        members
+        Ok(members)
     }
 }
 
