@@ -115,7 +115,11 @@ impl TestEtcd {
                     let log = std::fs::read_to_string(member._dir.path().join("etcd.log"))
                         .unwrap_or_default();
                     let tail: Vec<&str> = log.lines().rev().take(3).collect();
-                    return Err(format!("etcd at {} {what}: {}", member.url, tail.join(" | ")));
+                    return Err(format!(
+                        "etcd at {} {what}: {}",
+                        member.url,
+                        tail.join(" | ")
+                    ));
                 }
                 std::thread::sleep(Duration::from_millis(200));
             }
