@@ -11,7 +11,8 @@ use kiln_updater::keys::SigningKey;
 use crate::host;
 
 pub const PRIVATE_FILE: &str = "update-signing-key.pem";
-pub const PUBLIC_FILE: &str = "update-key.pub.pem";
+/// The public key's file name: the one a build puts beside its image.
+pub const PUBLIC_FILE: &str = crate::release::KEY_FILE;
 
 #[derive(clap::Args)]
 pub struct KeygenConfig {

@@ -66,7 +66,7 @@ fn newest_build_key(root: &std::path::Path) -> Option<PathBuf> {
         .ok()?
         .filter_map(|entry| entry.ok())
         .filter_map(|entry| {
-            let key = entry.path().join("update-key.pub.pem");
+            let key = entry.path().join(crate::release::KEY_FILE);
             key.is_file()
                 .then(|| (entry.file_name().to_string_lossy().into_owned(), key))
         })

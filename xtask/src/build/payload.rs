@@ -26,7 +26,7 @@ impl Build {
         let input = ManifestInput::new(&self.def.image.app_id, &self.version, usr.hash_offset);
         let m = write_payload(&path, input, usr_image, kernel, initrd, &self.signing.key)
             .with_context(|| format!("writing {}", path.display()))?;
-        let public = self.out_dir.join("update-key.pub.pem");
+        let public = self.out_dir.join(crate::release::KEY_FILE);
         std::fs::write(&public, self.signing.key.verifying_key().to_pem()?)
             .with_context(|| format!("writing {}", public.display()))?;
         eprintln!(
