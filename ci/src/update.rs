@@ -119,6 +119,7 @@ impl UpdateServer {
         let cfg = ServeConfig {
             db: db.clone(),
             postgres: None,
+            postgres_ca: None,
             peer_url: None,
             data_dir: dir.join("server-data"),
             listen: "127.0.0.1:0".parse().expect("an address"),

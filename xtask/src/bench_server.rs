@@ -195,6 +195,7 @@ fn serve_until_stdin_closes(db: &std::path::Path) -> Result<()> {
     let server = serve::spawn(&ServeConfig {
         db: db.to_owned(),
         postgres: None,
+        postgres_ca: None,
         peer_url: None,
         data_dir: dir.join("flood-data"),
         listen: "127.0.0.1:0".parse()?,

@@ -48,6 +48,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         db,
         // Several servers on PostgreSQL: `kiln-server serve --postgres …`.
         postgres: None,
+        postgres_ca: None,
         peer_url: None,
         data_dir: root.join(&args.data_dir),
         listen: args.listen,

@@ -16,7 +16,7 @@ use crate::engine::AdmissionLimits;
 use crate::http::router;
 use crate::listen::Limits;
 use crate::shared::{self, Shared};
-use crate::store::{SqliteStore, Store};
+use crate::store::{PostgresTarget, Protection, SqliteStore, Store};
 use crate::verify::{KeyVerifier, PayloadVerifier};
 use crate::{Engine, EngineConfig};
 
@@ -32,8 +32,13 @@ pub struct ServeConfig {
     /// A PostgreSQL database instead of `--db` (`host=… user=… dbname=…` or a `postgresql://`
     /// URL). Servers given the same one share it: one leads and decides, the others forward
     /// to it and take over when it goes.
+    /// Add `sslmode=require` for TLS; its certificate is always checked (chain and name).
     #[arg(long, env = "KILN_SERVER_POSTGRES", hide_env_values = true)]
     pub postgres: Option<String>,
+    /// With `--postgres`: the CA that signed the database's certificate (PEM), instead of the
+    /// public roots built in; TLS is then required.
+    #[arg(long, env = "KILN_POSTGRES_CA", requires = "postgres")]
+    pub postgres_ca: Option<PathBuf>,
     /// With `--postgres`: the URL the other servers reach this one at (default:
     /// http://<listen>/, which must then be a specific address).
     #[arg(long)]
@@ -256,10 +261,18 @@ enum Front {
 impl Front {
     fn start(cfg: &ServeConfig, addr: SocketAddr, https: bool) -> Result<Self> {
         let parts = Parts::checked(cfg, addr, https)?;
-        let Some(params) = cfg.postgres.clone() else {
+        let Some(params) = &cfg.postgres else {
             let store = SqliteStore::open(&cfg.db)?;
             return Ok(Front::Alone(parts.context(Box::new(store))?));
         };
+        let database = PostgresTarget::new(params, cfg.postgres_ca.as_deref())?;
+        if database.protection() == Protection::Plain {
+            eprintln!(
+                "kiln-server: warning: PostgreSQL {} is reached without TLS (no sslmode= in --postgres): \
+                 add sslmode=require, and --postgres-ca for a private CA",
+                database.name()
+            );
+        }
         let peer_url = match &cfg.peer_url {
             Some(url) => url.clone(),
             None if addr.ip().is_unspecified() => bail!(
@@ -282,7 +295,7 @@ impl Front {
                 .spawn(move || {
                     shared::elect(
                         &shared,
-                        &params,
+                        &database,
                         &peer_url,
                         &|store| parts.context(store),
                         &|ctx| router(ctx),

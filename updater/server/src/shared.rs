@@ -25,7 +25,7 @@ use tower::ServiceExt as _;
 
 use crate::clock::{Clock, SystemClock};
 use crate::context::ServerContext;
-use crate::store::{PostgresStore, Store};
+use crate::store::{PostgresStore, PostgresTarget, Store};
 use crate::Engine;
 
 /// Set on a forwarded request, so that a server that is no longer the leader answers 503
@@ -186,7 +186,7 @@ async fn forward(leader: &str, proof: &str, request: Request) -> Result<Response
 /// blocks). On `stop` a leader commits its queued writes and gives the lock up.
 pub fn elect(
     shared: &Shared,
-    params: &str,
+    database: &PostgresTarget,
     peer_url: &str,
     lead: &dyn Fn(Box<dyn Store>) -> anyhow::Result<Arc<ServerContext>>,
     router: &dyn Fn(Arc<ServerContext>) -> Router,
@@ -194,7 +194,7 @@ pub fn elect(
 ) {
     let mut complained = false;
     while !stop.load(Ordering::SeqCst) {
-        let mut store = match PostgresStore::connect(params) {
+        let mut store = match PostgresStore::connect(database) {
             Ok(store) => store,
             Err(e) => {
                 if !complained {
@@ -207,6 +207,15 @@ pub fn elect(
             }
         };
         complained = false;
+        let tls = match store.encrypted() {
+            Ok(true) => "encrypted (TLS)",
+            Ok(false) => "in the clear",
+            Err(_) => "encryption unknown",
+        };
+        eprintln!(
+            "kiln-server: connected to PostgreSQL {}, {tls}",
+            database.name()
+        );
         let won = loop {
             if stop.load(Ordering::SeqCst) {
                 return;

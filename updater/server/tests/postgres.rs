@@ -2,7 +2,8 @@
 //! 127.0.0.1 in a temporary directory as the unprivileged `postgres` user (installed with
 //! apt-get when missing and root). The same update flow as on SQLite, then a restart; etcd
 //! discovery tokens across a restart; then two servers sharing the database, one leading, the
-//! other taking over (discovery through the follower, and its tokens after the takeover).
+//! other taking over (discovery through the follower, and its tokens after the takeover), their
+//! connections encrypted. The server offers TLS with a certificate for 127.0.0.1 from a test CA.
 
 mod common;
 
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use kiln_server::clock::ManualClock;
 use kiln_server::model::{Policy, Status};
-use kiln_server::store::{PostgresStore, Store, MIGRATIONS};
+use kiln_server::store::{PostgresStore, PostgresTarget, Protection, Store, MIGRATIONS};
 use kiln_server::{Engine, EngineConfig};
 use kiln_updater::omaha::{App, Event, Response, ResponseApp};
 
@@ -22,6 +23,8 @@ use kiln_updater::omaha::{App, Event, Response, ResponseApp};
 struct Postgres {
     child: Child,
     port: u16,
+    /// The CA that signed the server's certificate (for 127.0.0.1).
+    ca: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -88,6 +91,14 @@ fn start_postgres() -> Postgres {
     // Not root: the directory is already ours.
     let _ = chown;
     let data = dir.path().join("data");
+    // TLS: PostgreSQL wants its key readable by its own user only.
+    let ca = kiln_updater::tls::testutil::make_ca(dir.path(), "postgres");
+    let chown = Command::new("chown")
+        .args(["postgres:postgres"])
+        .arg(&ca.key)
+        .status();
+    let _ = chown;
+    std::fs::set_permissions(&ca.key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let status = as_postgres(&bin.join("initdb"))
         .args(["-A", "trust", "-U", "kiln", "-E", "UTF8", "--no-sync", "-D"])
         .arg(&data)
@@ -106,6 +117,10 @@ fn start_postgres() -> Postgres {
         .arg("-k")
         .arg(dir.path())
         .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-F"])
+        .args(["-c", "ssl=on", "-c"])
+        .arg(format!("ssl_cert_file={}", ca.cert.display()))
+        .arg("-c")
+        .arg(format!("ssl_key_file={}", ca.key.display()))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -113,10 +128,11 @@ fn start_postgres() -> Postgres {
     let server = Postgres {
         child,
         port,
+        ca: ca.ca,
         _dir: dir,
     };
     let deadline = Instant::now() + Duration::from_secs(60);
-    while PostgresStore::connect(&server.params("postgres")).is_err() {
+    while PostgresStore::connect(&target(&server.params("postgres"))).is_err() {
         assert!(
             Instant::now() < deadline,
             "PostgreSQL did not accept connections within 60 s"
@@ -132,9 +148,14 @@ impl Postgres {
     }
 }
 
+/// `params` as the connection string says, with no CA pinned.
+fn target(params: &str) -> PostgresTarget {
+    PostgresTarget::new(params, None).unwrap()
+}
+
 fn engine_on(params: &str, clock: &ManualClock) -> Engine {
     Engine::open(
-        Box::new(PostgresStore::connect(params).unwrap()),
+        Box::new(PostgresStore::connect(&target(params)).unwrap()),
         Arc::new(clock.clone()),
         EngineConfig::new("http://updates.invalid/"),
     )
@@ -208,7 +229,7 @@ fn update_flow_rollout_and_restart_on_postgresql() {
     assert_eq!(engine.expire(86_400).unwrap(), 3);
     engine.shutdown();
 
-    let mut store = PostgresStore::connect(&params).unwrap();
+    let mut store = PostgresStore::connect(&target(&params)).unwrap();
     assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len() as i64);
     assert!(store.load().unwrap().instances.is_empty());
 }
@@ -264,11 +285,13 @@ fn discovery_tokens_registrations_and_indexes_survive_a_restart_on_postgresql() 
     engine.shutdown();
 }
 
-/// A server of several sharing `params`, on a port of its own.
-fn shared_server(params: &str, dir: &Path) -> kiln_server::serve::Background {
+/// A server of several sharing `params`, on a port of its own, its connection to the database
+/// encrypted and checked against `ca`.
+fn shared_server(params: &str, ca: &Path, dir: &Path) -> kiln_server::serve::Background {
     kiln_server::serve::spawn(&kiln_server::serve::ServeConfig {
         db: dir.join("unused.db"),
-        postgres: Some(params.to_owned()),
+        postgres: Some(format!("{params} sslmode=verify-full")),
+        postgres_ca: Some(ca.to_owned()),
         peer_url: None,
         data_dir: dir.join("data"),
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -309,7 +332,7 @@ fn wait_until(what: &str, done: impl Fn() -> bool) {
 fn fleet_known_for_long(params: &str, machines: &[&str]) {
     use kiln_server::model::{AppRecord, Instance};
     use kiln_server::store::Write;
-    let mut store = PostgresStore::connect(params).unwrap();
+    let mut store = PostgresStore::connect(&target(params)).unwrap();
     let mut writes = vec![Write::App(AppRecord {
         id: APP.into(),
         name: APP.into(),
@@ -333,17 +356,92 @@ fn fleet_known_for_long(params: &str, machines: &[&str]) {
 }
 
 #[test]
+fn connections_use_tls_checked_against_the_pinned_ca() {
+    let pg = start_postgres();
+    let params = pg.params("postgres");
+    let encrypted = |t: &PostgresTarget| PostgresStore::connect(t).unwrap().encrypted().unwrap();
+    let refused = |t: &PostgresTarget| match PostgresStore::connect(t) {
+        Ok(_) => panic!("{} connected", t.name()),
+        Err(e) => e.to_string(),
+    };
+    // The CA pinned: TLS required, and PostgreSQL says the connection is encrypted; libpq's
+    // verify-full says the same.
+    let pinned = PostgresTarget::new(&params, Some(&pg.ca)).unwrap();
+    assert_eq!(pinned.protection(), Protection::Required);
+    assert!(encrypted(&pinned));
+    let full = format!("{params} sslmode=verify-full");
+    assert!(encrypted(
+        &PostgresTarget::new(&full, Some(&pg.ca)).unwrap()
+    ));
+    // TLS asked for without the CA: checked against the public roots, and refused.
+    let unpinned = PostgresTarget::new(&format!("{params} sslmode=require"), None).unwrap();
+    let err = refused(&unpinned);
+    assert!(
+        err.contains("UnknownIssuer") && err.contains("--postgres-ca"),
+        "{err}"
+    );
+    // The certificate names 127.0.0.1: reached by another name, refused although the CA is right.
+    let by_name = params.replace("host=127.0.0.1", "host=localhost");
+    let err = refused(&PostgresTarget::new(&by_name, Some(&pg.ca)).unwrap());
+    assert!(
+        err.contains("not valid for name") && err.contains("host="),
+        "{err}"
+    );
+    // Another CA pinned: refused.
+    let dir = tempfile::tempdir().unwrap();
+    let other = kiln_updater::tls::testutil::make_ca(dir.path(), "other");
+    let err = refused(&PostgresTarget::new(&params, Some(&other.ca)).unwrap());
+    assert!(err.contains("certificate"), "{err}");
+    // Nothing said: in the clear, as before (the server warns when it starts).
+    let plain = target(&params);
+    assert_eq!(plain.protection(), Protection::Plain);
+    assert!(!encrypted(&plain));
+    // Contradictions and bad files are refused before connecting, naming what to change.
+    let err = PostgresTarget::new(&format!("{params} sslmode=disable"), Some(&pg.ca))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("sslmode=disable") && err.contains("--postgres-ca"),
+        "{err}"
+    );
+    let err = PostgresTarget::new(&params, Some(&other.key))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("other-server.key"), "{err}");
+}
+
+#[test]
 fn servers_sharing_a_database_follow_one_leader_and_take_over_when_it_stops() {
     let pg = start_postgres();
     let params = pg.params("postgres");
     let dir = tempfile::tempdir().unwrap();
     fleet_known_for_long(&params, &["m1", "m2", "m3", "m4"]);
-    let a = shared_server(&params, &dir.path().join("a"));
+    let a = shared_server(&params, &pg.ca, &dir.path().join("a"));
     wait_until("the first server leads", || a.leads());
-    let b = shared_server(&params, &dir.path().join("b"));
+    let b = shared_server(&params, &pg.ca, &dir.path().join("b"));
     // B has had time to ask for the lock, and must not have got it.
     std::thread::sleep(Duration::from_secs(3));
     assert!(a.leads() && !b.leads(), "one leader");
+    // Both servers' connections are encrypted, as PostgreSQL sees them; none is in the clear.
+    let mut look = postgres::Client::connect(&params, postgres::NoTls).unwrap();
+    let count = |look: &mut postgres::Client, ssl: bool| -> i64 {
+        look.query_one(
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE a.backend_type = 'client backend' AND a.pid <> pg_backend_pid() AND s.ssl = $1",
+            &[&ssl],
+        )
+        .unwrap()
+        .get(0)
+    };
+    assert!(
+        count(&mut look, true) >= 2,
+        "each server holds a TLS connection"
+    );
+    assert_eq!(
+        count(&mut look, false),
+        0,
+        "no server connection in the clear"
+    );
 
     // Set up through the leader's engine, the policy through the follower's admin API: one
     // update per hour across the fleet, whichever server a machine reaches.

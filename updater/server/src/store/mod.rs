@@ -8,7 +8,7 @@ mod sqlite;
 mod tables;
 
 pub use migrations::MIGRATIONS;
-pub use postgres::PostgresStore;
+pub use postgres::{PostgresStore, PostgresTarget, Protection};
 pub use sqlite::SqliteStore;
 
 use crate::clock::Timestamp;

@@ -3,8 +3,12 @@
 //! `user_version`). Several servers may share one database: one of them leads (it holds an
 //! advisory lock and decides, see `shared`), the others forward to it and wait to take over.
 
+use std::path::{Path, PathBuf};
+
+use postgres::config::SslMode;
 use postgres::types::ToSql;
 use postgres::{Client, NoTls, Row};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::tables::{
     Statements, Value, APPS, CHANNELS, DISCOVERY_TOKENS, EVENTS, INSTANCES, PACKAGES, REGISTRATIONS,
@@ -31,19 +35,149 @@ const MIGRATION_LOCK: i64 = 0x6b69_6c6e_0000_0002;
 
 /// Why PostgreSQL failed; carried as text in [`StoreError::Backend`].
 fn backend(name: &str, what: &'static str, err: postgres::Error) -> StoreError {
+    // The client's own words are often only the outer layer ("error performing TLS
+    // handshake"): the causes under it say what to fix.
+    let mut message = err.to_string();
+    let mut cause = std::error::Error::source(&err);
+    while let Some(e) = cause {
+        message = format!("{message}: {e}");
+        cause = e.source();
+    }
     StoreError::Backend {
         path: name.to_owned(),
         what,
+        message,
+    }
+}
+
+/// How the connection to PostgreSQL is protected, from the connection string's `sslmode` and
+/// the CA the operator pins. Whenever TLS is used, the server's certificate is checked (its
+/// chain and its name, as libpq's `verify-full`): against the pinned CA, or the Mozilla roots
+/// built in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protection {
+    /// Neither `sslmode` nor a CA given: plain TCP, as before Kiln spoke TLS to PostgreSQL (the
+    /// server says so when it starts).
+    Plain,
+    /// `sslmode=disable`: plain TCP, as asked.
+    Disabled,
+    /// `sslmode=prefer`: TLS when the database offers it.
+    Preferred,
+    /// `sslmode=require` (or `verify-ca`, `verify-full`), or a pinned CA: TLS or no connection.
+    Required,
+}
+
+/// A PostgreSQL database to connect to: its connection string and how the connection is
+/// protected, checked once before the first connection.
+#[derive(Debug, Clone)]
+pub struct PostgresTarget {
+    config: postgres::Config,
+    ca_file: Option<PathBuf>,
+    protection: Protection,
+    /// The connection string without its password, for messages.
+    name: String,
+}
+
+impl PostgresTarget {
+    /// `params` (`host=127.0.0.1 port=5432 user=kiln dbname=kiln`, or a `postgresql://` URL)
+    /// with `ca_file`, the CA that signed the database's certificate (`--postgres-ca`).
+    pub fn new(params: &str, ca_file: Option<&Path>) -> Result<Self, StoreError> {
+        let name = redact(params);
+        // Kiln always checks the certificate fully, so libpq's two checking modes are TLS
+        // required here (the rust client knows only disable, prefer and require).
+        let known = params
+            .replace("sslmode=verify-full", "sslmode=require")
+            .replace("sslmode=verify-ca", "sslmode=require");
+        let mut config: postgres::Config = known.parse().map_err(|e| StoreError::Backend {
+            path: name.clone(),
+            what: "reading the connection string",
+            message: format!(
+                "{e}; give `host=… port=… user=… dbname=…` (sslmode=disable|prefer|require|verify-full) \
+                 or a postgresql:// URL, and the CA with --postgres-ca"
+            ),
+        })?;
+        let said = params.contains("sslmode=");
+        let protection = match (config.get_ssl_mode(), ca_file) {
+            (SslMode::Disable, Some(ca)) => {
+                return Err(StoreError::Backend {
+                    path: name,
+                    what: "reading the connection string",
+                    message: format!(
+                        "sslmode=disable with the CA {} (--postgres-ca): drop one of them",
+                        ca.display()
+                    ),
+                })
+            }
+            (SslMode::Disable, None) => Protection::Disabled,
+            (SslMode::Prefer, None) if !said => Protection::Plain,
+            (SslMode::Prefer, None) => Protection::Preferred,
+            _ => Protection::Required,
+        };
+        if protection == Protection::Required {
+            config.ssl_mode(SslMode::Require);
+        }
+        if let Some(ca) = ca_file {
+            // Read now, so that a bad file is a startup error rather than a retried connection.
+            kiln_updater::tls::client_config(Some(ca)).map_err(|e| tls_error(&name, e))?;
+        }
+        Ok(Self {
+            config,
+            ca_file: ca_file.map(Path::to_owned),
+            protection,
+            name,
+        })
+    }
+
+    pub fn protection(&self) -> Protection {
+        self.protection
+    }
+
+    /// The connection string without its password.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn connect(&self) -> Result<Client, StoreError> {
+        let connected = match self.protection {
+            Protection::Plain | Protection::Disabled => self.config.connect(NoTls),
+            Protection::Preferred | Protection::Required => {
+                let tls = kiln_updater::tls::client_config(self.ca_file.as_deref())
+                    .map_err(|e| tls_error(&self.name, e))?;
+                self.config
+                    .connect(MakeRustlsConnect::new(rustls::ClientConfig::clone(&tls)))
+            }
+        };
+        connected.map_err(|e| {
+            let mut err = backend(&self.name, "connecting", e);
+            if let StoreError::Backend { message, .. } = &mut err {
+                if message.contains("not valid for name") {
+                    message.push_str(
+                        "; give host= a name or address the database's certificate holds",
+                    );
+                } else if message.contains("invalid peer certificate") {
+                    message.push_str(
+                        "; give the CA that signed the database's certificate with --postgres-ca",
+                    );
+                }
+            }
+            err
+        })
+    }
+}
+
+fn tls_error(name: &str, err: kiln_updater::tls::TlsError) -> StoreError {
+    StoreError::Backend {
+        path: name.to_owned(),
+        what: "reading the CA of --postgres-ca",
         message: err.to_string(),
     }
 }
 
 impl PostgresStore {
-    /// Connects (`host=127.0.0.1 port=5432 user=kiln dbname=kiln`, or a `postgresql://` URL)
-    /// and brings the schema up to date.
-    pub fn connect(params: &str) -> Result<Self, StoreError> {
-        let name = redact(params);
-        let client = Client::connect(params, NoTls).map_err(|e| backend(&name, "connecting", e))?;
+    /// Connects to `target` and brings the schema up to date.
+    pub fn connect(target: &PostgresTarget) -> Result<Self, StoreError> {
+        let name = target.name.clone();
+        let client = target.connect()?;
         let mut store = Self {
             client,
             name,
@@ -65,6 +199,17 @@ impl PostgresStore {
             .query_opt("SELECT MAX(version) FROM schema_version", &[])
             .map_err(|e| backend(&self.name, "reading the schema version", e))?;
         Ok(row.and_then(|r| r.get::<_, Option<i64>>(0)).unwrap_or(0))
+    }
+
+    /// Whether this connection is encrypted, as PostgreSQL itself reports it (`pg_stat_ssl`).
+    pub fn encrypted(&mut self) -> Result<bool, StoreError> {
+        self.client
+            .query_one(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .map(|row| row.get(0))
+            .map_err(|e| backend(&self.name, "asking whether the connection is encrypted", e))
     }
 
     /// Takes the leadership of the servers sharing this database if no other server holds it:

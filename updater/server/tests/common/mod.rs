@@ -42,6 +42,7 @@ pub fn serve_config(dir: &std::path::Path, token: &str) -> kiln_server::serve::S
     kiln_server::serve::ServeConfig {
         db: dir.join("kiln.db"),
         postgres: None,
+        postgres_ca: None,
         peer_url: None,
         data_dir: dir.join("data"),
         listen: "127.0.0.1:0".parse().expect("an address"),
