@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use kiln_qemu::{Accel, GuestFwd, GuestFwdTarget, Vm, VmConfig};
 use kiln_server::client::AdminClient;
-use kiln_server::serve::{self, Background, ServeConfig};
+use kiln_server::serve::{self, Background, ServeConfig, ServeTls};
 use serde_json::Value;
 
 /// Where guests find the update server: an address of QEMU's user network that `guestfwd`
@@ -59,6 +59,11 @@ impl Version {
         self.dir.join("update.payload")
     }
 
+    /// The public half of the key the build signed with: what the update server trusts.
+    pub fn public_key(&self) -> PathBuf {
+        self.dir.join("update-key.pub.pem")
+    }
+
     pub fn disk(&self) -> PathBuf {
         self.dir.join("disk.raw")
     }
@@ -104,6 +109,10 @@ pub fn app_id() -> String {
         .app_id
 }
 
+/// Where a machine whose update server speaks HTTPS finds the CA it pins (written by its
+/// cloud-config's `write_files`, named by `update: ca-file:`).
+pub const GUEST_CA_FILE: &str = "/etc/kiln/update-ca.pem";
+
 /// Kiln's update server on 127.0.0.1 with its database in the scenario's directory, trusting the
 /// build's update key.
 pub struct UpdateServer {
@@ -111,11 +120,32 @@ pub struct UpdateServer {
     pub admin: AdminClient,
     pub db: PathBuf,
     pub app: String,
+    /// Over HTTPS: the CA that signed its certificate (for 127.0.0.1 and the guests' address).
+    ca: Option<PathBuf>,
 }
 
 impl UpdateServer {
+    /// The server over plain HTTP.
     pub fn start(dir: &Path, public_key: &Path) -> UpdateServer {
+        Self::start_with(dir, public_key, false)
+    }
+
+    /// The server over HTTPS, with a certificate from a CA of the scenario's own that the
+    /// machines pin through their cloud-config (see [`UpdateServer::agent_sections`]).
+    pub fn start_https(dir: &Path, public_key: &Path) -> UpdateServer {
+        Self::start_with(dir, public_key, true)
+    }
+
+    fn start_with(dir: &Path, public_key: &Path, https: bool) -> UpdateServer {
         let db = dir.join("server.db");
+        let ca = https.then(|| {
+            kiln_updater::tls::testutil::make_ca_for(
+                dir,
+                "update-server",
+                &[Ipv4Addr::LOCALHOST, SERVER_GUEST_ADDR],
+            )
+        });
+        let scheme = if https { "https" } else { "http" };
         let cfg = ServeConfig {
             db: db.clone(),
             postgres: None,
@@ -125,16 +155,27 @@ impl UpdateServer {
             listen: "127.0.0.1:0".parse().expect("an address"),
             token: Some(TOKEN.to_owned()),
             public_key: Some(public_key.to_owned()),
-            public_url: Some(format!("http://{SERVER_GUEST_ADDR}:{SERVER_GUEST_PORT}/")),
+            public_url: Some(format!(
+                "{scheme}://{SERVER_GUEST_ADDR}:{SERVER_GUEST_PORT}/"
+            )),
             stale_after_days: 0,
             limits: Default::default(),
-            tls: Default::default(),
+            tls: ServeTls {
+                tls_cert: ca.as_ref().map(|c| c.cert.clone()),
+                tls_key: ca.as_ref().map(|c| c.key.clone()),
+            },
         };
         let server = serve::spawn(&cfg).expect("starting the update server");
-        let admin = AdminClient::new(&format!("http://{}/", server.addr), TOKEN);
+        let ca = ca.map(|c| c.ca);
+        let admin = AdminClient::with_ca_file(
+            &format!("{scheme}://{}/", server.addr),
+            TOKEN,
+            ca.as_deref(),
+        )
+        .expect("the admin client trusts the scenario's CA");
         let app = app_id();
         eprintln!(
-            "update server on {} (database {})",
+            "update server on {scheme}://{} (database {})",
             server.addr,
             db.display()
         );
@@ -143,7 +184,34 @@ impl UpdateServer {
             admin,
             db,
             app,
+            ca,
         }
+    }
+
+    /// The `update:` and `locksmith:` sections (inside `coreos:`) that point the agent at this
+    /// server (pinning its CA over HTTPS) with reboot `strategy`, checking every 15 s.
+    /// `update` and `locksmith` hold more settings, a line each at the sections' indentation
+    /// (four spaces); the machine's `kiln-config` turns them into `/etc/kiln/update.conf`, as a
+    /// user's document would.
+    pub fn agent_sections(&self, strategy: &str, update: &str, locksmith: &str) -> String {
+        let pin = match self.ca {
+            Some(_) => format!("    ca-file: {GUEST_CA_FILE}\n{update}"),
+            None => update.to_owned(),
+        };
+        agent_sections(self.ca.is_some(), strategy, &pin, locksmith)
+    }
+
+    /// A top-level `write_files:` section that puts the CA the machines pin at
+    /// [`GUEST_CA_FILE`]; empty over plain HTTP.
+    pub fn ca_files(&self) -> String {
+        let Some(ca) = &self.ca else {
+            return String::new();
+        };
+        let pem = std::fs::read_to_string(ca).expect("the scenario's CA");
+        let content: String = pem.lines().map(|l| format!("      {l}\n")).collect();
+        format!(
+            "write_files:\n  - path: {GUEST_CA_FILE}\n    permissions: \"0644\"\n    content: |\n{content}"
+        )
     }
 
     /// Uploads `v`'s payload (the server checks its signature) and points the channel at it.
@@ -211,13 +279,11 @@ pub fn event_codes(record: &Value) -> Vec<String> {
         .collect()
 }
 
-/// The `update:` and `locksmith:` sections (inside `coreos:`) that point the agent at the
-/// scenario's server with reboot `strategy`, checking every 15 s. `update` and `locksmith` hold
-/// more settings, a line each at the sections' indentation (four spaces); the machine's
-/// `kiln-config` turns them into `/etc/kiln/update.conf`, as a user's document would.
-pub fn agent_sections(strategy: &str, update: &str, locksmith: &str) -> String {
+/// [`UpdateServer::agent_sections`], for a server speaking HTTPS (`https`) or plain HTTP.
+fn agent_sections(https: bool, strategy: &str, update: &str, locksmith: &str) -> String {
+    let scheme = if https { "https" } else { "http" };
     let mut text = format!(
-        "  update:\n    server: http://{SERVER_GUEST_ADDR}:{SERVER_GUEST_PORT}/v1/update/\n    \
+        "  update:\n    server: {scheme}://{SERVER_GUEST_ADDR}:{SERVER_GUEST_PORT}/v1/update/\n    \
          reboot-strategy: {strategy}\n    check-interval: 15s\n    http-timeout: 60s\n    \
          health-timeout: 10m\n{update}"
     );
@@ -226,6 +292,11 @@ pub fn agent_sections(strategy: &str, update: &str, locksmith: &str) -> String {
     }
     text
 }
+
+/// The agent's lines on its last install before this boot (each step's wall time), as a guest
+/// command.
+pub const INSTALL_STEPS: &str =
+    "sudo journalctl -b -1 -u kiln-update-agent --no-pager -o cat | grep -E '^install' || true";
 
 /// `<VERSION_ID> <slot>` of the running system, as a guest command.
 pub const RUNNING: &str = ". /usr/lib/os-release; echo \"$VERSION_ID $(grep -o 'kiln\\.slot=[ab]' /proc/cmdline | cut -d= -f2)\"";
@@ -241,8 +312,9 @@ pub fn start_machine(
     server: &UpdateServer,
 ) -> Vm {
     let doc = format!(
-        "#cloud-config\nhostname: {name}\nssh_authorized_keys:\n  - {public_key}\ncoreos:\n{}",
-        agent_sections(strategy, "", "")
+        "#cloud-config\nhostname: {name}\nssh_authorized_keys:\n  - {public_key}\n{}coreos:\n{}",
+        server.ca_files(),
+        server.agent_sections(strategy, "", "")
     );
     kiln_config::parse(&doc).expect("the scenario's cloud-config is valid");
     let config = work.join("cloud-config.yml");
@@ -357,6 +429,7 @@ mod tests {
         let doc = format!(
             "#cloud-config\ncoreos:\n  etcd2:\n    name: n\n{}",
             agent_sections(
+                false,
                 "etcd-lock",
                 "    health-units: [etcd.service]\n",
                 "    lock-retry: 5s\n    lock-install: true\n",

@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
-use kiln_ci::update::{agent_sections, Evidence, UpdateServer, Version, RUNNING};
+use kiln_ci::update::{Evidence, UpdateServer, Version, INSTALL_STEPS, RUNNING};
 use kiln_ci::{flannel, fleet, guest, overlay, wait_in_guest, work_dir};
 use kiln_qemu::{
     format_mac, free_port, ssh_keygen, Accel, HostFwd, SocketMode, SocketNic, Vm, VmConfig,
@@ -124,7 +124,13 @@ fn worker_etcd(discovery: &str) -> String {
 }
 
 /// One machine's whole configuration, in the CoreOS shape, with `etcd` its etcd2 section.
-fn cloud_config(node: &Node, public_key: &str, private_key: &str, etcd: &str) -> String {
+fn cloud_config(
+    node: &Node,
+    server: &UpdateServer,
+    public_key: &str,
+    private_key: &str,
+    etcd: &str,
+) -> String {
     let announce = node.name == "node1";
     let script = if announce {
         let indented: String = ANNOUNCE.lines().map(|l| format!("      {l}\n")).collect();
@@ -199,7 +205,7 @@ write_files:
         addr = node.addr,
         mac = format_mac(node.mac),
         network = flannel::NETWORK,
-        update = agent_sections(
+        update = server.agent_sections(
             "etcd-lock",
             health,
             // One member at a time installs or reboots: the two that are the quorum while
@@ -604,7 +610,7 @@ fn three_nodes_form_an_etcd_cluster_find_each_others_services_and_update_one_at_
     let v2 = Version::from_env("KILN_CI_V2");
     let work = work_dir("cluster");
     let (key, public) = ssh_keygen(&work).unwrap();
-    let server = UpdateServer::start(&work, &v1.dir.join("update-key.pub.pem"));
+    let server = UpdateServer::start(&work, &v1.public_key());
     // The members' cloud-configs name no member: only the discovery URL the update server
     // gives for a cluster of three.
     let token = server.admin.discovery_new(3).expect("a discovery token");
@@ -615,7 +621,7 @@ fn three_nodes_form_an_etcd_cluster_find_each_others_services_and_update_one_at_
     // Writes `node`'s cloud-config with `etcd` as its etcd2 section and starts it on a fresh
     // copy of `v`'s disk.
     let provision = |node: &Node, etcd: &str, v: &Version| {
-        let doc = cloud_config(node, &public, &private_key, etcd);
+        let doc = cloud_config(node, &server, &public, &private_key, etcd);
         kiln_config::parse(&doc).expect("the scenario's cloud-config is valid");
         assert!(kiln_config::addresses::uses_addresses(&doc));
         let path = work.join(format!("{}.yml", node.name));
@@ -757,6 +763,11 @@ fn three_nodes_form_an_etcd_cluster_find_each_others_services_and_update_one_at_
         "rolling update of 4 machines: {:.0} s",
         t.elapsed().as_secs_f64()
     );
+    // Where each install's time went, as the agents logged it before their reboot.
+    for vm in &all {
+        let steps = guest(vm, &key, INSTALL_STEPS);
+        eprintln!("{} installing v2:\n{steps}", vm.name());
+    }
 
     // One holder at a time: every PUT of the lock is followed by its DELETE before the next PUT.
     let history = lock_history(vms[0], &key);

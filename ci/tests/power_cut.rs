@@ -56,7 +56,7 @@ fn power_cuts_at_every_phase_of_an_update_leave_a_bootable_machine_that_complete
     let v2 = Version::from_env("KILN_CI_V2");
     let work = work_dir("power-cut");
     let (key, public) = ssh_keygen(&work).unwrap();
-    let server = UpdateServer::start(&work, &v1.dir.join("update-key.pub.pem"));
+    let server = UpdateServer::start(&work, &v1.public_key());
     let started = Instant::now();
     let mut vm = start_machine("power-cut", &work, &v1, &public, "off", &server);
     vm.wait_for_ssh(&key, "core", BOOT_TIMEOUT).unwrap();

@@ -1,6 +1,8 @@
 //! The life of one machine across updates, the way an operator sees it: the update server runs on
 //! the host, the machine's cloud-config points its agent at it (through a `guestfwd` of
-//! restricted user networking), and the operator only publishes, pauses and resumes.
+//! restricted user networking), and the operator only publishes, pauses and resumes. The server
+//! speaks only HTTPS, with a certificate from the scenario's own CA, which the machine pins
+//! (`update: ca-file:`, the file written by the same cloud-config).
 //!
 //! 1. **Update**: v1 finds v2, writes USR-B, reboots into it, blesses it; the server shows the
 //!    machine complete with its events in order, and USR-A still holds v1 byte for byte.
@@ -17,7 +19,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use kiln_ci::update::{
-    event_codes, start_machine, Evidence, UpdateServer, Version, CHANNEL, RUNNING,
+    event_codes, start_machine, Evidence, UpdateServer, Version, CHANNEL, INSTALL_STEPS, RUNNING,
 };
 use kiln_ci::{guest, wait_in_guest, work_dir};
 use kiln_qemu::{ssh_keygen, Vm};
@@ -60,7 +62,9 @@ fn v1_updates_to_v2_rolls_back_by_hand_and_a_bad_v3_falls_back_by_itself() {
     let v3 = Version::from_env("KILN_CI_V3_BROKEN");
     let work = work_dir("update");
     let (key, public) = ssh_keygen(&work).unwrap();
-    let server = UpdateServer::start(&work, &v1.dir.join("update-key.pub.pem"));
+    // Over HTTPS, the machine pinning the server's CA from its cloud-config: the device
+    // agent's TLS, end to end (the other scenarios speak plain HTTP).
+    let server = UpdateServer::start_https(&work, &v1.public_key());
 
     let started = Instant::now();
     let vm = start_machine("update", &work, &v1, &public, "immediate", &server);
@@ -103,6 +107,9 @@ fn v1_updates_to_v2_rolls_back_by_hand_and_a_bad_v3_falls_back_by_itself() {
         "USR-A must still hold v1 byte for byte"
     );
     // USR-B needs no hash here: the kernel reads it through dm-verity with v2's root hash.
+    // Where the install's time went, as the agent logged it on v1.
+    let steps = guest(&vm, &key, INSTALL_STEPS);
+    eprintln!("v1's agent installing v2:\n{steps}");
     stage("update", t);
 
     // 2. Manual rollback. The channel is paused first, or v1's agent would take v2 again at once.

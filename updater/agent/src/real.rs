@@ -2,6 +2,7 @@
 //! disk that holds the `USR-A` partition, with the public key built into `/usr`.
 
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use kiln_contract::boot::Slot;
 use kiln_updater::install::{self, Accept, InstallError, Refusal, Target};
@@ -134,6 +135,20 @@ fn maybe_freeze(file: &Path, now: install::Phase, done: u64, total: u64) {
         .status();
 }
 
+/// An install step, when it began, and the bytes it works through.
+type Step = (install::Phase, Instant, u64);
+
+/// The journal's line for a step that has ended.
+fn log_step(step: Option<Step>) {
+    if let Some((p, since, total)) = step {
+        eprintln!(
+            "install step {p:?}: {:.1} s ({} MiB)",
+            since.elapsed().as_secs_f64(),
+            total >> 20
+        );
+    }
+}
+
 /// The agent's three install states over the installer's five phases: the signature check and
 /// the write are "writing", the read-back is "verifying", the ESP files and entry "finalizing".
 fn phase(p: install::Phase) -> Phase {
@@ -193,19 +208,28 @@ impl Installer for RealInstaller {
         progress: &mut dyn FnMut(Phase, u64, u64),
     ) -> Result<Installed, InstallFailure> {
         let freeze = self.freeze_file.clone();
+        // Each step's wall time in the journal: where an install's minutes go on this machine.
+        let began = Instant::now();
+        let mut step: Option<Step> = None;
         let done = install::install(
             &self.target,
             payload,
             &self.key,
             accept,
             &mut |p, done, total| {
+                if step.map(|(q, ..)| q) != Some(p) {
+                    log_step(step);
+                    step = Some((p, Instant::now(), total));
+                }
                 if let Some(file) = &freeze {
                     maybe_freeze(file, p, done, total);
                 }
                 progress(phase(p), done, total)
             },
-        )
-        .map_err(failure)?;
+        );
+        log_step(step);
+        eprintln!("install: {:.1} s in all", began.elapsed().as_secs_f64());
+        let done = done.map_err(failure)?;
         Ok(Installed {
             slot: done.slot,
             version: done.manifest.version,

@@ -1,12 +1,14 @@
-//! A certificate authority and a server certificate for 127.0.0.1, made by OpenSSL (the
-//! reference) for the tests that speak HTTPS (feature `testutil`).
+//! A certificate authority and a server certificate for 127.0.0.1 (or other addresses), made by
+//! OpenSSL (the reference) for the tests that speak HTTPS and the VM scenarios' update server
+//! (feature `testutil`).
 
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use kiln_image::testutil::require_tool;
 
-/// The files of a test CA and of a certificate it signed for `127.0.0.1`.
+/// The files of a test CA and of a server certificate it signed.
 pub struct TestCa {
     /// The CA's certificate (PEM): what a client pins.
     pub ca: PathBuf,
@@ -17,6 +19,11 @@ pub struct TestCa {
 
 /// Makes a CA and a server certificate for `127.0.0.1` under `dir` (named `<name>-…`).
 pub fn make_ca(dir: &Path, name: &str) -> TestCa {
+    make_ca_for(dir, name, &[Ipv4Addr::LOCALHOST])
+}
+
+/// [`make_ca`] with a server certificate for each of `addresses` (the first is its name).
+pub fn make_ca_for(dir: &Path, name: &str, addresses: &[Ipv4Addr]) -> TestCa {
     let openssl = require_tool("openssl", "openssl");
     let file = |suffix: &str| dir.join(format!("{name}-{suffix}"));
     let (ca, ca_key) = (file("ca.pem"), file("ca.key"));
@@ -44,7 +51,8 @@ pub fn make_ca(dir: &Path, name: &str) -> TestCa {
         .arg("-out")
         .arg(&ca));
     run(Command::new(&openssl)
-        .args(["req", "-subj", "/CN=127.0.0.1"])
+        .args(["req", "-subj"])
+        .arg(format!("/CN={}", addresses[0]))
         .args(ec)
         .arg("-keyout")
         .arg(&key)
@@ -52,8 +60,15 @@ pub fn make_ca(dir: &Path, name: &str) -> TestCa {
         .arg(&csr));
     std::fs::write(
         &ext,
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
-         keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
+        format!(
+            "subjectAltName={}\nbasicConstraints=CA:FALSE\n\
+             keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
+            addresses
+                .iter()
+                .map(|a| format!("IP:{a}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
     )
     .expect("writing the extensions file");
     run(Command::new(&openssl)
