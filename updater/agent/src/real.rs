@@ -135,7 +135,7 @@ fn maybe_freeze(file: &Path, now: install::Phase, done: u64, total: u64) {
         .status();
 }
 
-/// An install step, when it began, and the bytes it works through.
+/// An install step, when it began, and the most bytes it said it works through.
 type Step = (install::Phase, Instant, u64);
 
 /// The journal's line for a step that has ended.
@@ -217,9 +217,13 @@ impl Installer for RealInstaller {
             &self.key,
             accept,
             &mut |p, done, total| {
-                if step.map(|(q, ..)| q) != Some(p) {
-                    log_step(step);
-                    step = Some((p, Instant::now(), total));
+                match &mut step {
+                    // A step may learn its size after its first report (the parts' check).
+                    Some((q, _, most)) if *q == p => *most = (*most).max(total),
+                    _ => {
+                        log_step(step);
+                        step = Some((p, Instant::now(), total));
+                    }
                 }
                 if let Some(file) = &freeze {
                     maybe_freeze(file, p, done, total);
