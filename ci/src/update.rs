@@ -145,7 +145,7 @@ impl UpdateServer {
                 &[Ipv4Addr::LOCALHOST, SERVER_GUEST_ADDR],
             )
         });
-        let scheme = if https { "https" } else { "http" };
+        let scheme = scheme(https);
         let cfg = ServeConfig {
             db: db.clone(),
             postgres: None,
@@ -279,9 +279,18 @@ pub fn event_codes(record: &Value) -> Vec<String> {
         .collect()
 }
 
+/// The URL scheme of a server that speaks HTTPS (`https`) or plain HTTP.
+fn scheme(https: bool) -> &'static str {
+    if https {
+        "https"
+    } else {
+        "http"
+    }
+}
+
 /// [`UpdateServer::agent_sections`], for a server speaking HTTPS (`https`) or plain HTTP.
 fn agent_sections(https: bool, strategy: &str, update: &str, locksmith: &str) -> String {
-    let scheme = if https { "https" } else { "http" };
+    let scheme = scheme(https);
     let mut text = format!(
         "  update:\n    server: {scheme}://{SERVER_GUEST_ADDR}:{SERVER_GUEST_PORT}/v1/update/\n    \
          reboot-strategy: {strategy}\n    check-interval: 15s\n    http-timeout: 60s\n    \
