@@ -124,11 +124,26 @@ pub fn overlay(disk: &Path, out: &Path, size: &str) -> Result<PathBuf> {
     Ok(out.to_owned())
 }
 
+/// How long a guest command may take before [`guest`] gives up on it.
+const GUEST_COMMAND: std::time::Duration = std::time::Duration::from_secs(90);
+
 /// Runs `command` as `user` over ssh and returns its trimmed stdout; panics with the output and
 /// the VM's serial log when it fails.
 pub fn guest_as(vm: &kiln_qemu::Vm, key: &Path, user: &str, command: &str) -> String {
+    guest_as_within(vm, key, user, command, GUEST_COMMAND)
+}
+
+/// [`guest_as`] for a command that may take up to `limit` (one that waits in the guest, under
+/// its own `timeout`, for work that takes minutes under TCG).
+pub fn guest_as_within(
+    vm: &kiln_qemu::Vm,
+    key: &Path,
+    user: &str,
+    command: &str,
+    limit: std::time::Duration,
+) -> String {
     let out = vm
-        .ssh(key, user, command, std::time::Duration::from_secs(90))
+        .ssh(key, user, command, limit)
         .unwrap_or_else(|e| panic!("{}: ssh `{command}`: {e}", vm.name()));
     assert!(
         out.status.success(),
@@ -145,6 +160,18 @@ pub fn guest_as(vm: &kiln_qemu::Vm, key: &Path, user: &str, command: &str) -> St
 /// [`guest_as`] for the operator account `core`.
 pub fn guest(vm: &kiln_qemu::Vm, key: &Path, command: &str) -> String {
     guest_as(vm, key, "core", command)
+}
+
+/// [`guest_as_within`] for the operator account `core`: `command` waits in the guest under
+/// `timeout <secs>`, and the host waits a minute longer for its answer.
+pub fn guest_waiting(vm: &kiln_qemu::Vm, key: &Path, secs: u64, command: &str) -> String {
+    guest_as_within(
+        vm,
+        key,
+        "core",
+        &format!("timeout {secs} {command}"),
+        std::time::Duration::from_secs(secs + 60),
+    )
 }
 
 /// Polls `command` in the guest until `done` accepts its stdout; panics after `timeout`

@@ -136,6 +136,23 @@ fn boots_to_ssh_with_verified_usr_grown_root_and_survives_a_reboot() {
         }
     }
     assert!(guest(&vm, &key, "findmnt -n -o SOURCE /usr").starts_with("/dev/mapper/usr"));
+    // The first boot's journal survived its reboot: what it said is there to read.
+    let first = guest(
+        &vm,
+        &key,
+        &format!(
+            "sudo journalctl --list-boots --no-pager | grep -c '[0-9a-f]\\{{32\\}}'; sudo journalctl -b {} --no-pager -q -o cat | wc -l",
+            boot_id.replace('-', "")
+        ),
+    );
+    let counts: Vec<u64> = first
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    assert!(
+        counts.len() == 2 && counts[0] == 2 && counts[1] > 100,
+        "the first boot's journal is not kept (boots listed, then the first boot's lines): {first}"
+    );
 }
 
 #[test]

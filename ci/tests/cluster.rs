@@ -32,7 +32,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use kiln_ci::update::{Evidence, UpdateServer, Version, INSTALL_STEPS, RUNNING};
-use kiln_ci::{flannel, fleet, guest, overlay, wait_in_guest, work_dir};
+use kiln_ci::{flannel, fleet, guest, guest_waiting, overlay, wait_in_guest, work_dir};
 use kiln_qemu::{
     format_mac, free_port, ssh_keygen, Accel, HostFwd, SocketMode, SocketNic, Vm, VmConfig,
 };
@@ -1213,10 +1213,11 @@ fn fleet_scheduling(vms: &[&Vm], key: &Path, ids: &[String]) {
         "Unit example@.service inactive"
     );
     // Started from the template in the cluster: three instances on three machines.
-    guest(
+    guest_waiting(
         vms[0],
         key,
-        "timeout 600 fleetctl start example@1.service example@2.service example@3 --block-attempts 200",
+        600,
+        "fleetctl start example@1.service example@2.service example@3 --block-attempts 200",
     );
     let rows = fleet::examples_spread(vms[0], key);
     let nodes: Vec<(&str, &str)> = NODES.iter().map(|n| (n.name, n.addr)).collect();
@@ -1241,10 +1242,11 @@ fn fleet_scheduling(vms: &[&Vm], key: &Path, ids: &[String]) {
     );
 
     // Global everywhere; metadata on node2 alone; MachineOf beside example@2.
-    guest(
+    guest_waiting(
         vms[0],
         key,
-        "timeout 600 fleetctl start everywhere.service db.service side.service",
+        600,
+        "fleetctl start everywhere.service db.service side.service",
     );
     let rows2 = fleet::wait_rows(vms[0], key, fleet::SETTLE, |rows| {
         fleet::running(rows, "everywhere.service").len() == 3
@@ -1282,7 +1284,7 @@ fn fleet_scheduling(vms: &[&Vm], key: &Path, ids: &[String]) {
     // stop keeps it loaded, unload takes it off its machine, destroy forgets it.
     let side_on = fleet::running(&rows2, "side.service")[0].clone();
     let side_vm = vms[ids.iter().position(|i| *i == side_on).unwrap()];
-    guest(vms[0], key, "timeout 300 fleetctl stop side.service");
+    guest_waiting(vms[0], key, 300, "fleetctl stop side.service");
     wait_in_guest(
         side_vm,
         key,
@@ -1299,7 +1301,7 @@ fn fleet_scheduling(vms: &[&Vm], key: &Path, ids: &[String]) {
         fleet::has_row(&files, &["side.service", "loaded"]),
         "{files}"
     );
-    guest(vms[0], key, "timeout 300 fleetctl unload side.service");
+    guest_waiting(vms[0], key, 300, "fleetctl unload side.service");
     wait_in_guest(
         side_vm,
         key,
@@ -1347,13 +1349,11 @@ fn fleet_scheduling(vms: &[&Vm], key: &Path, ids: &[String]) {
     let plain: Vec<String> = (1..=fleet::PLAIN)
         .map(|i| format!("plain@{i}.service"))
         .collect();
-    guest(
+    guest_waiting(
         vms[other],
         key,
-        &format!(
-            "timeout 600 fleetctl start --block-attempts 200 {}",
-            plain.join(" ")
-        ),
+        600,
+        &format!("fleetctl start --block-attempts 200 {}", plain.join(" ")),
     );
     fleet::check_machines(vms[0], key, &expect);
     let rows = fleet::examples_spread(vms[0], key);

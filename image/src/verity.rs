@@ -276,6 +276,62 @@ pub fn append(
 /// it against the stored tree. The caller compares the returned root hash with the one it
 /// trusts (the kernel command line, the signed manifest): the superblock does not hold it.
 pub fn verify(dev: &mut (impl Read + Seek), hash_offset: u64) -> Result<VerityInfo, VerityError> {
+    let sb = data_superblock(dev, hash_offset)?;
+    let tree = Tree::compute(dev, sb.data_blocks, &sb.salt)?;
+    tree.check_stored(dev, hash_offset)?;
+    Ok(tree.info(hash_offset, &sb))
+}
+
+/// [`verify`] with the data hashed on as many threads as `readers` (each its own handle on the
+/// same device: one file position each), each thread a contiguous share of the data blocks.
+/// `progress` hears the data bytes hashed so far and their total, from the calling thread.
+pub fn verify_parallel<R: Read + Seek + Send>(
+    mut readers: Vec<R>,
+    hash_offset: u64,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<VerityInfo, VerityError> {
+    assert!(!readers.is_empty(), "verify_parallel needs a reader");
+    let sb = data_superblock(&mut readers[0], hash_offset)?;
+    let data_blocks = sb.data_blocks;
+    let hasher = BlockHasher::new(&sb.salt);
+    let share = data_blocks.div_ceil(readers.len() as u64);
+    let done = std::sync::atomic::AtomicU64::new(0);
+    let total = data_blocks * BLOCK_SIZE;
+    let parts = std::thread::scope(|s| {
+        let workers: Vec<_> = readers
+            .iter_mut()
+            .enumerate()
+            .map(|(i, reader)| {
+                let start = (i as u64 * share).min(data_blocks);
+                let count = share.min(data_blocks - start);
+                let (hasher, done) = (&hasher, &done);
+                s.spawn(move || hasher.hash_range(reader, start, count, done))
+            })
+            .collect();
+        while !workers.iter().all(|w| w.is_finished()) {
+            progress(done.load(std::sync::atomic::Ordering::Relaxed), total);
+            std::thread::sleep(std::time::Duration::from_millis(250));
+        }
+        workers
+            .into_iter()
+            .map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect::<Vec<_>>()
+    });
+    let mut digests = Vec::with_capacity((data_blocks as usize).saturating_mul(DIGEST_LEN));
+    for part in parts {
+        digests.extend_from_slice(&part?);
+    }
+    progress(total, total);
+    let tree = Tree::from_digests(&hasher, digests, data_blocks);
+    tree.check_stored(&mut readers[0], hash_offset)?;
+    Ok(tree.info(hash_offset, &sb))
+}
+
+/// The superblock at `hash_offset`, if its data ends before it.
+fn data_superblock(
+    dev: &mut (impl Read + Seek),
+    hash_offset: u64,
+) -> Result<Superblock, VerityError> {
     let sb = read_superblock(dev, hash_offset)?;
     let data_end = sb.data_blocks.checked_mul(BLOCK_SIZE);
     if data_end.is_none_or(|end| end > hash_offset) {
@@ -284,9 +340,7 @@ pub fn verify(dev: &mut (impl Read + Seek), hash_offset: u64) -> Result<VerityIn
             reason: format!("its {} data blocks overlap the hash area", sb.data_blocks),
         });
     }
-    let tree = Tree::compute(dev, sb.data_blocks, &sb.salt)?;
-    tree.check_stored(dev, hash_offset)?;
-    Ok(tree.info(hash_offset, &sb))
+    Ok(sb)
 }
 
 fn data_blocks_of(data_bytes: u64) -> Result<u64, VerityError> {
@@ -331,7 +385,12 @@ impl Tree {
         salt: &[u8],
     ) -> Result<Tree, VerityError> {
         let hasher = BlockHasher::new(salt);
-        let mut digests = hasher.hash_data(dev, data_blocks)?;
+        let digests = hasher.hash_data(dev, data_blocks)?;
+        Ok(Tree::from_digests(&hasher, digests, data_blocks))
+    }
+
+    /// The tree above `digests`, the data blocks' own (level 0's content).
+    fn from_digests(hasher: &BlockHasher, mut digests: Vec<u8>, data_blocks: u64) -> Tree {
         let mut levels = Vec::new();
         for blocks in level_sizes(data_blocks) {
             digests.resize((blocks * BLOCK_SIZE) as usize, 0);
@@ -341,11 +400,11 @@ impl Tree {
         // What is left is one digest: of the top block, or of the only data block.
         let mut root = [0u8; 32];
         root.copy_from_slice(&digests[..DIGEST_LEN]);
-        Ok(Tree {
+        Tree {
             levels,
             root,
             data_blocks,
-        })
+        }
     }
 
     fn tree_bytes(&self) -> u64 {
@@ -464,19 +523,34 @@ impl BlockHasher {
         dev: &mut (impl Read + Seek),
         data_blocks: u64,
     ) -> Result<Vec<u8>, VerityError> {
-        let total = data_blocks * BLOCK_SIZE;
-        let mut out = Vec::with_capacity((data_blocks as usize).saturating_mul(DIGEST_LEN));
-        let mut buf = vec![0u8; READ_CHUNK.min(total as usize)];
-        dev.seek(SeekFrom::Start(0))
-            .map_err(VerityError::io("seeking to the start of the data"))?;
-        let mut done = 0u64;
-        while done < total {
-            let n = (total - done).min(buf.len() as u64) as usize;
-            dev.read_exact(&mut buf[..n]).map_err(VerityError::io(format!(
-                "reading data at byte {done} of {total} (the device is shorter than the superblock says?)"
+        self.hash_range(dev, 0, data_blocks, &std::sync::atomic::AtomicU64::new(0))
+    }
+
+    /// Digests of `count` blocks of `dev` from block `first`, adding the bytes hashed to `done`.
+    fn hash_range(
+        &self,
+        dev: &mut (impl Read + Seek),
+        first: u64,
+        count: u64,
+        done: &std::sync::atomic::AtomicU64,
+    ) -> Result<Vec<u8>, VerityError> {
+        let (start, end) = (first * BLOCK_SIZE, (first + count) * BLOCK_SIZE);
+        let mut out = Vec::with_capacity((count as usize).saturating_mul(DIGEST_LEN));
+        let mut buf = vec![0u8; READ_CHUNK.min((end - start) as usize)];
+        dev.seek(SeekFrom::Start(start))
+            .map_err(VerityError::io(format!(
+                "seeking to byte {start} of the data"
             )))?;
+        let mut at = start;
+        while at < end {
+            let n = (end - at).min(buf.len() as u64) as usize;
+            dev.read_exact(&mut buf[..n])
+                .map_err(VerityError::io(format!(
+                    "reading data at byte {at} (the device is shorter than the superblock says?)"
+                )))?;
             out.extend_from_slice(&self.hash_blocks(&buf[..n]));
-            done += n as u64;
+            at += n as u64;
+            done.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         }
         Ok(out)
     }
@@ -585,6 +659,20 @@ mod tests {
         assert!(ok.status.success(), "{ok:?}");
         let mut f = File::open(&ours).unwrap();
         assert_eq!(verify(&mut f, data_bytes).unwrap(), info);
+        let parallel = |threads: usize| {
+            let readers = (0..threads).map(|_| File::open(&ours).unwrap()).collect();
+            let mut last = (0, 0);
+            let got = verify_parallel(readers, data_bytes, &mut |done, total| last = (done, total));
+            assert_eq!(
+                last,
+                (data_bytes, data_bytes),
+                "{blocks} blocks, {threads} threads"
+            );
+            got
+        };
+        for threads in 1..=3 {
+            assert_eq!(parallel(threads).unwrap(), info, "{threads} threads");
+        }
 
         // One flipped data byte in the last block: both refuse.
         let mut bytes = a;
@@ -593,14 +681,16 @@ mod tests {
         let bad = veritysetup(&["verify", o, o, &root, &offset]);
         assert!(!bad.status.success(), "veritysetup accepted corrupt data");
         let err = verify(&mut File::open(&ours).unwrap(), data_bytes);
-        if blocks == 1 {
-            // No tree to compare with: the corruption shows as a different root hash.
-            assert_ne!(err.unwrap().root_hash, info.root_hash);
-        } else {
-            assert!(
-                matches!(err, Err(VerityError::TreeMismatch { level: 0, .. })),
-                "{err:?}"
-            );
+        for err in [err, parallel(2)] {
+            if blocks == 1 {
+                // No tree to compare with: the corruption shows as a different root hash.
+                assert_ne!(err.unwrap().root_hash, info.root_hash);
+            } else {
+                assert!(
+                    matches!(err, Err(VerityError::TreeMismatch { level: 0, .. })),
+                    "{err:?}"
+                );
+            }
         }
     }
 

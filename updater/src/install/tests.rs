@@ -3,6 +3,7 @@
 
 use std::fs::File;
 use std::io::Read;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -137,6 +138,45 @@ fn assert_esp_clean(disk: &Path, dir: &Path) {
         })
         .collect();
     assert!(complaints.is_empty(), "fsck.fat -n: {text}");
+}
+
+/// What reached the slot is checked as dm-verity will read it: a byte changed in the data, or
+/// in the tree written after it, fails the read-back, naming the partition; the slot as
+/// written passes.
+#[test]
+fn the_read_back_catches_a_byte_changed_in_the_data_or_in_the_tree() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = make_disk(dir.path());
+    let key = SigningKey::generate().unwrap();
+    let (payload, m) = make(dir.path(), "p", "2.0.0", &key);
+    install(
+        &running_a(&path),
+        &payload,
+        &key.verifying_key(),
+        &ON_1_0_0,
+        &mut |_, _, _| {},
+    )
+    .unwrap();
+    let disk = Disk::open(&path, true).unwrap();
+    let (_, part) = disk.partition(disk::USR_B).unwrap();
+    let window = (part.start_bytes(), part.size_bytes());
+    let check = || read_back(&disk, window, &m, disk::USR_B, &mut |_, _, _| {});
+    check().unwrap();
+    let flip = |at: u64| {
+        let f = File::options().read(true).write(true).open(&path).unwrap();
+        let mut byte = [0u8];
+        f.read_exact_at(&mut byte, window.0 + at).unwrap();
+        f.write_all_at(&[byte[0] ^ 0x01], window.0 + at).unwrap();
+    };
+    // The middle of the data; the tree's first block (its top level) after the superblock.
+    for at in [m.verity_hash_offset / 2, m.verity_hash_offset + 4096 + 5] {
+        flip(at);
+        let err = check().unwrap_err();
+        assert!(matches!(err, InstallError::Verity { .. }), "{err}");
+        assert!(err.to_string().contains(disk::USR_B), "{err}");
+        flip(at);
+        check().unwrap();
+    }
 }
 
 #[test]
