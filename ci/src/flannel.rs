@@ -318,6 +318,16 @@ pub fn check_containers(
     at
 }
 
+/// Removes [`check_containers`]' two servers from `vm`. Left running, one of them outlived
+/// docker at the machine's next shutdown, and systemd waited its 90 s for it before the reboot.
+pub fn remove_servers(vm: &Vm, key: &Path) {
+    guest(
+        vm,
+        key,
+        "sudo docker rm -f flannel-web flannel-host >/dev/null",
+    );
+}
+
 /// The overlay's measuring client container.
 const PROBE: &str = "flannel-probe";
 
@@ -364,8 +374,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// The overlay's TCP throughput and round trip beside the underlay's, in the same minutes: a
 /// container on `client` downloads 32 MiB from [`check_containers`]' server container on
 /// `server` at its overlay address `at`, and the client machine itself the same from the
-/// host-network server at the server machine's own address, by turns; then pings each. Printed, never
-/// asserted (the machine is shared, and TCG's costs are not a network's).
+/// host-network server at the server machine's own address, by turns; then pings each.
+/// Printed, never asserted (the machine is shared, and TCG's costs are not a network's).
 pub fn measure(
     vms: &[&Vm],
     key: &Path,
