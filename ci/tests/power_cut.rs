@@ -28,13 +28,16 @@ fn power_cut(vm: &mut Vm, key: &Path, what: &str) {
     assert_ne!(now, boot_id, "the machine did not restart");
 }
 
-/// Arms the agent's freeze point: it stops itself when the install reaches `point`.
+/// Arms the agent's freeze point: it stops itself when the install reaches `point`. The file
+/// is written beside and renamed into place: an install already running reads it at every
+/// progress report, and once read it empty, between `tee`'s truncate and its write, took it for
+/// a bad point, removed it and never froze.
 fn arm(vm: &Vm, key: &Path, point: &str) {
     guest(
         vm,
         key,
         &format!(
-            "sudo mkdir -p /run/kiln/update-agent && echo {point} | sudo tee /run/kiln/update-agent/freeze-at >/dev/null"
+            "sudo mkdir -p /run/kiln/update-agent && echo {point} | sudo tee /run/kiln/update-agent/.freeze-at >/dev/null && sudo mv /run/kiln/update-agent/.freeze-at /run/kiln/update-agent/freeze-at"
         ),
     );
 }
