@@ -259,6 +259,9 @@ busybox chmod 755 /www/cgi-bin/ip
 exec busybox httpd -f -p "0.0.0.0:$1" -h /www
 "#;
 const OVERLAY_PORT: u16 = 8080;
+/// [`check_containers`]' servers: on the docker bridge (the overlay), on the host's network.
+const WEB: &str = "flannel-web";
+const HOST_WEB: &str = "flannel-host";
 const HOST_PORT: u16 = 8082;
 
 /// Two servers on `server` (index into `vms`): one in a container on its docker bridge, one
@@ -274,12 +277,12 @@ pub fn check_containers(
 ) -> Ipv4Addr {
     let run = format!(
         "cat > /tmp/serve.sh <<'EOF'\n{SERVE}EOF\n\
-         sudo docker rm -f flannel-web flannel-host >/dev/null 2>&1; \
-         sudo docker run -d --name flannel-web -v /tmp/serve.sh:/serve.sh:ro kiln/busybox sh /serve.sh {OVERLAY_PORT} >/dev/null && \
-         sudo docker run -d --name flannel-host --network host -v /tmp/serve.sh:/serve.sh:ro kiln/busybox sh /serve.sh {HOST_PORT} >/dev/null"
+         sudo docker rm -f {WEB} {HOST_WEB} >/dev/null 2>&1; \
+         sudo docker run -d --name {WEB} -v /tmp/serve.sh:/serve.sh:ro kiln/busybox sh /serve.sh {OVERLAY_PORT} >/dev/null && \
+         sudo docker run -d --name {HOST_WEB} --network host -v /tmp/serve.sh:/serve.sh:ro kiln/busybox sh /serve.sh {HOST_PORT} >/dev/null"
     );
     guest(vms[server], key, &run);
-    let at = container_address(vms[server], key, &leases[server], "flannel-web");
+    let at = container_address(vms[server], key, &leases[server], WEB);
     let host = leases[server].public_ip;
     let fetch = format!(
         "sudo docker run --rm kiln/busybox sh -c 'ip -4 -o addr show dev eth0; wget -q -O - http://{at}:{OVERLAY_PORT}/cgi-bin/ip; wget -q -O - http://{host}:{HOST_PORT}/cgi-bin/ip'"
@@ -324,7 +327,7 @@ pub fn remove_servers(vm: &Vm, key: &Path) {
     guest(
         vm,
         key,
-        "sudo docker rm -f flannel-web flannel-host >/dev/null",
+        &format!("sudo docker rm -f {WEB} {HOST_WEB} >/dev/null"),
     );
 }
 

@@ -122,7 +122,7 @@ pub fn nothing_twice(rows: &[Row]) -> Result<(), String> {
     }
 }
 
-/// The machine ids of the three VMs.
+/// The machine ids of `vms`, in their order.
 pub fn machine_ids(vms: &[&Vm], key: &Path) -> Vec<String> {
     vms.iter()
         .map(|vm| guest(vm, key, "cat /etc/machine-id"))
