@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use kiln_contract::flannel_conf::DEFAULT_PREFIX;
 use kiln_qemu::Vm;
 
-use crate::{guest, wait_in_guest};
+use crate::{guest, on_each, wait_in_guest};
 
 /// The overlay the scenario's cloud-configs ask for (`flannel: network:`).
 pub const NETWORK: &str = "10.5.0.0/16";
@@ -82,15 +82,15 @@ pub fn parse_leases(text: &str) -> Result<Vec<Lease>, String> {
 /// private address, and returns them in the machines' order. `addrs` are the machines'
 /// private addresses.
 pub fn leases(vms: &[&Vm], key: &Path, addrs: &[&str]) -> Vec<Lease> {
-    for vm in vms {
+    on_each(vms, |_, vm| {
         wait_in_guest(
             vm,
             key,
             "systemctl is-active kiln-flanneld.service",
             SETTLE,
             |o| o.trim() == "active",
-        );
-    }
+        )
+    });
     let config = guest(
         vms[0],
         key,
@@ -123,7 +123,8 @@ pub fn leases(vms: &[&Vm], key: &Path, addrs: &[&str]) -> Vec<Lease> {
         })
         .collect();
     // Each machine's subnet.env names its own lease.
-    for (vm, lease) in vms.iter().zip(&ours) {
+    on_each(vms, |i, vm| {
+        let lease = &ours[i];
         let env = guest(vm, key, "cat /run/flannel/subnet.env");
         let want = [
             format!("FLANNEL_NETWORK={NETWORK}"),
@@ -137,7 +138,7 @@ pub fn leases(vms: &[&Vm], key: &Path, addrs: &[&str]) -> Vec<Lease> {
                 vm.name()
             );
         }
-    }
+    });
     ours
 }
 
@@ -210,7 +211,7 @@ const KERNEL_STATE: &str = "ip -d link show flannel.1; echo ---; ip -4 -o addr s
 /// Each machine's kernel state, as [`kernel_state`] wants it (waited for: a machine follows
 /// the others' leases within its watch). A failure shows the leases and every daemon's journal.
 pub fn check_kernels(vms: &[&Vm], key: &Path, leases: &[Lease]) {
-    for (i, vm) in vms.iter().enumerate() {
+    on_each(vms, |i, vm| {
         let others: Vec<Lease> = leases
             .iter()
             .enumerate()
@@ -240,7 +241,7 @@ pub fn check_kernels(vms: &[&Vm], key: &Path, leases: &[Lease]) {
             std::thread::sleep(Duration::from_secs(3));
             state = guest(vm, key, KERNEL_STATE);
         }
-    }
+    });
 }
 
 /// The daemon's journal on a machine, for a failure's message.
@@ -465,15 +466,15 @@ fn container_address(vm: &Vm, key: &Path, lease: &Lease, name: &str) -> Ipv4Addr
 /// overlay addresses: each fetches the next one's page (its machine's name). `hosts[i]` is the
 /// index into `vms` of the machine running `example@{i+1}`; `names` the machines' host names.
 pub fn check_examples(vms: &[&Vm], key: &Path, leases: &[Lease], hosts: &[usize], names: &[&str]) {
-    let addrs: Vec<Ipv4Addr> = hosts
-        .iter()
-        .enumerate()
-        .map(|(i, &m)| container_address(vms[m], key, &leases[m], &format!("example-{}", i + 1)))
-        .collect();
-    for (i, &m) in hosts.iter().enumerate() {
+    // Instance i's machine, each machine asked at once.
+    let on: Vec<&Vm> = hosts.iter().map(|&m| vms[m]).collect();
+    let addrs: Vec<Ipv4Addr> = on_each(&on, |i, vm| {
+        container_address(vm, key, &leases[hosts[i]], &format!("example-{}", i + 1))
+    });
+    on_each(&on, |i, vm| {
         let j = (i + 1) % hosts.len();
         let got = wait_in_guest(
-            vms[m],
+            vm,
             key,
             &format!(
                 "sudo docker exec example-{} wget -q -O - http://{}:8081/",
@@ -484,7 +485,7 @@ pub fn check_examples(vms: &[&Vm], key: &Path, leases: &[Lease], hosts: &[usize]
             |o| o.trim() == names[hosts[j]],
         );
         assert_eq!(got, names[hosts[j]]);
-    }
+    });
     eprintln!(
         "flannel: example@1..{} fetched from each other at {addrs:?}",
         hosts.len()
@@ -511,19 +512,26 @@ pub fn check_lease_deleted(vms: &[&Vm], key: &Path, leases: &[Lease], victim: us
         &format!("etcdctl del {DEFAULT_PREFIX}/subnets/{}-24", lease.subnet),
     );
     let route = format!("{}/24 ", lease.subnet);
-    let mut slowest = Duration::ZERO;
-    for (i, vm) in vms.iter().enumerate().filter(|(i, _)| *i != victim) {
+    // Watched on every other machine at once, so each one's time is its own.
+    let slowest = on_each(vms, |i, vm| {
+        if i == victim {
+            return Duration::ZERO;
+        }
         wait_in_guest(vm, key, "ip -4 route show dev flannel.1", FOLLOW, |o| {
             !o.contains(&route)
         });
-        slowest = slowest.max(gone.elapsed());
+        let took = gone.elapsed();
         eprintln!(
             "flannel: {} dropped {}'s route {:.1} s after its lease was deleted",
-            vms[i].name(),
+            vm.name(),
             vms[victim].name(),
-            gone.elapsed().as_secs_f64()
+            took.as_secs_f64()
         );
-    }
+        took
+    })
+    .into_iter()
+    .max()
+    .unwrap_or_default();
     guest(
         vms[victim],
         key,

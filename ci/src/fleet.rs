@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use kiln_qemu::Vm;
 
-use crate::{guest, wait_in_guest};
+use crate::{guest, on_each, wait_in_guest};
 
 /// How long fleet may take to settle after a change (engine pass, agent pass, docker under TCG).
 pub const SETTLE: Duration = Duration::from_secs(240);
@@ -26,7 +26,7 @@ Requires=docker.service kiln-container-images.service
 
 [Service]
 ExecStartPre=-/usr/bin/docker rm -f example-%i
-ExecStart=/usr/bin/docker run --rm --name example-%i -p 8081:8081 -e HOST=%H kiln/busybox sh -c 'busybox mkdir -p /www && echo "$$HOST" > /www/index.html && exec busybox httpd -f -p 8081 -h /www'
+ExecStart=/usr/bin/docker run --rm --init --name example-%i -p 8081:8081 -e HOST=%H kiln/busybox sh -c 'busybox mkdir -p /www && echo "$$HOST" > /www/index.html && exec busybox httpd -f -p 8081 -h /www'
 ExecStop=/usr/bin/docker stop example-%i
 
 [X-Fleet]
@@ -124,9 +124,7 @@ pub fn nothing_twice(rows: &[Row]) -> Result<(), String> {
 
 /// The machine ids of `vms`, in their order.
 pub fn machine_ids(vms: &[&Vm], key: &Path) -> Vec<String> {
-    vms.iter()
-        .map(|vm| guest(vm, key, "cat /etc/machine-id"))
-        .collect()
+    on_each(vms, |_, vm| guest(vm, key, "cat /etc/machine-id"))
 }
 
 /// `fleetctl list-machines` lists the three, with their private addresses and metadata.

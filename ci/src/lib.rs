@@ -174,6 +174,30 @@ pub fn guest_waiting(vm: &kiln_qemu::Vm, key: &Path, secs: u64, command: &str) -
     )
 }
 
+/// Runs `check` on every machine at once, one thread each, and returns what each gave, in the
+/// machines' order; a check that panics fails the caller with its own message. The cluster's
+/// guests have one vCPU each: a check made one machine after another keeps one of the host's
+/// two cores busy, however many machines wait their turn.
+pub fn on_each<T: Send>(
+    vms: &[&kiln_qemu::Vm],
+    check: impl Fn(usize, &kiln_qemu::Vm) -> T + Sync,
+) -> Vec<T> {
+    std::thread::scope(|s| {
+        let running: Vec<_> = vms
+            .iter()
+            .enumerate()
+            .map(|(i, vm)| {
+                let check = &check;
+                s.spawn(move || check(i, vm))
+            })
+            .collect();
+        running
+            .into_iter()
+            .map(|t| t.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    })
+}
+
 /// Polls `command` in the guest until `done` accepts its stdout; panics after `timeout`
 /// with the last output.
 pub fn wait_in_guest(

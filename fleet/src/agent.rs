@@ -274,20 +274,22 @@ impl Agent {
         let Ok(loaded) = self.systemd.loaded() else {
             return;
         };
-        let mut any = false;
-        for name in loaded.keys() {
-            let global = UnitFile::parse(&loaded[name]).ok().and_then(|u| {
-                let n = UnitName::parse(name).ok()?;
-                Requirements::from_unit(&n, &u).ok().map(|(r, _)| r.global)
-            });
-            if globals_too || global != Some(true) {
-                match self.systemd.unload(name) {
-                    Ok(()) => any = true,
-                    Err(e) => eprintln!("fleet agent: unloading {name}: {e}"),
-                }
-            }
+        let names: Vec<String> = loaded
+            .keys()
+            .filter(|name| {
+                let global = UnitFile::parse(&loaded[name.as_str()]).ok().and_then(|u| {
+                    let n = UnitName::parse(name).ok()?;
+                    Requirements::from_unit(&n, &u).ok().map(|(r, _)| r.global)
+                });
+                globals_too || global != Some(true)
+            })
+            .cloned()
+            .collect();
+        let failed = self.systemd.unload_many(&names);
+        for (name, e) in &failed {
+            eprintln!("fleet agent: unloading {name}: {e}");
         }
-        if any {
+        if failed.len() < names.len() {
             let _ = self.systemd.reload();
         }
     }
