@@ -218,8 +218,16 @@ pub fn check_kernels(vms: &[&Vm], key: &Path, leases: &[Lease]) {
             .filter(|(j, _)| *j != i)
             .map(|(_, l)| l.clone())
             .collect();
-        // docker starts at its first use (its socket): started here as a `docker run` would.
-        guest(vm, key, "sudo systemctl start docker.service");
+        // docker starts at its first use (its socket): started here as a `docker run` would,
+        // with the built-in images its start loads, which the containers below run (as a unit
+        // that runs one orders itself after kiln-container-images.service). `systemctl start`
+        // waits only for the jobs it names: docker alone once answered a `docker run` that
+        // found no kiln/busybox yet.
+        guest(
+            vm,
+            key,
+            "sudo systemctl start docker.service kiln-container-images.service",
+        );
         let deadline = Instant::now() + SETTLE;
         let mut state = guest(vm, key, KERNEL_STATE);
         while let Err(e) = kernel_state(&state, &leases[i], &others) {

@@ -398,7 +398,7 @@ impl Drop for Evidence {
             let Some(port) = m.ssh_port else { continue };
             let out = self.dir.join(format!("{}-agent.txt", m.name));
             let fetched =
-                kiln_qemu::ssh_command(&m.key, "core", port, cmd, Duration::from_secs(30))
+                kiln_qemu::ssh_command(&m.key, "core", port, cmd, Duration::from_secs(30), None)
                     .ok()
                     .and_then(|mut c| c.output().ok());
             match fetched {

@@ -4,11 +4,11 @@
 use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::host::find_tool;
-use crate::process::run_checked;
+use crate::process::{run_checked, ChildGuard};
 use crate::QemuError;
 
 /// The Debian package with `ssh` and `ssh-keygen`.
@@ -59,14 +59,27 @@ pub fn ssh_keygen(dir: &Path) -> Result<(PathBuf, String), QemuError> {
 }
 
 /// The `ssh` command that runs `command` as `user` on 127.0.0.1:`port` with `key`, non-interactive,
-/// trusting whatever host key the VM presents (every test VM makes a new one).
+/// trusting whatever host key the VM presents (every test VM makes a new one). With `shared`, the
+/// command goes over the connection kept at that socket ([`start_shared`]), and over a
+/// connection of its own if that one is gone.
 pub fn ssh_command(
     key: &Path,
     user: &str,
     port: u16,
     command: &str,
     timeout: Duration,
+    shared: Option<&Path>,
 ) -> Result<Command, QemuError> {
+    let mut cmd = ssh_base(key, port, timeout)?;
+    if let Some(socket) = shared {
+        cmd.arg("-S").arg(socket).args(["-o", "ControlMaster=no"]);
+    }
+    cmd.arg(format!("{user}@127.0.0.1")).arg("--").arg(command);
+    Ok(cmd)
+}
+
+/// `ssh` with the options every connection to a VM uses.
+fn ssh_base(key: &Path, port: u16, timeout: Duration) -> Result<Command, QemuError> {
     let ssh = find_tool("ssh", SSH_PACKAGE)?;
     let connect = timeout.min(MAX_CONNECT_TIMEOUT).as_secs().max(1);
     let mut cmd = Command::new(ssh);
@@ -84,8 +97,67 @@ pub fn ssh_command(
     ] {
         cmd.args(["-o", option]);
     }
-    cmd.arg(format!("{user}@127.0.0.1")).arg("--").arg(command);
     Ok(cmd)
+}
+
+/// How long a shared connection stays after its last command.
+const SHARED_PERSIST: &str = "ControlPersist=120";
+
+/// Whether a shared connection (OpenSSH's connection multiplexing) answers at `socket`. A stale
+/// socket (its `ssh` gone) is removed.
+pub(crate) fn shared_alive(socket: &Path) -> bool {
+    if !socket.exists() {
+        return false;
+    }
+    let alive = find_tool("ssh", SSH_PACKAGE).is_ok_and(|ssh| {
+        Command::new(ssh)
+            .arg("-S")
+            .arg(socket)
+            .args(["-O", "check", "kiln-vm"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    if !alive {
+        let _ = std::fs::remove_file(socket);
+    }
+    alive
+}
+
+/// Opens a connection as `user` that later commands share ([`ssh_command`]'s `shared`): each
+/// command then costs a channel instead of a key exchange and a login, about 2 s of a guest's
+/// CPU under TCG. `ssh` authenticates, then stays in the background with none of our output
+/// pipes (a background `ssh` holding a pipe would keep its reader waiting), until the guest
+/// goes away or [`SHARED_PERSIST`] after the last command. Returns whether it is up.
+pub(crate) fn start_shared(
+    key: &Path,
+    user: &str,
+    port: u16,
+    socket: &Path,
+    timeout: Duration,
+) -> bool {
+    let Ok(mut cmd) = ssh_base(key, port, timeout) else {
+        return false;
+    };
+    cmd.args(["-M", "-N", "-f", "-S"])
+        .arg(socket)
+        .args(["-o", SHARED_PERSIST])
+        .arg(format!("{user}@127.0.0.1"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let Ok(child) = cmd.spawn() else {
+        return false;
+    };
+    // The foreground `ssh` ends once the background one is up (or the login failed).
+    let mut guard = ChildGuard::new(child);
+    let Some(status) = guard.wait_timeout(timeout) else {
+        guard.kill();
+        return false;
+    };
+    status.success() && socket.exists()
 }
 
 #[cfg(test)]
@@ -102,6 +174,7 @@ mod tests {
             2222,
             "systemctl is-system-running",
             Duration::from_secs(60),
+            None,
         )
         .expect("ssh command");
         let line = command_line(&cmd);

@@ -3,7 +3,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -16,9 +16,13 @@ use crate::process::{
     command_line, deadline_after, run_checked, run_with_timeout, ChildGuard, POLL,
 };
 use crate::qmp::{self, Events, Qmp};
-use crate::ssh::{ssh_banner, ssh_command};
+use crate::ssh::{shared_alive, ssh_banner, ssh_command, start_shared};
 use crate::{find_ovmf, find_qemu, find_qemu_img, free_port, resolve_accel, Accel, QemuError};
 
+/// The longest a shared ssh connection may take to start, and how long a VM that refused one
+/// goes without (`Vm::shared_ssh`).
+const SHARED_START: Duration = Duration::from_secs(30);
+const SHARED_RETRY: Duration = Duration::from_secs(20);
 /// How long QEMU may take to open its monitor after being spawned.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long one probe in [`Vm::wait_for_ssh`] waits for the server's banner, and the pause
@@ -45,6 +49,9 @@ pub struct Vm {
     qmp: Arc<Mutex<Option<Qmp>>>,
     /// Where the next `wait_for_serial` starts looking: just past the previous match.
     serial_cursor: Mutex<u64>,
+    /// Held while a shared ssh connection is looked at or started (`Vm::ssh`); after a failed
+    /// start, when the next may be tried.
+    ssh_sharing: Mutex<Option<Instant>>,
     /// Set to stop the helper threads (reboot supervisor, reset watchdog).
     watchdog_stop: Arc<AtomicBool>,
     watchdog: Option<thread::JoinHandle<()>>,
@@ -79,6 +86,7 @@ impl Vm {
             child: Arc::new(Mutex::new(child)),
             qmp: Arc::new(Mutex::new(None)),
             serial_cursor: Mutex::new(0),
+            ssh_sharing: Mutex::new(None),
             watchdog_stop: Arc::new(AtomicBool::new(false)),
             watchdog: None,
             supervisor: None,
@@ -369,10 +377,37 @@ impl Vm {
         let port = self.ssh_port().ok_or_else(|| QemuError::NoSshForward {
             vm: self.name().into(),
         })?;
+        let shared = self.shared_ssh(key, user, port, timeout);
         run_with_timeout(
-            &mut ssh_command(key, user, port, command, timeout)?,
+            &mut ssh_command(key, user, port, command, timeout, shared.as_deref())?,
             timeout,
         )
+    }
+
+    /// The socket of this VM's shared connection for `user` (started if there is none), or
+    /// `None` where none could be made (the guest down, or a path too long for a socket): the
+    /// command then connects on its own, as it would without sharing.
+    fn shared_ssh(&self, key: &Path, user: &str, port: u16, timeout: Duration) -> Option<PathBuf> {
+        let socket = self.work_dir().join(format!("{}.{user}.ssh", self.name()));
+        // A Unix socket's path holds at most 107 bytes.
+        if socket.as_os_str().len() > 100 {
+            return None;
+        }
+        let mut not_before = lock(&self.ssh_sharing);
+        if shared_alive(&socket) {
+            return Some(socket);
+        }
+        // A guest that refused one (down, rebooting) is not asked twice for every command of a
+        // wait: its commands connect on their own for a while.
+        if not_before.is_some_and(|t| Instant::now() < t) {
+            return None;
+        }
+        if start_shared(key, user, port, &socket, timeout.min(SHARED_START)) {
+            *not_before = None;
+            return Some(socket);
+        }
+        *not_before = Some(Instant::now() + SHARED_RETRY);
+        None
     }
 
     /// Waits for QEMU to exit by itself (guest power-off, or a reboot with `no_reboot`).
