@@ -186,6 +186,31 @@ mod tests {
     }
 
     #[test]
+    fn a_shared_command_names_the_socket_and_never_becomes_the_master() {
+        kiln_image::testutil::require_tool("ssh", SSH_PACKAGE);
+        let cmd = ssh_command(
+            Path::new("/k/id"),
+            "core",
+            2222,
+            "true",
+            Duration::from_secs(60),
+            Some(Path::new("/w/vm.core.ssh")),
+        )
+        .expect("ssh command");
+        let line = command_line(&cmd);
+        assert!(
+            line.ends_with("-S /w/vm.core.ssh -o ControlMaster=no core@127.0.0.1 -- true"),
+            "{line}"
+        );
+        // No socket there: nothing answers, and nothing is left behind.
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(!shared_alive(&dir.path().join("none.ssh")));
+        std::fs::write(dir.path().join("stale.ssh"), b"").unwrap();
+        assert!(!shared_alive(&dir.path().join("stale.ssh")));
+        assert!(!dir.path().join("stale.ssh").exists());
+    }
+
+    #[test]
     fn keygen_makes_an_ed25519_pair_that_ssh_keygen_accepts() {
         let keygen = kiln_image::testutil::require_tool("ssh-keygen", SSH_PACKAGE);
         let dir = tempfile::tempdir().expect("tempdir");
