@@ -25,10 +25,7 @@ pub trait Systemd: Send {
     /// [`Systemd::unload`] for several units (a machine leaving the cluster); the units that
     /// could not be unloaded, with why. One after another unless an implementation knows better.
     fn unload_many(&mut self, names: &[String]) -> Vec<(String, String)> {
-        names
-            .iter()
-            .filter_map(|n| self.unload(n).err().map(|e| (n.clone(), e)))
-            .collect()
+        unload_each(self, names)
     }
     /// Makes systemd read the changed unit files (after loads and unloads).
     fn reload(&mut self) -> Result<(), String>;
@@ -36,6 +33,14 @@ pub trait Systemd: Send {
     fn stop(&mut self, name: &str) -> Result<(), String>;
     /// The states of these units.
     fn states(&self, names: &[String]) -> Result<BTreeMap<String, SystemdState>, String>;
+}
+
+/// [`Systemd::unload`] of each unit in turn; the ones that failed, with why.
+fn unload_each<S: Systemd + ?Sized>(systemd: &mut S, names: &[String]) -> Vec<(String, String)> {
+    names
+        .iter()
+        .filter_map(|n| systemd.unload(n).err().map(|e| (n.clone(), e)))
+        .collect()
 }
 
 /// The machine's systemd, through `systemctl`.
@@ -57,6 +62,18 @@ fn systemctl(args: &[&str]) -> Result<String, String> {
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()
         ))
+    }
+}
+
+impl Systemctl {
+    /// Removes a unit's file from `units_directory` (gone already is fine).
+    fn remove_file(&self, name: &str) -> Result<(), String> {
+        let path = self.units_directory.join(name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(format!("removing {}: {e}", path.display())),
+        }
     }
 }
 
@@ -97,12 +114,7 @@ impl Systemd for Systemctl {
         systemctl(&["stop", name])?;
         systemctl(&["disable", "--runtime", "--no-reload", name])?;
         let _ = systemctl(&["reset-failed", name]);
-        let path = self.units_directory.join(name);
-        match std::fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(format!("removing {}: {e}", path.display())),
-        }
+        self.remove_file(name)
     }
 
     /// One `systemctl` call for each step, for all the units: systemd stops them side by side,
@@ -116,22 +128,12 @@ impl Systemd for Systemctl {
         let all: Vec<&str> = names.iter().map(String::as_str).collect();
         let step = |verb: &[&str]| systemctl(&[verb, &all[..]].concat());
         if step(&["stop"]).is_err() || step(&["disable", "--runtime", "--no-reload"]).is_err() {
-            return names
-                .iter()
-                .filter_map(|n| self.unload(n).err().map(|e| (n.clone(), e)))
-                .collect();
+            return unload_each(self, names);
         }
         let _ = step(&["reset-failed"]);
         names
             .iter()
-            .filter_map(|n| {
-                let path = self.units_directory.join(n);
-                match std::fs::remove_file(&path) {
-                    Ok(()) => None,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-                    Err(e) => Some((n.clone(), format!("removing {}: {e}", path.display()))),
-                }
-            })
+            .filter_map(|n| self.remove_file(n).err().map(|e| (n.clone(), e)))
             .collect()
     }
 
