@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use kiln_contract::flannel_conf::DEFAULT_PREFIX;
 use kiln_qemu::Vm;
 
-use crate::{guest, on_each, wait_in_guest};
+use crate::{guest, guest_waiting, on_each, wait_in_guest};
 
 /// The overlay the scenario's cloud-configs ask for (`flannel: network:`).
 pub const NETWORK: &str = "10.5.0.0/16";
@@ -222,11 +222,19 @@ pub fn check_kernels(vms: &[&Vm], key: &Path, leases: &[Lease]) {
         // with the built-in images its start loads, which the containers below run (as a unit
         // that runs one orders itself after kiln-container-images.service). `systemctl start`
         // waits only for the jobs it names: docker alone once answered a `docker run` that
-        // found no kiln/busybox yet.
-        guest(
+        // found no kiln/busybox yet. Both at once on every machine took over 90 s in CI (a
+        // guest's command limit), so this one waits as long as the kernel state may settle.
+        let started = Instant::now();
+        guest_waiting(
             vm,
             key,
+            SETTLE.as_secs(),
             "sudo systemctl start docker.service kiln-container-images.service",
+        );
+        eprintln!(
+            "{}: docker and its built-in images started in {:.0} s",
+            vm.name(),
+            started.elapsed().as_secs_f64()
         );
         let deadline = Instant::now() + SETTLE;
         let mut state = guest(vm, key, KERNEL_STATE);

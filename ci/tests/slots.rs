@@ -28,7 +28,9 @@ const ACCEPT: install::Accept<'static> = install::Accept {
 };
 use sha2::{Digest, Sha256};
 
-/// One payload for every test of this file (making it compresses 570 MiB).
+/// One payload for every test of this file (making it compresses 570 MiB), in one work directory
+/// that each process starts afresh: a runner with a process per test (nextest) runs them one at a
+/// time (`.config/nextest.toml`).
 struct Fixture {
     dir: PathBuf,
     payload: PathBuf,
