@@ -191,7 +191,7 @@ fn bad_documents_are_reported_and_the_machine_stays_reachable() {
 }
 
 /// The state `kiln-cloud-config.service` ends its first-boot run in, `active` or `failed`. sshd
-/// does not wait for it: on a loaded host a login came while it was still to start.
+/// does not wait for it, so on a loaded host a login may come before it has run.
 fn cloud_config_ended(vm: &Vm, key: &Path) -> String {
     wait_in_guest(
         vm,
