@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use anyhow::{bail, Context, Result};
+use kiln_contract::release::{DISK_FILE, KEY_FILE, SUMS_FILE};
 use kiln_image::gpt::{Gpt, TableSource};
 
 use crate::{check, run};
@@ -32,8 +33,8 @@ impl FlashImage {
 /// that key, as a user names the key they build with); otherwise `work/image/` with a link to
 /// the disk and sums made by `sha256sum` (the reference tool), unsigned, so `--allow-unsigned`.
 pub fn image_with_sums(disk: &Path, work: &Path) -> Result<FlashImage> {
-    if disk.with_file_name("SHA256SUMS").exists() {
-        let key = disk.with_file_name("update-key.pub.pem");
+    if disk.with_file_name(SUMS_FILE).exists() {
+        let key = disk.with_file_name(KEY_FILE);
         let trust = if key.exists() {
             vec!["--public-key".into(), key.into_os_string()]
         } else {
@@ -46,11 +47,11 @@ pub fn image_with_sums(disk: &Path, work: &Path) -> Result<FlashImage> {
     }
     let dir = work.join("image");
     std::fs::create_dir_all(&dir)?;
-    let link = dir.join("disk.raw");
+    let link = dir.join(DISK_FILE);
     let _ = std::fs::remove_file(&link);
     std::os::unix::fs::symlink(disk, &link)?;
-    let sums = check(Command::new("sha256sum").arg("disk.raw").current_dir(&dir))?;
-    std::fs::write(dir.join("SHA256SUMS"), sums)?;
+    let sums = check(Command::new("sha256sum").arg(DISK_FILE).current_dir(&dir))?;
+    std::fs::write(dir.join(SUMS_FILE), sums)?;
     Ok(FlashImage {
         path: link,
         trust: vec!["--allow-unsigned".into()],

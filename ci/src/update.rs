@@ -6,6 +6,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use kiln_contract::release::{DISK_FILE, KEY_FILE, PAYLOAD_FILE};
 use kiln_qemu::{Accel, GuestFwd, GuestFwdTarget, Vm, VmConfig};
 use kiln_server::client::AdminClient;
 use kiln_server::serve::{self, Background, ServeConfig, ServeTls};
@@ -43,8 +44,8 @@ impl Version {
             panic!("{var} is not set: the update scenarios run through `cargo xtask test`, which builds that version first")
         }));
         assert!(
-            dir.join("update.payload").is_file(),
-            "{var}={} has no update.payload",
+            dir.join(PAYLOAD_FILE).is_file(),
+            "{var}={} has no {PAYLOAD_FILE}",
             dir.display()
         );
         let version = dir
@@ -56,16 +57,16 @@ impl Version {
     }
 
     pub fn payload(&self) -> PathBuf {
-        self.dir.join("update.payload")
+        self.dir.join(PAYLOAD_FILE)
     }
 
     /// The public half of the key the build signed with: what the update server trusts.
     pub fn public_key(&self) -> PathBuf {
-        self.dir.join("update-key.pub.pem")
+        self.dir.join(KEY_FILE)
     }
 
     pub fn disk(&self) -> PathBuf {
-        self.dir.join("disk.raw")
+        self.dir.join(DISK_FILE)
     }
 
     /// SHA-256 (hex) of the first `len` bytes of this version's USR image: what its slot holds.

@@ -18,6 +18,7 @@ pub mod flannel_conf;
 pub mod fleet_conf;
 pub mod hex;
 pub mod paths;
+pub mod release;
 pub mod update_conf;
 pub mod version;
 

@@ -23,16 +23,10 @@ use kiln_contract::digest::Hashing;
 use kiln_contract::hex;
 use sha2::Digest;
 
-pub const SUMS_FILE: &str = "SHA256SUMS";
-pub const SIG_FILE: &str = "SHA256SUMS.sig";
-/// The build's public update key (written by the build when it has a signing key).
-pub const KEY_FILE: &str = "update-key.pub.pem";
-pub const DISK_FILE: &str = "disk.raw";
-/// The SHA-256 of each chunk of `disk.raw` (see [`chunks`]).
-pub const CHUNKS_FILE: &str = "disk.raw.chunks";
-pub const ZST_FILE: &str = "disk.raw.zst";
-/// The update payload the build writes beside the disk.
-pub const PAYLOAD_FILE: &str = "update.payload";
+// The directory's file names (the chunk list is made by [`chunks`]).
+pub use kiln_contract::release::{
+    CHUNKS_FILE, DISK_FILE, KEY_FILE, PAYLOAD_FILE, SIG_FILE, SUMS_FILE, ZST_FILE,
+};
 /// The files `SHA256SUMS` covers, in its order, when they exist.
 pub const SUMMED_FILES: [&str; 4] = [DISK_FILE, CHUNKS_FILE, ZST_FILE, PAYLOAD_FILE];
 
