@@ -81,23 +81,23 @@ fn as_postgres(program: &Path) -> Command {
     }
 }
 
+/// Makes `path` the `postgres` user's, for the server run as that user (as root); not root, the
+/// test's files are already the server's, and the `chown` failing is expected.
+fn give_to_postgres(path: &Path) {
+    let _ = Command::new("chown")
+        .arg("postgres:postgres")
+        .arg(path)
+        .status();
+}
+
 fn start_postgres() -> Postgres {
     let bin = bin_dir();
     let dir = tempfile::tempdir().unwrap();
-    let chown = Command::new("chown")
-        .args(["postgres:postgres"])
-        .arg(dir.path())
-        .status();
-    // Not root: the directory is already ours.
-    let _ = chown;
+    give_to_postgres(dir.path());
     let data = dir.path().join("data");
     // TLS: PostgreSQL wants its key readable by its own user only.
     let ca = kiln_updater::tls::testutil::make_ca(dir.path(), "postgres");
-    let chown = Command::new("chown")
-        .args(["postgres:postgres"])
-        .arg(&ca.key)
-        .status();
-    let _ = chown;
+    give_to_postgres(&ca.key);
     std::fs::set_permissions(&ca.key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let status = as_postgres(&bin.join("initdb"))
         .args(["-A", "trust", "-U", "kiln", "-E", "UTF8", "--no-sync", "-D"])
