@@ -224,11 +224,7 @@ write_files:
             // part of the quorum: it installs when its update comes, beside a member's
             // install, and takes the lock only to reboot. A machine waiting for the lock asks
             // again every 5 s (one small etcd read), so a handover is not a wait of its own.
-            if worker {
-                "    lock-retry: 5s\n    lock-install: false\n"
-            } else {
-                "    lock-retry: 5s\n    lock-install: true\n"
-            },
+            &format!("    lock-retry: 5s\n    lock-install: {}\n", !worker),
         ),
     )
 }

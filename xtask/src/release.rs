@@ -23,7 +23,7 @@ use kiln_contract::digest::Hashing;
 use kiln_contract::hex;
 use sha2::Digest;
 
-// The directory's file names (the chunk list is made by [`chunks`]).
+// The directory's file names (`chunks` makes the chunk list).
 pub use kiln_contract::release::{
     CHUNKS_FILE, DISK_FILE, KEY_FILE, PAYLOAD_FILE, SIG_FILE, SUMS_FILE, ZST_FILE,
 };
