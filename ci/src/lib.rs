@@ -229,6 +229,23 @@ pub fn wait_in_guest(
     )
 }
 
+/// The state a oneshot `unit` ends its run in, `active` or `failed`, once it has ended: a unit
+/// that is still starting when ssh answers (nothing orders sshd after it) is waited for.
+pub fn unit_ended(
+    vm: &kiln_qemu::Vm,
+    key: &Path,
+    unit: &str,
+    timeout: std::time::Duration,
+) -> String {
+    wait_in_guest(
+        vm,
+        key,
+        &format!("systemctl show -p ActiveState --value {unit}"),
+        timeout,
+        |state| matches!(state.trim(), "active" | "failed"),
+    )
+}
+
 /// A sparse copy of `disk` at `out` with `files` (name, content) written into its OEM
 /// partition's FAT, the way `flash --config` and `build-image --debug-ssh-key` put them there.
 pub fn disk_with_oem_files(disk: &Path, out: &Path, files: &[(&str, &[u8])]) -> Result<PathBuf> {

@@ -11,7 +11,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use kiln_ci::{disk_under_test, disk_with_oem_files, guest, overlay, wait_in_guest, work_dir};
+use kiln_ci::{
+    disk_under_test, disk_with_oem_files, guest, overlay, unit_ended, wait_in_guest, work_dir,
+};
 use kiln_qemu::{ssh_keygen, Accel, Vm, VmConfig};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(900);
@@ -193,13 +195,7 @@ fn bad_documents_are_reported_and_the_machine_stays_reachable() {
 /// The state `kiln-cloud-config.service` ends its first-boot run in, `active` or `failed`. sshd
 /// does not wait for it, so on a loaded host a login may come before it has run.
 fn cloud_config_ended(vm: &Vm, key: &Path) -> String {
-    wait_in_guest(
-        vm,
-        key,
-        "systemctl show -p ActiveState --value kiln-cloud-config.service",
-        BOOT_TIMEOUT,
-        |state| matches!(state.trim(), "active" | "failed"),
-    )
+    unit_ended(vm, key, "kiln-cloud-config.service", BOOT_TIMEOUT)
 }
 
 /// flannel settings that cannot work, one after another: the daemon says why in its journal

@@ -33,7 +33,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use kiln_ci::update::{Evidence, UpdateServer, Version, INSTALL_STEPS, RUNNING};
-use kiln_ci::{flannel, fleet, guest, guest_waiting, on_each, overlay, wait_in_guest, work_dir};
+use kiln_ci::{
+    flannel, fleet, guest, guest_waiting, on_each, overlay, unit_ended, wait_in_guest, work_dir,
+};
 use kiln_qemu::{
     format_mac, free_port, ssh_keygen, Accel, HostFwd, SocketMode, SocketNic, Vm, VmConfig,
 };
@@ -736,7 +738,8 @@ fn three_nodes_form_an_etcd_cluster_find_each_others_services_and_update_one_at_
         |out| out.contains("10.77.0.1:8080"),
     );
     assert!(found.contains("/services/web/node1"), "{found}");
-    let unit = guest(vms[0], &key, "systemctl is-active web-announce.service");
+    // The oneshot ends when its container has gone, after the announcement.
+    let unit = unit_ended(vms[0], &key, "web-announce.service", CLUSTER_TIMEOUT);
     assert_eq!(unit, "active");
 
     // flannel: one lease each, the kernel state for the others, docker on the subnet, and
