@@ -310,9 +310,9 @@ impl Kernel {
     }
 
     /// Makes `flannel.<VNI>` what `cfg` says (vxlan with that VNI, underlay device, local
-    /// address and port, learning off, no outer UDP checksum), with the MTU set, up, and IPv6 router advertisements
-    /// ignored. A device of that name that matches is kept with its entries; one that does not is
-    /// deleted and made again.
+    /// address and port, learning off, no outer UDP checksum), with the MTU set, up, and IPv6
+    /// router advertisements ignored. A device of that name that matches is kept with its
+    /// entries; one that does not is deleted and made again.
     pub fn ensure_vxlan(&self, cfg: &VtepConfig) -> Result<Vtep, KernelError> {
         let name = vtep_name(cfg.vni);
         let port = match cfg.port {
