@@ -165,7 +165,6 @@ pub fn kernel_state(text: &str, me: &Lease, others: &[Lease]) -> Result<(), Stri
         format!("vxlan id 1 local {} ", me.public_ip),
         format!("dstport {PORT}"),
         "nolearning".into(),
-        "noudpcsum".into(),
         format!("mtu {MTU}"),
         format!("link/ether {}", me.vtep_mac),
     ];
@@ -611,7 +610,7 @@ mod tests {
             .map(|o| format!("{} dst {} self permanent\n", o.vtep_mac, o.public_ip))
             .collect();
         format!(
-            "5: flannel.1: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1450 qdisc noqueue state UNKNOWN mode DEFAULT group default \n    link/ether {} brd ff:ff:ff:ff:ff:ff promiscuity 0 minmtu 68 maxmtu 65535 \n    vxlan id 1 local {} dev ens4 srcport 0 0 dstport 8472 nolearning ttl auto ageing 300 noudpcsum noudp6zerocsumtx noudp6zerocsumrx\n---\n5: flannel.1    inet {}/32 scope global flannel.1\\       valid_lft forever preferred_lft forever\n---\n{routes}---\n{neigh}---\n{fdb}---\n4: docker0    inet 10.5.{}.1/24 brd 10.5.{}.255 scope global docker0\\       valid_lft forever preferred_lft forever",
+            "5: flannel.1: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1450 qdisc noqueue state UNKNOWN mode DEFAULT group default \n    link/ether {} brd ff:ff:ff:ff:ff:ff promiscuity 0 minmtu 68 maxmtu 65535 \n    vxlan id 1 local {} dev ens4 srcport 0 0 dstport 8472 nolearning ttl auto ageing 300 udpcsum noudp6zerocsumtx noudp6zerocsumrx\n---\n5: flannel.1    inet {}/32 scope global flannel.1\\       valid_lft forever preferred_lft forever\n---\n{routes}---\n{neigh}---\n{fdb}---\n4: docker0    inet 10.5.{}.1/24 brd 10.5.{}.255 scope global docker0\\       valid_lft forever preferred_lft forever",
             me.vtep_mac,
             me.public_ip,
             me.subnet,
@@ -631,10 +630,6 @@ mod tests {
         assert!(kernel_state(&text, &me, &others[..1]).is_err());
         let learning = text.replace("nolearning", "learning");
         assert!(kernel_state(&learning, &me, &others).is_err());
-        let checksums = text.replace("noudpcsum", "udpcsum");
-        assert!(kernel_state(&checksums, &me, &others)
-            .unwrap_err()
-            .contains("noudpcsum"));
         let default_bridge = text.replace("inet 10.5.1.1/24", "inet 172.17.0.1/16");
         assert!(kernel_state(&default_bridge, &me, &others)
             .unwrap_err()

@@ -310,9 +310,9 @@ impl Kernel {
     }
 
     /// Makes `flannel.<VNI>` what `cfg` says (vxlan with that VNI, underlay device, local
-    /// address and port, learning off, no outer UDP checksum), with the MTU set, up, and IPv6
-    /// router advertisements ignored. A device of that name that matches is kept with its
-    /// entries; one that does not is deleted and made again.
+    /// address and port, learning off), with the MTU set, up, and IPv6 router advertisements
+    /// ignored. A device of that name that matches is kept with its entries; one that does not is
+    /// deleted and made again.
     pub fn ensure_vxlan(&self, cfg: &VtepConfig) -> Result<Vtep, KernelError> {
         let name = vtep_name(cfg.vni);
         let port = match cfg.port {
@@ -375,14 +375,10 @@ impl Kernel {
             .local(cfg.local)
             .port(port)
             .learning(false)
-            // As flannel makes it: the kernel's default for a new device is a checksum over
-            // every outer packet, computed in software wherever the underlay's NIC has no
-            // checksum offload; the inner packet carries its own.
-            .udp_csum(false)
             .mtu(cfg.mtu)
             .build();
         let action = format!(
-            "creating {name} (vxlan id {}, underlay interface {}, local {}, dstport {port}, nolearning, noudpcsum)",
+            "creating {name} (vxlan id {}, underlay interface {}, local {}, dstport {port}, nolearning)",
             cfg.vni, cfg.dev_index, cfg.local
         );
         match self.runtime.block_on(self.handle.link().add(message).execute()) {
@@ -727,7 +723,6 @@ fn vxlan_mismatch(link: &LinkMessage, cfg: &VtepConfig, port: u16) -> Option<Str
     let mut local = None;
     let mut dst_port = None;
     let mut learning = None;
-    let mut udp_csum = None;
     let mut gbp = false;
     for attr in data {
         match attr {
@@ -736,7 +731,6 @@ fn vxlan_mismatch(link: &LinkMessage, cfg: &VtepConfig, port: u16) -> Option<Str
             InfoVxlan::Local(v) => local = Some(*v),
             InfoVxlan::Port(v) => dst_port = Some(*v),
             InfoVxlan::Learning(v) => learning = Some(*v),
-            InfoVxlan::UDPCsum(v) => udp_csum = Some(*v),
             InfoVxlan::Gbp => gbp = true,
             _ => {}
         }
@@ -763,9 +757,6 @@ fn vxlan_mismatch(link: &LinkMessage, cfg: &VtepConfig, port: u16) -> Option<Str
     }
     if learning != Some(false) {
         return Some("learns addresses (flannel's device has nolearning)".into());
-    }
-    if udp_csum != Some(false) {
-        return Some("checksums its outer UDP packets (flannel's device has noudpcsum)".into());
     }
     if gbp {
         return Some("has group-based policy on (flannel's device has not)".into());

@@ -48,8 +48,8 @@ fn vtep_config(vni: u32, port: u16, dev_index: u32, local: [u8; 4]) -> VtepConfi
     }
 }
 
-/// The device as `ip -d` shows it: vxlan id, underlay, local address, port, nolearning,
-/// noudpcsum, MTU, MAC, up; and accept_ra off.
+/// The device as `ip -d` shows it: vxlan id, underlay, local address, port, nolearning, MTU,
+/// MAC, up; and accept_ra off.
 fn check_device(m: &Machine, vtep: &Vtep, vni: u32, port: u16) {
     let link = &m.json(&["ip", "-d", "-j", "link", "show", &vtep.name])[0];
     let info = &link["linkinfo"]["info_data"];
@@ -60,7 +60,6 @@ fn check_device(m: &Machine, vtep: &Vtep, vni: u32, port: u16) {
     assert_eq!(info["link"], "v0", "{link}");
     assert_eq!(info["port"], port, "{link}");
     assert_eq!(info["learning"], false, "{link}");
-    assert_eq!(info["udp_csum"], false, "{link}");
     assert_eq!(link["mtu"], 1450, "{link}");
     assert_eq!(link["address"], vtep.mac.to_string(), "{link}");
     assert!(
@@ -207,18 +206,6 @@ fn vxlan_device_address_and_peers_are_flannels() {
     let vtep = m.run(move |k| k.ensure_vxlan(&cfg)).unwrap();
     assert!(
         matches!(&vtep.outcome, VtepOutcome::Recreated(why) if why.contains("learns")),
-        "{vtep:?}"
-    );
-    check_device(&m, &vtep, 1, 8472);
-    // One as `ip link add` makes it unless told otherwise: outer UDP checksums on.
-    m.tool(&["ip", "link", "del", "flannel.1"]);
-    m.tool_line(&format!(
-        "ip link add flannel.1 address {} type vxlan id 1 dev v0 local 10.9.0.1 dstport 8472 nolearning udpcsum",
-        cfg.mac()
-    ));
-    let vtep = m.run(move |k| k.ensure_vxlan(&cfg)).unwrap();
-    assert!(
-        matches!(&vtep.outcome, VtepOutcome::Recreated(why) if why.contains("noudpcsum")),
         "{vtep:?}"
     );
     check_device(&m, &vtep, 1, 8472);
@@ -471,7 +458,6 @@ fn a_kept_device_must_match_every_setting() {
             InfoVxlan::Local(ip([10, 9, 0, 1])),
             InfoVxlan::Port(8472),
             InfoVxlan::Learning(false),
-            InfoVxlan::UDPCsum(false),
         ]
     };
     assert_eq!(vxlan_mismatch(&link(good()), &cfg, 8472), None);
@@ -491,12 +477,6 @@ fn a_kept_device_must_match_every_setting() {
         "has dstport 4789, not 8472"
     );
     assert!(changed(4, InfoVxlan::Learning(true)).contains("learns"));
-    assert!(changed(5, InfoVxlan::UDPCsum(true)).contains("checksums"));
-    let mut unsaid = good();
-    unsaid.pop();
-    assert!(vxlan_mismatch(&link(unsaid), &cfg, 8472)
-        .unwrap()
-        .contains("checksums"));
     let mut gbp = good();
     gbp.push(InfoVxlan::Gbp);
     assert!(vxlan_mismatch(&link(gbp), &cfg, 8472)
