@@ -17,6 +17,9 @@ use kiln_ci::{
 use kiln_qemu::{ssh_keygen, Accel, Vm, VmConfig};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(900);
+/// The first-boot unit that applies the cloud-config; sshd does not wait for it, so on a loaded
+/// host a login may come before it has ended.
+const CLOUD_CONFIG_UNIT: &str = "kiln-cloud-config.service";
 
 /// What the parser says about `doc`: its error, or its first warning.
 fn parser_says(doc: &str) -> (bool, String) {
@@ -126,11 +129,16 @@ fn bad_documents_are_reported_and_the_machine_stays_reachable() {
             vm.serial_log().display()
         );
         // The named unit failed, and its journal holds the reason.
-        assert_eq!(cloud_config_ended(vm, &key), "failed", "{}", case.name);
+        assert_eq!(
+            unit_ended(vm, &key, CLOUD_CONFIG_UNIT, BOOT_TIMEOUT),
+            "failed",
+            "{}",
+            case.name
+        );
         let journal = guest(
             vm,
             &key,
-            "sudo journalctl -b -u kiln-cloud-config.service --no-pager -o cat",
+            &format!("sudo journalctl -b -u {CLOUD_CONFIG_UNIT} --no-pager -o cat"),
         );
         if applied {
             assert!(
@@ -179,7 +187,10 @@ fn bad_documents_are_reported_and_the_machine_stays_reachable() {
         "sudo cat /var/lib/kiln/cloud-config.report",
     );
     assert!(report.starts_with("status: ok\n"), "{report}");
-    assert_eq!(cloud_config_ended(&script_vm, &key), "active");
+    assert_eq!(
+        unit_ended(&script_vm, &key, CLOUD_CONFIG_UNIT, BOOT_TIMEOUT),
+        "active"
+    );
     // The login prompts above came under the device timeout the image sets (a loaded host once
     // took udev past systemd's 90 s for the console's tty, and its getty never started).
     assert_eq!(
@@ -190,12 +201,6 @@ fn bad_documents_are_reported_and_the_machine_stays_reachable() {
         ),
         "5min"
     );
-}
-
-/// The state `kiln-cloud-config.service` ends its first-boot run in, `active` or `failed`. sshd
-/// does not wait for it, so on a loaded host a login may come before it has run.
-fn cloud_config_ended(vm: &Vm, key: &Path) -> String {
-    unit_ended(vm, key, "kiln-cloud-config.service", BOOT_TIMEOUT)
 }
 
 /// flannel settings that cannot work, one after another: the daemon says why in its journal
