@@ -1432,4 +1432,20 @@ fn fleet_after_update(vms: &[&Vm], key: &Path, ids: &[String]) {
             .count(),
         3
     );
+    // The states fleetctl showed came from systemd over D-Bus, on both versions' boots: the
+    // daemon's journal has no failure of it, or (a call that timed out on a busy machine) only
+    // failures it recovered from.
+    on_each(vms, |_, vm| {
+        let said = guest(
+            vm,
+            key,
+            "sudo journalctl -u kiln-fleet.service -o cat --no-pager | grep 'over D-Bus' || true",
+        );
+        let last = said.lines().last().unwrap_or_default();
+        assert!(
+            said.is_empty() || last.ends_with("over D-Bus again"),
+            "{}: fleet's daemon reads unit states without D-Bus:\n{said}",
+            vm.name()
+        );
+    });
 }

@@ -13,7 +13,7 @@ use crate::registry::{
     fetch_units, to_json, Assignment, Layout, MachineObject, UnitCache, UnitState, MAX_TXN_OPS,
 };
 use crate::schedule::{desired_on, Job, TargetState};
-use crate::systemd::Systemd;
+use crate::systemd::{Systemd, SystemdState};
 use crate::unit::{UnitFile, UnitHash};
 
 /// What one reconcile did.
@@ -218,7 +218,14 @@ impl Agent {
                 eprintln!("fleet agent: {name}: {e}");
             }
         }
-        self.publish(lease, &desired, &assigned)?;
+        // Read again only where this pass started or stopped a unit: the states it just read
+        // are what the machine runs otherwise.
+        let states = if pass.started.is_empty() && pass.stopped.is_empty() {
+            states
+        } else {
+            self.systemd.states(&names).map_err(AgentError::Systemd)?
+        };
+        self.publish(lease, &desired, &assigned, states)?;
         Ok(pass)
     }
 
@@ -228,9 +235,8 @@ impl Agent {
         lease: i64,
         desired: &BTreeMap<String, (TargetState, String)>,
         assigned: &BTreeMap<String, (Assignment, bool)>,
+        states: BTreeMap<String, SystemdState>,
     ) -> Result<(), AgentError> {
-        let names: Vec<String> = desired.keys().cloned().collect();
-        let states = self.systemd.states(&names).map_err(AgentError::Systemd)?;
         let mut ops = Vec::new();
         let mut now = BTreeMap::new();
         for (name, (state, _)) in desired {

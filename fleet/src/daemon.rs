@@ -91,9 +91,7 @@ pub fn run(conf: &FleetConf, machine_id: &str, socket: &Path) -> Result<(), Stri
         me,
         conf.agent_ttl,
         conf.fence_on_lease_loss,
-        Box::new(Systemctl {
-            units_directory: conf.units_directory.clone().into(),
-        }),
+        Box::new(Systemctl::new(conf.units_directory.clone().into())),
     );
     let layout = Layout::new(prefix);
     let (wake_tx, wake) = mpsc::channel();

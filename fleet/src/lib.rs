@@ -18,7 +18,8 @@
 //!
 //! - [`registry`]: the key layout in etcd and the API's reads and writes;
 //! - [`engine`]: the leader's loop (one leader through an etcd lease, every write fenced by it);
-//! - [`agent`] and [`systemd`]: each machine's presence and its units in systemd;
+//! - [`agent`] and [`systemd`]: each machine's presence and its units in systemd ([`dbus`]: the
+//!   units' states asked of systemd on its private D-Bus socket);
 //! - [`api`]: fleet's v1 HTTP API; [`daemon`]: `kiln-fleetd`, all of it in one loop;
 //! - [`ctl`](mod@ctl): `fleetctl`.
 //!
@@ -30,6 +31,7 @@ pub mod agent;
 pub mod api;
 pub mod ctl;
 pub mod daemon;
+pub mod dbus;
 pub mod engine;
 pub mod job;
 pub mod name;

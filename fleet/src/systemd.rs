@@ -2,9 +2,13 @@
 //! the way fleet did it: the unit file kept in `units_directory` (`/run/fleet/units/`) and linked
 //! into systemd's runtime configuration, so `systemctl status` shows it as `linked-runtime`.
 
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::dbus::{Manager, SYSTEMD_PRIVATE};
 
 /// systemd's three states of a unit, as `systemctl show` gives them.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -43,10 +47,20 @@ fn unload_each<S: Systemd + ?Sized>(systemd: &mut S, names: &[String]) -> Vec<(S
         .collect()
 }
 
-/// The machine's systemd, through `systemctl`.
+/// The machine's systemd: unit states asked over D-Bus ([`crate::dbus`]), everything else
+/// through `systemctl` (loads, starts and stops are rare; the states are read on every
+/// reconcile). Where D-Bus fails, the states come from `systemctl show`, and the journal says so
+/// once.
 pub struct Systemctl {
     pub units_directory: PathBuf,
+    manager: RefCell<Manager>,
+    /// After D-Bus failed: when to try it again (a failure is said once, until it works again).
+    bus_retry: Cell<Option<Instant>>,
 }
+
+/// How long the states come from `systemctl show` after D-Bus failed: a call that hangs holds
+/// up the daemon's loop, so it is not tried on every reconcile.
+const BUS_RETRY: Duration = Duration::from_secs(60);
 
 fn systemctl(args: &[&str]) -> Result<String, String> {
     let out = Command::new("systemctl")
@@ -66,6 +80,14 @@ fn systemctl(args: &[&str]) -> Result<String, String> {
 }
 
 impl Systemctl {
+    pub fn new(units_directory: PathBuf) -> Self {
+        Systemctl {
+            units_directory,
+            manager: RefCell::new(Manager::new(SYSTEMD_PRIVATE)),
+            bus_retry: Cell::new(None),
+        }
+    }
+
     /// Removes a unit's file from `units_directory` (gone already is fine).
     fn remove_file(&self, name: &str) -> Result<(), String> {
         let path = self.units_directory.join(name);
@@ -152,6 +174,23 @@ impl Systemd for Systemctl {
     fn states(&self, names: &[String]) -> Result<BTreeMap<String, SystemdState>, String> {
         if names.is_empty() {
             return Ok(BTreeMap::new());
+        }
+        let retry = self.bus_retry.get();
+        if retry.is_none_or(|at| Instant::now() >= at) {
+            match self.manager.borrow_mut().states(names) {
+                Ok(states) => {
+                    if self.bus_retry.take().is_some() {
+                        eprintln!("fleet agent: unit states over D-Bus again");
+                    }
+                    return Ok(names.iter().cloned().zip(states).collect());
+                }
+                Err(e) => {
+                    if retry.is_none() {
+                        eprintln!("fleet agent: unit states over D-Bus failed ({e}); asking `systemctl show` until it works again (D-Bus tried every {} s)", BUS_RETRY.as_secs());
+                    }
+                    self.bus_retry.set(Some(Instant::now() + BUS_RETRY));
+                }
+            }
         }
         let mut args = vec!["show", "--property=Id,LoadState,ActiveState,SubState"];
         args.extend(names.iter().map(String::as_str));

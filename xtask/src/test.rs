@@ -83,6 +83,11 @@ pub const TEST_PACKAGES: &[HostPackage] = &[
         package: "iptables",
         provides: "iptables",
     },
+    // fleet's D-Bus client is checked against it.
+    HostPackage {
+        package: "dbus-daemon",
+        provides: "dbus-daemon",
+    },
     HostPackage {
         package: "postgresql",
         provides: "pg_ctlcluster",
