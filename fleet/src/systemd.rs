@@ -182,6 +182,11 @@ impl Systemd for Systemctl {
                     if self.bus_retry.take().is_some() {
                         eprintln!("fleet agent: unit states over D-Bus again");
                     }
+                    let states = states.into_iter().map(|(load, active, sub)| SystemdState {
+                        load,
+                        active,
+                        sub,
+                    });
                     return Ok(names.iter().cloned().zip(states).collect());
                 }
                 Err(e) => {

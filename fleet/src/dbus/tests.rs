@@ -205,19 +205,15 @@ fn unit_states_are_read_in_the_order_asked() {
     };
     let names = vec!["web@1.service".to_owned(), "gone.service".to_owned()];
     let states = unit_states(&reply, &names).unwrap();
+    let states: Vec<(&str, &str, &str)> = states
+        .iter()
+        .map(|(l, a, s)| (l.as_str(), a.as_str(), s.as_str()))
+        .collect();
     assert_eq!(
         states,
         [
-            SystemdState {
-                load: "loaded".into(),
-                active: "active".into(),
-                sub: "running".into()
-            },
-            SystemdState {
-                load: "not-found".into(),
-                active: "inactive".into(),
-                sub: "dead".into()
-            }
+            ("loaded", "active", "running"),
+            ("not-found", "inactive", "dead")
         ]
     );
     // Fewer answers than names, another signature, a cut body: errors, not guesses.
