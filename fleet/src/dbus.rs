@@ -77,7 +77,7 @@ impl Connection {
         let mut stream = BufReader::new(stream);
         // SAFETY: geteuid has no preconditions and cannot fail.
         let uid = unsafe { libc::geteuid() }.to_string();
-        let hex: String = uid.bytes().map(|b| format!("{b:02x}")).collect();
+        let hex = kiln_contract::hex::encode(uid.as_bytes());
         // BEGIN goes with AUTH, before the server's OK, as sd-bus's own clients send it, so the
         // first call reaches the server only after it has left authentication. Sent after the
         // OK with the call right behind it, systemd 252 (Debian 12's, in the cluster scenario)
