@@ -10,10 +10,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kiln_ci::{check, disk_under_test, guest, overlay, partition, work_dir};
+use kiln_ci::{check, disk_under_test, guest, overlay, partition, unit_ended, work_dir};
 use kiln_qemu::{ssh_keygen, Accel, GuestFwd, GuestFwdTarget, Vm, VmConfig};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(900);
+/// How long the fetching oneshot may still run once ssh answers.
+const UNIT_TIMEOUT: Duration = Duration::from_secs(300);
 const GUEST_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 100);
 const GUEST_PORT: u16 = 8080;
 
@@ -104,8 +106,10 @@ fn a_document_from_kiln_config_url_is_fetched_applied_and_its_units_started() {
         vm.serial_log().display()
     );
     assert_eq!(guest(&vm, &key, "hostname"), "from-url");
+    // ssh answers once the document's key is in; the oneshot may still be starting the
+    // document's units then: waited for until it ends.
     assert_eq!(
-        guest(&vm, &key, "systemctl is-active kiln-config-url.service"),
+        unit_ended(&vm, &key, "kiln-config-url.service", UNIT_TIMEOUT),
         "active"
     );
     assert_eq!(guest(&vm, &key, "cat /run/url-hello"), "fetched");
