@@ -229,15 +229,7 @@ fn method_call(serial: u32, call: &Call) -> Vec<u8> {
             }
             Arg::Strs(items) => {
                 signature.push_str("as");
-                body.align(4);
-                let at = body.buf.len();
-                body.u32(0);
-                let start = body.buf.len();
-                for item in items.iter() {
-                    body.string(item);
-                }
-                let len = (body.buf.len() - start) as u32;
-                body.buf[at..at + 4].copy_from_slice(&len.to_le_bytes());
+                body.array(4, |w| items.iter().for_each(|item| w.string(item)));
             }
         }
     }
@@ -245,30 +237,27 @@ fn method_call(serial: u32, call: &Call) -> Vec<u8> {
     m.buf.extend_from_slice(&[b'l', METHOD_CALL, 0, 1]);
     m.u32(body.buf.len() as u32);
     m.u32(serial);
-    let at = m.buf.len();
-    m.u32(0);
-    let start = m.buf.len();
-    let field = |m: &mut Writer, code: u8, kind: &str, value: &str| {
-        m.align(8);
-        m.buf.push(code);
-        m.signature(kind);
-        if kind == "g" {
-            m.signature(value);
-        } else {
-            m.string(value);
+    m.array(8, |m| {
+        let field = |m: &mut Writer, code: u8, kind: &str, value: &str| {
+            m.align(8);
+            m.buf.push(code);
+            m.signature(kind);
+            if kind == "g" {
+                m.signature(value);
+            } else {
+                m.string(value);
+            }
+        };
+        field(m, FIELD_PATH, "o", call.path);
+        field(m, FIELD_INTERFACE, "s", call.interface);
+        field(m, FIELD_MEMBER, "s", call.member);
+        if let Some(destination) = call.destination {
+            field(m, FIELD_DESTINATION, "s", destination);
         }
-    };
-    field(&mut m, FIELD_PATH, "o", call.path);
-    field(&mut m, FIELD_INTERFACE, "s", call.interface);
-    field(&mut m, FIELD_MEMBER, "s", call.member);
-    if let Some(destination) = call.destination {
-        field(&mut m, FIELD_DESTINATION, "s", destination);
-    }
-    if !signature.is_empty() {
-        field(&mut m, FIELD_SIGNATURE, "g", &signature);
-    }
-    let len = (m.buf.len() - start) as u32;
-    m.buf[at..at + 4].copy_from_slice(&len.to_le_bytes());
+        if !signature.is_empty() {
+            field(m, FIELD_SIGNATURE, "g", &signature);
+        }
+    });
     m.align(8);
     m.buf.extend_from_slice(&body.buf);
     m.buf
@@ -296,6 +285,17 @@ impl Writer {
         self.buf.push(s.len() as u8);
         self.buf.extend_from_slice(s.as_bytes());
         self.buf.push(0);
+    }
+    /// An array whose elements (`align_to`: their type's alignment) `elements` writes: its
+    /// length in bytes first, which leaves out the padding between it and the first element.
+    fn array(&mut self, align_to: usize, elements: impl FnOnce(&mut Self)) {
+        self.u32(0);
+        let at = self.buf.len() - 4;
+        self.align(align_to);
+        let start = self.buf.len();
+        elements(self);
+        let len = (self.buf.len() - start) as u32;
+        self.buf[at..at + 4].copy_from_slice(&len.to_le_bytes());
     }
 }
 

@@ -152,21 +152,18 @@ fn an_array_of_strings_arrives_as_sent() {
 /// structs (8-aligned) of strings, object paths and a uint32.
 fn unit_info_body(units: &[[&str; 10]]) -> Vec<u8> {
     let mut w = Writer::default();
-    w.u32(0);
-    w.align(8);
-    let start = w.buf.len();
-    for u in units {
-        w.align(8);
-        for (i, field) in u.iter().enumerate() {
-            if i == 7 {
-                w.u32(field.parse().unwrap());
-            } else {
-                w.string(field);
+    w.array(8, |w| {
+        for u in units {
+            w.align(8);
+            for (i, field) in u.iter().enumerate() {
+                if i == 7 {
+                    w.u32(field.parse().unwrap());
+                } else {
+                    w.string(field);
+                }
             }
         }
-    }
-    let len = (w.buf.len() - start) as u32;
-    w.buf[0..4].copy_from_slice(&len.to_le_bytes());
+    });
     w.buf
 }
 
