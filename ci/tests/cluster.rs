@@ -41,6 +41,9 @@ use kiln_qemu::{
 };
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(900);
+/// A boot's total, its slowest units and the update agent's last words (seconds since the
+/// boot), as a guest command.
+const BOOT_ON_V2: &str = "systemd-analyze time | head -n 1; systemd-analyze blame --no-pager | head -n 8; sudo journalctl -b -u kiln-update-agent -o short-monotonic --no-pager | tail -n 5";
 const CLUSTER_TIMEOUT: Duration = Duration::from_secs(600);
 /// Four downloads and writes under TCG, then four reboots one after another.
 const ROLLING_TIMEOUT: Duration = Duration::from_secs(2400);
@@ -212,6 +215,7 @@ write_files:
 {etcd}  network:
     - mac: {mac}
       address: {addr}/24
+      ipv6-accept-ra: false
   units:
 {start}{unit}"#,
         name = node.name,
@@ -820,6 +824,14 @@ fn three_nodes_form_an_etcd_cluster_find_each_others_services_and_update_one_at_
         .zip(on_each(&all, |_, vm| guest(vm, &key, INSTALL_STEPS)))
     {
         eprintln!("{} installing v2:\n{steps}", vm.name());
+    }
+    // Where each machine's boot on v2 went: the agent's health wait lasts until systemd says
+    // the boot is over, and that wait holds the lock.
+    for (vm, boot) in all
+        .iter()
+        .zip(on_each(&all, |_, vm| guest(vm, &key, BOOT_ON_V2)))
+    {
+        eprintln!("{} booting v2:\n{boot}", vm.name());
     }
 
     // One holder at a time: every PUT of the lock is followed by its DELETE before the next PUT.

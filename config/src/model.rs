@@ -244,4 +244,9 @@ pub struct NetworkInterface {
     pub addresses: Vec<String>,
     pub gateway: Option<String>,
     pub dns: Vec<String>,
+    /// `ipv6-accept-ra:`, networkd's `IPv6AcceptRA=`; `None` leaves networkd's default (accept
+    /// router advertisements unless the machine forwards). Off, a link with no IPv6 router
+    /// is configured at once: otherwise networkd waits about 12 s for an advertisement before
+    /// the link counts as configured, and `network-online.target` with it.
+    pub ipv6_accept_ra: Option<bool>,
 }

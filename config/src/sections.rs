@@ -511,6 +511,11 @@ fn interface(node: &Node, path: &str, ctx: &mut Ctx) -> Result<NetworkInterface,
             format!("{bad:?} is not an IP address"),
         ));
     }
+    let ra_path = f.path_of("ipv6-accept-ra");
+    let ipv6_accept_ra = f
+        .take_some("ipv6-accept-ra")
+        .map(|n| boolean(Some(n), &ra_path))
+        .transpose()?;
     f.finish(ctx);
     Ok(NetworkInterface {
         name,
@@ -518,6 +523,7 @@ fn interface(node: &Node, path: &str, ctx: &mut Ctx) -> Result<NetworkInterface,
         addresses,
         gateway,
         dns,
+        ipv6_accept_ra,
     })
 }
 

@@ -282,6 +282,13 @@ pub(crate) fn network_unit(iface: &NetworkInterface) -> String {
     for d in &iface.dns {
         s.push_str(&format!("DNS={d}\n"));
     }
+    if let Some(accept) = iface.ipv6_accept_ra {
+        s.push_str(if accept {
+            "IPv6AcceptRA=yes\n"
+        } else {
+            "IPv6AcceptRA=no\n"
+        });
+    }
     s
 }
 

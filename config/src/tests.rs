@@ -747,7 +747,7 @@ fn apply_kiln_units_network_and_masks() {
         "[Service]\nExecStart=/bin/true\n[Install]\nRequiredBy=multi-user.target\n",
     )
     .unwrap();
-    let doc = "#cloud-config\nkiln:\n  units:\n    - name: getty@ttyS0.service\n      enable: true\n    - name: vendor.service\n      enable: true\n    - name: bad.service\n      mask: true\n    - name: tmp.service\n      runtime: true\n      content: \"[Service]\\nExecStart=/bin/true\\n\"\n    - name: 20-lan.network\n      content: \"[Match]\\nName=lan0\\n\"\n    - name: missing.service\n      enable: true\n  network:\n    - name: eth0\n      address: [10.0.0.5/24, \"2001:db8::5/64\"]\n      gateway: 10.0.0.1\n      dns: [10.0.0.2, 10.0.0.3]\n    - match: en*\n      address: 192.0.2.7/24\n    - mac: 52:54:00:AB:00:01\n      address: 10.1.0.1/24\n";
+    let doc = "#cloud-config\nkiln:\n  units:\n    - name: getty@ttyS0.service\n      enable: true\n    - name: vendor.service\n      enable: true\n    - name: bad.service\n      mask: true\n    - name: tmp.service\n      runtime: true\n      content: \"[Service]\\nExecStart=/bin/true\\n\"\n    - name: 20-lan.network\n      content: \"[Match]\\nName=lan0\\n\"\n    - name: missing.service\n      enable: true\n  network:\n    - name: eth0\n      address: [10.0.0.5/24, \"2001:db8::5/64\"]\n      gateway: 10.0.0.1\n      dns: [10.0.0.2, 10.0.0.3]\n    - match: en*\n      address: 192.0.2.7/24\n    - mac: 52:54:00:AB:00:01\n      address: 10.1.0.1/24\n      ipv6-accept-ra: false\n";
     let cfg = parsed(doc).config;
     let report = apply(
         &cfg,
@@ -807,7 +807,7 @@ fn apply_kiln_units_network_and_masks() {
     assert!(read(r, "etc/systemd/network/10-kiln-en_.network").contains("Name=en*\n"));
     assert_eq!(
         read(r, "etc/systemd/network/10-kiln-52_54_00_ab_00_01.network"),
-        "# Written by kiln-config from the cloud-config.\n[Match]\nMACAddress=52:54:00:ab:00:01\n\n[Network]\nAddress=10.1.0.1/24\n"
+        "# Written by kiln-config from the cloud-config.\n[Match]\nMACAddress=52:54:00:ab:00:01\n\n[Network]\nAddress=10.1.0.1/24\nIPv6AcceptRA=no\n"
     );
     // No `command:` anywhere: no start list.
     assert!(!r.join("var/lib/kiln/units-to-start").exists());
@@ -1086,6 +1086,33 @@ fn the_readmes_address_example_is_read_without_a_warning() {
     );
     let e = error("#cloud-config\ncoreos:\n  addresses:\n    private-interface: a/b\n");
     assert!(e.to_string().contains("not an interface name"), "{e}");
+}
+
+/// The README's static interface reaches its networkd file, `ipv6-accept-ra:` included; the
+/// key takes a boolean and names itself otherwise.
+#[test]
+fn the_readmes_network_example_writes_its_networkd_file() {
+    let p = parsed(readme_example("network:"));
+    assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+    let root = make_root();
+    apply(&p.config, root.path(), &ApplyOptions::default()).unwrap();
+    assert_eq!(
+        read(root.path(), "etc/systemd/network/10-kiln-52_54_00_77_00_01.network"),
+        "# Written by kiln-config from the cloud-config.\n[Match]\nMACAddress=52:54:00:77:00:01\n\n[Network]\nAddress=10.77.0.1/24\nGateway=10.77.0.254\nDNS=10.77.0.53\nIPv6AcceptRA=no\n"
+    );
+    // As every bad `network:` entry: the section is left out, the rest of the document applies.
+    let bad = parsed(
+        "#cloud-config\ncoreos:\n  network:\n    - name: eth1\n      ipv6-accept-ra: maybe\n",
+    );
+    assert!(bad.config.kiln.network.is_empty());
+    assert!(
+        bad.warnings
+            .iter()
+            .map(ToString::to_string)
+            .any(|w| w.contains("coreos.network[0].ipv6-accept-ra") && w.contains("true or false")),
+        "{:?}",
+        bad.warnings
+    );
 }
 
 /// The README's example of the update settings parses without a warning and sets every key.

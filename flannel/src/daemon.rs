@@ -329,31 +329,91 @@ pub fn iptables_rules(network: Ipv4Net, subnet: Ipv4Net, ip_masq: bool) -> Vec<V
         .collect()
 }
 
-/// Sets `rules` with the `iptables` command (as flannel's own iptables library does): each one
-/// is checked (`-C`) and appended only when missing, so a restart adds nothing twice.
+/// Sets `rules`: one `iptables-save` shows what is there, one `iptables-restore --noflush`
+/// appends what is missing, so a restart adds nothing twice. flannel's own iptables library
+/// runs `iptables -C` for each rule and `-A` for each missing one: twelve processes at every
+/// boot, each 0.2 to 0.8 s under TCG, on the boot's path to docker.
 fn set_iptables(rules: &[Vec<String>]) -> Result<(), String> {
-    for rule in rules {
-        let (table, chain, spec) = (&rule[0], &rule[1], &rule[2..]);
-        let iptables = |op: &str| {
-            std::process::Command::new("iptables")
-                .args(["-w", "5", "-t", table, op, chain])
-                .args(spec)
-                .output()
-        };
-        let present = iptables("-C").map_err(|e| format!("running iptables: {e}"))?;
-        if present.status.success() {
-            continue;
-        }
-        let out = iptables("-A").map_err(|e| format!("running iptables: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "iptables -t {table} -A {chain} {}: {}",
-                spec.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
+    let saved = iptables_tool("iptables-save", &[], None)?;
+    let missing = missing_rules(&saved, rules);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    iptables_tool(
+        "iptables-restore",
+        &["--noflush", "-w", "5"],
+        Some(&restore_input(&missing)),
+    )
+    .map(|_| ())
+}
+
+/// Runs an iptables tool (`input` on its stdin) and returns its output; an error names the
+/// command and what it said.
+fn iptables_tool(tool: &str, args: &[&str], input: Option<&str>) -> Result<String, String> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let command = format!("{tool} {}", args.join(" "));
+    let fail = |e: std::io::Error| format!("running {}: {e}", command.trim_end());
+    let mut child = Command::new(tool)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(fail)?;
+    let mut stdin = child.stdin.take().expect("piped");
+    if let Some(text) = input {
+        stdin.write_all(text.as_bytes()).map_err(fail)?;
+    }
+    drop(stdin);
+    let out = child.wait_with_output().map_err(fail)?;
+    if !out.status.success() {
+        return Err(format!(
+            "{} failed ({}): {}{}",
+            command.trim_end(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim(),
+            input
+                .map(|i| format!("; its input:\n{i}"))
+                .unwrap_or_default()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The rules (`table chain spec…`) that `saved`, what `iptables-save` printed (`*table`, then
+/// `-A chain spec` lines), does not hold.
+fn missing_rules<'r>(saved: &str, rules: &'r [Vec<String>]) -> Vec<&'r Vec<String>> {
+    let mut table = "";
+    let mut present = BTreeSet::new();
+    for line in saved.lines() {
+        if let Some(name) = line.strip_prefix('*') {
+            table = name.trim();
+        } else if line.starts_with("-A ") {
+            present.insert((table, line.trim_end()));
         }
     }
-    Ok(())
+    rules
+        .iter()
+        .filter(|r| {
+            !present.contains(&(r[0].as_str(), format!("-A {}", r[1..].join(" ")).as_str()))
+        })
+        .collect()
+}
+
+/// `iptables-restore` input appending `rules`, each table's in one transaction.
+fn restore_input(rules: &[&Vec<String>]) -> String {
+    let mut tables: Vec<&str> = rules.iter().map(|r| r[0].as_str()).collect();
+    tables.dedup();
+    let mut text = String::new();
+    for table in tables {
+        text.push_str(&format!("*{table}\n"));
+        for r in rules.iter().filter(|r| r[0] == table) {
+            text.push_str(&format!("-A {}\n", r[1..].join(" ")));
+        }
+        text.push_str("COMMIT\n");
+    }
+    text
 }
 
 /// Writes `text` to `path` whole (a temporary file renamed over it), making its directory.
