@@ -215,6 +215,34 @@ fn only_missing_rules_are_restored() {
         .map(|r| format!("*{}\n-A {}\nCOMMIT\n", r[0], r[1..].join(" ")))
         .collect();
     assert!(missing_rules(&all, &rules).is_empty());
+    // Each table once, whatever the rules' order.
+    let mixed: Vec<Vec<String>> = [
+        "filter FORWARD -s 10.5.0.0/16 -j ACCEPT",
+        "nat POSTROUTING -d 10.5.0.0/16 -j RETURN",
+        "filter FORWARD -d 10.5.0.0/16 -j ACCEPT",
+    ]
+    .iter()
+    .map(|r| r.split(' ').map(String::from).collect())
+    .collect();
+    assert_eq!(
+        restore_input(&mixed.iter().collect::<Vec<_>>()),
+        "*filter\n-A FORWARD -s 10.5.0.0/16 -j ACCEPT\n-A FORWARD -d 10.5.0.0/16 -j ACCEPT\nCOMMIT\n*nat\n-A POSTROUTING -d 10.5.0.0/16 -j RETURN\nCOMMIT\n"
+    );
+}
+
+/// A tool that refuses its input: the error names the command, what it said and the input.
+/// (`--test`: iptables-restore only checks, nothing on this machine changes.)
+#[test]
+fn a_refused_restore_names_the_command_and_its_input() {
+    kiln_image::testutil::require_tool("iptables-restore", "iptables");
+    let input = "*filter\n-A FORWARD --no-such-option 1 -j ACCEPT\nCOMMIT\n";
+    let e = iptables_tool("iptables-restore", &["--noflush", "--test"], Some(input)).unwrap_err();
+    assert!(
+        e.starts_with("iptables-restore --noflush --test failed (exit status: ")
+            && e.contains("unknown option \"--no-such-option\"")
+            && e.ends_with(&format!("; its input:\n{input}")),
+        "{e}"
+    );
 }
 
 /// A daemon running on a simulated machine's namespace, stopped and joined when dropped.
