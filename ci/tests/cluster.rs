@@ -41,9 +41,10 @@ use kiln_qemu::{
 };
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(900);
-/// A boot's total, its slowest units and the update agent's last words (seconds since the
-/// boot), as a guest command.
-const BOOT_ON_V2: &str = "systemd-analyze time | head -n 1; systemd-analyze blame --no-pager | head -n 8; sudo journalctl -b -u kiln-update-agent -o short-monotonic --no-pager | tail -n 5";
+/// A boot's total, the chain of units `multi-user.target` waited for, the slowest units and
+/// when the update agent began and ended its health wait (seconds since the boot), as a guest
+/// command.
+const BOOT_ON_V2: &str = "systemd-analyze time | head -n 1; systemd-analyze critical-chain --no-pager multi-user.target | tail -n +4 | head -n 8; systemd-analyze blame --no-pager | head -n 8; sudo journalctl -b -u kiln-update-agent -o short-monotonic --no-pager | grep -m 2 -E 'confirming' || true";
 const CLUSTER_TIMEOUT: Duration = Duration::from_secs(600);
 /// Four downloads and writes under TCG, then four reboots one after another.
 const ROLLING_TIMEOUT: Duration = Duration::from_secs(2400);
