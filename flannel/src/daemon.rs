@@ -352,8 +352,8 @@ fn set_iptables(rules: &[Vec<String>]) -> Result<(), String> {
 fn iptables_tool(tool: &str, args: &[&str], input: Option<&str>) -> Result<String, String> {
     use std::io::Write;
     use std::process::{Command, Stdio};
-    let command = format!("{tool} {}", args.join(" "));
-    let fail = |e: std::io::Error| format!("running {}: {e}", command.trim_end());
+    let command = [&[tool], args].concat().join(" ");
+    let fail = |e: std::io::Error| format!("running {command}: {e}");
     let mut child = Command::new(tool)
         .args(args)
         .stdin(Stdio::piped())
@@ -370,8 +370,7 @@ fn iptables_tool(tool: &str, args: &[&str], input: Option<&str>) -> Result<Strin
         wrote.map_err(fail)?;
     } else {
         return Err(format!(
-            "{} failed ({}): {}{}",
-            command.trim_end(),
+            "{command} failed ({}): {}{}",
             out.status,
             String::from_utf8_lossy(&out.stderr).trim(),
             input
