@@ -282,48 +282,35 @@ pub fn verify(dev: &mut (impl Read + Seek), hash_offset: u64) -> Result<VerityIn
     Ok(tree.info(hash_offset, &sb))
 }
 
-/// [`verify`] with the data hashed on as many threads as `readers` (each its own handle on the
-/// same device: one file position each), each thread a contiguous share of the data blocks.
-/// `progress` hears the data bytes hashed so far and their total, from the calling thread.
-pub fn verify_parallel<R: Read + Seek + Send>(
-    mut readers: Vec<R>,
+/// Checks the tree stored at `hash_offset` of `dev` without reading the data: each level above
+/// the lowest must be the digests of the level below, and the root hash returned is the stored
+/// top level's (with a single data block, which has no tree, that block's digest). For a caller
+/// that knows the data and the lowest level are the bytes the tree was made from (the update
+/// agent, which compares what it reads back with what it wrote); [`verify`] reads the data too.
+pub fn check_tree(
+    dev: &mut (impl Read + Seek),
     hash_offset: u64,
-    progress: &mut dyn FnMut(u64, u64),
 ) -> Result<VerityInfo, VerityError> {
-    assert!(!readers.is_empty(), "verify_parallel needs a reader");
-    let sb = data_superblock(&mut readers[0], hash_offset)?;
-    let data_blocks = sb.data_blocks;
+    let sb = data_superblock(dev, hash_offset)?;
     let hasher = BlockHasher::new(&sb.salt);
-    let share = data_blocks.div_ceil(readers.len() as u64);
-    let done = std::sync::atomic::AtomicU64::new(0);
-    let total = data_blocks * BLOCK_SIZE;
-    let parts = std::thread::scope(|s| {
-        let workers: Vec<_> = readers
-            .iter_mut()
-            .enumerate()
-            .map(|(i, reader)| {
-                let start = (i as u64 * share).min(data_blocks);
-                let count = share.min(data_blocks - start);
-                let (hasher, done) = (&hasher, &done);
-                s.spawn(move || hasher.hash_range(reader, start, count, done))
-            })
-            .collect();
-        while !workers.iter().all(|w| w.is_finished()) {
-            progress(done.load(std::sync::atomic::Ordering::Relaxed), total);
-            std::thread::sleep(std::time::Duration::from_millis(250));
+    let sizes = level_sizes(sb.data_blocks);
+    let lowest = match sizes.first() {
+        None => hasher.hash_data(dev, sb.data_blocks)?,
+        Some(&blocks) => {
+            // On disk the top level comes first, the lowest last.
+            let above: u64 = sizes[1..].iter().sum();
+            let at = hash_offset + BLOCK_SIZE + above * BLOCK_SIZE;
+            let mut level = vec![0u8; (blocks * BLOCK_SIZE) as usize];
+            dev.seek(SeekFrom::Start(at))
+                .and_then(|_| dev.read_exact(&mut level))
+                .map_err(VerityError::io(format!(
+                    "reading the hash tree's lowest level at byte {at}"
+                )))?;
+            level
         }
-        workers
-            .into_iter()
-            .map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-            .collect::<Vec<_>>()
-    });
-    let mut digests = Vec::with_capacity((data_blocks as usize).saturating_mul(DIGEST_LEN));
-    for part in parts {
-        digests.extend_from_slice(&part?);
-    }
-    progress(total, total);
-    let tree = Tree::from_digests(&hasher, digests, data_blocks);
-    tree.check_stored(&mut readers[0], hash_offset)?;
+    };
+    let tree = Tree::from_digests(&hasher, lowest, sb.data_blocks);
+    tree.check_stored(dev, hash_offset)?;
     Ok(tree.info(hash_offset, &sb))
 }
 
@@ -523,25 +510,12 @@ impl BlockHasher {
         dev: &mut (impl Read + Seek),
         data_blocks: u64,
     ) -> Result<Vec<u8>, VerityError> {
-        self.hash_range(dev, 0, data_blocks, &std::sync::atomic::AtomicU64::new(0))
-    }
-
-    /// Digests of `count` blocks of `dev` from block `first`, adding the bytes hashed to `done`.
-    fn hash_range(
-        &self,
-        dev: &mut (impl Read + Seek),
-        first: u64,
-        count: u64,
-        done: &std::sync::atomic::AtomicU64,
-    ) -> Result<Vec<u8>, VerityError> {
-        let (start, end) = (first * BLOCK_SIZE, (first + count) * BLOCK_SIZE);
-        let mut out = Vec::with_capacity((count as usize).saturating_mul(DIGEST_LEN));
-        let mut buf = vec![0u8; READ_CHUNK.min((end - start) as usize)];
-        dev.seek(SeekFrom::Start(start))
-            .map_err(VerityError::io(format!(
-                "seeking to byte {start} of the data"
-            )))?;
-        let mut at = start;
+        let end = data_blocks * BLOCK_SIZE;
+        let mut out = Vec::with_capacity((data_blocks as usize).saturating_mul(DIGEST_LEN));
+        let mut buf = vec![0u8; READ_CHUNK.min(end as usize)];
+        dev.seek(SeekFrom::Start(0))
+            .map_err(VerityError::io("seeking to the data's first byte"))?;
+        let mut at = 0;
         while at < end {
             let n = (end - at).min(buf.len() as u64) as usize;
             dev.read_exact(&mut buf[..n])
@@ -550,7 +524,6 @@ impl BlockHasher {
                 )))?;
             out.extend_from_slice(&self.hash_blocks(&buf[..n]));
             at += n as u64;
-            done.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         }
         Ok(out)
     }
@@ -659,20 +632,7 @@ mod tests {
         assert!(ok.status.success(), "{ok:?}");
         let mut f = File::open(&ours).unwrap();
         assert_eq!(verify(&mut f, data_bytes).unwrap(), info);
-        let parallel = |threads: usize| {
-            let readers = (0..threads).map(|_| File::open(&ours).unwrap()).collect();
-            let mut last = (0, 0);
-            let got = verify_parallel(readers, data_bytes, &mut |done, total| last = (done, total));
-            assert_eq!(
-                last,
-                (data_bytes, data_bytes),
-                "{blocks} blocks, {threads} threads"
-            );
-            got
-        };
-        for threads in 1..=3 {
-            assert_eq!(parallel(threads).unwrap(), info, "{threads} threads");
-        }
+        assert_eq!(check_tree(&mut f, data_bytes).unwrap(), info);
 
         // One flipped data byte in the last block: both refuse.
         let mut bytes = a;
@@ -681,14 +641,32 @@ mod tests {
         let bad = veritysetup(&["verify", o, o, &root, &offset]);
         assert!(!bad.status.success(), "veritysetup accepted corrupt data");
         let err = verify(&mut File::open(&ours).unwrap(), data_bytes);
-        for err in [err, parallel(2)] {
-            if blocks == 1 {
-                // No tree to compare with: the corruption shows as a different root hash.
-                assert_ne!(err.unwrap().root_hash, info.root_hash);
+        let unread = check_tree(&mut File::open(&ours).unwrap(), data_bytes);
+        if blocks == 1 {
+            // No tree to compare with: the corruption shows as a different root hash, and
+            // the tree check reads the one block too.
+            assert_ne!(err.unwrap().root_hash, info.root_hash);
+            assert_ne!(unread.unwrap().root_hash, info.root_hash);
+        } else {
+            assert!(
+                matches!(err, Err(VerityError::TreeMismatch { level: 0, .. })),
+                "{err:?}"
+            );
+            // The tree check does not read the data: the stored tree is still whole.
+            assert_eq!(unread.unwrap(), info);
+            bytes[(data_bytes - 100) as usize] ^= 1;
+            // A byte of the lowest level changed: the level above no longer covers it, or,
+            // with one level, the root hash differs.
+            let lowest = bytes.len() - 1;
+            bytes[lowest - 4000] ^= 1;
+            std::fs::write(&ours, &bytes).unwrap();
+            let got = check_tree(&mut File::open(&ours).unwrap(), data_bytes);
+            if blocks <= HASHES_PER_BLOCK {
+                assert_ne!(got.unwrap().root_hash, info.root_hash);
             } else {
                 assert!(
-                    matches!(err, Err(VerityError::TreeMismatch { level: 0, .. })),
-                    "{err:?}"
+                    matches!(got, Err(VerityError::TreeMismatch { level: 1, .. })),
+                    "{got:?}"
                 );
             }
         }

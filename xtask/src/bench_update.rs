@@ -6,9 +6,9 @@
 //! so both allocate the same blocks. Both write with `O_DIRECT` in 4 MiB pieces and end with an
 //! fsync, as `install` does (`dd bs=4M oflag=direct conv=fsync`), and both read from the page
 //! cache (the USR image and the payload are read once beforehand). `install`'s time is its
-//! `Writing` phase only: decompressing, writing and the fsync; the signature check before and
-//! the read-back check after (SHA-256 and verity of what is on the partition) are not part of
-//! what `dd` does. Each side runs three times, alternately, and the fastest run
+//! `Writing` phase only: decompressing, writing (with a digest of each 4 MiB written) and the
+//! fsync; the signature check before and the read-back after (what is on the partition against
+//! those digests, and its verity tree) are not part of what `dd` does. Each side runs three times, alternately, and the fastest run
 //! counts. The CPU time each side used is printed too: on a machine shared with other work,
 //! wall times swing from run to run, and CPU time says what a side needs of it.
 

@@ -12,7 +12,7 @@ pub use kiln_updater::install::{Accept, Refusal};
 pub enum Phase {
     /// Streaming the USR image to the inactive partition.
     Writing,
-    /// Reading it back: SHA-256 and dm-verity root hash.
+    /// Reading it back: what was written, and the dm-verity tree against the root hash.
     Verifying,
     /// Kernel and initramfs in the ESP, then the boot entry with tries left.
     Finalizing,

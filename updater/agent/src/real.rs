@@ -172,9 +172,9 @@ pub fn error_code(e: &InstallError) -> i64 {
             | PayloadError::Malformed { .. },
         )
         | InstallError::Decompress { .. } => errorcode::PAYLOAD_VERIFICATION,
-        InstallError::Mismatch { .. } | InstallError::Verity { .. } => {
-            errorcode::ROOTFS_VERIFICATION
-        }
+        InstallError::Mismatch { .. }
+        | InstallError::ReadBack { .. }
+        | InstallError::Verity { .. } => errorcode::ROOTFS_VERIFICATION,
         InstallError::OtherApp { .. } => errorcode::REFUSED_APP,
         InstallError::Refused {
             why: Refusal::FailedHere,

@@ -15,6 +15,7 @@
 
 mod device;
 mod esp;
+mod pieces;
 mod stream;
 
 #[cfg(test)]
@@ -40,7 +41,7 @@ use stream::StreamError;
 
 /// Tries a newly installed slot gets before systemd-boot falls back to the other one.
 pub const NEW_SLOT_TRIES: u32 = 3;
-/// Threads hashing the read-back, at most (one per CPU up to this).
+/// Threads reading back and hashing the written slot, at most (one per CPU up to this).
 const READ_BACK_THREADS: usize = 4;
 
 /// The disk to update and the slot running from it.
@@ -59,7 +60,8 @@ pub enum Phase {
     Verifying,
     /// The USR image streamed to the inactive partition (ends with an fsync).
     Writing,
-    /// The partition read back and its verity tree checked.
+    /// The partition read back and compared with what was written, and its verity tree
+    /// checked against the manifest.
     ReadingBack,
     /// Kernel and initramfs into the ESP.
     Esp,
@@ -211,6 +213,13 @@ pub enum InstallError {
         expected: String,
         actual: String,
     },
+    #[error("{partition} of {disk}: the {len} bytes from byte {offset} read back otherwise than they were written: the disk did not keep them (the slot's boot entry stays removed); check the disk and install again")]
+    ReadBack {
+        disk: PathBuf,
+        partition: &'static str,
+        offset: u64,
+        len: u64,
+    },
     #[error("checking the verity tree written to {partition} of {disk}: {source}")]
     Verity {
         disk: PathBuf,
@@ -295,8 +304,8 @@ pub fn install_with(
     esp.remove_entries(slot)?;
     let partition = slot.partition_name();
     let window = (part.start_bytes(), part.size_bytes());
-    write_usr(&disk, window, payload, &manifest, partition, progress)?;
-    read_back(&disk, window, &manifest, partition, progress)?;
+    let written = write_usr(&disk, window, payload, &manifest, partition, progress)?;
+    read_back(&disk, window, &manifest, &written, partition, progress)?;
 
     let mut esp = disk.esp()?;
     esp.install_boot_files(slot, payload, &manifest, running.mtime, progress)?;
@@ -349,8 +358,8 @@ fn carried_cmdline(options: &str) -> String {
 }
 
 /// Streams the USR part into the partition (see [`stream`]: decompressing on two threads and
-/// writing overlapped), checks the size of what was written, then syncs. What reached the
-/// disk is checked by [`read_back`].
+/// writing overlapped), checks the size of what was written, then syncs. Returns the digests of
+/// what was written, a [`pieces::PIECE`] at a time, for [`read_back`].
 fn write_usr(
     disk: &Disk,
     (start, len): (u64, u64),
@@ -358,7 +367,7 @@ fn write_usr(
     m: &Manifest,
     partition: &'static str,
     progress: &mut dyn FnMut(Phase, u64, u64),
-) -> Result<(), InstallError> {
+) -> Result<Vec<u128>, InstallError> {
     let mut src = File::open(payload).map_err(io_err("opening", payload))?;
     src.seek(SeekFrom::Start(m.parts.usr.offset))
         .map_err(io_err("seeking in", payload))?;
@@ -389,28 +398,32 @@ fn write_usr(
             format!("at least {at_least}"),
         ),
     })?;
-    if written != total {
+    if written.len != total {
         return Err(mismatch(
             disk,
             partition,
             "the decompressed size",
             total,
-            written,
+            written.len,
         ));
     }
-    disk.sync()
+    disk.sync()?;
+    Ok(written.digests)
 }
 
-/// Reads the partition back (from the device, not the page cache) and checks it as dm-verity
-/// will read it: the verity tree recomputed from the data must equal the tree written, and its
-/// root hash and salt those of the signed manifest. That covers every byte the machine will
-/// read from the slot (the data, the tree, the superblock's salt and sizes), so no second pass
-/// (a SHA-256 of the whole image) is made: under TCG each pass over the image cost 20 to 40 s.
-/// The data is hashed on up to [`READ_BACK_THREADS`] threads, each over its own handle.
+/// Reads the partition back (from the device, not the page cache) and compares it with what
+/// was written (`written`, see [`pieces`]), on up to [`READ_BACK_THREADS`] threads, each over
+/// its own handle; then checks the verity tree read back as dm-verity will use it: each level
+/// the digests of the one below, the root hash and salt those of the signed manifest. Together
+/// that covers every byte the machine will read from the slot (the data, the tree, the
+/// superblock's salt and sizes): the bytes written are the signed image's, whose tree its maker
+/// checked against its data. Recomputing the tree from the data here instead took most of an
+/// install under TCG (a SHA-256 of every block, without SHA instructions).
 fn read_back(
     disk: &Disk,
     (start, len): (u64, u64),
     m: &Manifest,
+    written: &[u128],
     partition: &'static str,
     progress: &mut dyn FnMut(Phase, u64, u64),
 ) -> Result<(), InstallError> {
@@ -419,21 +432,30 @@ fn read_back(
         .map_or(1, |n| n.get())
         .clamp(1, READ_BACK_THREADS);
     let readers = (0..threads)
-        .map(|_| {
-            File::open(&disk.path)
-                .and_then(|f| Region::new(f, start, len))
-                .map_err(io_err("opening the partition window of", &disk.path))
-        })
+        .map(|_| File::open(&disk.path).map_err(io_err("opening", &disk.path)))
         .collect::<Result<Vec<_>, _>>()?;
     progress(Phase::ReadingBack, 0, m.usr_size);
-    let info =
-        kiln_image::verity::verify_parallel(readers, m.verity_hash_offset, &mut |done, _| {
-            progress(Phase::ReadingBack, done, m.usr_size)
-        })
-        .map_err(|source| InstallError::Verity {
+    let differs = pieces::compare(&readers, start, m.usr_size, written, &mut |done| {
+        progress(Phase::ReadingBack, done, m.usr_size)
+    })
+    .map_err(io_err(format!("reading {partition} back from"), &disk.path))?;
+    if let Some(d) = differs {
+        return Err(InstallError::ReadBack {
             disk: disk.path.clone(),
             partition,
-            source,
+            offset: d.offset,
+            len: d.len,
+        });
+    }
+    let mut slot = Region::new(&disk.file, start, len)
+        .map_err(io_err("opening the partition window of", &disk.path))?;
+    let info =
+        kiln_image::verity::check_tree(&mut slot, m.verity_hash_offset).map_err(|source| {
+            InstallError::Verity {
+                disk: disk.path.clone(),
+                partition,
+                source,
+            }
         })?;
     if info.root_hash_hex() != m.verity_root_hash {
         return Err(mismatch(

@@ -140,9 +140,9 @@ fn assert_esp_clean(disk: &Path, dir: &Path) {
     assert!(complaints.is_empty(), "fsck.fat -n: {text}");
 }
 
-/// What reached the slot is checked as dm-verity will read it: a byte changed in the data, or
-/// in the tree written after it, fails the read-back, naming the partition; the slot as
-/// written passes.
+/// What reached the slot is compared with what was written: a byte changed in the data, or in
+/// the tree written after it, fails the read-back, naming the partition and where; the slot as
+/// written passes. A tree that reads back as written but is not the signed one is refused too.
 #[test]
 fn the_read_back_catches_a_byte_changed_in_the_data_or_in_the_tree() {
     let dir = tempfile::tempdir().unwrap();
@@ -160,8 +160,16 @@ fn the_read_back_catches_a_byte_changed_in_the_data_or_in_the_tree() {
     let disk = Disk::open(&path, true).unwrap();
     let (_, part) = disk.partition(disk::USR_B).unwrap();
     let window = (part.start_bytes(), part.size_bytes());
-    let check = || read_back(&disk, window, &m, disk::USR_B, &mut |_, _, _| {});
-    check().unwrap();
+    // What the writer saw: the image as it is on the disk now.
+    let digests_now = || {
+        let mut p = pieces::Pieces::new();
+        p.add(&partition_bytes(&path, disk::USR_B)[..m.usr_size as usize]);
+        p.finish()
+    };
+    let written = digests_now();
+    let check =
+        |written: &[u128]| read_back(&disk, window, &m, written, disk::USR_B, &mut |_, _, _| {});
+    check(&written).unwrap();
     let flip = |at: u64| {
         let f = File::options().read(true).write(true).open(&path).unwrap();
         let mut byte = [0u8];
@@ -169,14 +177,24 @@ fn the_read_back_catches_a_byte_changed_in_the_data_or_in_the_tree() {
         f.write_all_at(&[byte[0] ^ 0x01], window.0 + at).unwrap();
     };
     // The middle of the data; the tree's first block (its top level) after the superblock.
-    for at in [m.verity_hash_offset / 2, m.verity_hash_offset + 4096 + 5] {
+    let top = m.verity_hash_offset + 4096 + 5;
+    for at in [m.verity_hash_offset / 2, top] {
         flip(at);
-        let err = check().unwrap_err();
-        assert!(matches!(err, InstallError::Verity { .. }), "{err}");
+        let err = check(&written).unwrap_err();
+        let InstallError::ReadBack { offset, len, .. } = err else {
+            panic!("{err}");
+        };
+        assert!(offset <= at && at < offset + len, "byte {at}: {err}");
         assert!(err.to_string().contains(disk::USR_B), "{err}");
         flip(at);
-        check().unwrap();
+        check(&written).unwrap();
     }
+    // Written so (the digests taken of the changed tree), the tree no longer covers its lowest
+    // level: dm-verity would refuse the slot, and so does the read-back.
+    flip(top);
+    let err = check(&digests_now()).unwrap_err();
+    assert!(matches!(err, InstallError::Verity { .. }), "{err}");
+    flip(top);
 }
 
 #[test]
