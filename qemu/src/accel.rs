@@ -25,8 +25,8 @@ pub enum Accel {
 }
 
 impl Accel {
-    /// The value of QEMU's `-accel` option. `Auto` must be resolved first.
-    pub(crate) fn qemu_name(self) -> &'static str {
+    /// The value of QEMU's `-accel` option (and of [`ACCEL_ENV`]). `Auto` must be resolved first.
+    pub fn qemu_name(self) -> &'static str {
         match self {
             Accel::Kvm => "kvm",
             Accel::Tcg | Accel::Auto => "tcg",
@@ -42,20 +42,45 @@ const PROBE_EXIT_VALUE: u8 = 0x10;
 const PROBE_EXIT_CODE: i32 = ((PROBE_EXIT_VALUE as i32) << 1) | 1;
 const DEBUG_EXIT_PORT: u8 = 0xf4;
 
-/// Turns `Auto` into `Kvm` or `Tcg` (other values pass through). The probe runs once per process;
-/// when it falls back to TCG it says why on stderr.
+/// Settles `Auto` without a probe when set, to `tcg` or `kvm`: the test command probes once and
+/// hands the answer to every test process (nextest runs each test in a process of its own, and
+/// on a host whose KVM hangs each probe cost one 5 s).
+pub const ACCEL_ENV: &str = "KILN_QEMU_ACCEL";
+
+/// Turns `Auto` into `Kvm` or `Tcg` (other values pass through): as [`ACCEL_ENV`] says, else by
+/// the probe, run once per process; when it falls back to TCG it says why on stderr.
 pub fn resolve_accel(accel: Accel) -> Accel {
     static RESOLVED: OnceLock<Accel> = OnceLock::new();
     match accel {
-        Accel::Auto => *RESOLVED.get_or_init(|| match probe_kvm() {
-            Ok(()) => Accel::Kvm,
-            Err(reason) => {
-                eprintln!("kiln-qemu: using TCG (software emulation): KVM is not usable: {reason}");
-                Accel::Tcg
+        Accel::Auto => *RESOLVED.get_or_init(|| {
+            let given = std::env::var(ACCEL_ENV).ok();
+            if let Some(accel) = given.as_deref().and_then(accel_named) {
+                return accel;
+            }
+            if let Some(other) = given {
+                eprintln!(
+                    "kiln-qemu: {ACCEL_ENV}={other:?} is neither `tcg` nor `kvm`: probing KVM"
+                );
+            }
+            match probe_kvm() {
+                Ok(()) => Accel::Kvm,
+                Err(reason) => {
+                    eprintln!(
+                        "kiln-qemu: using TCG (software emulation): KVM is not usable: {reason}"
+                    );
+                    Accel::Tcg
+                }
             }
         }),
         other => other,
     }
+}
+
+/// The accelerator a value of [`ACCEL_ENV`] names.
+fn accel_named(name: &str) -> Option<Accel> {
+    [Accel::Kvm, Accel::Tcg]
+        .into_iter()
+        .find(|a| a.qemu_name() == name)
 }
 
 /// Checks that KVM can run guest code, returning why not otherwise.
@@ -200,6 +225,15 @@ fn probe_firmware_under_tcg() -> Result<Option<i32>, crate::QemuError> {
 mod tests {
     use super::*;
     use std::time::Instant;
+
+    #[test]
+    fn the_environment_names_an_accelerator_by_its_qemu_name_or_not_at_all() {
+        assert_eq!(accel_named("tcg"), Some(Accel::Tcg));
+        assert_eq!(accel_named("kvm"), Some(Accel::Kvm));
+        assert_eq!(accel_named("auto"), None);
+        assert_eq!(accel_named("TCG "), None);
+        assert_eq!(accel_named(""), None);
+    }
 
     #[test]
     fn probe_firmware_has_the_reset_vector_16_bytes_from_the_end() {

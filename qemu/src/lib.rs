@@ -18,7 +18,7 @@ mod ssh;
 mod testkit;
 mod vm;
 
-pub use accel::{probe_kvm, resolve_accel, Accel};
+pub use accel::{probe_kvm, resolve_accel, Accel, ACCEL_ENV};
 pub use cmdline::{format_mac, DiskFormat, FW_CFG_CONFIG_NAME};
 pub use config::{
     Firmware, GuestFwd, GuestFwdTarget, HostFwd, Serial, SocketMode, SocketNic, VmConfig,

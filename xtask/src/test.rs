@@ -122,24 +122,26 @@ pub fn run(cfg: &TestConfig) -> Result<()> {
     times.phase("host packages", || {
         host::ensure_packages(&packages, "checking images against the reference tools")
     })?;
+    // One KVM probe for the whole run instead of one in each test process that boots a VM.
+    let accel = kiln_qemu::resolve_accel(kiln_qemu::Accel::Auto).qemu_name();
     let crates = times.phase("crate tests (compiling included)", || {
         runner(
             &["--workspace", "--exclude", "kiln-ci"],
             &cfg.runner_args,
-            &[],
+            &[(kiln_qemu::ACCEL_ENV, accel)],
         )
     });
     if cfg.unit_only || crates.is_err() {
         times.print();
         return crates;
     }
-    let result = images_and_scenarios(cfg, &mut times);
+    let result = images_and_scenarios(cfg, accel, &mut times);
     times.print();
     result
 }
 
 /// The image, its two update versions, and the scenarios that boot them.
-fn images_and_scenarios(cfg: &TestConfig, times: &mut Timings) -> Result<()> {
+fn images_and_scenarios(cfg: &TestConfig, accel: &str, times: &mut Timings) -> Result<()> {
     let build_cfg = BuildConfig::image_defaults();
     let mut build = build::Build::new(&build_cfg)?;
     let artifacts = times.phase("image build", || build.run())?;
@@ -174,6 +176,7 @@ fn images_and_scenarios(cfg: &TestConfig, times: &mut Timings) -> Result<()> {
                 ("KILN_CI_VERSION", &build.version),
                 ("KILN_CI_V2", &v2),
                 ("KILN_CI_V3_BROKEN", &v3),
+                (kiln_qemu::ACCEL_ENV, accel),
             ],
         )
     });
