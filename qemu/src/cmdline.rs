@@ -16,20 +16,6 @@ pub const FW_CFG_CONFIG_NAME: &str = "opt/org.kiln/config";
 /// The longest path a Unix socket can have (`sun_path` is 108 bytes with the terminating NUL).
 const MAX_SOCKET_PATH: usize = 107;
 
-/// The CPU a guest sees under emulation: `max` offers every instruction TCG implements, so guest
-/// binaries built for newer CPUs still run, less two features whose emulation is slow.
-/// - `erms` (fast `rep movsb`/`rep stosb`): with it the kernel's user copies and page clearing
-///   and glibc's large copies are `rep movsb`, which TCG carries out one byte per iteration;
-///   without it they move 8 bytes an iteration (`rep movsq`) or 16 to 32 (vector loops).
-/// - `la57` (5-level page tables): one more level in every page walk of TCG's software TLB.
-///
-/// Measured in one guest (2 vCPUs, this default image, December 2026): writing 1 GiB to a slot
-/// with `dd` 8.6–12.9 s against 22.9–25.0 s with plain `max`, 1000 MiB of `/dev/zero` copied to
-/// `/dev/null` 0.6–0.8 s against 3.6–4.1 s, 100 000 small `read`/`write` pairs 0.6–0.9 s
-/// against 1.7–2.5 s, `systemctl restart docker` 8.6–15.4 s against 11.8–21.7 s; boots, SHA-256 and
-/// process starts alike.
-const TCG_CPU: &str = "max,la57=off,erms=off";
-
 /// A disk image format QEMU must be told explicitly (guessing is refused for raw images).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DiskFormat {
@@ -224,7 +210,9 @@ impl Plan {
     fn machine_args(&self, a: &mut Args) -> Result<(), QemuError> {
         let cpu = match self.accel {
             Accel::Kvm => "host",
-            Accel::Tcg | Accel::Auto => TCG_CPU,
+            // Under emulation `max` offers every instruction TCG implements, so guest binaries built
+            // for newer CPUs still run.
+            Accel::Tcg | Accel::Auto => "max",
         };
         a.push([
             "-name",
@@ -598,7 +586,6 @@ mod tests {
             .expect("args");
         assert_eq!(values(&args, "-machine"), ["q35"]);
         assert_eq!(values(&args, "-accel"), ["tcg"]);
-        assert_eq!(values(&args, "-cpu"), ["max,la57=off,erms=off"]);
         assert!(args.contains(&"-nodefaults".to_string()));
         assert_eq!(values(&args, "-display"), ["none"]);
         // A UEFI VM logging its console restarts on reboot: QEMU exits at the guest's reset, and
