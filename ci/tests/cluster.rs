@@ -1149,9 +1149,10 @@ fn three_nodes_form_an_etcd_cluster_find_each_others_services_and_update_one_at_
     // the cluster it printed and `initial-cluster-state: existing`), promoted once it has caught
     // up (`etcdctl member promote`), then removed (`etcdctl member remove`), while the host's
     // writer keeps writing to the three: never more than 5 s without a write. A voting member
-    // added before its machine runs makes four, whose quorum of three is every member up: while
-    // the new machine booted, one member slow on the loaded host stopped writes for 10.7 s in a
-    // run of the test command here. A learner does not count toward the quorum until promoted.
+    // added before its machine runs makes four, whose quorum of three is every member up, so
+    // one of them slow on the loaded host stops writes: they stopped for 10.7 s while the new
+    // machine booted, in a run of the test command here. A learner does not count toward the
+    // quorum until promoted.
     let t = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let members: Vec<SocketAddr> = nodes[..NODES.len()].iter().map(|n| n.etcd).collect();
