@@ -5,7 +5,8 @@
 //! 3. the image is built as `cargo xtask build-image` builds it, and two more versions of it
 //!    for the update scenarios (a good one and a bad one); then the stage cache is checked to
 //!    give the bytes of a build without it (`build::rebuild`);
-//! 4. the checks of the built image and the VM scenarios in `ci/`, one at a time.
+//! 4. the checks of the built image and the VM scenarios in `ci/`, two at a time and the
+//!    cluster alone (`.config/nextest.toml`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -199,6 +200,9 @@ fn junit_path() -> PathBuf {
 /// a slow one shows in CI's output.
 struct Timings {
     started: Instant,
+    /// How long this process ran before `started`: `cargo xtask` compiles xtask and then
+    /// replaces itself with it (exec), so the process began when `cargo` did.
+    before: Option<Duration>,
     phases: Vec<(String, Duration, bool)>,
     /// (test binary and name, seconds, passed) from nextest's JUnit report.
     scenarios: Vec<(String, f64, bool)>,
@@ -211,6 +215,7 @@ impl Timings {
     fn new() -> Self {
         Timings {
             started: Instant::now(),
+            before: process_age(),
             phases: Vec::new(),
             scenarios: Vec::new(),
             vm_notes: (0, 0),
@@ -228,6 +233,12 @@ impl Timings {
     fn print(&self) {
         let mark = |ok: bool| if ok { "" } else { "  FAILED" };
         eprintln!("\n== cargo xtask test: wall time ==");
+        if let Some(before) = self.before {
+            eprintln!(
+                "{:>8.1} s  before this command's clock: cargo compiling xtask",
+                before.as_secs_f64()
+            );
+        }
         for (name, took, ok) in &self.phases {
             eprintln!("{:>8.1} s  {name}{}", took.as_secs_f64(), mark(*ok));
         }
@@ -241,8 +252,33 @@ impl Timings {
                  watchdog fired: {watchdog} times"
             );
         }
-        eprintln!("{:>8.1} s  total", self.started.elapsed().as_secs_f64());
+        let total = self.started.elapsed() + self.before.unwrap_or_default();
+        eprintln!("{:>8.1} s  total", total.as_secs_f64());
     }
+}
+
+/// How long ago this process started, from `/proc` (its start time in clock ticks after boot,
+/// against the uptime); `None` where `/proc` does not say.
+fn process_age() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let uptime = std::fs::read_to_string("/proc/uptime").ok()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    process_age_from(&stat, &uptime, u64::try_from(ticks).ok()?)
+}
+
+/// [`process_age`] from the texts of `/proc/self/stat` and `/proc/uptime`, and the clock ticks
+/// a second. The process's name (field 2) may hold spaces and parentheses: the fields are
+/// counted after its last `)`, where `starttime` (field 22) is the 20th.
+fn process_age_from(stat: &str, uptime: &str, ticks_per_s: u64) -> Option<Duration> {
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let start_ticks: u64 = after_name.split_whitespace().nth(19)?.parse().ok()?;
+    let up: f64 = uptime.split_whitespace().next()?.parse().ok()?;
+    if ticks_per_s == 0 || !up.is_finite() {
+        return None;
+    }
+    let started = start_ticks as f64 / ticks_per_s as f64;
+    Some(Duration::from_secs_f64((up - started).max(0.0)))
 }
 
 /// `(classname::name, seconds, passed)` of every `<testcase>` in a JUnit report.
@@ -343,6 +379,38 @@ fn nextest_available() -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::{process_age, process_age_from};
+    use std::time::Duration;
+
+    #[test]
+    fn a_process_age_is_the_uptime_less_its_start_time() {
+        // A name with spaces and a parenthesis; starttime 123456 ticks (1234.56 s at 100 Hz).
+        let stat = "4242 (cargo (x) y) R 1 4242 4242 0 -1 4194560 100 0 0 0 5 3 0 0 20 0 1 0 123456 1000 100";
+        let age = process_age_from(stat, "1644.56 3000.00\n", 100).unwrap();
+        assert_eq!(age.as_millis(), 410_000);
+        // Started after the uptime's reckoning (clocks read apart): a zero age, not a negative.
+        assert_eq!(
+            process_age_from(stat, "1000.00 1.0\n", 100),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(process_age_from("4242 (cargo) R 1", "1.0 1.0", 100), None);
+        assert_eq!(process_age_from(stat, "", 100), None);
+        assert_eq!(process_age_from(stat, "1.0 1.0", 0), None);
+        // This process: an age from /proc, no longer than the machine has been up.
+        let own = process_age().expect("/proc on Linux");
+        let up: f64 = std::fs::read_to_string("/proc/uptime")
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            own.as_secs_f64() <= up,
+            "{own:?} against an uptime of {up} s"
+        );
+    }
+
     #[test]
     fn junit_cases_give_each_tests_time_and_outcome() {
         let xml = r#"<testsuites><testsuite name="kiln-ci::boot" tests="2">
