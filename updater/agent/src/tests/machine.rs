@@ -338,6 +338,48 @@ fn truncated_download_resumes_with_range() {
     assert_eq!(env.events(), ["13/1", "14/1", "3/1"]);
 }
 
+/// The hash is taken as the bytes arrive, and of the part kept for a resume from the file: a
+/// byte of that part changed on the disk before the resume is caught (3/0, the file deleted).
+#[test]
+fn a_kept_part_changed_before_the_resume_fails_the_hash() {
+    let env = Env::new();
+    env.script().truncate_next = Some(100_000);
+    let (mut installer, mut host) = (FakeInstaller::new(Slot::A), FakeHost::new());
+    let mut agent = env.agent(&mut installer, &mut host);
+    step_until(&mut agent, "downloading", 2);
+    agent.step().unwrap();
+    assert_eq!(state_name(agent.status()), "backoff");
+    let kept: Vec<_> = std::fs::read_dir(env.paths.download_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    let mut bytes = std::fs::read(&kept[0]).unwrap();
+    assert_eq!(bytes.len(), 100_000);
+    bytes[4096] ^= 1;
+    std::fs::write(&kept[0], &bytes).unwrap();
+    host_advance(&mut agent, 40);
+    step_until(&mut agent, "downloading", 2);
+    agent.step().unwrap();
+    let status = agent.status().clone();
+    drop(agent);
+    assert!(is_idle(&status.state), "{status:?}");
+    assert!(status.last_error.unwrap().contains("SHA-256"));
+    assert_eq!(env.payload_gets()[1].header("Range"), Some("bytes=100000-"));
+    assert_eq!(
+        env.events(),
+        [
+            "13/1",
+            format!("3/0 code={}", errorcode::PAYLOAD_HASH_MISMATCH).as_str()
+        ]
+    );
+    assert!(installer.payloads.is_empty());
+    assert!(std::fs::read_dir(env.paths.download_dir())
+        .unwrap()
+        .next()
+        .is_none());
+}
+
 /// 5xx and a hanging server: exponential backoff (each wait bounded), then success.
 #[test]
 fn server_errors_and_timeouts_back_off_exponentially() {
