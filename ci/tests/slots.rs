@@ -322,14 +322,13 @@ fn the_agents_installer_reads_entries_and_refuses_a_rollback_to_an_empty_slot() 
         .verifying_key()
         .to_pem()
         .unwrap();
-    let mut real = kiln_agent::real::RealInstaller {
-        target: Target {
+    let mut real = kiln_agent::real::RealInstaller::new(
+        Target {
             disk: disk.clone(),
             running: Slot::A,
         },
-        key: VerifyingKey::from_pem(&key_pem).unwrap(),
-        freeze_file: None,
-    };
+        VerifyingKey::from_pem(&key_pem).unwrap(),
+    );
     let before = real.boot_entries().unwrap();
     assert!(before.iter().any(|e| e.starts_with("kiln-a")), "{before:?}");
     assert!(

@@ -4,7 +4,7 @@
 //! One method per state; each does one transition, saves the state, and says how long to wait
 //! before the next step. A restart loads the saved state and resumes (see [`Agent::new`]).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use kiln_updater::omaha::Event;
@@ -300,47 +300,36 @@ impl<'a> Agent<'a> {
             self.set(State::Downloading { offer })?;
             return Ok(Next::Now);
         }
-        // With `lock_install`, one machine of the cluster at a time is busy with an update,
-        // writing or rebooting: the others keep their full speed for the quorum.
-        if self.config.lock_install {
-            if let Some(wait) = self.take_lock("the lock before installing")? {
-                return Ok(wait);
-            }
-        }
         self.set(State::Writing {
             offer: offer.clone(),
         })?;
         let state_file = self.paths.state_file();
         // What the signed manifest must say, whatever the offer said.
         let bad = self.bad_versions();
+        // The payload is checked before any wait for the lock (once: the installer keeps what it
+        // found while the file is unchanged), so that the turn is spent writing; a payload that
+        // fails its checks never takes the lock.
+        let checked = self.installer.verify(
+            &payload,
+            &accept(self.client.identity(), self.config.allow_downgrade, &bad),
+            &mut install_progress(&mut self.status, &state_file, &offer),
+        );
+        self.status.progress = None;
+        // With `lock_install`, one machine of the cluster at a time is busy with an update,
+        // writing or rebooting: the others keep their full speed for the quorum.
+        if checked.is_ok() && self.config.lock_install {
+            if let Some(wait) = self.take_lock("the lock before installing")? {
+                return Ok(wait);
+            }
+        }
         let accept = accept(self.client.identity(), self.config.allow_downgrade, &bad);
-        let status = &mut self.status;
-        let mut last_phase = Phase::Writing;
-        let result = self
-            .installer
-            .install(&payload, &accept, &mut |phase, done, total| {
-                if phase != last_phase {
-                    last_phase = phase;
-                    status.state = match phase {
-                        Phase::Writing => State::Writing {
-                            offer: offer.clone(),
-                        },
-                        Phase::Verifying => State::Verifying {
-                            offer: offer.clone(),
-                        },
-                        Phase::Finalizing => State::Finalizing {
-                            offer: offer.clone(),
-                        },
-                    };
-                    // The state on disk only says where to resume; a failed save resumes earlier.
-                    let _ = status.save(&state_file);
-                }
-                status.progress = Some(Progress {
-                    phase: phase.name().to_owned(),
-                    done,
-                    total,
-                });
-            });
+        let result = checked.and_then(|()| {
+            self.installer.install(
+                &payload,
+                &accept,
+                &mut install_progress(&mut self.status, &state_file, &offer),
+            )
+        });
         match result {
             Ok(installed) => {
                 // The payload is on the slot now; hundreds of MiB on /var are not needed.
@@ -717,5 +706,38 @@ fn accept<'a>(
         running_version: &identity.version,
         allow_downgrade,
         bad_versions,
+    }
+}
+
+/// The installer's progress callback: the agent's state follows the install's phase (saved at
+/// each change: it says where to resume), and its progress the bytes done.
+fn install_progress<'s>(
+    status: &'s mut Status,
+    state_file: &'s Path,
+    offer: &'s Offer,
+) -> impl FnMut(Phase, u64, u64) + 's {
+    let mut last_phase = Phase::Writing;
+    move |phase, done, total| {
+        if phase != last_phase {
+            last_phase = phase;
+            status.state = match phase {
+                Phase::Writing => State::Writing {
+                    offer: offer.clone(),
+                },
+                Phase::Verifying => State::Verifying {
+                    offer: offer.clone(),
+                },
+                Phase::Finalizing => State::Finalizing {
+                    offer: offer.clone(),
+                },
+            };
+            // The state on disk only says where to resume; a failed save resumes earlier.
+            let _ = status.save(state_file);
+        }
+        status.progress = Some(Progress {
+            phase: phase.name().to_owned(),
+            done,
+            total,
+        });
     }
 }

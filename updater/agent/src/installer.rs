@@ -51,6 +51,17 @@ pub trait Installer {
     /// The slot the running system booted from.
     fn running_slot(&self) -> Option<Slot>;
 
+    /// The checks [`Installer::install`] makes before its first write (the signature, the
+    /// board, every part's hash, `accept`), made ahead of it: the agent makes them before it
+    /// waits for a cluster's lock, and `install` then does not read the whole payload again
+    /// while it is the file checked. Writes nothing.
+    fn verify(
+        &mut self,
+        payload: &Path,
+        accept: &Accept,
+        progress: &mut dyn FnMut(Phase, u64, u64),
+    ) -> Result<(), InstallFailure>;
+
     /// Checks the payload's signature and its signed manifest against `accept`, writes the
     /// inactive slot, verifies it and makes it the next boot with tries left. Never writes the
     /// running slot.

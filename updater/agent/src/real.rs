@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use kiln_contract::boot::Slot;
-use kiln_updater::install::{self, Accept, InstallError, Refusal, Target};
+use kiln_updater::install::{self, Accept, InstallError, Refusal, SysPaths, Target};
 use kiln_updater::keys::VerifyingKey;
 use kiln_updater::payload::PayloadError;
 
@@ -36,9 +36,21 @@ pub struct RealInstaller {
     pub key: VerifyingKey,
     /// See [`FREEZE_FILE`]: the power-cut scenarios' way to stop the agent at an exact point.
     pub freeze_file: Option<PathBuf>,
+    /// The payload [`Installer::verify`] checked last, while it is the file checked.
+    verified: Option<install::Verified>,
 }
 
 impl RealInstaller {
+    /// The installer of `target`, trusting `key`, without a freeze file.
+    pub fn new(target: Target, key: VerifyingKey) -> RealInstaller {
+        RealInstaller {
+            target,
+            key,
+            freeze_file: None,
+            verified: None,
+        }
+    }
+
     /// The running slot from the kernel command line, the disk from sysfs, the key from `/usr`.
     pub fn for_machine(paths: &Paths, sys_class_block: &Path) -> Result<RealInstaller, SetupError> {
         let cmdline =
@@ -55,9 +67,8 @@ impl RealInstaller {
             })?;
         let key = VerifyingKey::load_pem(&paths.update_key)?;
         Ok(RealInstaller {
-            target: Target { disk, running },
-            key,
             freeze_file: Some(paths.run_dir.join(FREEZE_FILE)),
+            ..RealInstaller::new(Target { disk, running }, key)
         })
     }
 }
@@ -149,6 +160,36 @@ fn log_step(step: Option<Step>) {
     }
 }
 
+/// Runs `work` with a progress callback that logs each step's wall time in the journal (where an
+/// install's minutes go on this machine), stops at the freeze point if one is armed, and tells
+/// `progress` the agent's phase.
+fn steps<T, W>(
+    freeze: Option<&Path>,
+    progress: &mut dyn FnMut(Phase, u64, u64),
+    work: W,
+) -> Result<T, InstallError>
+where
+    W: FnOnce(&mut dyn FnMut(install::Phase, u64, u64)) -> Result<T, InstallError>,
+{
+    let mut step: Option<Step> = None;
+    let result = work(&mut |p, done, total| {
+        match &mut step {
+            // A step may learn its size after its first report (the parts' check).
+            Some((q, _, most)) if *q == p => *most = (*most).max(total),
+            _ => {
+                log_step(step);
+                step = Some((p, Instant::now(), total));
+            }
+        }
+        if let Some(file) = freeze {
+            maybe_freeze(file, p, done, total);
+        }
+        progress(phase(p), done, total)
+    });
+    log_step(step);
+    result
+}
+
 /// The agent's three install states over the installer's five phases: the signature check and
 /// the write are "writing", the read-back is "verifying", the ESP files and entry "finalizing".
 fn phase(p: install::Phase) -> Phase {
@@ -166,7 +207,8 @@ pub fn error_code(e: &InstallError) -> i64 {
         InstallError::Payload(PayloadError::PartMismatch { .. }) => {
             errorcode::PAYLOAD_HASH_MISMATCH
         }
-        InstallError::Payload(
+        InstallError::Changed { .. }
+        | InstallError::Payload(
             PayloadError::BadMagic { .. }
             | PayloadError::UnsupportedVersion { .. }
             | PayloadError::Malformed { .. },
@@ -201,37 +243,45 @@ impl Installer for RealInstaller {
         Some(self.target.running)
     }
 
+    fn verify(
+        &mut self,
+        payload: &Path,
+        accept: &Accept,
+        progress: &mut dyn FnMut(Phase, u64, u64),
+    ) -> Result<(), InstallFailure> {
+        if self.verified.as_ref().is_some_and(|v| v.covers(payload)) {
+            return Ok(());
+        }
+        self.verified = None;
+        let key = &self.key;
+        let verified = steps(self.freeze_file.as_deref(), progress, |report| {
+            install::verify(payload, key, accept, report)
+        })
+        .map_err(failure)?;
+        self.verified = Some(verified);
+        Ok(())
+    }
+
     fn install(
         &mut self,
         payload: &Path,
         accept: &Accept,
         progress: &mut dyn FnMut(Phase, u64, u64),
     ) -> Result<Installed, InstallFailure> {
-        let freeze = self.freeze_file.clone();
-        // Each step's wall time in the journal: where an install's minutes go on this machine.
         let began = Instant::now();
-        let mut step: Option<Step> = None;
-        let done = install::install(
-            &self.target,
-            payload,
-            &self.key,
-            accept,
-            &mut |p, done, total| {
-                match &mut step {
-                    // A step may learn its size after its first report (the parts' check).
-                    Some((q, _, most)) if *q == p => *most = (*most).max(total),
-                    _ => {
-                        log_step(step);
-                        step = Some((p, Instant::now(), total));
-                    }
-                }
-                if let Some(file) = &freeze {
-                    maybe_freeze(file, p, done, total);
-                }
-                progress(phase(p), done, total)
-            },
-        );
-        log_step(step);
+        let verified = self.verified.take();
+        let (target, key) = (&self.target, &self.key);
+        let done = steps(self.freeze_file.as_deref(), progress, |report| {
+            install::install_with(
+                target,
+                payload,
+                key,
+                accept,
+                verified.as_ref(),
+                &SysPaths::default(),
+                report,
+            )
+        });
         eprintln!("install: {:.1} s in all", began.elapsed().as_secs_f64());
         let done = done.map_err(failure)?;
         Ok(Installed {

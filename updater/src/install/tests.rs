@@ -316,6 +316,106 @@ fn damaged_or_foreign_payloads_change_nothing_on_the_disk() {
     assert!(std::fs::read(&disk).unwrap() == before);
 }
 
+/// Checked ahead of time ([`verify`]: an agent before it waits for a cluster's lock), a payload
+/// is written without its parts hashed again (no `Verifying` phase) while the file is the one
+/// checked. One changed since, even by a byte written in place, is checked in full again and
+/// refused with nothing on the disk changed; the signed manifest's `accept` is always asked
+/// again (a version may have been marked bad meanwhile).
+#[test]
+fn a_payload_verified_ahead_is_written_without_hashing_its_parts_again_unless_it_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = make_disk(dir.path());
+    let key = SigningKey::generate().unwrap();
+    let vk = key.verifying_key();
+    let t = running_a(&disk);
+    let (payload, m) = make(dir.path(), "p", "2.0.0", &key);
+    let sys = SysPaths::default();
+    let mut phases = Vec::new();
+    let mut seen = |p: Phase, _: u64, _: u64| {
+        if phases.last() != Some(&p) {
+            phases.push(p);
+        }
+    };
+    let verified = verify(&payload, &vk, &ON_1_0_0, &mut seen).unwrap();
+    assert_eq!(phases, [Phase::Verifying]);
+    let before = std::fs::read(&disk).unwrap();
+
+    // A byte of the USR part changed in place: same file, same size, a new change time (the
+    // kernel's file clock ticks every few milliseconds, so the test lets one pass first).
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let at = m.parts.usr.offset + m.parts.usr.length / 2;
+    let flip = || {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&payload)
+            .unwrap();
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, at).unwrap();
+        f.write_all_at(&[b[0] ^ 1], at).unwrap();
+    };
+    flip();
+    let err = install_with(
+        &t,
+        &payload,
+        &vk,
+        &ON_1_0_0,
+        Some(&verified),
+        &sys,
+        &mut |_, _, _| {},
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            InstallError::Payload(PayloadError::PartMismatch { .. })
+        ),
+        "{err}"
+    );
+    assert!(std::fs::read(&disk).unwrap() == before, "the disk changed");
+
+    // Put back and checked again: written without a second pass over the parts.
+    flip();
+    let verified = verify(&payload, &vk, &ON_1_0_0, &mut |_, _, _| {}).unwrap();
+    let failed_here = [String::from("2.0.0")];
+    let marked_bad = Accept {
+        bad_versions: &failed_here,
+        ..ON_1_0_0
+    };
+    let err = install_with(
+        &t,
+        &payload,
+        &vk,
+        &marked_bad,
+        Some(&verified),
+        &sys,
+        &mut |_, _, _| {},
+    )
+    .unwrap_err();
+    assert!(matches!(err, InstallError::Refused { .. }), "{err}");
+    assert!(std::fs::read(&disk).unwrap() == before, "the disk changed");
+    let mut phases = Vec::new();
+    let done = install_with(
+        &t,
+        &payload,
+        &vk,
+        &ON_1_0_0,
+        Some(&verified),
+        &sys,
+        &mut |p, _, _| {
+            if phases.last() != Some(&p) {
+                phases.push(p);
+            }
+        },
+    )
+    .unwrap();
+    assert_eq!(done.manifest, m);
+    use Phase::*;
+    assert_eq!(phases, [Writing, ReadingBack, Esp, Entry]);
+    let usr_b = partition_bytes(&disk, disk::USR_B);
+    assert_eq!(sha(&usr_b[..m.usr_size as usize]), m.usr_sha256);
+}
+
 /// A validly signed payload is still refused, with nothing on the disk changed, when its
 /// signed manifest names another app, a version not newer than the running one (a downgrade a
 /// man-in-the-middle can offer under any label), a version that failed on this machine, or a

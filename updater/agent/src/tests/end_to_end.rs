@@ -105,14 +105,13 @@ fn partition_sha(disk: &Path, name: &str) -> String {
 
 /// The real installer on `disk`, running slot A, trusting `key`.
 fn installer_on(disk: &Path, key: &SigningKey) -> RealInstaller {
-    RealInstaller {
-        target: Target {
+    RealInstaller::new(
+        Target {
             disk: disk.to_owned(),
             running: Slot::A,
         },
-        key: key.verifying_key(),
-        freeze_file: None,
-    }
+        key.verifying_key(),
+    )
 }
 
 #[test]

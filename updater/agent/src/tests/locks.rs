@@ -182,6 +182,15 @@ fn etcd_lock_taken_before_installing_when_asked() {
         // Downloaded, but another machine is busy: no write yet.
         waits_for_the_lock(&mut agent, "writing");
         assert!(!agent.status().lock_held);
+        drop(agent);
+        // The payload was checked before the wait, so the turn goes to writing.
+        assert!(!installer.checked.is_empty(), "checked before the lock");
+        assert!(
+            installer.payloads.is_empty(),
+            "nothing written before the lock"
+        );
+        let mut agent = env.agent(&mut installer, &mut host);
+        waits_for_the_lock(&mut agent, "writing");
         other.release().unwrap();
         // Taken, then the write fails: the machine is idle and the lock free again.
         agent.step().unwrap();
@@ -202,6 +211,34 @@ fn etcd_lock_taken_before_installing_when_asked() {
         step_until(&mut agent, "rebooting", 1);
     }
     assert_eq!(installer.payloads.len(), 2);
+}
+
+/// With `lock_install`, a payload that fails the checks made before the wait never takes the
+/// lock: 3/0 with the installer's code, nothing written, the lock free for the others.
+#[test]
+fn a_payload_that_fails_its_checks_never_takes_the_install_lock() {
+    let etcd = start_etcd();
+    let (mut env, other) = env_with_lock_held_elsewhere(&etcd);
+    other.release().unwrap();
+    env.config.lock_install = true;
+    let (mut installer, mut host) = (FakeInstaller::new(Slot::A), FakeHost::new());
+    installer.refuse = Some(crate::installer::InstallFailure {
+        code: kiln_contract::errorcode::SIGNATURE,
+        message: "manifest signature does not verify".into(),
+    });
+    {
+        let mut agent = env.agent(&mut installer, &mut host);
+        step_until(&mut agent, "writing", 5);
+        agent.step().unwrap();
+        assert_eq!(state_name(agent.status()), "idle");
+        assert!(!agent.status().lock_held);
+        let e = agent.status().last_error.clone().unwrap();
+        assert!(e.contains("signature"), "{e}");
+    }
+    assert_eq!(installer.checked.len(), 1);
+    assert!(installer.payloads.is_empty(), "nothing written");
+    assert_eq!(etcd_holder(&etcd.url), None, "the lock was never taken");
+    assert_eq!(env.events(), ["13/1", "14/1", "3/0 code=18"]);
 }
 
 #[test]

@@ -45,6 +45,10 @@ pub struct FakeInstaller {
     pub version: String,
     /// What it says a payload can hold.
     pub room: Option<u64>,
+    /// The payload bytes of each check ahead of an install.
+    pub checked: Vec<Vec<u8>>,
+    /// What the check ahead of an install says instead of passing.
+    pub refuse: Option<InstallFailure>,
 }
 
 impl FakeInstaller {
@@ -57,6 +61,8 @@ impl FakeInstaller {
             blessed: 0,
             version: "0.2.0".into(),
             room: None,
+            checked: Vec::new(),
+            refuse: None,
         }
     }
 }
@@ -68,6 +74,21 @@ impl Installer for FakeInstaller {
 
     fn payload_room(&self) -> Option<u64> {
         self.room
+    }
+
+    fn verify(
+        &mut self,
+        payload: &Path,
+        _accept: &crate::installer::Accept,
+        progress: &mut dyn FnMut(Phase, u64, u64),
+    ) -> Result<(), InstallFailure> {
+        let bytes = std::fs::read(payload).map_err(|e| InstallFailure {
+            code: 1,
+            message: e.to_string(),
+        })?;
+        progress(Phase::Writing, 0, bytes.len() as u64);
+        self.checked.push(bytes);
+        self.refuse.clone().map_or(Ok(()), Err)
     }
 
     fn install(
