@@ -20,6 +20,26 @@ use crate::keys::SigningKey;
 use crate::payload::testutil::{inputs, make};
 use crate::payload::{write_payload, ManifestInput};
 
+/// A disk ([`make_disk`]) in a temporary directory, the key payloads are signed with (and its
+/// public half), and the disk with slot A running.
+fn fixture() -> (tempfile::TempDir, PathBuf, SigningKey, VerifyingKey, Target) {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = make_disk(dir.path());
+    let key = SigningKey::generate().unwrap();
+    let vk = key.verifying_key();
+    let t = running_a(&disk);
+    (dir, disk, key, vk, t)
+}
+
+/// A progress callback that notes each phase once, in order.
+fn note_phases(phases: &mut Vec<Phase>) -> impl FnMut(Phase, u64, u64) + '_ {
+    move |p, _, _| {
+        if phases.last() != Some(&p) {
+            phases.push(p);
+        }
+    }
+}
+
 /// `disk` with slot A running.
 fn running_a(disk: &Path) -> Target {
     Target {
@@ -213,11 +233,7 @@ fn install_writes_the_other_slot_then_its_entry_and_bless_and_rollback_rename() 
         &payload,
         &key.verifying_key(),
         &ON_1_0_0,
-        &mut |p, _, _| {
-            if phases.last() != Some(&p) {
-                phases.push(p);
-            }
-        },
+        &mut note_phases(&mut phases),
     )
     .unwrap();
     assert_eq!(done.slot, Slot::B);
@@ -273,11 +289,7 @@ fn install_writes_the_other_slot_then_its_entry_and_bless_and_rollback_rename() 
 
 #[test]
 fn damaged_or_foreign_payloads_change_nothing_on_the_disk() {
-    let dir = tempfile::tempdir().unwrap();
-    let disk = make_disk(dir.path());
-    let key = SigningKey::generate().unwrap();
-    let vk = key.verifying_key();
-    let t = running_a(&disk);
+    let (dir, disk, key, vk, t) = fixture();
     // A first good install, so B has an entry that a bad payload must not remove.
     let (good, m) = make(dir.path(), "good", "2.0.0", &key);
     install(&t, &good, &vk, &ON_1_0_0, &mut |_, _, _| {}).unwrap();
@@ -323,20 +335,11 @@ fn damaged_or_foreign_payloads_change_nothing_on_the_disk() {
 /// again (a version may have been marked bad meanwhile).
 #[test]
 fn a_payload_verified_ahead_is_written_without_hashing_its_parts_again_unless_it_changed() {
-    let dir = tempfile::tempdir().unwrap();
-    let disk = make_disk(dir.path());
-    let key = SigningKey::generate().unwrap();
-    let vk = key.verifying_key();
-    let t = running_a(&disk);
+    let (dir, disk, key, vk, t) = fixture();
     let (payload, m) = make(dir.path(), "p", "2.0.0", &key);
     let sys = SysPaths::default();
     let mut phases = Vec::new();
-    let mut seen = |p: Phase, _: u64, _: u64| {
-        if phases.last() != Some(&p) {
-            phases.push(p);
-        }
-    };
-    let verified = verify(&payload, &vk, &ON_1_0_0, &mut seen).unwrap();
+    let verified = verify(&payload, &vk, &ON_1_0_0, &mut note_phases(&mut phases)).unwrap();
     assert_eq!(phases, [Phase::Verifying]);
     let before = std::fs::read(&disk).unwrap();
 
@@ -354,17 +357,23 @@ fn a_payload_verified_ahead_is_written_without_hashing_its_parts_again_unless_it
         f.read_exact_at(&mut b, at).unwrap();
         f.write_all_at(&[b[0] ^ 1], at).unwrap();
     };
+    // What installing it with `accept` says: it must fail, with the disk as it was.
+    let refused = |accept: &Accept, verified: &Verified| {
+        let err = install_with(
+            &t,
+            &payload,
+            &vk,
+            accept,
+            Some(verified),
+            &sys,
+            &mut |_, _, _| {},
+        )
+        .unwrap_err();
+        assert!(std::fs::read(&disk).unwrap() == before, "the disk changed");
+        err
+    };
     flip();
-    let err = install_with(
-        &t,
-        &payload,
-        &vk,
-        &ON_1_0_0,
-        Some(&verified),
-        &sys,
-        &mut |_, _, _| {},
-    )
-    .unwrap_err();
+    let err = refused(&ON_1_0_0, &verified);
     assert!(
         matches!(
             err,
@@ -372,7 +381,6 @@ fn a_payload_verified_ahead_is_written_without_hashing_its_parts_again_unless_it
         ),
         "{err}"
     );
-    assert!(std::fs::read(&disk).unwrap() == before, "the disk changed");
 
     // Put back and checked again: written without a second pass over the parts.
     flip();
@@ -382,18 +390,8 @@ fn a_payload_verified_ahead_is_written_without_hashing_its_parts_again_unless_it
         bad_versions: &failed_here,
         ..ON_1_0_0
     };
-    let err = install_with(
-        &t,
-        &payload,
-        &vk,
-        &marked_bad,
-        Some(&verified),
-        &sys,
-        &mut |_, _, _| {},
-    )
-    .unwrap_err();
+    let err = refused(&marked_bad, &verified);
     assert!(matches!(err, InstallError::Refused { .. }), "{err}");
-    assert!(std::fs::read(&disk).unwrap() == before, "the disk changed");
     let mut phases = Vec::new();
     let done = install_with(
         &t,
@@ -402,11 +400,7 @@ fn a_payload_verified_ahead_is_written_without_hashing_its_parts_again_unless_it
         &ON_1_0_0,
         Some(&verified),
         &sys,
-        &mut |p, _, _| {
-            if phases.last() != Some(&p) {
-                phases.push(p);
-            }
-        },
+        &mut note_phases(&mut phases),
     )
     .unwrap();
     assert_eq!(done.manifest, m);
@@ -423,11 +417,7 @@ fn a_payload_verified_ahead_is_written_without_hashing_its_parts_again_unless_it
 /// in.
 #[test]
 fn validly_signed_payloads_for_another_app_older_or_failed_here_change_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let disk = make_disk(dir.path());
-    let key = SigningKey::generate().unwrap();
-    let vk = key.verifying_key();
-    let t = running_a(&disk);
+    let (dir, disk, key, vk, t) = fixture();
     let before = std::fs::read(&disk).unwrap();
     let (older, _) = make(dir.path(), "older", "0.9.0", &key);
     let (same, _) = make(dir.path(), "same", "1.0.0", &key);
