@@ -279,7 +279,8 @@ pub fn install(
 }
 
 /// A payload [`verify`] checked, tied to the file it read: the file's device, inode, size and
-/// change time (which no write leaves as it was, and which no one can set back).
+/// change time (a write moves it on, by the kernel's clock of a few milliseconds a tick, and no
+/// one can set it back; the check takes seconds after the download's last write).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Verified {
     path: PathBuf,
