@@ -318,7 +318,7 @@ impl Verified {
 /// What [`install`] checks before its first write, on its own: the signature, the board, every
 /// part's hash and `accept`. An installer that has to wait for its turn (a cluster's reboot lock
 /// taken before installing) checks first and hands the result to [`install_with`], which then
-/// writes without reading the whole payload again: a SHA-256 pass over it took a TCG guest 10 to
+/// writes without reading the whole payload again: a SHA-256 pass over it took a TCG guest 7 to
 /// 28 s, and every machine waiting for the lock waited that much longer.
 pub fn verify(
     payload: &Path,
