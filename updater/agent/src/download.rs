@@ -5,13 +5,16 @@
 //! same payload) continues where the last attempt stopped, and a different payload never appends to it.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
+use kiln_contract::digest::Hashing;
 
 use crate::http::HttpError;
 use crate::state::Offer;
+
+/// The SHA-256 of the payload file's bytes so far, fed as they are read back or written.
+type FileDigest = Hashing<io::Sink>;
 
 /// Bytes between two progress calls.
 const PROGRESS_STEP: u64 = 4 << 20;
@@ -26,7 +29,7 @@ pub enum DownloadError {
     Local {
         path: PathBuf,
         #[source]
-        source: std::io::Error,
+        source: io::Error,
     },
     #[error("payload {url} needs {need} more bytes in {dir}, which has {free} free (and keeps {RESERVE} for the system); the partial payload was deleted: free space on /var")]
     NoRoom {
@@ -104,18 +107,18 @@ pub fn download(
     // over the payload instead of a second one after it, which cost a guest under TCG (no SHA
     // instructions) about 11 s of its CPU for each 200 MiB. What is on the disk is checked again
     // against the signed manifest before anything is installed from it.
-    let hasher = if have < offer.size {
+    let digest = if have < offer.size {
         fetch(http, offer, &mut file, have, &path, progress)?
     } else {
         hash_prefix(&mut file, offer.size, &path)?
     };
     file.sync_all().map_err(local)?;
-    check_hash(offer, hasher, &path)?;
+    check_hash(offer, digest, &path)?;
     Ok(path)
 }
 
 /// Gets bytes `from..` and appends them, or starts over if the server ignores the range; returns
-/// the SHA-256 of the whole file so far (the kept bytes read back, the new ones as they came).
+/// the digest of the whole file (the kept bytes read back, the new ones as they were written).
 fn fetch(
     http: &ureq::Agent,
     offer: &Offer,
@@ -123,7 +126,7 @@ fn fetch(
     from: u64,
     path: &Path,
     progress: &mut dyn FnMut(u64, u64),
-) -> Result<Sha256, DownloadError> {
+) -> Result<FileDigest, DownloadError> {
     let local = |source| DownloadError::Local {
         path: path.to_path_buf(),
         source,
@@ -142,43 +145,43 @@ fn fetch(
         0
     };
     file.set_len(start).map_err(local)?;
-    let mut hasher = hash_prefix(file, start, path)?;
+    let mut digest = hash_prefix(file, start, path)?;
     file.seek(SeekFrom::Start(start)).map_err(local)?;
     copy_body(
         answer.into_reader(),
         file,
-        &mut hasher,
+        &mut digest,
         offer,
         start,
         path,
         progress,
     )?;
-    Ok(hasher)
+    Ok(digest)
 }
 
-/// The SHA-256 of the first `len` bytes of `file`, read from it.
-fn hash_prefix(file: &mut File, len: u64, path: &Path) -> Result<Sha256, DownloadError> {
+/// The digest of the first `len` bytes of `file`, read from it.
+fn hash_prefix(file: &mut File, len: u64, path: &Path) -> Result<FileDigest, DownloadError> {
     let local = |source| DownloadError::Local {
         path: path.to_path_buf(),
         source,
     };
     file.seek(SeekFrom::Start(0)).map_err(local)?;
-    let mut hasher = Sha256::new();
-    let copied = std::io::copy(&mut Read::by_ref(file).take(len), &mut hasher).map_err(local)?;
-    if copied < len {
-        return Err(local(std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            format!("the file ended after {copied} of {len} bytes"),
+    let mut digest = Hashing::new(io::sink());
+    io::copy(&mut Read::by_ref(file).take(len), &mut digest).map_err(local)?;
+    if digest.count() < len {
+        return Err(local(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("the file ended after {} of {len} bytes", digest.count()),
         )));
     }
-    Ok(hasher)
+    Ok(digest)
 }
 
-/// Appends the body to `file` and to `hasher`.
+/// Appends the body to `file` and feeds it to `digest`.
 fn copy_body(
     mut body: impl Read,
     file: &mut File,
-    hasher: &mut Sha256,
+    digest: &mut FileDigest,
     offer: &Offer,
     mut done: u64,
     path: &Path,
@@ -211,7 +214,9 @@ fn copy_body(
                 path: path.to_path_buf(),
                 source,
             })?;
-        hasher.update(&buf[..n]);
+        digest
+            .write_all(&buf[..n])
+            .expect("a sink takes every byte");
         done += n64;
         if done - reported >= PROGRESS_STEP {
             progress(done, offer.size);
@@ -239,8 +244,8 @@ fn range_start(answer: &ureq::Response) -> Option<u64> {
 
 /// Compares the complete file's SHA-256 with the offer's; a mismatch deletes the file so the
 /// next attempt starts clean.
-fn check_hash(offer: &Offer, hasher: Sha256, path: &Path) -> Result<(), DownloadError> {
-    let actual = kiln_contract::hex::encode(&hasher.finalize());
+fn check_hash(offer: &Offer, digest: FileDigest, path: &Path) -> Result<(), DownloadError> {
+    let actual = kiln_contract::hex::encode(&digest.finish().0);
     if actual == offer.sha256 {
         return Ok(());
     }
