@@ -67,6 +67,14 @@ impl FakeInstaller {
     }
 }
 
+/// The payload's bytes, as the fake installer reads them.
+fn read_payload(payload: &Path) -> Result<Vec<u8>, InstallFailure> {
+    std::fs::read(payload).map_err(|e| InstallFailure {
+        code: 1,
+        message: e.to_string(),
+    })
+}
+
 impl Installer for FakeInstaller {
     fn running_slot(&self) -> Option<Slot> {
         Some(self.running)
@@ -82,10 +90,7 @@ impl Installer for FakeInstaller {
         _accept: &crate::installer::Accept,
         progress: &mut dyn FnMut(Phase, u64, u64),
     ) -> Result<(), InstallFailure> {
-        let bytes = std::fs::read(payload).map_err(|e| InstallFailure {
-            code: 1,
-            message: e.to_string(),
-        })?;
+        let bytes = read_payload(payload)?;
         progress(Phase::Writing, 0, bytes.len() as u64);
         self.checked.push(bytes);
         self.refuse.clone().map_or(Ok(()), Err)
@@ -97,10 +102,7 @@ impl Installer for FakeInstaller {
         _accept: &crate::installer::Accept,
         progress: &mut dyn FnMut(Phase, u64, u64),
     ) -> Result<Installed, InstallFailure> {
-        let bytes = std::fs::read(payload).map_err(|e| InstallFailure {
-            code: 1,
-            message: e.to_string(),
-        })?;
+        let bytes = read_payload(payload)?;
         let n = bytes.len() as u64;
         self.payloads.push(bytes);
         for phase in [Phase::Writing, Phase::Verifying, Phase::Finalizing] {
