@@ -81,11 +81,10 @@ impl Drop for LoopDevice {
 /// Runs `cargo xtask flash <args>` from the workspace (the same cargo and target dir as the
 /// test), returning its output whatever the exit status.
 pub fn xtask_flash(args: &[&std::ffi::OsStr]) -> Result<Output> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .context("workspace")?;
-    run(Command::new(cargo)
+    run(kiln_qemu::cargo_command()
         .args(["run", "--quiet", "--package", "xtask", "--", "flash"])
         .args(args)
         .current_dir(root))

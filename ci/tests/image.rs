@@ -86,7 +86,7 @@ fn a_second_build_of_the_same_inputs_gives_the_same_disk() {
         .parent()
         .unwrap();
     check(
-        Command::new("cargo")
+        kiln_qemu::cargo_command()
             .args(["xtask", "build-image", "--version", &version, "--out"])
             .arg(&work)
             .current_dir(root),

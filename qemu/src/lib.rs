@@ -25,7 +25,7 @@ pub use config::{
 };
 pub use error::QemuError;
 pub use host::{find_ovmf, find_qemu, find_qemu_img, find_tool, free_port, OvmfPaths, QEMU_SYSTEM};
-pub use process::command_line;
+pub use process::{cargo_command, command_line, without_cargo_run_env};
 pub use scratch::ScratchDir;
 pub use ssh::{ssh_command, ssh_keygen};
 pub use vm::{log_tail, read_from as read_log_from, Vm, RESTART_NOTE, WATCHDOG_NOTE};

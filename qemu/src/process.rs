@@ -1,5 +1,6 @@
 //! Host processes with deadlines: a guard that kills and reaps its child on drop, a runner that kills
-//! a command which overruns its timeout, and the shell-quoted rendering of a command line for errors.
+//! a command which overruns its timeout, the shell-quoted rendering of a command line for errors,
+//! and cargo run from inside a cargo-run process.
 
 use std::io::Read;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -22,6 +23,42 @@ pub(crate) fn deadline_after(timeout: Duration) -> Instant {
     let now = Instant::now();
     now.checked_add(timeout)
         .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
+}
+
+/// `cargo`, for a build started by a process that cargo itself started (`cargo xtask`, a test):
+/// with [`without_cargo_run_env`], so that it sees the environment a build from a shell sees.
+pub fn cargo_command() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    without_cargo_run_env(&mut cmd);
+    cmd
+}
+
+/// Takes out of `cmd`'s environment what cargo sets for a program it runs (`cargo run`, a test):
+/// the package's manifest path, name and version. Build scripts may ask cargo to build again
+/// when one of them differs from the last build's (ring's asks so for `CARGO_MANIFEST_DIR` and
+/// `CARGO_PKG_NAME`), so a cargo started with xtask's or a test's values rebuilt ring and
+/// everything above it (rustls, the update server, xtask): the test command's crate tests did
+/// so after `cargo xtask` had just built them, and a scenario's `cargo xtask` again. `cmd` may
+/// be cargo, or a script that runs it.
+pub fn without_cargo_run_env(cmd: &mut Command) -> &mut Command {
+    const SET_BY_CARGO: &[&str] = &[
+        "CARGO_MANIFEST_DIR",
+        "CARGO_MANIFEST_PATH",
+        "CARGO_MANIFEST_LINKS",
+        "CARGO_CRATE_NAME",
+        "CARGO_BIN_NAME",
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_TARGET_TMPDIR",
+        "CARGO_RUSTC_CURRENT_DIR",
+        "OUT_DIR",
+    ];
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("CARGO_PKG_") || SET_BY_CARGO.contains(&name.as_ref()) {
+            cmd.env_remove(name.as_ref());
+        }
+    }
+    cmd
 }
 
 /// Renders a command as a line that can be pasted into a shell.

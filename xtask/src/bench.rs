@@ -52,7 +52,7 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
     if cfg!(debug_assertions) && !matches!(cmd, BenchCommand::Build(_)) {
         let args: Vec<String> = std::env::args().skip(1).collect();
         return host::run(
-            Command::new("cargo")
+            host::cargo_command()
                 .args(["run", "--quiet", "--release", "--package", "xtask", "--"])
                 .args(&args)
                 .current_dir(host::workspace_root()),

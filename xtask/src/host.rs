@@ -16,7 +16,7 @@ pub fn workspace_root() -> PathBuf {
 }
 
 /// A command's full line, for messages (the one formatting the QEMU harness uses too).
-pub use kiln_qemu::command_line;
+pub use kiln_qemu::{cargo_command, command_line};
 
 /// Runs a command with inherited output; a non-zero exit is an error naming the command.
 pub fn run(cmd: &mut Command) -> Result<()> {

@@ -2,7 +2,6 @@
 //! CLI), built static with cargo once per build.
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use anyhow::Result;
 
@@ -37,7 +36,7 @@ pub(super) const STATIC_BINARIES: &[(&str, &str)] = &[
 fn build_static_binaries() -> Result<PathBuf> {
     let root = host::workspace_root();
     let target_dir = root.join("target/static");
-    let mut cmd = Command::new("cargo");
+    let mut cmd = host::cargo_command();
     cmd.args([
         "build",
         "--quiet",
