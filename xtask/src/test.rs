@@ -1,18 +1,20 @@
 //! `cargo xtask test`: the README's test command, and what CI runs.
 //!
 //! 1. the host tools our formats are checked against are installed (as root) or named;
-//! 2. every crate's tests (formats against their reference tools, protocol, harness);
-//! 3. the image is built as `cargo xtask build-image` builds it, and two more versions of it
-//!    for the update scenarios (a good one and a bad one); then the stage cache is checked to
-//!    give the bytes of a build without it (`build::rebuild`);
-//! 4. the checks of the built image and the VM scenarios in `ci/`, two at a time and the
+//! 2. every crate's tests (formats against their reference tools, protocol, harness), and
+//!    beside them, in a child process at a lower priority (`images`): the image built as
+//!    `cargo xtask build-image` builds it, two more versions of it for the update scenarios (a
+//!    good one and a bad one), then the stage cache checked to give the bytes of a build
+//!    without it (`build::rebuild`);
+//! 3. the checks of the built image and the VM scenarios in `ci/`, two at a time and the
 //!    cluster alone (`.config/nextest.toml`).
 
+mod images;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use crate::build::{self, BuildConfig};
 use crate::host::{self, HostPackage};
@@ -22,6 +24,10 @@ pub struct TestConfig {
     /// Only the crates' tests: no image build, no VM scenarios.
     #[arg(long)]
     pub unit_only: bool,
+    /// Only build what the scenarios boot, and write what was built and each phase's time into
+    /// FILE: how this command builds the images beside the crate tests (`images`).
+    #[arg(long, hide = true, value_name = "FILE")]
+    pub images_report: Option<PathBuf>,
     /// Extra arguments for the test runner (a filter, `--no-capture`, ...).
     #[arg(trailing_var_arg = true)]
     pub runner_args: Vec<String>,
@@ -105,6 +111,9 @@ pub const TEST_PACKAGES: &[HostPackage] = &[
 const DISK_NEEDED_GIB: u64 = 30;
 
 pub fn run(cfg: &TestConfig) -> Result<()> {
+    if let Some(report) = &cfg.images_report {
+        return images::build_for_report(report, build_images);
+    }
     let mut times = Timings::new();
     // A full disk fails a run deep inside some test with ENOSPC; say it first.
     let root = host::workspace_root();
@@ -125,6 +134,11 @@ pub fn run(cfg: &TestConfig) -> Result<()> {
     })?;
     // One KVM probe for the whole run instead of one in each test process that boots a VM.
     let accel = kiln_qemu::resolve_accel(kiln_qemu::Accel::Auto).qemu_name();
+    let job = if cfg.unit_only {
+        None
+    } else {
+        Some(images::Job::start()?)
+    };
     let crates = times.phase("crate tests (compiling included)", || {
         runner(
             &["--workspace", "--exclude", "kiln-ci"],
@@ -132,40 +146,78 @@ pub fn run(cfg: &TestConfig) -> Result<()> {
             &[(kiln_qemu::ACCEL_ENV, accel)],
         )
     });
-    if cfg.unit_only || crates.is_err() {
+    // A failed crate test ends the image builds (dropping the job) rather than waiting for them.
+    let (Some(job), Ok(())) = (job, &crates) else {
         times.print();
         return crates;
-    }
-    let result = images_and_scenarios(cfg, accel, &mut times);
+    };
+    let log = job.log().to_owned();
+    let report = times.phase("the image builds, after the crate tests ended", || {
+        job.wait()
+    });
+    let result = report.and_then(|report| {
+        times.beside = report.phases;
+        for note in &report.notes {
+            eprintln!("{note}");
+        }
+        let images = report.images.with_context(|| {
+            format!(
+                "building the images failed (the end of its output above, all of it in {})",
+                log.display()
+            )
+        })?;
+        scenarios(&images, cfg, accel, &mut times)
+    });
     times.print();
     result
 }
 
-/// The image, its two update versions, and the scenarios that boot them.
-fn images_and_scenarios(cfg: &TestConfig, accel: &str, times: &mut Timings) -> Result<()> {
+/// The image, its two update versions, and the stage cache's check (in the child process of
+/// `images`): what the scenarios boot.
+fn build_images(report: &mut images::Report) -> Result<images::Images> {
     let build_cfg = BuildConfig::image_defaults();
     let mut build = build::Build::new(&build_cfg)?;
-    let artifacts = times.phase("image build", || build.run())?;
+    let phases = &mut report.phases;
+    let artifacts = timed(phases, "image build", || build.run())?;
     let disk = artifacts.disk.to_string_lossy().into_owned();
     // The update scenarios need two more versions of the same commit: a good one, and a bad one
     // whose /usr carries a service that always fails (so it is never blessed and rolls back).
-    let v2 = times.phase("image build (v2)", || {
+    let v2 = timed(phases, "image build (v2)", || {
         update_version(&build_cfg, &format!("{}.2", build.version), &[])
     })?;
-    let v3 = times.phase("image build (broken v3)", || {
+    let v3 = timed(phases, "image build (broken v3)", || {
         update_version(
             &build_cfg,
             &format!("{}.3", build.version),
             &[PathBuf::from("ci/fixtures/broken-usr")],
         )
     })?;
-    let same = times.phase("image build: the cache gives the same bytes", || {
-        build::rebuild::check_same_bytes(
-            &build_cfg,
-            &host::workspace_root().join("build/ci/rebuild"),
-        )
-    })?;
-    eprintln!("{same}");
+    let same = timed(
+        phases,
+        "image build: the cache gives the same bytes",
+        || {
+            build::rebuild::check_same_bytes(
+                &build_cfg,
+                &host::workspace_root().join("build/ci/rebuild"),
+            )
+        },
+    )?;
+    report.notes.push(same);
+    Ok(images::Images {
+        disk,
+        version: build.version.clone(),
+        v2,
+        v3,
+    })
+}
+
+/// The checks of the built images and the VM scenarios.
+fn scenarios(
+    images: &images::Images,
+    cfg: &TestConfig,
+    accel: &str,
+    times: &mut Timings,
+) -> Result<()> {
     let junit = junit_path();
     let _ = std::fs::remove_file(&junit);
     let scenarios = times.phase("scenarios", || {
@@ -173,10 +225,10 @@ fn images_and_scenarios(cfg: &TestConfig, accel: &str, times: &mut Timings) -> R
             &["-p", "kiln-ci"],
             &cfg.runner_args,
             &[
-                ("KILN_CI_DISK", &disk),
-                ("KILN_CI_VERSION", &build.version),
-                ("KILN_CI_V2", &v2),
-                ("KILN_CI_V3_BROKEN", &v3),
+                ("KILN_CI_DISK", &images.disk),
+                ("KILN_CI_VERSION", &images.version),
+                ("KILN_CI_V2", &images.v2),
+                ("KILN_CI_V3_BROKEN", &images.v3),
                 (kiln_qemu::ACCEL_ENV, accel),
             ],
         )
@@ -186,6 +238,18 @@ fn images_and_scenarios(cfg: &TestConfig, accel: &str, times: &mut Timings) -> R
         .unwrap_or_default();
     times.vm_notes = count_vm_notes(&host::workspace_root().join("build/ci"));
     scenarios
+}
+
+/// Runs `f`, noting its wall time and whether it passed under `name` in `phases`.
+fn timed<T>(
+    phases: &mut Vec<images::Phase>,
+    name: &str,
+    f: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    let start = Instant::now();
+    let result = f();
+    phases.push((name.to_owned(), start.elapsed(), result.is_ok()));
+    result
 }
 
 /// Where nextest writes its JUnit report (`.config/nextest.toml`).
@@ -203,7 +267,9 @@ struct Timings {
     /// How long this process ran before `started`: `cargo xtask` compiles xtask and then
     /// replaces itself with it (exec), so the process began when `cargo` did.
     before: Option<Duration>,
-    phases: Vec<(String, Duration, bool)>,
+    phases: Vec<images::Phase>,
+    /// The image builds' phases, which ran beside the crate tests (`images`).
+    beside: Vec<images::Phase>,
     /// (test binary and name, seconds, passed) from nextest's JUnit report.
     scenarios: Vec<(String, f64, bool)>,
     /// How often the harness started QEMU again after a guest reboot, and how often its reset
@@ -217,17 +283,14 @@ impl Timings {
             started: Instant::now(),
             before: process_age(),
             phases: Vec::new(),
+            beside: Vec::new(),
             scenarios: Vec::new(),
             vm_notes: (0, 0),
         }
     }
 
     fn phase<T>(&mut self, name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
-        let start = Instant::now();
-        let result = f();
-        self.phases
-            .push((name.to_owned(), start.elapsed(), result.is_ok()));
-        result
+        timed(&mut self.phases, name, f)
     }
 
     fn print(&self) {
@@ -241,6 +304,12 @@ impl Timings {
         }
         for (name, took, ok) in &self.phases {
             eprintln!("{:>8.1} s  {name}{}", took.as_secs_f64(), mark(*ok));
+            if name.starts_with("crate tests") && !self.beside.is_empty() {
+                eprintln!("           beside them:");
+                for (name, took, ok) in &self.beside {
+                    eprintln!("{:>8.1} s    {name}{}", took.as_secs_f64(), mark(*ok));
+                }
+            }
         }
         for (name, secs, ok) in &self.scenarios {
             eprintln!("{secs:>8.1} s    {name}{}", mark(*ok));
@@ -352,7 +421,7 @@ fn update_version(base: &BuildConfig, version: &str, usr_overlays: &[PathBuf]) -
 
 /// Runs the tests of `scope` under nextest (cargo test where nextest is missing).
 fn runner(scope: &[&str], extra: &[String], env: &[(&str, &str)]) -> Result<()> {
-    let mut cmd = Command::new("cargo");
+    let mut cmd = host::cargo_command();
     if nextest_available() {
         cmd.args(["nextest", "run", "--no-fail-fast"])
             .args(scope)
@@ -370,7 +439,7 @@ fn runner(scope: &[&str], extra: &[String], env: &[(&str, &str)]) -> Result<()> 
 }
 
 fn nextest_available() -> bool {
-    Command::new("cargo")
+    host::cargo_command()
         .args(["nextest", "--version"])
         .output()
         .map(|o| o.status.success())
