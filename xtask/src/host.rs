@@ -262,20 +262,19 @@ exit 0
             .to_vec()
     }
 
-    fn scratch(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("kiln-host-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+    /// A directory of the test's own, removed after it (kept when it failed).
+    fn scratch(name: &str) -> kiln_qemu::ScratchDir {
+        kiln_qemu::ScratchDir::new(&format!("host-{name}")).unwrap()
     }
 
     #[test]
     fn a_package_apt_removed_is_installed_again() {
-        let dir = scratch("removed");
+        let scratch = scratch("removed");
+        let dir = scratch.path();
         let log = dir.join("calls");
-        let apt = fake_apt(&dir, &log);
+        let apt = fake_apt(dir, &log);
         std::fs::write(dir.join("utils.present"), "").unwrap();
-        let pkgs = packages(&dir);
+        let pkgs = packages(dir);
         install_checked(&pkgs, "the test", apt.as_os_str()).unwrap();
         assert!(pkgs.iter().all(HostPackage::is_present));
         let calls = std::fs::read_to_string(&log).unwrap();
@@ -287,12 +286,13 @@ exit 0
 
     #[test]
     fn a_package_that_stays_missing_is_named_with_the_conflict() {
-        let dir = scratch("conflict");
+        let scratch = scratch("conflict");
+        let dir = scratch.path();
         let log = dir.join("calls");
-        let apt = fake_apt(&dir, &log);
+        let apt = fake_apt(dir, &log);
         std::fs::write(dir.join("utils.present"), "").unwrap();
         std::fs::write(dir.join("ghost-utils"), "").unwrap();
-        let err = install_checked(&packages(&dir), "the test", apt.as_os_str()).unwrap_err();
+        let err = install_checked(&packages(dir), "the test", apt.as_os_str()).unwrap_err();
         let msg = format!("{err:#}");
         assert!(
             msg.starts_with("the test needs utils but it is still missing"),
@@ -304,10 +304,11 @@ exit 0
 
     #[test]
     fn nothing_missing_after_the_first_install_needs_no_second() {
-        let dir = scratch("plain");
+        let scratch = scratch("plain");
+        let dir = scratch.path();
         let log = dir.join("calls");
-        let apt = fake_apt(&dir, &log);
-        let pkgs = packages(&dir);
+        let apt = fake_apt(dir, &log);
+        let pkgs = packages(dir);
         install_checked(&pkgs[1..], "the test", apt.as_os_str()).unwrap();
         let calls = std::fs::read_to_string(&log).unwrap();
         assert_eq!(calls.lines().count(), 1, "{calls}");
