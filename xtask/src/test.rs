@@ -139,7 +139,7 @@ pub fn run(cfg: &TestConfig) -> Result<()> {
     } else {
         Some(images::Job::start()?)
     };
-    let crates = times.phase("crate tests (compiling included)", || {
+    let crates = times.phase(CRATE_TESTS, || {
         runner(
             &["--workspace", "--exclude", "kiln-ci"],
             &cfg.runner_args,
@@ -171,6 +171,9 @@ pub fn run(cfg: &TestConfig) -> Result<()> {
     times.print();
     result
 }
+
+/// The crate tests' phase, beside which the images are built (`images`).
+const CRATE_TESTS: &str = "crate tests (compiling included)";
 
 /// The image, its two update versions, and the stage cache's check (in the child process of
 /// `images`): what the scenarios boot.
@@ -304,7 +307,7 @@ impl Timings {
         }
         for (name, took, ok) in &self.phases {
             eprintln!("{:>8.1} s  {name}{}", took.as_secs_f64(), mark(*ok));
-            if name.starts_with("crate tests") && !self.beside.is_empty() {
+            if name == CRATE_TESTS && !self.beside.is_empty() {
                 eprintln!("           beside them:");
                 for (name, took, ok) in &self.beside {
                     eprintln!("{:>8.1} s    {name}{}", took.as_secs_f64(), mark(*ok));

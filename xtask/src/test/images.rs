@@ -13,7 +13,6 @@
 //! means (the child asks the kernel for a signal when its parent dies, and ends its group then).
 
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -26,6 +25,8 @@ use crate::host;
 const NICE: libc::c_int = 10;
 /// The child's output, under the workspace.
 const LOG: &str = "build/ci/images.log";
+/// How much of a failed child's log is shown.
+const LOG_TAIL_LINES: usize = 60;
 /// The child's report, under the workspace.
 const REPORT: &str = "build/ci/images.report";
 
@@ -213,9 +214,11 @@ impl Job {
             Err(_) => true,
         };
         if failed {
-            eprintln!("the end of {}:", self.log.display());
-            let _ = std::io::stderr().write_all(&tail(&self.log));
-            eprintln!();
+            eprintln!(
+                "the end of {}:\n{}",
+                self.log.display(),
+                kiln_qemu::log_tail(&self.log, LOG_TAIL_LINES)
+            );
         }
         report.with_context(|| {
             format!(
@@ -242,14 +245,6 @@ impl Drop for Job {
             let _ = self.child.wait();
         }
     }
-}
-
-/// The last lines of a log, for a failure's message.
-pub fn tail(path: &Path) -> Vec<u8> {
-    let text = std::fs::read(path).unwrap_or_default();
-    let lines: Vec<&[u8]> = text.split(|b| *b == b'\n').collect();
-    let from = lines.len().saturating_sub(60);
-    lines[from..].join(&b'\n')
 }
 
 #[cfg(test)]
